@@ -1,0 +1,130 @@
+"""Shared arithmetic of 2-D windows (convolution and pooling) on NHWC inputs.
+
+Output size along one axis of length ``n`` with window ``k``, stride ``s`` and padding
+``(lo, hi)``: ``o = (n + lo + hi - k) // s + 1`` (the W2 = (W1 - F + 2P)/S + 1 of the
+textbooks when ``lo = hi = P`` and the division is exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jax import lax
+
+from jaxnn.layer import Shape, ShapeError
+
+Padding = str | int | Sequence[tuple[int, int]]
+Pairs = tuple[tuple[int, int], tuple[int, int]]
+
+
+def pair(value: int | Sequence[int], what: str, layer: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``; checks that both entries are positive ints."""
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+def check_padding(padding: Padding, layer: str) -> Padding:
+    """Validates a padding spec: "SAME", "VALID", an int >= 0, or ((lo, hi), (lo, hi))."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f'{layer}: padding must be "SAME", "VALID" or an int, got {padding!r}')
+        return padding.upper()
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        if padding < 0:
+            raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
+        return padding
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pads = ()
+    if len(pads) != 2 or any(p < 0 for pad in pads for p in pad):
+        raise ValueError(
+            f'{layer}: padding must be "SAME", "VALID", an int or ((lo, hi), (lo, hi)); '
+            f"got {padding!r}"
+        )
+    return pads
+
+
+def explicit_pads(
+    padding: Padding, in_hw: tuple[int, int], window: tuple[int, int], strides: tuple[int, int]
+) -> Pairs:
+    """Resolves a checked padding spec to ``((lo_h, hi_h), (lo_w, hi_w))``."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(in_hw, window, strides, padding))  # type: ignore
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple(padding)  # type: ignore[return-value]
+
+
+def output_hw(in_hw, window, strides, pads) -> tuple[int, int]:
+    """The spatial output size (see the module docstring)."""
+    return tuple(  # type: ignore[return-value]
+        (n + lo + hi - k) // s + 1
+        for n, k, s, (lo, hi) in zip(in_hw, window, strides, pads, strict=True)
+    )
+
+
+def infer_nhwc(
+    layer: str, input_shape: Shape, window, strides, padding: Padding
+) -> tuple[Pairs, tuple[int, int]]:
+    """Checks an NHWC input shape and returns ``(pads, (out_h, out_w))``."""
+    if len(input_shape) != 4:
+        raise ShapeError(
+            f"{layer} expects NHWC input of rank 4 (batch, height, width, channels), got shape "
+            f"{tuple(input_shape)}"
+        )
+    if any(dim is None for dim in input_shape[1:]):
+        raise ShapeError(f"{layer} needs known height, width and channels, got {input_shape}")
+    in_hw = tuple(input_shape[1:3])
+    pads = explicit_pads(padding, in_hw, window, strides)
+    out_hw = output_hw(in_hw, window, strides, pads)
+    if min(out_hw) < 1:
+        padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads, strict=True))
+        raise ShapeError(
+            f"{layer}: window {window} does not fit the padded input {padded} "
+            f"(input {in_hw}, padding {pads})"
+        )
+    return pads, out_hw
+
+
+def window_slices(x, window, strides, out_hw):
+    """The strided view ``x[:, i::s, j::s, :]`` (``out_hw`` long) for each window offset."""
+    (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
+    n, _, _, c = x.shape
+    return [
+        lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c),
+                  (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def scatter_windows(contributions, padded_hw, window, strides):
+    """Adds ``contributions[offset]`` (N, oh, ow, C) back onto the padded input grid.
+
+    The transpose of `window_slices`: each offset's values land at ``(i + s*a, j + s*b)``,
+    placed by ``lax.pad`` with interior padding (stride - 1) rather than a scatter.
+    """
+    (_, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
+    total = None
+    for index, part in enumerate(contributions):
+        i, j = divmod(index, kw)
+        _, oh, ow, _ = part.shape
+        placed = lax.pad(
+            part,
+            lax.full((), 0, part.dtype),
+            ((0, 0, 0), (i, hp - i - (sh * (oh - 1) + 1), sh - 1),
+             (j, wp - j - (sw * (ow - 1) + 1), sw - 1), (0, 0, 0)),
+        )
+        total = placed if total is None else total + placed
+    return total
+
+
+def crop(x, pads: Pairs):
+    """Removes spatial padding ``pads`` from an NHWC array."""
+    (top, bottom), (left, right) = pads
+    return x[:, top : x.shape[1] - bottom, left : x.shape[2] - right, :]

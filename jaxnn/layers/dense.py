@@ -1,0 +1,74 @@
+"""Dense (fully connected) layer and its manual delta rule.
+
+jaxnn maps a batch of row vectors: ``y = x @ W + b`` with ``x`` of shape (m, n_in) and
+``W`` of shape (n_in, n_out). The classic notation ``z^l = W^l a^{l-1} + b^l`` on column
+vectors uses ``W^l`` of shape (n_l, n_{l-1}); it is the same map transposed. With the
+loss already averaged over the batch (so ``dy`` carries the 1/m), the delta rule reads
+
+    dW = x^T dy        (the seeds' ``(a^{l-1})^T delta^l / m``)
+    db = sum_batch dy  (the seeds' ``sum delta^l / m``)
+    dx = dy W^T        (the seeds' ``delta^{l+1} (W^{l+1})^T``, before ``⊙ g'(z^l)``)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import initializers
+from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype
+
+
+def Dense(
+    features: int,
+    *,
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "lecun_normal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype: jnp.dtype | None = None,
+) -> Layer:
+    """A fully connected layer ``y = x @ w + b`` on inputs of shape (batch, in_features).
+
+    Args:
+      features: the number of output units.
+      use_bias: whether to add the bias ``b``.
+      w_init: initializer of ``w`` (shape (in, out)); a name or a callable.
+      b_init: initializer of ``b`` (shape (out,)).
+      dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
+
+    Returns:
+      A `Layer` with params ``{"w": (in, out), "b": (out,)}`` (no ``"b"`` without bias).
+    """
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
+    w_initializer = initializers.get(w_init)
+    b_initializer = initializers.get(b_init)
+    name = f"Dense({features})" if use_bias else f"Dense({features}, use_bias=False)"
+
+    def init(key: jax.Array, input_shape: Shape):
+        check_rank(name, input_shape, 2, "(batch, features)", "add Flatten() before Dense")
+        in_features = input_shape[-1]
+        if in_features is None:
+            raise ShapeError(f"{name} needs a known number of input features, got {input_shape}")
+        w_key, b_key = jax.random.split(key)
+        dtype_ = param_dtype(dtype)
+        params = {"w": w_initializer(w_key, (in_features, features), dtype_)}
+        if use_bias:
+            params["b"] = b_initializer(b_key, (features,), dtype_)
+        return (input_shape[0], features), params
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train  # Deterministic.
+        y = x @ params["w"]
+        if use_bias:
+            y = y + params["b"][None, :]
+        return y
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del y, key, train  # The rule needs only x and dy.
+        grads = {"w": x.T @ dy}
+        if use_bias:
+            grads["b"] = jnp.sum(dy, axis=0)
+        return grads, dy @ params["w"].T
+
+    return Layer(init, apply, backward, name=name)

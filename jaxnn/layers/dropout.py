@@ -1,0 +1,53 @@
+"""Dropout: zero each unit with probability ``rate`` in training, scale the rest by 1/(1-rate)."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn.layer import Layer, Shape
+
+
+def Dropout(rate: float | jax.Array) -> Layer:
+    """Inverted dropout; the identity when ``train=False``.
+
+    Args:
+      rate: the probability of *dropping* a unit (as in Flax, Keras and PyTorch; stax's
+        ``rate`` was the keep probability). A Python number must lie in [0, 1); a traced
+        array (a swept hyperparameter) is taken as given.
+
+    Returns:
+      A parameter-free `Layer`. ``apply(..., train=True)`` needs ``key``; ``backward`` with
+      the same ``key`` rebuilds the same mask, so ``dx = dy ⊙ mask / (1 - rate)``.
+    """
+    if isinstance(rate, numbers.Real) and not 0 <= rate < 1:
+        raise ValueError(f"Dropout: rate is the probability of dropping, in [0, 1); got {rate}")
+    name = f"Dropout({rate})" if isinstance(rate, numbers.Real) else "Dropout(<traced rate>)"
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # No parameters.
+        return tuple(input_shape), ()
+
+    def scale(x, key):
+        """The multiplier ``mask / (1 - rate)``, in ``x``'s dtype."""
+        if key is None:
+            raise ValueError(f"{name} needs a PRNG key when train=True: apply(..., key=key)")
+        keep = 1 - jnp.asarray(rate, dtype=x.dtype)
+        mask = jax.random.bernoulli(key, keep, x.shape)
+        return jnp.where(mask, 1 / keep, jnp.zeros((), x.dtype))
+
+    def apply(params, x, *, key=None, train=False):
+        del params
+        if not train:
+            return x
+        return x * scale(x, key)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y
+        if not train:
+            return (), dy
+        return (), dy * scale(x, key)
+
+    return Layer(init, apply, backward, name=name)

@@ -1,0 +1,130 @@
+"""MaxPool2D and AvgPool2D on NHWC inputs, and their manual rules.
+
+Max pooling routes ``dy`` to the arg-max of each window; among tied maxima it picks the
+first in row-major window order, which is where ``jax.grad`` of ``lax.reduce_window`` max
+(XLA's select-and-scatter with ``>=``) sends it. Average pooling spreads ``dy`` evenly over
+the window, dividing by the same count as the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxnn.layer import Layer, Shape
+from jaxnn.layers import _spatial
+
+
+def _pool(kind, window, stride, padding):
+    window = _spatial.pair(window, "window", kind)
+    strides = _spatial.pair(window if stride is None else stride, "stride", kind)
+    padding = _spatial.check_padding(padding, kind)
+    name = f"{kind}({window}, stride={strides}, padding={padding!r})"
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # No parameters.
+        _, out_hw = _spatial.infer_nhwc(name, input_shape, window, strides, padding)
+        return (input_shape[0], *out_hw, input_shape[3]), ()
+
+    def geometry(x):
+        pads = _spatial.explicit_pads(padding, x.shape[1:3], window, strides)
+        return pads, _spatial.output_hw(x.shape[1:3], window, strides, pads)
+
+    def reduce(x, init_value, op, pads):
+        return lax.reduce_window(
+            # A concrete numpy init value lets JAX use its differentiable max/add windows.
+            x, np.asarray(init_value, x.dtype), op, (1, *window, 1), (1, *strides, 1),
+            ((0, 0), *pads, (0, 0)),
+        )
+
+    return name, window, strides, init, geometry, reduce
+
+
+def MaxPool2D(
+    window: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    padding: _spatial.Padding = "VALID",
+) -> Layer:
+    """Max pooling over spatial windows.
+
+    Args:
+      window: pooling window (an int for square windows).
+      stride: step between windows; defaults to ``window`` (non-overlapping).
+      padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)); padded cells
+        hold -inf and never win.
+
+    Returns:
+      A parameter-free `Layer`.
+    """
+    name, window, strides, init, geometry, reduce = _pool("MaxPool2D", window, stride, padding)
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        pads, _ = geometry(x)
+        return reduce(x, -jnp.inf, lax.max, pads)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        pads, out_hw = geometry(x)
+        padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+        windows = jnp.stack(_spatial.window_slices(padded, window, strides, out_hw), axis=3)
+        winner = jnp.argmax(windows, axis=3)  # First maximum in row-major window order.
+        routed = [
+            jnp.where(winner == offset, dy, jnp.zeros_like(dy))
+            for offset in range(window[0] * window[1])
+        ]
+        dx = _spatial.scatter_windows(routed, padded.shape[1:3], window, strides)
+        return (), _spatial.crop(dx, pads)
+
+    return Layer(init, apply, backward, name=name)
+
+
+def AvgPool2D(
+    window: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    padding: _spatial.Padding = "VALID",
+    count_include_pad: bool = True,
+) -> Layer:
+    """Average pooling over spatial windows.
+
+    Args:
+      window: pooling window (an int for square windows).
+      stride: step between windows; defaults to ``window`` (non-overlapping).
+      padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)); padded cells
+        hold zeros.
+      count_include_pad: divide by the full window size (True, as stax, Flax and PyTorch do
+        by default) or by the number of real, unpadded cells in each window (False).
+
+    Returns:
+      A parameter-free `Layer`.
+    """
+    name, window, strides, init, geometry, reduce = _pool("AvgPool2D", window, stride, padding)
+    if not count_include_pad:
+        name = name[:-1] + ", count_include_pad=False)"
+
+    def divisor(x, pads):
+        if count_include_pad:
+            return math.prod(window)
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        return reduce(ones, 0, lax.add, pads)
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        pads, _ = geometry(x)
+        return reduce(x, 0, lax.add, pads) / divisor(x, pads)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        pads, _ = geometry(x)
+        share = dy / divisor(x, pads)
+        padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:3], pads, strict=True))
+        dx = _spatial.scatter_windows(
+            [share] * math.prod(window), padded_hw, window, strides
+        )
+        return (), _spatial.crop(dx, pads)
+
+    return Layer(init, apply, backward, name=name)

@@ -1,0 +1,32 @@
+"""Flatten: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from jaxnn.layer import Layer, Shape, ShapeError
+
+
+def Flatten() -> Layer:
+    """Flattens every dimension but the batch; its manual rule reshapes ``dy`` back."""
+    name = "Flatten()"
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # No parameters.
+        if len(input_shape) < 1:
+            raise ShapeError(f"{name} needs a batch dimension, got shape {tuple(input_shape)}")
+        if any(dim is None for dim in input_shape[1:]):
+            raise ShapeError(f"{name} needs known feature dimensions, got {tuple(input_shape)}")
+        return (input_shape[0], math.prod(input_shape[1:])), ()
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return x.reshape(x.shape[0], -1)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        return (), dy.reshape(x.shape)
+
+    return Layer(init, apply, backward, name=name)

@@ -1,0 +1,122 @@
+"""Losses averaged over the batch, each with its manual gradient with respect to the prediction.
+
+A `Loss` is a NamedTuple ``(value, grad)``: ``value(pred, target) -> scalar`` and
+``grad(pred, target) -> dL/dpred`` (the delta at the output, already divided by the batch
+size ``m``). Calling a loss calls ``value``. The batch is the leading axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Loss(NamedTuple):
+    """A loss with its manual gradient.
+
+    Attributes:
+      value: ``value(pred, target) -> scalar``, averaged over the leading (batch) axis.
+      grad: ``grad(pred, target) -> dL/dpred``, shaped like ``pred``.
+      name: the name configs use.
+    """
+
+    value: Callable[[jax.Array, jax.Array], jax.Array]
+    grad: Callable[[jax.Array, jax.Array], jax.Array]
+    name: str
+
+    def __call__(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        return self.value(pred, target)
+
+
+def _batch_mean_of_sums(per_element: jax.Array) -> jax.Array:
+    """Sums over every axis but the batch, then averages over the batch."""
+    return jnp.sum(per_element) / per_element.shape[0]
+
+
+def _mse_value(pred, target):
+    return _batch_mean_of_sums(0.5 * (pred - target) ** 2)
+
+
+def _mse_grad(pred, target):
+    return (pred - target) / pred.shape[0]
+
+
+mse = Loss(_mse_value, _mse_grad, "mse")
+"""``J = 1/2 ||a - y||^2`` averaged over the batch; ``dJ/da = (a - y) / m``."""
+
+
+def _as_probabilities(logits, target):
+    """Integer labels (one rank lower than logits) become one-hot rows; else taken as given."""
+    if target.ndim == logits.ndim - 1:
+        return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"softmax_cross_entropy: targets of shape {target.shape} fit neither integer "
+            f"labels {logits.shape[:-1]} nor one-hot rows {logits.shape}"
+        )
+    return target.astype(logits.dtype)
+
+
+def _sce_value(logits, target):
+    probs = _as_probabilities(logits, target)
+    return _batch_mean_of_sums(-probs * jax.nn.log_softmax(logits, axis=-1))
+
+
+def _sce_grad(logits, target):
+    probs = _as_probabilities(logits, target)
+    return (jax.nn.softmax(logits, axis=-1) - probs) / logits.shape[0]
+
+
+softmax_cross_entropy = Loss(_sce_value, _sce_grad, "softmax_cross_entropy")
+"""Cross-entropy of ``softmax(logits)`` against integer labels or one-hot/probability rows.
+
+Fused with its softmax, the manual gradient is ``(softmax(z) - onehot(y)) / m``.
+"""
+
+
+def _sbce_value(logits, target):
+    target = target.astype(logits.dtype)
+    # log(1 + exp(z)) - y z, written to stay finite for large |z|.
+    return _batch_mean_of_sums(jax.nn.softplus(logits) - target * logits)
+
+
+def _sbce_grad(logits, target):
+    return (jax.nn.sigmoid(logits) - target.astype(logits.dtype)) / logits.shape[0]
+
+
+sigmoid_binary_cross_entropy = Loss(_sbce_value, _sbce_grad, "sigmoid_binary_cross_entropy")
+"""Binary cross-entropy of ``sigmoid(logits)`` against 0/1 targets; gradient ``(σ(z) - y)/m``."""
+
+
+def _bce_value(probs, target):
+    target = target.astype(probs.dtype)
+    return _batch_mean_of_sums(-(target * jnp.log(probs) + (1 - target) * jnp.log1p(-probs)))
+
+
+def _bce_grad(probs, target):
+    target = target.astype(probs.dtype)
+    return (probs - target) / (probs * (1 - probs)) / probs.shape[0]
+
+
+binary_cross_entropy = Loss(_bce_value, _bce_grad, "binary_cross_entropy")
+"""Binary cross-entropy on probabilities in (0, 1) (after a Sigmoid layer).
+
+``J = -[y log a + (1 - y) log(1 - a)]``; ``dJ/da = (a - y) / (a (1 - a)) / m``. Prefer
+`sigmoid_binary_cross_entropy` on logits, which stays finite when ``a`` saturates.
+"""
+
+LOSSES: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (mse, softmax_cross_entropy, sigmoid_binary_cross_entropy, binary_cross_entropy)
+}
+
+
+def get(name: str) -> Loss:
+    """The loss called ``name`` (see `LOSSES`)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}") from None

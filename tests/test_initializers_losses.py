@@ -1,0 +1,82 @@
+"""Initializers by name, and losses against optax's reference implementations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxnn import Dense, initializers, losses
+
+
+@pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+                                  "lecun_uniform", "lecun_normal"])
+def test_variance_scaling_initializers_have_expected_spread(name, key):
+    fan_in, fan_out = 400, 300
+    w = initializers.get(name)(key, (fan_in, fan_out), jnp.float64)
+    scale = {"glorot": 2 / (fan_in + fan_out), "he": 2 / fan_in, "lecun": 1 / fan_in}
+    expected_var = scale[name.split("_")[0]]
+    assert float(jnp.var(w)) == pytest.approx(expected_var, rel=0.05)
+
+
+def test_normal_std_and_per_layer_choice(key):
+    _, params = Dense(500, w_init="normal(0.02)", b_init="ones").init(key, (None, 400))
+    assert float(jnp.std(params["w"])) == pytest.approx(0.02, rel=0.02)
+    np.testing.assert_array_equal(params["b"], 1.0)
+    assert float(jnp.std(initializers.normal(0.5)(key, (1000,), jnp.float64))) == pytest.approx(
+        0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("bad", ["normal(0)", "normal(-1)", "uniform", "he"])
+def test_unknown_or_bad_initializer(bad):
+    with pytest.raises(ValueError, match="initializer"):
+        initializers.get(bad)
+
+
+def _data(key, m=7, n=5):
+    k1, k2, k3 = jax.random.split(key, 3)
+    logits = jax.random.normal(k1, (m, n))
+    labels = jax.random.randint(k2, (m,), 0, n)
+    binary = jax.random.bernoulli(k3, 0.5, (m, n)).astype(jnp.float64)
+    return logits, labels, binary
+
+
+def test_losses_match_optax(key):
+    logits, labels, binary = _data(key)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(logits, labels),
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(logits, onehot),
+        optax.softmax_cross_entropy(logits, onehot).mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.sigmoid_binary_cross_entropy(logits, binary),
+        optax.sigmoid_binary_cross_entropy(logits, binary).sum(-1).mean(), rtol=1e-12)
+    probs = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(
+        losses.binary_cross_entropy(probs, binary),
+        optax.sigmoid_binary_cross_entropy(logits, binary).sum(-1).mean(), rtol=1e-10)
+    # MSE in the seeds' form: 1/2 ||a - y||^2 averaged over the batch.
+    np.testing.assert_allclose(losses.mse(logits, binary),
+                               0.5 * jnp.sum((logits - binary) ** 2) / logits.shape[0],
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", list(losses.LOSSES.values()), ids=lambda loss: loss.name)
+def test_manual_loss_gradient_equals_autodiff(loss, key):
+    logits, labels, binary = _data(key)
+    pred = jax.nn.sigmoid(logits) if loss.name == "binary_cross_entropy" else logits
+    targets = [labels, jax.nn.one_hot(labels, 5, dtype=jnp.float64)] if "softmax" in loss.name \
+        else [binary]
+    for target in targets:
+        np.testing.assert_allclose(loss.grad(pred, target), jax.grad(loss.value)(pred, target),
+                                   rtol=1e-10, atol=1e-14)
+
+
+def test_cross_entropy_rejects_mismatched_targets(key):
+    logits, _, _ = _data(key)
+    with pytest.raises(ValueError, match="softmax_cross_entropy"):
+        losses.softmax_cross_entropy(logits, jnp.zeros((7, 3)))
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.get("hinge")
