@@ -23,6 +23,7 @@ def Dense(
     features: int,
     *,
     use_bias: bool = True,
+    shared_bias: bool = False,
     w_init: str | initializers.Initializer = "lecun_normal",
     b_init: str | initializers.Initializer = "zeros",
     dtype: jnp.dtype | None = None,
@@ -32,18 +33,24 @@ def Dense(
     Args:
       features: the number of output units.
       use_bias: whether to add the bias ``b``.
+      shared_bias: one scalar bias for all units instead of one per unit (as in the classic
+        2-2-2 worked example, where both hidden units share ``b1``).
       w_init: initializer of ``w`` (shape (in, out)); a name or a callable.
       b_init: initializer of ``b`` (shape (out,)).
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
 
     Returns:
-      A `Layer` with params ``{"w": (in, out), "b": (out,)}`` (no ``"b"`` without bias).
+      A `Layer` with params ``{"w": (in, out), "b": (out,)}`` (``"b"`` of shape () when
+      shared, absent without bias).
     """
     if not isinstance(features, int) or isinstance(features, bool) or features < 1:
         raise ValueError(f"Dense: features must be a positive int, got {features!r}")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
-    name = f"Dense({features})" if use_bias else f"Dense({features}, use_bias=False)"
+    bias_shape = () if shared_bias else (features,)
+    name = f"Dense({features})"
+    if not use_bias or shared_bias:
+        name = f"Dense({features}, {'shared_bias=True' if use_bias else 'use_bias=False'})"
 
     def init(key: jax.Array, input_shape: Shape):
         check_rank(name, input_shape, 2, "(batch, features)", "add Flatten() before Dense")
@@ -54,21 +61,21 @@ def Dense(
         dtype_ = param_dtype(dtype)
         params = {"w": w_initializer(w_key, (in_features, features), dtype_)}
         if use_bias:
-            params["b"] = b_initializer(b_key, (features,), dtype_)
+            params["b"] = b_initializer(b_key, bias_shape, dtype_)
         return (input_shape[0], features), params
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
         y = x @ params["w"]
         if use_bias:
-            y = y + params["b"][None, :]
+            y = y + params["b"] if shared_bias else y + params["b"][None, :]
         return y
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train  # The rule needs only x and dy.
         grads = {"w": x.T @ dy}
         if use_bias:
-            grads["b"] = jnp.sum(dy, axis=0)
+            grads["b"] = jnp.sum(dy) if shared_bias else jnp.sum(dy, axis=0)
         return grads, dy @ params["w"].T
 
     return Layer(init, apply, backward, name=name)

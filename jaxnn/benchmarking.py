@@ -1,0 +1,74 @@
+"""Timing helpers for the benchmarks in `experiments/`: medians over interleaved rounds."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Timing(NamedTuple):
+    """Per-call wall times of one contender, in microseconds, and its first-call time."""
+
+    median_us: float
+    min_us: float
+    max_us: float
+    first_call_s: float
+
+
+def compare(
+    contenders: Mapping[str, tuple[Callable[..., Any], tuple]],
+    *,
+    rounds: int = 7,
+    calls_per_round: int = 20,
+) -> dict[str, Timing]:
+    """Times several jitted functions against each other in the same process.
+
+    Each contender is called once (trace + compile + run: ``first_call_s``), then the
+    contenders take turns, round by round, so that machine noise hits them alike. Each round
+    times ``calls_per_round`` back-to-back calls and blocks on the last result.
+
+    Args:
+      contenders: name -> (function, args).
+      rounds: interleaved rounds; the statistics are over rounds.
+      calls_per_round: calls per timed round.
+
+    Returns:
+      name -> `Timing` (per-call median, min and max over rounds).
+    """
+    first = {}
+    for name, (fn, args) in contenders.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        first[name] = time.perf_counter() - start
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (fn, args) in contenders.items():
+            start = time.perf_counter()
+            for _ in range(calls_per_round):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            samples[name].append((time.perf_counter() - start) / calls_per_round * 1e6)
+    return {
+        name: Timing(statistics.median(s), min(s), max(s), first[name])
+        for name, s in samples.items()
+    }
+
+
+def table(timings: Mapping[str, Timing], baseline: str) -> str:
+    """A printable table of timings with each contender's ratio to ``baseline``."""
+    from jaxnn._table import format_table
+
+    base = timings[baseline].median_us
+    rows = [
+        (name, f"{t.median_us:,.0f}", f"{t.min_us:,.0f}", f"{t.max_us:,.0f}",
+         f"{t.median_us / base:.3f}", f"{t.first_call_s:.2f}")
+        for name, t in timings.items()
+    ]
+    return format_table(
+        ("contender", "median µs", "min µs", "max µs", f"/ {baseline}", "first call s"),
+        rows, right=(1, 2, 3, 4, 5),
+    )

@@ -1,0 +1,214 @@
+"""Manual delta-rule gradients against jax.grad (float64) and finite differences.
+
+Built micrograd-style: the same gradient computed two ways, compared value by value.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import (
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Gelu,
+    Identity,
+    LeakyRelu,
+    LogSoftmax,
+    MaxPool2D,
+    Relu,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+    losses,
+    manual,
+    serial,
+)
+
+RTOL = 1e-10
+ACTIVATIONS = [Identity, Sigmoid, Tanh, Relu, LeakyRelu, Gelu, lambda: Gelu(False), Softplus,
+               Softmax, LogSoftmax]
+OUT = 3
+
+
+def _targets(loss, batch, key):
+    if loss.name == "softmax_cross_entropy":
+        return jax.random.randint(key, (batch,), 0, OUT)
+    if "binary" in loss.name:
+        return jax.random.bernoulli(key, 0.5, (batch, OUT)).astype(jnp.float64)
+    return jax.random.normal(key, (batch, OUT))
+
+
+def _head(loss):
+    """Layers after the last Dense: probabilities for binary_cross_entropy, else none."""
+    return [Sigmoid()] if loss.name == "binary_cross_entropy" else []
+
+
+def assert_manual_equals_autodiff(net, loss, x, y, *, key=None, train=False, rtol=RTOL):
+    _, params = net.init(jax.random.key(42), (None, *x.shape[1:]))
+    got = manual.grad(net, loss, params, x, y, key=key, train=train)
+    want = jax.grad(lambda p: loss(net.apply(p, x, key=key, train=train), y))(params)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                            jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype == jnp.float64, path
+        scale = float(jnp.max(jnp.abs(w)))
+        error = float(jnp.max(jnp.abs(g - w)))
+        assert error <= rtol * scale, (path, error, scale)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a().name)
+def test_mlp_every_activation_loss_and_batch(depth, activation, key):
+    for loss in losses.LOSSES.values():
+        for batch in (1, 7):
+            layers = []
+            for _ in range(depth - 1):
+                layers += [Dense(6), activation()]
+            # The output activation is exercised with MSE (the seeds' delta^L = (a - y) g'(z)).
+            layers += [Dense(OUT)] + ([activation()] if loss is losses.mse else _head(loss))
+            x = jax.random.normal(key, (batch, 4))
+            y = _targets(loss, batch, jax.random.key(batch))
+            assert_manual_equals_autodiff(serial(*layers), loss, x, y)
+
+
+CNNS = {
+    "conv_s1_same_maxpool": lambda: [Conv2D(3, 3, stride=1, padding="SAME"), Relu(),
+                                     MaxPool2D(2), Flatten()],
+    "conv_s2_valid_avgpool": lambda: [Conv2D(4, 3, stride=2, padding="VALID"), Tanh(),
+                                      AvgPool2D(2, 1), Flatten()],
+    "conv_s2_pad1_overlapping_maxpool": lambda: [Conv2D(3, (3, 2), stride=2, padding=1),
+                                                 Sigmoid(), MaxPool2D(3, 2, padding="SAME"),
+                                                 Flatten()],
+    "two_convs_avgpool_same": lambda: [Conv2D(2, 3, padding=1), Gelu(), Conv2D(3, 2, stride=2),
+                                       AvgPool2D(2, padding="SAME"), Flatten()],
+    "avgpool_count_real_cells": lambda: [Conv2D(2, 1), AvgPool2D(3, 2, padding=1,
+                                                                 count_include_pad=False),
+                                         Flatten()],
+    "conv_s1_valid_no_bias": lambda: [Conv2D(2, 2, padding="VALID", use_bias=False),
+                                      Softplus(), Flatten()],
+}
+
+
+@pytest.mark.parametrize("name", list(CNNS))
+@pytest.mark.parametrize("loss", list(losses.LOSSES.values()), ids=lambda loss: loss.name)
+def test_cnn_every_loss_and_batch(name, loss, key):
+    for batch in (1, 7):
+        net = serial(*CNNS[name](), Dense(OUT), *_head(loss))
+        x = jax.random.normal(key, (batch, 9, 8, 2))
+        assert_manual_equals_autodiff(net, loss, x, _targets(loss, batch, key))
+
+
+def test_dropout_rule_uses_the_forward_mask(key):
+    net = serial(Dense(8), Relu(), Dropout(0.4), Dense(OUT))
+    x = jax.random.normal(key, (7, 4))
+    y = _targets(losses.mse, 7, key)
+    assert_manual_equals_autodiff(net, losses.mse, x, y, key=jax.random.key(3), train=True)
+
+
+def test_max_pool_ties_go_where_jax_grad_sends_them(key):
+    # Every window holds tied maxima; the rule must pick the same one as jax.grad.
+    x = jnp.round(jax.random.uniform(key, (2, 6, 6, 2)) * 2)
+    for pool in (MaxPool2D(2), MaxPool2D(3, 1, padding="SAME"), MaxPool2D(2, 1)):
+        _, params = pool.init(key, (None, 6, 6, 2))
+        y = pool.apply(params, x)
+        dy = jax.random.normal(jax.random.key(1), y.shape)
+        _, dx = pool.backward(params, x, y, dy)
+        want = jax.vjp(lambda xx, p=pool: p.apply((), xx), x)[1](dy)[0]
+        np.testing.assert_allclose(dx, want, rtol=0, atol=1e-13)
+
+
+def test_check_reports_every_leaf(key, capsys):
+    net = serial(Conv2D(2, 3, stride=2, padding=1), Relu(), Flatten(), Dense(4), Tanh(),
+                 Dense(OUT))
+    x = jax.random.normal(key, (5, 6, 6, 1))
+    _, params = net.init(key, (None, 6, 6, 1))
+    report = manual.check(net, losses.softmax_cross_entropy, params, x,
+                          _targets(losses.softmax_cross_entropy, 5, key))
+    assert [leaf.path for leaf in report.leaves] == [
+        "[0]['b']", "[0]['w']", "[3]['b']", "[3]['w']", "[5]['b']", "[5]['w']"]
+    assert report.leaves[1].layer.startswith("layer 0 (Conv2D")
+    assert report.worst_autodiff_rel < RTOL
+    assert report.worst_fd_rel < 1e-5
+    assert len(report.layers) == 6
+    assert "[3]['w']" in capsys.readouterr().out
+
+
+def test_check_catches_a_planted_wrong_rule(key):
+    sigmoid = Sigmoid()
+    # A classic slip: g'(z) written as y instead of y (1 - y).
+    wrong = sigmoid._replace(backward=lambda p, x, y, dy, **kw: ((), dy * y))
+    net = serial(Dense(5), wrong, Dense(OUT))
+    x = jax.random.normal(key, (7, 4))
+    _, params = net.init(key, (None, 4))
+    with pytest.raises(manual.GradientCheckError) as error:
+        manual.check(net, losses.mse, params, x, _targets(losses.mse, 7, key), verbose=False)
+    message = str(error.value)
+    assert "layer rule layer 1 (Sigmoid())" in message
+    assert "leaf [0]['w'] of layer 0 (Dense(5))" in message
+    assert "finite differences" in message
+
+
+def test_check_catches_a_wrong_parameter_gradient(key):
+    dense = Dense(OUT)
+
+    def backward(params, x, y, dy, **kw):
+        grads, dx = dense.backward(params, x, y, dy, **kw)
+        return {"w": grads["w"], "b": 2 * grads["b"]}, dx
+
+    net = serial(Dense(5), Tanh(), dense._replace(backward=backward))
+    x = jax.random.normal(key, (7, 4))
+    _, params = net.init(key, (None, 4))
+    with pytest.raises(manual.GradientCheckError, match=r"layer rule layer 2 \(Dense\(3\)\)"):
+        manual.check(net, losses.mse, params, x, _targets(losses.mse, 7, key), verbose=False)
+
+
+def test_manual_grad_jits_and_vmaps(key):
+    net = serial(Dense(6), Sigmoid(), Dense(OUT))
+    _, params = net.init(key, (None, 4))
+    x = jax.random.normal(key, (7, 4))
+    y = _targets(losses.mse, 7, key)
+    eager = manual.grad(net, losses.mse, params, x, y)
+    jitted = jax.jit(lambda p: manual.grad(net, losses.mse, p, x, y))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), eager, jitted)
+    stacked = jax.vmap(lambda k: net.init(k, (None, 4))[1])(jax.random.split(key, 3))
+    per_trial = jax.vmap(lambda p: manual.grad(net, losses.mse, p, x, y))(stacked)
+    assert per_trial[0]["w"].shape == (3, 4, 6)
+
+
+def _load_experiment(name):
+    path = pathlib.Path(__file__).parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_worked_example_numbers():
+    result = _load_experiment("backprop_worked_example").worked_example()
+    expected_forward = {"net_h1": 0.3775, "out_h1": 0.593269992, "out_h2": 0.596884378,
+                        "net_o1": 1.105905967, "out_o1": 0.75136507, "out_o2": 0.772928465,
+                        "E_total": 0.298371109}
+    for name, value in expected_forward.items():
+        assert result["forward"][name] == pytest.approx(value, abs=5e-10), name
+    assert result["deltas"]["delta_o1"] == pytest.approx(0.138498562, abs=5e-10)
+    expected_grads = {"w5": 0.082167041, "w1": 0.000438568, "w8": -0.022740242}
+    for name, value in expected_grads.items():
+        assert result["manual"][f"dE/d{name}"] == pytest.approx(value, abs=5e-10)
+    for name, value in result["manual"].items():
+        assert value == pytest.approx(result["autodiff"][name], rel=1e-12, abs=1e-18)
+    expected_updated = {"w1": 0.149780716, "w2": 0.19956143, "w3": 0.24975114, "w4": 0.29950229,
+                        "w5": 0.35891648, "w6": 0.408666186, "w7": 0.511301270,
+                        "w8": 0.561370121, "b1": 0.35, "b2": 0.60}
+    for name, value in expected_updated.items():
+        assert result["updated"][name] == pytest.approx(value, abs=5e-9), name
+    # The exact new error; the walk-through's 0.291027924 carries its rounded intermediates.
+    assert result["E_new"] == pytest.approx(0.291027774, abs=5e-10)
+    assert result["E_new"] == pytest.approx(0.291027924, abs=2e-7)
