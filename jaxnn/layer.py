@@ -32,7 +32,12 @@ BackwardFn = Callable[..., tuple[Params, jax.Array]]
 
 
 class ShapeError(ValueError):
-    """An input shape a layer cannot take, raised by `init` before anything is compiled."""
+    """An input shape a layer cannot take, raised by `init` before anything is compiled.
+
+    Raised through `serial`, it names the layer and its ``layer_index`` is set.
+    """
+
+    layer_index: int | None = None
 
 
 class _LayerFns(NamedTuple):
@@ -128,7 +133,9 @@ def serial(*layers: Layer) -> Layer:
                 shape, layer_params = layer.init(layer_key, shape)
             except ShapeError as error:
                 message = str(error).removeprefix(layer.name).lstrip(" :")
-                raise ShapeError(f"layer {index} ({layer.name}): {message}") from None
+                located = ShapeError(f"layer {index} ({layer.name}): {message}")
+                located.layer_index = index
+                raise located from None
             params.append(layer_params)
         return shape, tuple(params)
 

@@ -57,9 +57,15 @@ def value_and_grad(
     Returns:
       ``(loss value, grads)`` with ``grads`` shaped like ``params``.
     """
+    value, grads, _ = value_grad_and_output(net, loss, params, x, y, key=key, train=train)
+    return value, grads
+
+
+def value_grad_and_output(net, loss, params, x, y, *, key=None, train=False):
+    """Like `value_and_grad`, also returning the network's output ``net(params, x)``."""
     pred = net.apply(params, x, key=key, train=train)
     grads, _ = net.backward(params, x, pred, loss.grad(pred, y), key=key, train=train)
-    return loss.value(pred, y), grads
+    return loss.value(pred, y), grads, pred
 
 
 def grad(

@@ -1,0 +1,105 @@
+"""Checkpoints of parameter and optimizer pytrees: atomic ``.npz`` files, no pickle.
+
+`save` writes every leaf as a named array plus the leaves' tree paths, into a temporary
+file in the same directory that is fsynced and then renamed over the target, so a reader
+sees the old checkpoint or the new one, never half a file. `load` restores into the
+structure of a template pytree (e.g. a freshly initialised state) and checks every leaf's
+path, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PATHS = "__paths__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupted or does not fit the template."""
+
+
+def _paths_and_leaves(tree: Any) -> tuple[list[str], list[Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(path) for path, _ in flat], [leaf for _, leaf in flat]
+
+
+def _to_numpy(leaf: Any) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf)
+
+
+def save(path: str | os.PathLike, tree: Any) -> None:
+    """Writes ``tree`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    paths, leaves = _paths_and_leaves(tree)
+    arrays = {f"leaf_{i}": _to_numpy(leaf) for i, leaf in enumerate(leaves)}
+    arrays[_PATHS] = np.array(paths, dtype=np.str_)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def load(path: str | os.PathLike, template: Any) -> Any:
+    """Reads a checkpoint into the structure of ``template``.
+
+    Raises:
+      CheckpointError: naming the file, for a missing, truncated or corrupted file, or
+        one whose leaves do not match the template's paths, shapes and dtypes.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored_paths = [str(p) for p in archive[_PATHS]]
+            stored = [archive[f"leaf_{i}"] for i in range(len(stored_paths))]
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as error:
+        raise CheckpointError(
+            f"{path}: corrupted or truncated checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    paths, leaves = _paths_and_leaves(template)
+    if stored_paths != paths:
+        first = next((a, b) for a, b in zip([*stored_paths, ""], [*paths, ""], strict=False)
+                     if a != b)
+        raise CheckpointError(
+            f"{path}: checkpoint holds {len(stored_paths)} leaves that do not match the model "
+            f"({len(paths)} leaves); first difference (stored, expected): {first}")
+    restored = []
+    for name, value, leaf in zip(paths, stored, leaves, strict=True):
+        want = _to_numpy(leaf) if not hasattr(leaf, "shape") else leaf
+        is_key = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        want_shape = jax.random.key_data(leaf).shape if is_key else tuple(want.shape)
+        if tuple(value.shape) != tuple(want_shape):
+            raise CheckpointError(f"{path}: leaf {name} has shape {value.shape}, the model "
+                                  f"expects {want_shape}")
+        if is_key:
+            restored.append(jax.random.wrap_key_data(value))
+        else:
+            if value.dtype != want.dtype:
+                raise CheckpointError(f"{path}: leaf {name} has dtype {value.dtype}, the model "
+                                      f"expects {want.dtype}")
+            restored.append(jnp.asarray(value))
+    return jax.tree.unflatten(jax.tree.structure(template), restored)

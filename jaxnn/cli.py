@@ -1,0 +1,117 @@
+"""The ``jaxnn`` command: ``jaxnn train``, ``jaxnn summary``.
+
+Errors a user can act on (a bad config, missing data, a taken run directory, a bad
+checkpoint) print one line naming the file and key, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from jaxnn import config as config_lib
+from jaxnn.checkpoint import CheckpointError
+from jaxnn.config import Config, ConfigError
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 1
+DEFAULT_SOURCE = "<default config (= configs/mlp_digits.toml)>"
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """The config at ``path`` with overrides; the built-in default run when ``path`` is None."""
+    if path is None:
+        raw = config_lib.apply_overrides({}, overrides, DEFAULT_SOURCE)
+        return config_lib.from_dict(raw, DEFAULT_SOURCE)
+    return config_lib.load(path, overrides)
+
+
+def _workdir(config: Config, path: str | None) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0] if path else "mlp_digits"
+    return os.path.join(config.output.dir, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxnn import run
+
+    if args.resume:
+        if args.config:
+            raise ConfigError(args.config, "", "give either a config or --resume RUN_DIR")
+        config = config_lib.load(os.path.join(args.resume, run.CONFIG), args.set)
+        workdir = args.resume
+    else:
+        config = load_config(args.config, args.set)
+        workdir = args.workdir or _workdir(config, args.config)
+    summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))
+    accuracy = summary["test_accuracy"]
+    print(f"run directory: {workdir}")
+    print(f"status: {summary['status']}  epochs: {summary['epochs_run']}  "
+          f"test loss: {summary['test_loss']:.4f}"
+          + (f"  test accuracy: {accuracy:.4f}" if accuracy is not None else "")
+          + f"  wall time: {summary['wall_time_s']:.1f} s"
+          + f"  compile: {summary['compile_time_s']:.1f} s")
+    if summary["message"]:
+        print(summary["message"])
+    if isinstance(summary.get("plots"), str):
+        print(f"note: {summary['plots']}")
+    return EXIT_DIVERGED if summary["status"] == "diverged" else 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from jaxnn import models, run
+    from jaxnn.summary import summary
+
+    config = load_config(args.config, args.set)
+    run.enable_precision(config)
+    dataset = run.prepare(config)
+    net = models.build(config.model, dataset.output_size, source=config.source)
+    print(f"{config.source}: {dataset.name}, {len(dataset.x_train)} training examples")
+    print(summary(net, (None, *dataset.input_shape)))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    top = argparse.ArgumentParser(prog="jaxnn", description="Functional neural networks on JAX.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.add_argument("config", nargs="?", help="a TOML config (default: the MLP on digits)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set training.epochs=5")
+        return sub
+
+    train = with_config("train", "Train a network from a config and write a run directory.")
+    train.add_argument("--workdir", help="run directory (default: OUTPUT_DIR/NAME-TIME)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last checkpoint")
+    train.set_defaults(handler=_train)
+    summary = with_config("summary", "Print the network's layers, shapes and parameter counts.")
+    summary.set_defaults(handler=_summary)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the exit status."""
+    from jaxnn.data import DataError
+    from jaxnn.layer import ShapeError
+    from jaxnn.run import RunError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:
+        print(f"jaxnn: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def console_main() -> None:
+    """The console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,346 @@
+"""TOML configs, validated into frozen dataclasses before anything is compiled.
+
+The defaults are the default run (``configs/mlp_digits.toml``: an MLP on the bundled
+digits). A config has the sections ``[model]``, ``[data]``, ``[optimizer]``, ``[schedule]``,
+``[training]``, ``[output]`` (and ``[sweep]``, read by the sweep engine); every key has a
+default, so an empty file is the default run. Problems raise one `ConfigError` that names
+the file and the key (``configs/x.toml: training.epochs: expected an int, got "ten"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad config: names the file and the key at fault."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key = source, key
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network.
+
+    Either ``layers`` -- a list of tables ``{type = "Dense", features = 128}`` naming a layer
+    constructor and its arguments -- or the MLP shorthand ``hidden`` (widths) with
+    ``activation``, whose output layer is sized from the data.
+    """
+
+    layers: tuple[dict, ...] = ()
+    hidden: tuple[int, ...] = (256, 128)
+    activation: str = "relu"
+    loss: str = "softmax_cross_entropy"
+    dropout: float = 0.0  # rate of Dropout layers that give none of their own
+    init_scale: float = 1.0  # multiplies the initial weights ("w" leaves)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set; ``name`` is digits, mnist, fashion_mnist, npz, csv, spirals, moons or
+    regression. ``path`` is the IDX directory (mnist, fashion_mnist) or the file (npz, csv)."""
+
+    name: str = "digits"
+    path: str = ""
+    features: tuple[str, ...] = ()  # npz: one array name; csv: columns (empty: all but label)
+    label: str = ""  # npz array / csv column of labels (default "y" / "label")
+    task: str = "classification"  # or "regression" (npz, csv)
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    standardize: bool = True
+    seed: int = 0
+    limit: int = 0  # use only the first `limit` examples (0: all), e.g. for quick runs
+    num_examples: int = 600  # synthetic sets
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """An optax optimizer: sgd, momentum, nesterov, adam, adamw or rmsprop."""
+
+    name: str = "momentum"
+    learning_rate: float = 0.05
+    momentum: float = 0.9  # momentum, nesterov, rmsprop
+    weight_decay: float = 1e-4  # decoupled for adamw, an L2 gradient term otherwise
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    decay: float = 0.9  # rmsprop's squared-gradient average
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """An optax learning-rate schedule: constant, exponential, step, cosine, warmup_cosine."""
+
+    name: str = "cosine"
+    decay_rate: float = 0.5  # exponential: factor per `decay_epochs`
+    decay_epochs: float = 10.0
+    boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is scaled
+    scales: tuple[float, ...] = ()  # step: the factor at each boundary
+    warmup_epochs: float = 1.0  # warmup_cosine
+    final_fraction: float = 0.0  # cosine, warmup_cosine: final rate / peak rate
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training loop."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    seed: int = 0
+    precision: str = "float32"  # or "float64"
+    patience: int = 0  # early stopping on validation loss; 0 turns it off
+    chunk_epochs: int = 0  # epochs per compiled chunk between host checks; 0: automatic
+    backprop: str = "autodiff"  # or "manual": train with the layers' delta rules
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go: runs/<config name>-<time> unless a work directory is given."""
+
+    dir: str = "runs"
+    plots: bool = True
+    checkpoint: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated config."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    sweep: dict = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or ``section={key: value}`` updates replaced."""
+        updates = {}
+        for name, value in sections.items():
+            if isinstance(value, dict) and name != "sweep":
+                value = dataclasses.replace(getattr(self, name), **value)
+            updates[name] = value
+        return dataclasses.replace(self, **updates)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)
+            if f.name not in ("source",)}
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "exponential", "step", "cosine", "warmup_cosine")
+DATASETS = ("digits", "mnist", "fashion_mnist", "npz", "csv", "spirals", "moons", "regression")
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Checks ``value`` against a field's type hint; lists become tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_hint = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(source, key, f"expected a list, got {value!r}")
+        return tuple(_coerce(v, item_hint, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an int, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {value!r}")
+        return value
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint}")  # pragma: no cover
+
+
+def _section(name: str, values: Any, source: str):
+    cls = type(SECTIONS[name]())
+    if not isinstance(values, dict):
+        raise ConfigError(source, name, f"expected a [{name}] table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(source, f"{name}.{key}",
+                              f"unknown key; [{name}] takes {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(v, hints[k], source, f"{name}.{k}") for k, v in values.items()})
+
+
+def _check_values(config: Config) -> None:
+    """Range and choice checks that types alone do not catch."""
+    source = config.source
+
+    def require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(source, key, message)
+
+    def choice(value: str, options: tuple[str, ...], key: str) -> None:
+        require(value in options, key, f"{value!r} is not one of {', '.join(options)}")
+
+    opt, sched, train, data, model = (config.optimizer, config.schedule, config.training,
+                                      config.data, config.model)
+    choice(opt.name, OPTIMIZERS, "optimizer.name")
+    require(opt.learning_rate > 0, "optimizer.learning_rate",
+            f"must be > 0, got {opt.learning_rate}")
+    require(0 <= opt.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
+    require(opt.weight_decay >= 0, "optimizer.weight_decay",
+            f"must be >= 0, got {opt.weight_decay}")
+    choice(sched.name, SCHEDULES, "schedule.name")
+    require(sched.decay_rate > 0, "schedule.decay_rate", "must be > 0")
+    require(sched.decay_epochs > 0, "schedule.decay_epochs", "must be > 0")
+    require(len(sched.boundaries) == len(sched.scales), "schedule.scales",
+            f"needs one scale per boundary ({len(sched.boundaries)} boundaries)")
+    require(0 <= sched.final_fraction <= 1, "schedule.final_fraction", "must be in [0, 1]")
+    require(train.epochs >= 1, "training.epochs", f"must be >= 1, got {train.epochs}")
+    require(train.batch_size >= 1, "training.batch_size", f"must be >= 1, got {train.batch_size}")
+    choice(train.precision, ("float32", "float64"), "training.precision")
+    choice(train.backprop, ("autodiff", "manual"), "training.backprop")
+    require(train.patience >= 0, "training.patience", "must be >= 0")
+    require(train.chunk_epochs >= 0, "training.chunk_epochs", "must be >= 0")
+    choice(data.name, DATASETS, "data.name")
+    choice(data.task, ("classification", "regression"), "data.task")
+    require(0 <= data.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+    require(0 <= data.test_fraction < 1, "data.test_fraction", "must be in [0, 1)")
+    require(data.limit >= 0, "data.limit", "must be >= 0")
+    if data.name in ("mnist", "fashion_mnist", "npz", "csv"):
+        require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
+        require(os.path.exists(data_path(config)), "data.path", f"{data.path!r} not found")
+    require(0 <= model.dropout < 1, "model.dropout", f"must be in [0, 1), got {model.dropout}")
+    require(model.init_scale > 0, "model.init_scale", f"must be > 0, got {model.init_scale}")
+    require(all(width >= 1 for width in model.hidden), "model.hidden", "widths must be >= 1")
+    for index, spec in enumerate(model.layers):
+        require(isinstance(spec, dict) and isinstance(spec.get("type"), str),
+                f"model.layers[{index}]", 'expected a table with a "type", e.g. '
+                '{type = "Dense", features = 10}')
+
+
+def data_path(config: Config) -> str:
+    """``data.path`` as given when it exists from here, else relative to the config file."""
+    path = config.data.path
+    if not path or os.path.isabs(path) or os.path.exists(path) or not os.path.isfile(config.source):
+        return path
+    return os.path.join(os.path.dirname(config.source), path)
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Validates a parsed TOML document (a dict of sections) into a `Config`."""
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(source, name, f"unknown section; sections are {', '.join(SECTIONS)}")
+    sections = {name: _section(name, raw[name], source) if name != "sweep" else
+                _coerce(raw[name], dict, source, "sweep") for name in raw}
+    config = Config(**sections, source=source)
+    _check_values(config)
+    return config
+
+
+def _parse_override(text: str, source: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(source, "--set", f"expected key.path=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # A bare word is taken as a string.
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """Applies ``section.key=value`` overrides (values parsed as TOML) to a raw document."""
+    for text in overrides:
+        path, value = _parse_override(text, source)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(source, ".".join(path), "cannot set a key inside a value")
+        node[path[-1]] = value
+    return raw
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Reads and validates a TOML config.
+
+    Args:
+      path: the TOML file.
+      overrides: ``["training.epochs=5", ...]`` applied on top (values in TOML syntax).
+
+    Raises:
+      ConfigError: naming the file and key at fault.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(source, "", "config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "", f"not valid TOML: {error}") from None
+    return from_dict(apply_overrides(raw, list(overrides or []), source), source)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain sections (``source`` left out)."""
+    return {name: dataclasses.asdict(getattr(config, name)) if name != "sweep" else
+            dict(config.sweep) for name in SECTIONS}
+
+
+def dumps(config: Config | dict) -> str:
+    """The config as TOML that `load` reads back to an equal config.
+
+    tomllib only reads; the schema here (scalars, lists, inline tables) is small enough that
+    writing it needs no extra dependency.
+    """
+    sections = to_dict(config) if isinstance(config, Config) else config
+    lines = []
+    for name, values in sections.items():
+        if not values:
+            continue
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, list | tuple) and value and isinstance(value[0], dict):
+                lines.append(f"{key} = [")
+                lines += [f"  {_toml_value(item)}," for item in value]
+                lines.append("]")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+

@@ -1,0 +1,319 @@
+"""Data sets: bundled digits, MNIST-style IDX files, npz/csv files and synthetic sets.
+
+Every loader returns a `Dataset`: seeded train/validation/test splits as numpy arrays,
+features standardised with statistics fitted on the train split only. Images are stored
+NHWC (``(n, height, width, channels)``); `Dataset.flat` gives the (n, features) view that
+MLPs take. Classification labels are int32; regression targets are float (n, outputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import os
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad or missing data, with the file at fault named."""
+
+
+class Dataset(NamedTuple):
+    """Train/validation/test splits of one data set.
+
+    Attributes:
+      x_train, y_train, x_val, y_val, x_test, y_test: the splits.
+      num_classes: the number of classes, or 0 for a regression task.
+      name: where the data came from.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example."""
+        return self.x_train.shape[1:]
+
+    @property
+    def flat(self) -> Dataset:
+        """The same data with each example flattened to a vector."""
+        return self._replace(**{
+            field: getattr(self, field).reshape(len(getattr(self, field)), -1)
+            for field in ("x_train", "x_val", "x_test")
+        })
+
+    @property
+    def output_size(self) -> int:
+        """Units the network's last layer needs: classes, or regression outputs."""
+        return self.num_classes or int(np.prod(self.y_train.shape[1:]))
+
+    def astype(self, dtype) -> Dataset:
+        """Features (and regression targets) cast to ``dtype``."""
+        cast = {f: getattr(self, f).astype(dtype) for f in ("x_train", "x_val", "x_test")}
+        if not self.num_classes:
+            cast.update({f: getattr(self, f).astype(dtype) for f in ("y_train", "y_val", "y_test")})
+        return self._replace(**cast)
+
+
+def split(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    name: str,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Dataset:
+    """Shuffles with ``seed`` and splits into train/validation/test, then standardises.
+
+    Args:
+      x: features, examples first.
+      y: labels or targets, examples first.
+      num_classes: classes (0 for regression).
+      name: a description for messages.
+      validation_fraction: share of the (non-test) examples held out for validation.
+      test_fraction: share held out for testing; ignored when ``test`` is given.
+      seed: seeds the shuffle.
+      standardize: subtract the train mean and divide by the train standard deviation
+        (per feature; constant features are left centred, not divided).
+      test: a fixed test split (MNIST's own), used instead of a random one.
+    """
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} examples but {len(y)} labels")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    if test is None:
+        n_test = round(test_fraction * len(x))
+        x_test, y_test, x, y = x[:n_test], y[:n_test], x[n_test:], y[n_test:]
+    else:
+        x_test, y_test = test
+    n_val = round(validation_fraction * len(x))
+    x_val, y_val, x_train, y_train = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
+    if len(x_train) == 0:
+        raise DataError(f"{name}: no training examples left after the splits")
+    if standardize:
+        mean = x_train.mean(axis=0, keepdims=True)
+        std = x_train.std(axis=0, keepdims=True)
+        std = np.where(std > 1e-8, std, 1.0)
+        x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
+    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, name)
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1797 images, no download) as NHWC and labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.reshape(-1, 8, 8, 1).astype(np.float64), digits.target.astype(np.int32)
+
+
+# --- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an IDX file (plain or gzip), the format of MNIST and Fashion-MNIST.
+
+    Raises:
+      DataError: naming the file when it is missing, truncated or not IDX.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read: {error}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: IDX header promises {shape} ({expected} bytes), file holds "
+            f"{len(raw) - header} bytes")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _find(directory: str, stem: str) -> str:
+    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
+                      stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return path
+    raise DataError(f"{directory}: no {stem}[.gz] (MNIST-style IDX files expected)")
+
+
+def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, ...], ...]:
+    """MNIST-layout files in ``directory``: ((x_train, y_train), (x_test, y_test)), NHWC."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: directory not found")
+    parts = []
+    for prefix in ("train", "t10k"):
+        images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{directory}: {prefix} images {images.shape} and labels "
+                            f"{labels.shape} do not match")
+        parts.append((images[..., None].astype(np.float64), labels.astype(np.int32)))
+    return tuple(parts)
+
+
+# --- files with named columns -------------------------------------------------------------
+
+def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """Feature and label arrays stored under the given names in an ``.npz`` file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in (features, labels) if name not in archive.files]
+            if missing:
+                raise DataError(f"{path}: no array named {missing[0]!r}; has {archive.files}")
+            return archive[features].astype(np.float64), archive[labels]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: cannot read npz: {error}") from None
+
+
+def load_csv(
+    path: str, features: Sequence[str] | None, label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSV file with a header row: the ``label`` column and the ``features`` columns.
+
+    Args:
+      path: the file.
+      features: the feature column names; None takes every column but ``label``.
+      label: the label (or regression target) column.
+    """
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    if not header:
+        raise DataError(f"{path}: empty CSV (a header row is expected)")
+    header = [name.strip() for name in header]
+    names = [c for c in header if c != label] if features is None else list(features)
+    for name in (*names, label):
+        if name not in header:
+            raise DataError(f"{path}: no column {name!r}; columns are {header}")
+    columns = [header.index(name) for name in names]
+    label_column = header.index(label)
+    try:
+        x = np.array([[float(row[c]) for c in columns] for row in rows], np.float64)
+        y = np.array([float(row[label_column]) for row in rows], np.float64)
+    except (ValueError, IndexError) as error:
+        raise DataError(f"{path}: non-numeric or missing value: {error}") from None
+    return x, y
+
+
+def as_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
+    """Integer class labels 0..k-1 and k, or a DataError naming ``source``."""
+    if not np.all(np.equal(np.mod(y, 1), 0)) or np.any(y < 0):
+        raise DataError(f"{source}: classification labels must be integers >= 0")
+    labels = y.astype(np.int32)
+    return labels, int(labels.max()) + 1
+
+
+# --- synthetic sets -----------------------------------------------------------------------
+
+def two_spirals(n: int = 600, noise: float = 0.2, seed: int = 0):
+    """Two interleaved spirals in 2-D; labels 0 and 1."""
+    rng = np.random.default_rng(seed)
+    t = np.sqrt(rng.uniform(0.05, 1, n)) * 3 * np.pi
+    label = rng.integers(0, 2, n)
+    sign = np.where(label == 0, 1.0, -1.0)
+    x = np.stack([sign * t * np.cos(t), sign * t * np.sin(t)], axis=1) / (3 * np.pi)
+    return x + noise * 0.1 * rng.standard_normal(x.shape), label.astype(np.int32)
+
+
+def moons(n: int = 600, noise: float = 0.1, seed: int = 0):
+    """Two interleaving half circles in 2-D; labels 0 and 1."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    angle = rng.uniform(0, np.pi, n)
+    x = np.where(label[:, None] == 0,
+                 np.stack([np.cos(angle), np.sin(angle)], 1),
+                 np.stack([1 - np.cos(angle), 0.5 - np.sin(angle)], 1))
+    return x + noise * rng.standard_normal(x.shape), label.astype(np.int32)
+
+
+def regression_curve(n: int = 600, noise: float = 0.05, seed: int = 0):
+    """``y = sin(3x) + x/2`` on [-2, 2] with noise: inputs (n, 1), targets (n, 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, (n, 1))
+    return x, np.sin(3 * x) + 0.5 * x + noise * rng.standard_normal(x.shape)
+
+
+SYNTHETIC = {"spirals": two_spirals, "moons": moons, "regression": regression_curve}
+
+
+def load(config) -> Dataset:
+    """The data set a validated `jaxnn.config.Config` names, split and standardised.
+
+    Raises:
+      DataError: naming the file at fault.
+    """
+    from jaxnn.config import data_path
+
+    cfg = config.data
+    path = data_path(config)
+    test = None
+    if cfg.name == "digits":
+        x, y = load_digits_arrays()
+        num_classes = 10
+    elif cfg.name in ("mnist", "fashion_mnist"):
+        (x, y), test = load_idx_directory(path)
+        num_classes = 10
+    elif cfg.name in SYNTHETIC:
+        x, y = SYNTHETIC[cfg.name](n=cfg.num_examples, seed=cfg.seed)
+        num_classes = 0 if cfg.name == "regression" else 2
+    else:
+        if cfg.name == "npz":
+            if len(cfg.features) > 1:
+                raise DataError(
+                    f"{path}: npz data takes one feature array name, got {cfg.features}")
+            x, y = load_npz(path, cfg.features[0] if cfg.features else "x", cfg.label or "y")
+        else:
+            x, y = load_csv(path, cfg.features or None, cfg.label or "label")
+        num_classes = 0
+        if cfg.task == "classification":
+            y, num_classes = as_labels(y, path)
+        elif y.ndim == 1:
+            y = y[:, None]
+    if cfg.limit:
+        x, y = x[: cfg.limit], y[: cfg.limit]
+        if test is not None:
+            test = (test[0][: cfg.limit], test[1][: cfg.limit])
+    return split(x, y, num_classes=num_classes, name=f"{cfg.name} ({path})" if path else cfg.name,
+                 validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction,
+                 seed=cfg.seed, standardize=cfg.standardize, test=test)

@@ -1,0 +1,84 @@
+"""Optimizers and schedules from optax, named in configs, with numbers as array leaves.
+
+The optimizer is built inside the traced training function from ``hparams`` (arrays), so one
+compiled program serves every learning rate, momentum and weight decay, and ``jax.vmap``
+over ``hparams`` sweeps them. ``optax.inject_hyperparams`` keeps the current values in the
+optimizer state, where checkpoints and logs can read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn.config import OptimizerConfig, ScheduleConfig
+
+
+def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    """The schedule's shape with peak 1 (optax); epochs become steps."""
+    total = max(1, steps_per_epoch * epochs)
+
+    def steps(epochs_: float) -> int:
+        return max(1, round(epochs_ * steps_per_epoch))
+
+    if cfg.name == "constant":
+        return optax.constant_schedule(1.0)
+    if cfg.name == "exponential":
+        return optax.exponential_decay(1.0, steps(cfg.decay_epochs), cfg.decay_rate)
+    if cfg.name == "step":
+        scales = {steps(b): s for b, s in zip(cfg.boundaries, cfg.scales, strict=True)}
+        return optax.piecewise_constant_schedule(1.0, scales)
+    if cfg.name == "cosine":
+        return optax.cosine_decay_schedule(1.0, total, alpha=cfg.final_fraction)
+    if cfg.name == "warmup_cosine":
+        warmup = min(steps(cfg.warmup_epochs), total - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total,
+                                                  end_value=cfg.final_fraction)
+    raise ValueError(f"unknown schedule {cfg.name!r}")
+
+
+def schedule(
+    cfg: ScheduleConfig, peak: jax.Array, steps_per_epoch: int, epochs: int
+) -> optax.Schedule:
+    """The learning-rate schedule: ``peak`` (an array, possibly traced) times the unit shape.
+
+    Scaling a unit schedule keeps optax's schedule factories free of traced arguments
+    (some branch on their peak value in Python).
+    """
+    unit = unit_schedule(cfg, steps_per_epoch, epochs)
+    # A float step count keeps optax's int32-with-float arithmetic clear of strict promotion.
+    return lambda count: peak * jnp.asarray(unit(jnp.asarray(count, peak.dtype)), peak.dtype)
+
+
+def optimizer(
+    cfg: OptimizerConfig,
+    sched: ScheduleConfig,
+    hparams: Mapping[str, jax.Array],
+    steps_per_epoch: int,
+    epochs: int,
+) -> optax.GradientTransformation:
+    """The optax optimizer a config names, with ``hparams``' learning rate, momentum and
+    weight decay (arrays, possibly traced)."""
+    lr = schedule(sched, hparams["learning_rate"], steps_per_epoch, epochs)
+    momentum, decay = hparams["momentum"], hparams["weight_decay"]
+    name = cfg.name
+    if name == "adamw":
+        return optax.inject_hyperparams(optax.adamw)(
+            learning_rate=lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=decay)
+    if name in ("sgd", "momentum", "nesterov"):
+        base = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
+            learning_rate=lr, momentum=None if name == "sgd" else momentum,
+            nesterov=name == "nesterov")
+    elif name == "adam":
+        base = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=cfg.b1, b2=cfg.b2,
+                                                    eps=cfg.eps)
+    elif name == "rmsprop":
+        base = optax.inject_hyperparams(optax.rmsprop)(learning_rate=lr, decay=cfg.decay,
+                                                       eps=cfg.eps, momentum=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    # L2 regularisation: weight_decay * w added to the gradient before the update rule.
+    return optax.chain(optax.add_decayed_weights(decay), base)

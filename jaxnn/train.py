@@ -1,0 +1,259 @@
+"""The training engine: a pure, compiled ``train(key, hparams)`` built on `jax.lax.scan`.
+
+`make_train` turns a config and a data set into a `Trainer`. Calling it, ``trainer(key,
+hparams) -> (params, opt_state, metrics)``, runs every epoch inside one compiled program; its
+pieces ``init`` and ``run_epochs`` let the host drive the same computation in chunks of
+epochs (progress, checkpoints, early stopping) with identical results.
+
+Numeric hyperparameters -- learning rate, momentum, weight decay, dropout rate and init
+scale -- are array leaves of ``hparams`` (see `default_hparams`); the network and the optax
+optimizer are built from them inside the traced function, so one compiled program serves
+every value and ``jax.vmap(trainer)`` over ``(key, hparams)`` trains many trials at once.
+
+Minibatches: each epoch draws a permutation from ``fold_in(key, epoch)`` and takes
+``n_train // batch_size`` full batches; the last partial batch of the permutation is
+dropped (every example is still seen across epochs, as the permutation changes). Dropout
+keys are ``fold_in(epoch_key, step + 1)``. Because every random draw is indexed by the
+epoch and step, a run resumed from a checkpoint continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxnn import losses, manual, models, optim
+from jaxnn.config import Config, ConfigError
+from jaxnn.data import Dataset
+
+# optax mixes int32 step counts with floats (schedules, bias correction); its calls are traced
+# under standard promotion so that a user's (or the tests') strict promotion still holds
+# everywhere else.
+OPTAX_PROMOTION = functools.partial(jax.numpy_dtype_promotion, "standard")
+HPARAMS = ("learning_rate", "momentum", "weight_decay", "dropout", "init_scale")
+EVAL_BATCH = 1024
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries between epochs (and what a checkpoint holds).
+
+    Attributes:
+      params: the network's parameters.
+      opt_state: the optax optimizer state.
+      key: the run's raw (uint32) PRNG key; per-epoch keys are folded from it.
+      epoch: the number of epochs done (an int32 scalar).
+    """
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    epoch: jax.Array
+
+
+class Trainer(NamedTuple):
+    """A compiled training program for one config and data set.
+
+    Attributes:
+      init: ``init(key, hparams) -> TrainState``.
+      run_epochs: ``run_epochs(state, hparams, num_epochs) -> (state, metrics)``, metrics
+        stacked per epoch (``num_epochs`` is static: one compile per distinct value).
+      compile: ``compile(state, hparams, num_epochs) -> run`` compiles ahead of time (for
+        timing compilation apart): ``run(state, hparams) -> (state, metrics)``.
+      evaluate: ``evaluate(params, hparams, x, y) -> {"loss", "accuracy"}``.
+      epochs: the configured number of epochs.
+      steps_per_epoch: minibatches per epoch.
+      dtype: the floating dtype of data and parameters.
+    """
+
+    init: Callable[..., TrainState]
+    run_epochs: Callable[..., tuple[TrainState, dict]]
+    compile: Callable[..., Callable[..., tuple[TrainState, dict]]]
+    evaluate: Callable[..., dict]
+    epochs: int
+    steps_per_epoch: int
+    dtype: Any
+
+    def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, Any, dict]:
+        """Trains from scratch for every epoch: ``(params, opt_state, metrics)``."""
+        state, metrics = self.run_epochs(self.init(key, hparams), hparams, self.epochs)
+        return state.params, state.opt_state, metrics
+
+
+def default_hparams(config: Config, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    """The config's numeric hyperparameters as scalar arrays (the leaves a sweep varies)."""
+    values = {
+        "learning_rate": config.optimizer.learning_rate,
+        "momentum": config.optimizer.momentum,
+        "weight_decay": config.optimizer.weight_decay,
+        "dropout": config.model.dropout,
+        "init_scale": config.model.init_scale,
+    }
+    return {name: jnp.asarray(value, dtype) for name, value in values.items()}
+
+
+def raw_key(key: jax.Array) -> jax.Array:
+    """A typed or raw PRNG key as raw uint32 data (what checkpoints store)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
+def _data_mesh(batch_size: int) -> Mesh | None:
+    """A 1-D mesh over all devices for data parallelism, or None on one device."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    if batch_size % len(devices):
+        raise ConfigError("<config>", "training.batch_size",
+                          f"{batch_size} does not split evenly over {len(devices)} devices")
+    return Mesh(np.array(devices), ("data",))
+
+
+def make_train(config: Config, dataset: Dataset, *, mesh: Mesh | str | None = "auto") -> Trainer:
+    """Builds the compiled training program for ``config`` on ``dataset``.
+
+    Args:
+      config: a validated config.
+      dataset: the data, already in the layout the network takes (see `jaxnn.run`).
+      mesh: a 1-D device mesh whose axis shards each minibatch (data parallelism, params
+        replicated); "auto" uses every device when there is more than one; None: no sharding.
+
+    Returns:
+      A `Trainer`.
+
+    Raises:
+      ConfigError: when the batch size exceeds the training set or does not split over the
+        devices.
+    """
+    dtype = jnp.dtype(config.training.precision)
+    if jnp.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
+        raise ConfigError(config.source, "training.precision",
+                          "float64 needs jax_enable_x64 (jaxnn.run enables it)")
+    batch_size = config.training.batch_size
+    n_train = len(dataset.x_train)
+    if batch_size > n_train:
+        raise ConfigError(config.source, "training.batch_size",
+                          f"{batch_size} exceeds the {n_train} training examples")
+    steps = n_train // batch_size
+    epochs = config.training.epochs
+    mesh = _data_mesh(batch_size) if mesh == "auto" else mesh
+    loss = losses.get(config.model.loss)
+    classification = dataset.num_classes > 0
+    input_shape = (None, *dataset.input_shape)
+    output_size = dataset.output_size
+    has_val = len(dataset.x_val) > 0
+
+    def net_for(hparams):
+        return models.build(config.model, output_size, dropout=hparams["dropout"],
+                            source=config.source)
+
+    def optimizer_for(hparams):
+        return optim.optimizer(config.optimizer, config.schedule, hparams, steps, epochs)
+
+    def metrics_of(pred, y):
+        value = loss.value(pred, y)
+        if not classification:
+            return value, jnp.full((), jnp.nan, value.dtype)
+        hits = jnp.argmax(pred, axis=-1).astype(y.dtype) == y
+        return value, jnp.mean(hits.astype(value.dtype))
+
+    def evaluate(params, hparams, x, y):
+        net = net_for(hparams)
+        n = len(x)
+        chunks = max(1, math.ceil(n / EVAL_BATCH))
+        size = math.ceil(n / chunks)
+        padded = jnp.pad(x, ((0, chunks * size - n), *[(0, 0)] * (x.ndim - 1)))
+        pred = jax.lax.map(lambda xb: net.apply(params, xb),
+                           padded.reshape(chunks, size, *x.shape[1:]))
+        value, accuracy = metrics_of(pred.reshape(chunks * size, -1)[:n], y)
+        return {"loss": value, "accuracy": accuracy}
+
+    def init(key, hparams):
+        init_key, run_key = jax.random.split(key)
+        _, params = net_for(hparams).init(init_key, input_shape)
+        scale = hparams["init_scale"].astype(dtype)
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, p: p.astype(dtype) * scale if path[-1] == jax.tree_util.DictKey("w")
+            else p.astype(dtype), params)
+        with OPTAX_PROMOTION():
+            opt_state = optimizer_for(hparams).init(params)
+        return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))
+
+    def value_grads_pred(net, params, xb, yb, key):
+        if config.training.backprop == "manual":
+            return manual.value_grad_and_output(net, loss, params, xb, yb, key=key, train=True)
+
+        def objective(p):
+            pred = net.apply(p, xb, key=key, train=True)
+            return loss.value(pred, yb), pred
+
+        (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return value, grads, pred
+
+    def one_epoch(hparams, data, carry):
+        x_train, y_train, x_val, y_val = data
+        params, opt_state, key, epoch = carry
+        net, opt = net_for(hparams), optimizer_for(hparams)
+        epoch_key = jax.random.fold_in(key, epoch)
+        order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
+        batches = order[: steps * batch_size].reshape(steps, batch_size)
+
+        def step(carry, inputs):
+            params, opt_state = carry
+            index, batch = inputs
+            xb, yb = x_train[batch], y_train[batch]
+            if mesh is not None:
+                xb, yb = (jax.lax.with_sharding_constraint(
+                    a, NamedSharding(mesh, PartitionSpec("data"))) for a in (xb, yb))
+            dropout_key = jax.random.fold_in(epoch_key, index + 1)
+            value, grads, pred = value_grads_pred(net, params, xb, yb, dropout_key)
+            with OPTAX_PROMOTION():
+                updates, opt_state = opt.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            _, accuracy = metrics_of(pred, yb)
+            return (params, opt_state), (value, accuracy)
+
+        (params, opt_state), (batch_losses, batch_accuracies) = jax.lax.scan(
+            step, (params, opt_state), (jnp.arange(steps), batches))
+        finite = jnp.isfinite(batch_losses)
+        first_bad = jnp.argmin(finite)  # first False; 0 when all are finite
+        last_good = jnp.where(finite, jnp.arange(steps), -1).max()
+        metrics = {
+            "train_loss": jnp.mean(batch_losses),
+            "train_accuracy": jnp.mean(batch_accuracies),
+            "nonfinite_step": jnp.where(jnp.all(finite), -1,
+                                        epoch * steps + first_bad.astype(epoch.dtype)),
+            "last_finite_loss": jnp.where(last_good >= 0, batch_losses[last_good], jnp.nan),
+        }
+        if has_val:
+            val = evaluate(params, hparams, x_val, y_val)
+            metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
+        return (params, opt_state, key, epoch + 1), metrics
+
+    def run_impl(state, hparams, data, num_epochs):
+        carry, metrics = jax.lax.scan(
+            lambda c, _: one_epoch(hparams, data, c), tuple(state), None, length=num_epochs)
+        return TrainState(*carry), metrics
+
+    run_jit = jax.jit(run_impl, static_argnums=3)
+    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    device_data = tuple(
+        jax.device_put(jnp.asarray(a, dtype if a.dtype.kind == "f" else None), replicated)
+        for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
+
+    def run_epochs(state, hparams, num_epochs):
+        return run_jit(state, hparams, device_data, int(num_epochs))
+
+    def compile_epochs(state, hparams, num_epochs):
+        compiled = run_jit.lower(state, hparams, device_data, int(num_epochs)).compile()
+        return lambda state, hparams: compiled(state, hparams, device_data)
+
+    return Trainer(init, run_epochs, compile_epochs, jax.jit(evaluate), epochs, steps, dtype)

@@ -1,0 +1,110 @@
+"""Configs: validation with named errors, overrides, the default run, and the command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxnn import cli, config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+def write(tmp_path, text, name="bad.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_CONFIGS = [
+    ("[training]\nepoch = 3\n", "training.epoch", "unknown key"),
+    ("[trainign]\nepochs = 3\n", "trainign", "unknown section"),
+    ('[training]\nepochs = "ten"\n', "training.epochs", "expected an int"),
+    ("[training]\nbatch_size = 1.5\n", "training.batch_size", "expected an int"),
+    ("[optimizer]\nlearning_rate = -0.1\n", "optimizer.learning_rate", "must be > 0"),
+    ('[optimizer]\nlearning_rate = "fast"\n', "optimizer.learning_rate", "expected a number"),
+    ('[optimizer]\nname = "adagrad"\n', "optimizer.name", "not one of"),
+    ('[schedule]\nname = "linear"\n', "schedule.name", "not one of"),
+    ('[data]\nname = "mnist"\npath = "no/such/dir"\n', "data.path", "not found"),
+    ('[data]\nname = "csv"\npath = "missing.csv"\n', "data.path", "not found"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 4}, {type = "Dense", features = 10}]\n',
+     "model.layers[1]", "layer 1 (Dense(10)): expects input of rank 2"),
+    ('[model]\nlayers = [{type = "Flatten"}, {type = "Dense", features = 10}, '
+     '{type = "MaxPool2D"}]\n', "model.layers[2]", "layer 2 (MaxPool2D"),
+    ('[model]\nlayers = [{type = "Dense", features = 7}]\n', "model.layers", "needs (None, 10)"),
+    ('[model]\nlayers = [{type = "Dense2", features = 7}]\n', "model.layers[0]",
+     "unknown layer type"),
+    ('[model]\nlayers = [{type = "Dense", units = 7}]\n', "model.layers[0]", "units"),
+    ('[model]\nactivation = "swish"\n', "model.activation", "unknown activation"),
+    ("[training]\nbatch_size = 100000\n", "training.batch_size", "exceeds"),
+    ("[model\nhidden = [3]\n", "", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD_CONFIGS)
+def test_bad_config_gives_named_error_and_exit_2(tmp_path, capsys, text, key, fragment):
+    path = write(tmp_path, text)
+    status = cli.main(["train", path, "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(f"jaxnn: error: {path}: {key}")
+    assert fragment in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # Nothing was written.
+
+
+def test_error_exit_status_of_the_installed_command(tmp_path):
+    path = write(tmp_path, "[training]\nepochs = -1\n")
+    result = subprocess.run([sys.executable, "-m", "jaxnn.cli", "train", path],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "training.epochs: must be >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(capsys):
+    assert cli.main(["train", "no_such.toml"]) == 2
+    assert "no_such.toml: config file not found" in capsys.readouterr().err
+
+
+def test_set_overrides_and_bad_override(tmp_path, capsys):
+    cfg = config.load(os.path.join(CONFIGS, "tiny.toml"),
+                      ["training.epochs=7", "optimizer.name=adam", "model.hidden=[4, 4]"])
+    assert cfg.training.epochs == 7
+    assert cfg.optimizer.name == "adam"
+    assert cfg.model.hidden == (4, 4)
+    assert cli.main(["train", "--set", "training.epochz=3"]) == 2
+    assert "training.epochz: unknown key" in capsys.readouterr().err
+
+
+def test_default_config_is_mlp_digits():
+    shipped = config.load(os.path.join(CONFIGS, "mlp_digits.toml"))
+    assert shipped.replace(source="") == config.Config().replace(source="")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
+def test_shipped_configs_are_valid_and_round_trip(name, tmp_path):
+    cfg = config.load(os.path.join(CONFIGS, name))
+    again = config.load(write(tmp_path, config.dumps(cfg), "again.toml"))
+    assert again.replace(source="") == cfg.replace(source="")
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    tiny = os.path.join(CONFIGS, "tiny.toml")
+    assert cli.main(["train", tiny, "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "status: completed" in out and "test accuracy" in out
+    assert cli.main(["train", tiny, "--workdir", str(workdir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(workdir)]) == 0  # Already finished: re-reports.
+    assert cli.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_summary(capsys):
+    assert cli.main(["summary", os.path.join(CONFIGS, "cnn_digits.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2D(16" in out and "total params: 71,754" in out

@@ -1,0 +1,229 @@
+"""The training engine: vmapped trials, resume, determinism, divergence, data parallelism."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import checkpoint, config, run
+from jaxnn.train import default_hparams, make_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.toml")
+
+
+def tiny(*overrides):
+    return config.load(TINY, ["output.plots=false", *overrides])
+
+
+def assert_trees_close(a, b, rtol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=0)
+
+
+def test_vmapped_learning_rates_equal_separate_runs():
+    cfg = tiny("training.precision='float64'", "training.epochs=3")
+    dataset = run.prepare(cfg)
+    trainer = make_train(cfg, dataset, mesh=None)
+    base = default_hparams(cfg, jnp.float64)
+    rates = jnp.array([0.01, 0.03, 0.1, 0.3])
+    hparams = {**base, "learning_rate": rates}
+    axes = {name: (0 if name == "learning_rate" else None) for name in hparams}
+    key = jax.random.key(0)
+    params, _, metrics = jax.jit(jax.vmap(trainer, in_axes=(None, axes)))(key, hparams)
+    assert metrics["train_loss"].shape == (4, 3)
+    for i, rate in enumerate(rates):
+        alone_params, _, alone_metrics = trainer(key, {**base, "learning_rate": rate})
+        assert_trees_close(jax.tree.map(lambda p, i=i: p[i], params), alone_params, 1e-9)
+        np.testing.assert_allclose(metrics["val_loss"][i], alone_metrics["val_loss"], rtol=1e-9)
+    # Different rates really trained differently.
+    assert len({float(v) for v in metrics["train_loss"][:, -1]}) == 4
+
+
+def test_chunked_run_equals_one_scan():
+    cfg = tiny("training.precision='float64'", "training.epochs=4")
+    trainer = make_train(cfg, run.prepare(cfg), mesh=None)
+    hparams = default_hparams(cfg, jnp.float64)
+    key = jax.random.key(3)
+    whole, _ = trainer.run_epochs(trainer.init(key, hparams), hparams, 4)
+    state = trainer.init(key, hparams)
+    for _ in range(4):
+        state, _ = trainer.run_epochs(state, hparams, 1)
+    assert_trees_close(state.params, whole.params, 1e-12)
+
+
+def test_run_directory_contents(tmp_path):
+    summary = run.train_and_evaluate(tiny("output.plots=true"), tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["epochs_run"] == 4
+    assert 0.5 < summary["test_accuracy"] <= 1
+    for name in ("config.toml", "metrics.jsonl", "checkpoint.npz", "summary.json",
+                 "loss.png", "accuracy.png"):
+        assert (tmp_path / name).exists(), name
+    rows = run.read_metrics(str(tmp_path))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "wall_time_s", "steps_per_s", "compile_time_s"):
+        assert on_disk[key] is not None
+    # The resolved config is runnable and equal to the one trained.
+    assert config.load(tmp_path / "config.toml").replace(source="x") == \
+        tiny("output.plots=true").replace(source="x")
+    with pytest.raises(run.RunError, match="already holds a run"):
+        run.train_and_evaluate(tiny(), tmp_path)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny("training.precision='float64'", "training.epochs=6", "training.chunk_epochs=2")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run.train_and_evaluate(cfg, whole)
+
+    # Kill the second run right after its second checkpoint (epoch 4 of 6).
+    real_save, saves = checkpoint.save, []
+
+    def save_then_die(path, tree):
+        real_save(path, tree)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run.train_and_evaluate(cfg, part)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert [r["epoch"] for r in run.read_metrics(str(part))] == [1, 2, 3, 4]
+    assert not (part / "summary.json").exists()
+
+    summary = run.train_and_evaluate(config.load(part / "config.toml"), part, resume=True)
+    assert summary["epochs_run"] == 6
+    template = {"state": _state_template(cfg), "val_loss": np.float64(0),
+                "epoch": np.int64(0), "stopped": np.int64(0)}
+    a = checkpoint.load(whole / "checkpoint.npz", template)["state"]
+    b = checkpoint.load(part / "checkpoint.npz", template)["state"]
+    assert_trees_close(a, b, 1e-12)
+    assert run.read_metrics(str(whole)) == run.read_metrics(str(part))
+
+
+def _state_template(cfg):
+    run.enable_precision(cfg)
+    trainer = make_train(cfg, run.prepare(cfg), mesh=None)
+    return trainer.init(jax.random.key(0), default_hparams(cfg, trainer.dtype))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_bad_checkpoint_is_a_clear_error(tmp_path, damage):
+    run.train_and_evaluate(tiny(), tmp_path)
+    path = tmp_path / "checkpoint.npz"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100,
+                      "empty": b""}[damage])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted or truncated"):
+        run.train_and_evaluate(tiny(), tmp_path, resume=True)
+
+
+def test_checkpoint_must_fit_the_model(tmp_path):
+    run.train_and_evaluate(tiny(), tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+        run.train_and_evaluate(tiny("model.hidden=[8]"), tmp_path, resume=True)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.ones(3)})
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fail)
+    with pytest.raises(OSError):
+        checkpoint.save(path, {"w": np.zeros(3)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = run.train_and_evaluate(tiny(), tmp_path / "a")
+    b = run.train_and_evaluate(tiny(), tmp_path / "b")
+    assert run.read_metrics(str(tmp_path / "a")) == run.read_metrics(str(tmp_path / "b"))
+    assert a["test_loss"] == b["test_loss"]
+    c = run.train_and_evaluate(tiny("training.seed=1"), tmp_path / "c")
+    assert c["test_loss"] != a["test_loss"]
+
+
+def test_divergence_stops_with_step_and_last_finite_loss(tmp_path):
+    summary = run.train_and_evaluate(
+        tiny("model.activation='relu'", "optimizer.learning_rate=1e3"),
+        tmp_path)
+    assert summary["status"] == "diverged"
+    assert "non-finite at step" in summary["message"]
+    assert "last finite loss" in summary["message"]
+
+
+def test_early_stopping(tmp_path):
+    summary = run.train_and_evaluate(
+        tiny("training.epochs=60", "training.patience=2", "optimizer.learning_rate=0.5",
+             "optimizer.name='sgd'", "schedule.name='constant'"), tmp_path)
+    assert summary["status"] == "early_stopped"
+    assert summary["epochs_run"] < 60
+    assert summary["epochs_run"] - summary["best_val_epoch"] == 2
+
+
+@pytest.mark.parametrize("backprop", ["autodiff", "manual"])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_learns(name, backprop, tmp_path):
+    lr = 0.05 if name in ("sgd", "momentum", "nesterov") else 0.005
+    summary = run.train_and_evaluate(
+        tiny(f"optimizer.name='{name}'", f"optimizer.learning_rate={lr}",
+             f"training.backprop='{backprop}'", "training.epochs=6", "output.checkpoint=false"),
+        tmp_path)
+    assert summary["test_accuracy"] > 0.7, summary
+
+
+@pytest.mark.parametrize("schedule", ["constant", "exponential", "step", "cosine",
+                                      "warmup_cosine"])
+def test_every_schedule_runs(schedule, tmp_path):
+    extra = ["schedule.boundaries=[1, 2]", "schedule.scales=[0.5, 0.5]"] if schedule == "step" \
+        else []
+    summary = run.train_and_evaluate(
+        tiny(f"schedule.name='{schedule}'", *extra, "output.checkpoint=false"), tmp_path)
+    assert summary["test_accuracy"] > 0.7
+
+
+def test_manual_backprop_trains_like_autodiff(tmp_path):
+    a = run.train_and_evaluate(tiny("training.precision='float64'"), tmp_path / "a")
+    b = run.train_and_evaluate(tiny("training.precision='float64'", "training.backprop='manual'"),
+                               tmp_path / "b")
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-9)
+
+
+def test_data_parallel_equals_one_device():
+    """Four CPU devices (a fresh process) shard each batch; results equal one device."""
+    script = f"""
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jaxnn import config, run
+from jaxnn.train import default_hparams, make_train
+assert jax.device_count() == 4
+cfg = config.load({TINY!r}, ["training.precision='float64'", "training.epochs=2"])
+data = run.prepare(cfg)
+key, results = jax.random.key(0), []
+for mesh in ("auto", None):
+    trainer = make_train(cfg, data, mesh=mesh)
+    params, _, _ = trainer(key, default_hparams(cfg, jnp.float64))
+    results.append(params)
+for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+print("sharded == unsharded")
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded == unsharded" in result.stdout
