@@ -1,0 +1,139 @@
+"""Data loaders: IDX files written here, npz/csv columns, splits and standardisation."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from jaxnn import config, data, plots, run
+
+
+def write_idx(path, array, type_code=0x08, compress=False):
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize(("dtype", "code"), [(np.uint8, 0x08), (np.int32, 0x0C),
+                                             (np.float32, 0x0D)])
+def test_idx_round_trip(tmp_path, compress, dtype, code):
+    array = (np.arange(2 * 3 * 4) * 7 % 251).astype(dtype).reshape(2, 3, 4)
+    path = tmp_path / "a.idx"
+    write_idx(path, array, code, compress)
+    read = data.read_idx(path)
+    assert read.shape == (2, 3, 4)
+    np.testing.assert_array_equal(read, array)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"\x01\x02\x03")
+    with pytest.raises(data.DataError, match="bad.idx: not an IDX file"):
+        data.read_idx(path)
+    write_idx(path, np.zeros((4, 5), np.uint8))
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(data.DataError, match="bad.idx: IDX header promises"):
+        data.read_idx(path)
+    with pytest.raises(data.DataError, match="missing.idx: file not found"):
+        data.read_idx(tmp_path / "missing.idx")
+
+
+def _mnist_dir(tmp_path, n_train=40, n_test=10, compress=True):
+    tmp_path.mkdir()
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if compress else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}",
+                  rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), 0x08, compress)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}",
+                  (np.arange(n) % 10).astype(np.uint8), 0x08, compress)
+    return tmp_path
+
+
+def test_mnist_directory_config(tmp_path):
+    directory = _mnist_dir(tmp_path / "mnist")
+    cfg = config.from_dict({"data": {"name": "mnist", "path": str(directory)},
+                            "model": {"layers": [{"type": "Conv2D", "features": 2},
+                                                 {"type": "Flatten"},
+                                                 {"type": "Dense", "features": 10}]}})
+    dataset = run.prepare(cfg)
+    assert dataset.x_train.shape[1:] == (28, 28, 1)
+    assert len(dataset.x_test) == 10  # MNIST's own test split
+    assert len(dataset.x_train) + len(dataset.x_val) == 40
+    assert dataset.num_classes == 10
+
+
+def test_mnist_missing_file_is_named(tmp_path):
+    directory = _mnist_dir(tmp_path / "mnist")
+    (directory / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte"):
+        data.load_idx_directory(directory)
+
+
+def test_npz_and_csv_named_columns(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(50, 3)), np.arange(50) % 3
+    np.savez(tmp_path / "d.npz", feats=x, target=y)
+    cfg = config.from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz"),
+                                     "features": ["feats"], "label": "target"}})
+    dataset = data.load(cfg)
+    assert dataset.num_classes == 3 and dataset.input_shape == (3,)
+    lines = ["a,b,c,label"] + [f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(x, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(lines))
+    cfg = config.from_dict({"data": {"name": "csv", "path": str(tmp_path / "d.csv"),
+                                     "features": ["c", "a"], "task": "regression"}})
+    dataset = data.load(cfg)
+    assert dataset.input_shape == (2,) and dataset.num_classes == 0
+    assert dataset.y_train.shape[1:] == (1,)
+    bad = config.from_dict({"data": {"name": "csv", "path": str(tmp_path / "d.csv"),
+                                     "features": ["nope"]}})
+    with pytest.raises(data.DataError, match="no column 'nope'"):
+        data.load(bad)
+    bad = config.from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}})
+    with pytest.raises(data.DataError, match="no array named 'x'"):
+        data.load(bad)
+
+
+def test_split_is_seeded_and_standardised_on_train_only():
+    x, y = data.load_digits_arrays()
+    a = data.split(x, y, num_classes=10, name="digits", seed=3)
+    b = data.split(x, y, num_classes=10, name="digits", seed=3)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    c = data.split(x, y, num_classes=10, name="digits", seed=4)
+    assert not np.array_equal(a.y_test, c.y_test)
+    assert len(a.x_test) == round(0.2 * len(x))
+    train = a.x_train.reshape(len(a.x_train), -1)
+    varying = train.std(axis=0) > 0
+    np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(train.std(axis=0)[varying], 1, atol=1e-9)
+    # The test split is transformed with the train statistics, so it is not exactly standard.
+    assert abs(a.x_test.reshape(len(a.x_test), -1).mean(axis=0)).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["spirals", "moons", "regression"])
+def test_synthetic_sets(name):
+    cfg = config.from_dict({"data": {"name": name, "num_examples": 200}})
+    dataset = data.load(cfg)
+    assert len(dataset.x_train) + len(dataset.x_val) + len(dataset.x_test) == 200
+    assert dataset.num_classes == (0 if name == "regression" else 2)
+
+
+def test_regression_run_on_synthetic_curve(tmp_path):
+    cfg = config.from_dict({
+        "data": {"name": "regression", "num_examples": 400},
+        "model": {"hidden": [32], "activation": "tanh", "loss": "mse"},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "training": {"epochs": 30, "batch_size": 32, "progress": False},
+        "output": {"plots": False}})
+    summary = run.train_and_evaluate(cfg, tmp_path)
+    assert summary["test_accuracy"] is None
+    assert summary["test_loss"] < 0.05  # 1/2 squared error of a noisy sine, well fitted
+
+
+def test_plots_without_matplotlib_give_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "pyplot", lambda: None)
+    assert plots.training_curves([{"epoch": 1, "train_loss": 1.0}], str(tmp_path)) == \
+        plots.MISSING

@@ -1,0 +1,32 @@
+"""The README's API example runs and says what it claims."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+README = pathlib.Path(__file__).parents[1] / "README.md"
+
+
+def test_api_example_runs_and_its_comments_hold():
+    text = README.read_text()
+    code = re.search(r"## The API in ten lines\n\n```python\n(.*?)```", text, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) == 10
+    namespace = {}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(code, namespace)
+    assert namespace["out_shape"] == (None, 10)
+    total = re.search(r"# layers, shapes, ([\d,]+) params", code).group(1)
+    assert f"total params: {total}" in output.getvalue()
+    assert "[0]['w']" in output.getvalue()  # manual.check printed its table
+
+
+def test_quick_start_is_two_commands():
+    block = re.search(r"## Quick start\n\n```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["pip install -e . && jaxnn train",
+                        "pip install -e '.[test]' && python -m pytest"]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "pip install --quiet -e '.[test]'" in ci
+    assert "\npython -m pytest\n" in ci
