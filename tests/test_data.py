@@ -31,13 +31,13 @@ def test_idx_round_trip(tmp_path, compress, dtype, code):
 def test_idx_errors_name_the_file(tmp_path):
     path = tmp_path / "bad.idx"
     path.write_bytes(b"\x01\x02\x03")
-    with pytest.raises(data.DataError, match="bad.idx: not an IDX file"):
+    with pytest.raises(data.DataError, match=r"bad\.idx: not an IDX file"):
         data.read_idx(path)
     write_idx(path, np.zeros((4, 5), np.uint8))
     path.write_bytes(path.read_bytes()[:-3])
-    with pytest.raises(data.DataError, match="bad.idx: IDX header promises"):
+    with pytest.raises(data.DataError, match=r"bad\.idx: IDX header promises"):
         data.read_idx(path)
-    with pytest.raises(data.DataError, match="missing.idx: file not found"):
+    with pytest.raises(data.DataError, match=r"missing\.idx: file not found"):
         data.read_idx(tmp_path / "missing.idx")
 
 
