@@ -1,4 +1,4 @@
-"""The ``jaxnn`` command: ``jaxnn train``, ``jaxnn summary``.
+"""The ``jaxnn`` command: ``jaxnn train``, ``jaxnn sweep``, ``jaxnn summary``.
 
 Errors a user can act on (a bad config, missing data, a taken run directory, a bad
 checkpoint) print one line naming the file and key, and exit with status 2.
@@ -59,6 +59,38 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from jaxnn import run, sweep
+
+    if args.resume:
+        if args.config:
+            raise ConfigError(args.config, "", "give either a config or --resume SWEEP_DIR")
+        config = config_lib.load(os.path.join(args.resume, "sweep.toml"), args.set)
+        workdir = args.resume
+    else:
+        config = load_config(args.config, args.set)
+        workdir = args.workdir or _workdir(config, args.config)
+    run.enable_precision(config)
+    dataset = run.prepare(config)
+    plan = sweep.make_plan(config, dataset)
+    if args.plan:
+        print(plan.describe())
+        return 0
+    result = sweep.run_sweep(config, workdir, resume=bool(args.resume), dataset=dataset)
+    print(result["table"])
+    print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
+          f"{result['wall_time_s']:.1f} s)")
+    best = result["best"]
+    if best is None:
+        print("every trial diverged: no best.toml")
+    else:
+        print(f"best: trial {best['trial']} {best['values']} -> {workdir}/best.toml "
+              f"(jaxnn train {workdir}/best.toml)")
+    if isinstance(result["plots"], str):
+        print(f"note: {result['plots']}")
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
     from jaxnn import models, run
     from jaxnn.summary import summary
@@ -89,6 +121,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its last checkpoint")
     train.set_defaults(handler=_train)
+    sweep = with_config("sweep", "Run a hyperparameter sweep ([sweep] section) as few "
+                        "compiled programs.")
+    sweep.add_argument("--plan", action="store_true",
+                       help="print the groups, trials, programs and memory; run nothing")
+    sweep.add_argument("--workdir", help="sweep directory (default: OUTPUT_DIR/NAME-TIME)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR",
+                       help="continue a killed sweep, skipping finished trials")
+    sweep.set_defaults(handler=_sweep)
     summary = with_config("summary", "Print the network's layers, shapes and parameter counts.")
     summary.set_defaults(handler=_summary)
     return top

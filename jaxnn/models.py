@@ -29,8 +29,29 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _masked(activation: Layer, mask: Any) -> Layer:
+    """``activation(x) * mask`` for a 0/1 unit mask (packed sweeps), with the same params
+    structure as the bare activation; the rule masks ``dy`` before the activation's rule."""
+
+    def apply(params, x, *, key=None, train=False):
+        return activation.apply(params, x, key=key, train=train) * mask[None, :]
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del y  # The activation's own output is recomputed below.
+        unmasked = activation.apply(params, x, key=key, train=train)
+        return activation.backward(params, x, unmasked, dy * mask[None, :], key=key,
+                                   train=train)
+
+    return Layer(activation.init, apply, backward, name=activation.name)
+
+
 def build(
-    model: ModelConfig, output_size: int, *, dropout: Any = None, source: str = "<config>"
+    model: ModelConfig,
+    output_size: int,
+    *,
+    dropout: Any = None,
+    hidden_mask: Any = None,
+    source: str = "<config>",
 ) -> Layer:
     """The network a ``[model]`` section describes.
 
@@ -40,6 +61,8 @@ def build(
       dropout: the rate of Dropout layers that give none of their own; may be a traced
         array, so a sweep can vary it inside one compiled program. Defaults to
         ``model.dropout``.
+      hidden_mask: a 0/1 vector as wide as the hidden layers, applied after each hidden
+        activation of the MLP shorthand (packing trials of different widths).
       source: the config file, for error messages.
 
     Raises:
@@ -53,7 +76,8 @@ def build(
                               f"{model.activation!r}; known: {', '.join(L.ACTIVATIONS)}")
         hidden = []
         for width in model.hidden:
-            hidden += [L.Dense(width), activation()]
+            act = activation() if hidden_mask is None else _masked(activation(), hidden_mask)
+            hidden += [L.Dense(width), act]
             if model.dropout > 0:
                 hidden.append(L.Dropout(rate))
         return serial(*hidden, L.Dense(output_size))

@@ -62,7 +62,8 @@ class Trainer(NamedTuple):
     """A compiled training program for one config and data set.
 
     Attributes:
-      init: ``init(key, hparams) -> TrainState``.
+      init: ``init(key, hparams, params=None) -> TrainState``; ``params`` replaces the
+        drawn initial parameters (the key's first half draws them otherwise).
       run_epochs: ``run_epochs(state, hparams, num_epochs) -> (state, metrics)``, metrics
         stacked per epoch (``num_epochs`` is static: one compile per distinct value).
       compile: ``compile(state, hparams, num_epochs) -> run`` compiles ahead of time (for
@@ -117,7 +118,22 @@ def _data_mesh(batch_size: int) -> Mesh | None:
     return Mesh(np.array(devices), ("data",))
 
 
-def make_train(config: Config, dataset: Dataset, *, mesh: Mesh | str | None = "auto") -> Trainer:
+def init_params(net, key: jax.Array, input_shape, hparams: dict, dtype) -> Any:
+    """``net``'s initial parameters in ``dtype``, weights ("w") scaled by the init scale."""
+    _, params = net.init(key, input_shape)
+    scale = hparams["init_scale"].astype(dtype)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p.astype(dtype) * scale if path[-1] == jax.tree_util.DictKey("w")
+        else p.astype(dtype), params)
+
+
+def make_train(
+    config: Config,
+    dataset: Dataset,
+    *,
+    mesh: Mesh | str | None = "auto",
+    masked_width: int | None = None,
+) -> Trainer:
     """Builds the compiled training program for ``config`` on ``dataset``.
 
     Args:
@@ -125,6 +141,10 @@ def make_train(config: Config, dataset: Dataset, *, mesh: Mesh | str | None = "a
       dataset: the data, already in the layout the network takes (see `jaxnn.run`).
       mesh: a 1-D device mesh whose axis shards each minibatch (data parallelism, params
         replicated); "auto" uses every device when there is more than one; None: no sharding.
+      masked_width: pack MLP trials of different hidden widths into one program: the config's
+        hidden layers have this (largest) width and ``hparams["width"]`` (an int array)
+        masks the units beyond each trial's own width, so they never touch the outputs or
+        the real units' gradients. Initial params then come from ``init(..., params=...)``.
 
     Returns:
       A `Trainer`.
@@ -152,8 +172,12 @@ def make_train(config: Config, dataset: Dataset, *, mesh: Mesh | str | None = "a
     has_val = len(dataset.x_val) > 0
 
     def net_for(hparams):
+        mask = None
+        if masked_width is not None:
+            width = hparams["width"]
+            mask = (jnp.arange(masked_width, dtype=width.dtype) < width).astype(dtype)
         return models.build(config.model, output_size, dropout=hparams["dropout"],
-                            source=config.source)
+                            hidden_mask=mask, source=config.source)
 
     def optimizer_for(hparams):
         return optim.optimizer(config.optimizer, config.schedule, hparams, steps, epochs)
@@ -176,13 +200,10 @@ def make_train(config: Config, dataset: Dataset, *, mesh: Mesh | str | None = "a
         value, accuracy = metrics_of(pred.reshape(chunks * size, -1)[:n], y)
         return {"loss": value, "accuracy": accuracy}
 
-    def init(key, hparams):
+    def init(key, hparams, params=None):
         init_key, run_key = jax.random.split(key)
-        _, params = net_for(hparams).init(init_key, input_shape)
-        scale = hparams["init_scale"].astype(dtype)
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, p: p.astype(dtype) * scale if path[-1] == jax.tree_util.DictKey("w")
-            else p.astype(dtype), params)
+        if params is None:
+            params = init_params(net_for(hparams), init_key, input_shape, hparams, dtype)
         with OPTAX_PROMOTION():
             opt_state = optimizer_for(hparams).init(params)
         return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))

@@ -1,0 +1,619 @@
+"""Hyperparameter sweeps as few compiled programs as possible.
+
+A ``[sweep]`` section lists the values to try::
+
+    [sweep]
+    grid = {learning_rate = [0.01, 0.1, 1.0], width = [32, 128]}
+    random = {momentum = {distribution = "uniform", low = 0.5, high = 0.99}}
+    count = 4        # random draws per grid point
+    seed = 0         # seeds the random draws
+    pack_widths = "auto"
+
+Names are the numeric hyperparameters (`NUMERIC`: learning rate, momentum, weight decay,
+dropout, init scale, seed), the structural ones (`STRUCTURAL`: width, depth, activation,
+batch size, optimizer, schedule) or any config key as "section.key".
+
+Planning groups the trials by compiled structure: everything but the numeric
+hyperparameters. Inside a group the numeric ones are array leaves, vmapped in one program,
+and the trial axis is sharded over every device. With ``pack_widths``, trials that differ
+only in hidden width share one program: hidden layers are padded to the group's widest and
+the extra units masked (`jaxnn.train.make_train`), and each trial starts from the parameters
+it would have alone, zero-padded. Trials run in chunks that fit device memory; each chunk's
+results are appended to ``results.jsonl`` (flushed and fsynced), so a killed sweep resumed
+with ``resume=True`` reruns only unfinished chunks and ends with the same table.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxnn import config as config_lib
+from jaxnn import models
+from jaxnn._table import format_table
+from jaxnn.config import Config, ConfigError
+from jaxnn.summary import param_count
+from jaxnn.train import HPARAMS, init_params, make_train
+
+NUMERIC = {
+    "learning_rate": "optimizer.learning_rate",
+    "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay",
+    "dropout": "model.dropout",
+    "init_scale": "model.init_scale",
+    "seed": "training.seed",
+}
+STRUCTURAL = {
+    "width": "model.hidden",
+    "depth": "model.hidden",
+    "activation": "model.activation",
+    "batch_size": "training.batch_size",
+    "optimizer": "optimizer.name",
+    "schedule": "schedule.name",
+}
+SPEC_KEYS = ("grid", "random", "count", "seed", "pack_widths", "trials_per_chunk", "metric")
+RESULTS = "results.jsonl"
+
+# Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
+# training FLOP/s for these small matmuls), measured by experiments/benchmark_sweep.py.
+COMPILE_SECONDS = {"cpu": 1.0, "gpu": 2.0, "tpu": 5.0}
+FLOPS_PER_SECOND = {"cpu": 3e10, "gpu": 2e12, "tpu": 2e12}
+
+
+class Trial(NamedTuple):
+    """One configuration of a sweep: its index, the swept values and the full config."""
+
+    index: int
+    values: dict
+    config: Config
+
+
+class Group(NamedTuple):
+    """Trials that share one compiled program.
+
+    Attributes:
+      trials: the trials, in sweep order.
+      config: the program's config (hidden widths padded to ``packed_width`` when packed).
+      packed_width: the padded hidden width when widths are packed, else None.
+      chunks: the trial indices run together, one chunk per call of the program.
+    """
+
+    trials: tuple[Trial, ...]
+    config: Config
+    packed_width: int | None
+    chunks: tuple[tuple[int, ...], ...]
+
+
+class Plan(NamedTuple):
+    """What a sweep will run: its trials, groups, and an estimate of the memory per trial."""
+
+    trials: tuple[Trial, ...]
+    groups: tuple[Group, ...]
+    metric: str
+    bytes_per_trial: int
+    devices: int
+
+    def describe(self) -> str:
+        """A printable account of the plan (`jaxnn sweep --plan`)."""
+        lines = [f"{len(self.trials)} trials in {len(self.groups)} compiled programs "
+                 f"({self.devices} device(s)); ranking by {self.metric}"]
+        for number, group in enumerate(self.groups):
+            cfg = group.config
+            widths = sorted({t.config.model.hidden for t in group.trials})
+            structure = (f"hidden={list(cfg.model.hidden)}" if not cfg.model.layers
+                         else f"{len(cfg.model.layers)} layers")
+            packed = f", widths {[list(w) for w in widths]} packed to {group.packed_width}" \
+                if group.packed_width else ""
+            lines.append(
+                f"  program {number}: {len(group.trials)} trials in {len(group.chunks)} "
+                f"chunk(s) of <= {max(len(c) for c in group.chunks)}; {structure}, "
+                f"{cfg.model.activation if not cfg.model.layers else ''} "
+                f"{cfg.optimizer.name}/{cfg.schedule.name}, batch {cfg.training.batch_size}"
+                f"{packed}")
+        per_chunk = max(len(c) for g in self.groups for c in g.chunks)
+        lines.append(f"memory: ~{self.bytes_per_trial / 2**20:.1f} MiB per trial, "
+                     f"~{per_chunk * self.bytes_per_trial / 2**20:.1f} MiB per chunk")
+        return "\n".join(lines)
+
+
+# --- the spec -----------------------------------------------------------------------------
+
+def _spec(config: Config) -> dict:
+    spec = dict(config.sweep)
+    source = config.source
+    if not spec:
+        raise ConfigError(source, "sweep", "no [sweep] section: nothing to sweep")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise ConfigError(source, f"sweep.{key}",
+                              f"unknown key; [sweep] takes {', '.join(SPEC_KEYS)}")
+    for table in ("grid", "random"):
+        if not isinstance(spec.get(table, {}), dict):
+            raise ConfigError(source, f"sweep.{table}", "expected a table of name = values")
+        for name in spec.get(table, {}):
+            if name not in NUMERIC and name not in STRUCTURAL and name.count(".") != 1:
+                raise ConfigError(source, f"sweep.{table}.{name}", "unknown hyperparameter; "
+                                  f"use one of {', '.join([*NUMERIC, *STRUCTURAL])} or a "
+                                  "config key as \"section.key\"")
+    for name, values in spec.get("grid", {}).items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
+    if not spec.get("grid") and not spec.get("random"):
+        raise ConfigError(source, "sweep", "needs a grid or a random table")
+    for key in ("count", "seed", "trials_per_chunk"):
+        value = spec.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(source, f"sweep.{key}", f"expected an int >= 0, got {value!r}")
+    if spec.get("random") and spec.get("count", 0) < 1:
+        raise ConfigError(source, "sweep.count", "random search needs count >= 1")
+    if spec.get("pack_widths", "auto") not in ("auto", True, False):
+        raise ConfigError(source, "sweep.pack_widths", 'expected "auto", true or false')
+    if spec.get("metric", "auto") not in ("auto", "val_accuracy", "val_loss"):
+        raise ConfigError(source, "sweep.metric", 'expected "val_accuracy" or "val_loss"')
+    return spec
+
+
+def _draw(name: str, dist: Any, rng: np.random.Generator, source: str) -> Any:
+    key = f"sweep.random.{name}"
+    if isinstance(dist, list):
+        dist = {"distribution": "choice", "values": dist}
+    if not isinstance(dist, dict):
+        raise ConfigError(source, key, 'expected {distribution = "log_uniform", low = ..., '
+                          "high = ...} or a list of choices")
+    kind = dist.get("distribution")
+    if kind == "choice":
+        values = dist.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(source, key, "choice needs a non-empty values list")
+        return values[int(rng.integers(len(values)))]
+    low, high = dist.get("low"), dist.get("high")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) \
+            or not low < high:
+        raise ConfigError(source, key, f"needs numbers low < high, got {low!r}, {high!r}")
+    if kind == "uniform":
+        value = float(rng.uniform(low, high))
+    elif kind == "log_uniform":
+        if low <= 0:
+            raise ConfigError(source, key, "log_uniform needs low > 0")
+        value = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    else:
+        raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform "
+                          "or choice")
+    return int(round(value)) if name in ("seed", "width", "depth", "batch_size") else value
+
+
+def _apply(base: Config, values: dict, where: str) -> Config:
+    raw = config_lib.to_dict(base)
+    raw["sweep"] = {}
+    model = raw["model"]
+    if "width" in values or "depth" in values:
+        if model["layers"]:
+            raise ConfigError(base.source, where, "width and depth sweeps need the MLP "
+                              "shorthand (model.hidden), not model.layers")
+        hidden = list(model["hidden"]) or [64]
+        width = values.get("width", hidden[0])
+        model["hidden"] = [width] * values.get("depth", len(hidden))
+    for name, value in values.items():
+        if name in ("width", "depth"):
+            continue
+        section, key = (NUMERIC.get(name) or STRUCTURAL.get(name) or name).split(".")
+        if section not in raw or section == "sweep":
+            raise ConfigError(base.source, where, f"unknown section {section!r}")
+        raw[section][key] = value
+    try:
+        return config_lib.from_dict(raw, base.source)
+    except ConfigError as error:
+        raise ConfigError(base.source, where, f"trial {values}: {error.key}: "
+                          f"{str(error).split(': ', 2)[-1]}") from None
+
+
+def trials(config: Config) -> tuple[Trial, ...]:
+    """Every trial of the config's sweep, in a fixed order (grid product x random draws)."""
+    spec = _spec(config)
+    grid = spec.get("grid", {})
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    rng = np.random.default_rng(spec.get("seed", 0))
+    random = spec.get("random", {})
+    result = []
+    for point in points:
+        for _ in range(spec.get("count", 1) if random else 1):
+            values = {**point, **{name: _draw(name, dist, rng, config.source)
+                                  for name, dist in random.items()}}
+            result.append(Trial(len(result), values,
+                                _apply(config, values, "sweep")))
+    return tuple(result)
+
+
+# --- planning -----------------------------------------------------------------------------
+
+def _structure(cfg: Config, pack: bool) -> str:
+    """The part of a config that shapes the compiled program (numeric values neutralised)."""
+    raw = config_lib.to_dict(cfg)
+    for section_key in NUMERIC.values():
+        section, key = section_key.split(".")
+        raw[section][key] = None
+    raw["model"]["dropout"] = cfg.model.dropout > 0  # Dropout layers exist or not.
+    if pack:
+        raw["model"]["hidden"] = len(cfg.model.hidden)  # depth only
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def _packable(cfg: Config) -> bool:
+    return not cfg.model.layers and cfg.model.dropout == 0 and len(cfg.model.hidden) > 0
+
+
+def _step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -> float:
+    sizes = [in_features, *widths, out]
+    macs = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 6.0 * cfg.training.batch_size * macs  # forward + backward
+
+
+def _pack_is_faster(group_trials, in_features, out, steps, backend) -> bool:
+    """The cost model: compile time per program plus FLOPs at a sustained rate."""
+    compile_s, rate = COMPILE_SECONDS.get(backend, 1.0), FLOPS_PER_SECOND.get(backend, 3e10)
+    cfg = group_trials[0].config
+    widest = max(max(t.config.model.hidden) for t in group_trials)
+    depth = len(cfg.model.hidden)
+    packed = compile_s + sum(steps * _step_flops(cfg, [widest] * depth, in_features, out)
+                             for _ in group_trials) / rate
+    widths = {t.config.model.hidden for t in group_trials}
+    separate = len(widths) * compile_s + sum(
+        steps * _step_flops(cfg, t.config.model.hidden, in_features, out)
+        for t in group_trials) / rate
+    return packed < separate
+
+
+def _bytes_per_trial(cfg: Config, dataset, pack_width: int | None) -> int:
+    if pack_width:
+        cfg = cfg.replace(model={"hidden": (pack_width,) * len(cfg.model.hidden)})
+    net = models.build(cfg.model, dataset.output_size)
+    from jaxnn.summary import rows
+
+    table = rows(net, (None, *dataset.input_shape))
+    itemsize = np.dtype(cfg.training.precision).itemsize
+    params = sum(r.params for r in table)
+    activations = cfg.training.batch_size * sum(math.prod(r.output_shape[1:]) for r in table)
+    return itemsize * (5 * params + 3 * activations)  # params, grads, updates, 2 opt moments
+
+
+def _memory_budget() -> int:
+    device = jax.devices()[0]
+    try:
+        limit = device.memory_stats()["bytes_limit"]
+        return int(limit * 0.5)
+    except (AttributeError, KeyError, TypeError):
+        return 2 * 2**30
+
+
+def make_plan(config: Config, dataset) -> Plan:
+    """Groups the sweep's trials into compiled programs and chunks.
+
+    Args:
+      config: the sweep config.
+      dataset: the prepared data (`jaxnn.run.prepare`), for shapes.
+    """
+    spec = _spec(config)
+    all_trials = trials(config)
+    backend = jax.default_backend()
+    devices = jax.device_count()
+    steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
+    in_features = math.prod(dataset.input_shape)
+    pack_setting = spec.get("pack_widths", "auto")
+    by_structure: dict[str, list[Trial]] = {}
+    for trial in all_trials:
+        packable = pack_setting is not False and _packable(trial.config)
+        by_structure.setdefault(_structure(trial.config, packable), []).append(trial)
+    groups, sizes = [], []
+    for members in by_structure.values():
+        widths = {t.config.model.hidden for t in members}
+        pack = (_packable(members[0].config) and len(widths) > 1 and (
+            pack_setting is True or (pack_setting == "auto" and _pack_is_faster(
+                members, in_features, dataset.output_size, steps, backend))))
+        parts = [members] if pack else [
+            [t for t in members if t.config.model.hidden == w]
+            for w in sorted(widths)] if _packable(members[0].config) and pack_setting is not \
+            False else [members]
+        for part in parts:
+            packed_width = max(max(t.config.model.hidden) for t in part) if pack else None
+            cfg = part[0].config
+            if packed_width:
+                cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
+            per_trial = _bytes_per_trial(part[0].config, dataset, packed_width)
+            sizes.append(per_trial)
+            cap = spec.get("trials_per_chunk") or max(1, _memory_budget() // per_trial)
+            cap = max(devices, cap // devices * devices)
+            count = math.ceil(len(part) / cap)
+            size = math.ceil(len(part) / count)
+            chunks = tuple(tuple(t.index for t in part[i:i + size])
+                           for i in range(0, len(part), size))
+            groups.append(Group(tuple(part), cfg, packed_width, chunks))
+    metric = spec.get("metric", "auto")
+    if metric == "auto":
+        metric = "val_accuracy" if dataset.num_classes else "val_loss"
+    return Plan(all_trials, tuple(groups), metric, max(sizes), devices)
+
+
+# --- running ------------------------------------------------------------------------------
+
+def _hparams(trial: Trial, dtype) -> dict:
+    cfg = trial.config
+    values = {"learning_rate": cfg.optimizer.learning_rate, "momentum": cfg.optimizer.momentum,
+              "weight_decay": cfg.optimizer.weight_decay, "dropout": cfg.model.dropout,
+              "init_scale": cfg.model.init_scale}
+    return {name: np.asarray(values[name], dtype) for name in HPARAMS}
+
+
+def _pad_to(leaf, shape):
+    return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape, strict=True)])
+
+
+class _GroupProgram:
+    """One group's compiled, vmapped (and trial-sharded) program."""
+
+    def __init__(self, group: Group, dataset, mesh: Mesh | None):
+        self.group = group
+        self.trainer = make_train(group.config, dataset, mesh=None,
+                                  masked_width=group.packed_width)
+        self.dataset = dataset
+        self.mesh = mesh
+        self.compiled = None
+        trainer = self.trainer
+
+        def one_trial(key, hparams, params0, x_test, y_test):
+            state = trainer.init(key, hparams, params=params0)
+            state, metrics = trainer.run_epochs(state, hparams, trainer.epochs)
+            return state.params, metrics, trainer.evaluate(state.params, hparams, x_test, y_test)
+
+        self.program = jax.jit(jax.vmap(one_trial, in_axes=(0, 0, 0, None, None)))
+
+    def initial_params(self, chunk_trials, keys, hparams):
+        """Each trial's own initial parameters, zero-padded to the packed width."""
+        if self.group.packed_width is None:
+            return None
+        dataset, dtype = self.dataset, self.trainer.dtype
+        input_shape = (None, *dataset.input_shape)
+        target = jax.eval_shape(
+            lambda k, h: init_params(models.build(self.group.config.model, dataset.output_size),
+                                     k, input_shape, h, dtype),
+            keys[0], jax.tree.map(lambda v: v[0], hparams))
+        padded = []
+        for position, trial in enumerate(chunk_trials):
+            net = models.build(trial.config.model, dataset.output_size)
+            init_key = jax.random.split(keys[position])[0]
+            own = init_params(net, init_key, input_shape,
+                              jax.tree.map(lambda v, p=position: v[p], hparams), dtype)
+            padded.append(jax.tree.map(lambda leaf, t: _pad_to(leaf, t.shape), own, target))
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *padded)
+
+    def __call__(self, chunk_trials: Sequence[Trial], size: int):
+        """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one)."""
+        padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
+        dtype = self.trainer.dtype
+        keys = jnp.stack([jax.random.key(t.config.training.seed) for t in padded])
+        hparams = {name: jnp.asarray(np.stack([_hparams(t, dtype)[name] for t in padded]))
+                   for name in HPARAMS}
+        if self.group.packed_width:
+            hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded], jnp.int32)
+        params0 = self.initial_params(padded, keys, hparams)
+        args = [keys, hparams, params0]
+        if self.mesh is not None:
+            sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
+            args = [jax.device_put(a, sharding) if a is not None else None for a in args]
+        test = (jnp.asarray(self.dataset.x_test), jnp.asarray(self.dataset.y_test))
+        if self.compiled is None:
+            start = time.perf_counter()
+            self.compiled = self.program.lower(*args, *test).compile()
+            self.compile_s = time.perf_counter() - start
+        params, metrics, test_metrics = self.compiled(*args, *test)
+        return jax.device_get((metrics, test_metrics)), params
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
+    rows = []
+    for position, trial in enumerate(chunk_trials):
+        bad = metrics["nonfinite_step"][position]
+        diverged = bool(np.any(bad >= 0))
+        row = {"trial": trial.index, "values": trial.values,
+               "status": "diverged" if diverged else "completed",
+               "diverged_step": int(bad[bad >= 0][0]) if diverged else None}
+        for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            if name in metrics:
+                row[name] = None if diverged else _finite(metrics[name][position][-1])
+        for name in ("loss", "accuracy"):
+            row[f"test_{name}"] = None if diverged else _finite(test_metrics[name][position])
+        row["curves"] = {name: [_finite(v) for v in metrics[name][position]]
+                         for name in ("train_loss", "val_loss", "val_accuracy") if name in metrics}
+        rows.append(row)
+    return rows
+
+
+def read_results(workdir: str) -> list[dict]:
+    """The trial results written so far (complete lines only)."""
+    path = os.path.join(workdir, RESULTS)
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # A line cut short by a kill: its chunk is rerun.
+    return rows
+
+
+def run_sweep(
+    config: Config,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    dataset=None,
+    return_params: bool = False,
+) -> dict[str, Any]:
+    """Runs a sweep and writes its results, table, best config and plots to ``workdir``.
+
+    Args:
+      config: a config with a ``[sweep]`` section.
+      workdir: the sweep directory.
+      resume: skip the chunks whose trials ``results.jsonl`` already holds.
+      dataset: the prepared data (loaded from the config when None).
+      return_params: also return each trial's final parameters (tests use this).
+
+    Returns:
+      ``{"results": [...], "best": {...}, "programs_compiled": n, "wall_time_s": ...}``.
+
+    Raises:
+      ConfigError: for a bad sweep or config, before anything is compiled.
+      jaxnn.run.RunError: when ``workdir`` holds another sweep or a finished one and
+        ``resume`` is False.
+    """
+    from jaxnn import run, sweep_report
+
+    started = time.perf_counter()
+    run.enable_precision(config)
+    workdir = os.fspath(workdir)
+    if dataset is None:
+        dataset = run.prepare(config)
+    plan = make_plan(config, dataset)
+    results_path = os.path.join(workdir, RESULTS)
+    if os.path.exists(results_path) and not resume:
+        raise run.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
+                           "choose another directory")
+    done = {row["trial"]: row for row in read_results(workdir)} if resume else {}
+    for index, row in done.items():
+        if index >= len(plan.trials) or row["values"] != plan.trials[index].values:
+            raise run.RunError(f"{results_path} was written by a different sweep (trial "
+                               f"{index} differs); use another directory")
+    os.makedirs(workdir, exist_ok=True)
+    if not resume or not done:
+        with open(results_path, "w"):
+            pass
+    with open(os.path.join(workdir, "sweep.toml"), "w") as handle:
+        handle.write(config_lib.dumps(config))
+
+    mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(plan.trials), initial=len(done), unit="trial",
+               disable=not config.training.progress, leave=False, dynamic_ncols=True)
+    compiled, compile_s, params_out = 0, 0.0, {}
+    try:
+        for group in plan.groups:
+            todo = [c for c in group.chunks if not all(i in done for i in c)]
+            if not todo:
+                continue
+            program = _GroupProgram(group, dataset, mesh)
+            size = math.ceil(max(len(c) for c in group.chunks) / plan.devices) * plan.devices
+            for chunk in todo:
+                chunk_trials = [plan.trials[i] for i in chunk]
+                (metrics, test_metrics), params = program(chunk_trials, size)
+                rows = _result_rows(chunk_trials, metrics, test_metrics)
+                with open(results_path, "a") as handle:
+                    handle.writelines(json.dumps(row) + "\n" for row in rows)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                done.update({row["trial"]: row for row in rows})
+                if return_params:
+                    for position, trial in enumerate(chunk_trials):
+                        params_out[trial.index] = jax.tree.map(
+                            lambda p, q=position: np.asarray(p[q]), params)
+                bar.update(len(chunk))
+            compiled += 1
+            compile_s += program.compile_s
+    finally:
+        bar.close()
+    results = [done[t.index] for t in plan.trials]
+    report = sweep_report.write(config, plan, results, workdir)
+    summary = {"results": results, "best": report["best"], "table": report["table"],
+               "programs_compiled": compiled, "compile_time_s": compile_s,
+               "wall_time_s": time.perf_counter() - started, "plots": report["plots"],
+               "params": params_out if return_params else None}
+    return summary
+
+
+def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:
+    """A packed trial's final parameters cropped to its own width."""
+    net = models.build(trial.config.model, dataset.output_size)
+    shapes = jax.eval_shape(lambda k: net.init(k, (None, *dataset.input_shape))[1],
+                            jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params, shapes)
+
+
+def param_counts(plan: Plan, dataset) -> dict[int, int]:
+    """Each trial's own parameter count (for reports)."""
+    counts = {}
+    for trial in plan.trials:
+        net = models.build(trial.config.model, dataset.output_size)
+        shapes = jax.eval_shape(lambda k, n=net: n.init(k, (None, *dataset.input_shape))[1],
+                                jax.ShapeDtypeStruct((2,), jnp.uint32))
+        counts[trial.index] = param_count(shapes)
+    return counts
+
+
+def best_config(plan: Plan, results: list[dict]) -> Config | None:
+    """The winning trial's config (sweep section removed), or None if every trial diverged."""
+    ranked = rank(plan, results)
+    if not ranked or ranked[0]["status"] != "completed":
+        return None
+    return dataclasses.replace(plan.trials[ranked[0]["trial"]].config, sweep={})
+
+
+def rank(plan: Plan, results: list[dict]) -> list[dict]:
+    """Results sorted best first by the plan's metric; diverged trials last."""
+    higher = plan.metric.endswith("accuracy")
+
+    def key(row):
+        value = row.get(plan.metric)
+        if value is None or row["status"] != "completed":
+            return (1, 0.0)
+        return (0, -value if higher else value)
+
+    return sorted(results, key=key)
+
+
+def table(plan: Plan, results: list[dict]) -> str:
+    """The printed results table, best first."""
+    names = list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    header = ["trial", *names, "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
+              "status"]
+
+    def fmt(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) \
+            else str(value)
+
+    rows = [[row["trial"], *[fmt(row["values"].get(n)) for n in names],
+             fmt(row.get("train_loss")), fmt(row.get("val_loss")), fmt(row.get("val_accuracy")),
+             fmt(row.get("test_loss")), fmt(row.get("test_accuracy")),
+             row["status"] + (f" @ step {row['diverged_step']}" if row["diverged_step"] is not None
+                              else "")]
+            for row in rank(plan, results)]
+    return format_table(header, rows)
+
+
+def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
+    """The results as CSV, best first."""
+    names = list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    fields = ["trial", *names, "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+              "test_loss", "test_accuracy", "status", "diverged_step"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for row in rank(plan, results):
+            writer.writerow([row["trial"], *[row["values"].get(n) for n in names],
+                             *[row.get(f) for f in fields[1 + len(names):]]])

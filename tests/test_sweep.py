@@ -1,0 +1,207 @@
+"""Sweeps: trials equal lone runs (packed widths included), sharding, resume, divergence."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import cli, config, run, sweep
+from jaxnn.train import default_hparams, make_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.toml")
+
+
+def small_sweep(*overrides, grid="{learning_rate = [0.02, 0.2], width = [4, 9]}"):
+    return config.load(TINY, ["output.plots=false", "training.epochs=2",
+                              "training.precision='float64'", "model.hidden=[6, 6]",
+                              f"sweep.grid={grid}", *overrides])
+
+
+@pytest.mark.parametrize("pack", ["true", "false"])
+def test_every_trial_equals_the_config_trained_alone(tmp_path, pack):
+    cfg = small_sweep(f"sweep.pack_widths={pack}", "model.activation='sigmoid'")
+    out = sweep.run_sweep(cfg, tmp_path, return_params=True)
+    assert out["programs_compiled"] == (1 if pack == "true" else 2)
+    dataset = run.prepare(cfg)
+    plan = sweep.make_plan(cfg, dataset)
+    for trial, row in zip(plan.trials, out["results"], strict=True):
+        # The trial's own config, as `jaxnn train` would run it.
+        alone_cfg = trial.config
+        trainer = make_train(alone_cfg, dataset, mesh=None)
+        params, _, metrics = trainer(jax.random.key(alone_cfg.training.seed),
+                                     default_hparams(alone_cfg, jnp.float64))
+        got = sweep.trial_params_unpadded(out["params"][trial.index], trial, dataset)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+        assert row["val_loss"] == pytest.approx(float(metrics["val_loss"][-1]), rel=1e-9)
+    # The lone run through the command line gives the same test loss for a packed trial.
+    best = sweep.rank(plan, out["results"])[0]
+    summary = run.train_and_evaluate(plan.trials[best["trial"]].config, tmp_path / "alone")
+    assert summary["test_loss"] == pytest.approx(best["test_loss"], rel=1e-9)
+
+
+def test_packed_initial_params_do_not_depend_on_padding(tmp_path):
+    a = sweep.run_sweep(small_sweep("sweep.pack_widths=true"), tmp_path / "a",
+                        return_params=True)
+    b = sweep.run_sweep(small_sweep("sweep.pack_widths=true",
+                                    grid="{learning_rate = [0.02, 0.2], width = [4, 9, 30]}"),
+                        tmp_path / "b", return_params=True)
+    cfg = small_sweep()
+    dataset = run.prepare(cfg)
+    plan_a = sweep.make_plan(cfg, dataset)
+    for trial in plan_a.trials:  # Same trial indices in both (width 30 comes last).
+        pa = sweep.trial_params_unpadded(a["params"][trial.index], trial, dataset)
+        index_b = [t for t in sweep.trials(small_sweep(
+            grid="{learning_rate = [0.02, 0.2], width = [4, 9, 30]}"))
+            if t.values == trial.values][0].index
+        pb = sweep.trial_params_unpadded(b["params"][index_b], trial, dataset)
+        for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-14)
+
+
+def test_divergent_trial_is_marked_and_neighbours_finish(tmp_path):
+    cfg = small_sweep("model.activation='relu'", "training.precision='float32'",
+                      "model.hidden=[32]", "training.epochs=4",
+                      grid="{learning_rate = [0.05, 0.2, 1000.0]}")
+    out = sweep.run_sweep(cfg, tmp_path, return_params=True)
+    by_lr = {r["values"]["learning_rate"]: r for r in out["results"]}
+    assert by_lr[1000.0]["status"] == "diverged"
+    assert by_lr[1000.0]["diverged_step"] >= 0
+    for lr in (0.05, 0.2):
+        assert by_lr[lr]["status"] == "completed"
+        assert by_lr[lr]["test_accuracy"] > 0.7
+    assert "diverged @ step" in out["table"]
+    assert sweep.rank(sweep.make_plan(cfg, run.prepare(cfg)), out["results"])[-1] == by_lr[1000.0]
+    # The neighbours are untouched: the same as a sweep without the divergent rate.
+    calm = sweep.run_sweep(small_sweep("model.activation='relu'", "training.precision='float32'",
+                                       "model.hidden=[32]", "training.epochs=4",
+                                       grid="{learning_rate = [0.05, 0.2]}"), tmp_path / "calm")
+    for row in calm["results"]:
+        assert row["val_loss"] == pytest.approx(by_lr[row["values"]["learning_rate"]]["val_loss"],
+                                                rel=1e-5)
+
+
+def test_outputs_table_csv_best_and_plots(tmp_path):
+    cfg = small_sweep("output.plots=true")
+    out = sweep.run_sweep(cfg, tmp_path)
+    for name in ("results.jsonl", "results.csv", "table.txt", "best.toml", "metric_vs_lr.png",
+                 "heatmap_lr_width.png", "top_curves.png"):
+        assert (tmp_path / name).exists(), name
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("trial,learning_rate,width,train_loss")
+    assert len(lines) == 5
+    best = config.load(tmp_path / "best.toml")
+    assert best.sweep == {}
+    assert best.model.hidden == (out["best"]["values"]["width"],) * 2
+    assert best.optimizer.learning_rate == out["best"]["values"]["learning_rate"]
+    accuracies = [r["val_accuracy"] for r in sweep.rank(sweep.make_plan(cfg, run.prepare(cfg)),
+                                                        out["results"])]
+    assert accuracies == sorted(accuracies, reverse=True)
+
+
+def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
+    cfg = small_sweep("sweep.trials_per_chunk=1", "sweep.pack_widths=false")
+    full = sweep.run_sweep(cfg, tmp_path / "full")
+    real, calls = sweep._result_rows, []
+
+    def die_on_third_chunk(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sweep, "_result_rows", die_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path / "part")
+    assert len(sweep.read_results(str(tmp_path / "part"))) == 2
+    monkeypatch.setattr(sweep, "_result_rows", real)
+    with pytest.raises(run.RunError, match="already holds a sweep"):
+        sweep.run_sweep(cfg, tmp_path / "part")
+    resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    assert resumed["table"] == full["table"]
+    assert (tmp_path / "part" / "results.csv").read_text() == \
+        (tmp_path / "full" / "results.csv").read_text()
+
+
+def test_compiles_once_per_structural_group(tmp_path):
+    cfg = small_sweep(grid="{learning_rate = [0.01, 0.1, 0.3], activation = ['tanh', 'relu'], "
+                           "momentum = [0.5, 0.9]}")
+    out = sweep.run_sweep(cfg, tmp_path)
+    assert len(out["results"]) == 12
+    assert out["programs_compiled"] == 2  # one per activation, never one per trial
+
+
+def test_random_search_is_seeded(tmp_path):
+    cfg = small_sweep("sweep.grid={}", "sweep.count=5", "sweep.seed=3",
+                      "sweep.random={learning_rate = {distribution = 'log_uniform', "
+                      "low = 0.001, high = 1.0}, activation = ['tanh', 'relu'], "
+                      "momentum = {distribution = 'uniform', low = 0.5, high = 0.9}}")
+    a, b = sweep.trials(cfg), sweep.trials(cfg)
+    assert [t.values for t in a] == [t.values for t in b]
+    assert len(a) == 5
+    for trial in a:
+        assert 0.001 <= trial.values["learning_rate"] <= 1.0
+        assert 0.5 <= trial.values["momentum"] <= 0.9
+        assert trial.values["activation"] in ("tanh", "relu")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("sweep.grid={learning_rat = [0.1]}", "sweep.grid.learning_rat"),
+    ("sweep.grid={learning_rate = [-0.1]}", "sweep"),
+    ("sweep.pack_widths='maybe'", "sweep.pack_widths"),
+    (("sweep.count=2", "sweep.random={momentum = {distribution = 'beta', low = 0.1, "
+                       "high = 0.2}}"), "sweep.random.momentum"),
+    ("sweep.colour=1", "sweep.colour"),
+])
+def test_bad_sweep_config_named(tmp_path, capsys, override, key):
+    path = tmp_path / "s.toml"
+    overrides = override if isinstance(override, tuple) else (override,)
+    path.write_text(config.dumps(small_sweep(*overrides)))
+    assert cli.main(["sweep", str(path), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxnn: error: {path}: {key}")
+
+
+def test_cli_plan_and_run(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(small_sweep()))
+    assert cli.main(["sweep", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials in 1 compiled programs" in out and "packed to 9" in out
+    assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "s")]) == 0
+    assert "best: trial" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "s" / "results.jsonl").open()]
+    assert len(rows) == 4
+
+
+def test_sharded_trials_equal_unsharded():
+    script = f"""
+import jax, numpy as np, tempfile
+jax.config.update("jax_enable_x64", True)
+from jaxnn import config, sweep
+assert jax.device_count() == 4
+cfg = config.load({TINY!r}, ["output.plots=false", "training.epochs=2",
+    "training.precision='float64'", "model.hidden=[6, 6]",
+    "sweep.grid={{learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}}"])
+sharded = sweep.run_sweep(cfg, tempfile.mkdtemp())
+print("programs", sharded["programs_compiled"])
+import json
+print("RESULTS", json.dumps([r["val_loss"] for r in sharded["results"]]))
+"""
+    outputs = []
+    for devices in (4, 1):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        code = script if devices == 4 else script.replace("== 4", "== 1")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        line = [x for x in result.stdout.splitlines() if x.startswith("RESULTS")][0]
+        outputs.append(json.loads(line.split(" ", 1)[1]))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-9)
