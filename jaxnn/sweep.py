@@ -191,7 +191,7 @@ def _draw(name: str, dist: Any, rng: np.random.Generator, source: str) -> Any:
     else:
         raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform "
                           "or choice")
-    return int(round(value)) if name in ("seed", "width", "depth", "batch_size") else value
+    return round(value) if name in ("seed", "width", "depth", "batch_size") else value
 
 
 def _apply(base: Config, values: dict, where: str) -> Config:

@@ -57,9 +57,9 @@ def test_packed_initial_params_do_not_depend_on_padding(tmp_path):
     plan_a = sweep.make_plan(cfg, dataset)
     for trial in plan_a.trials:  # Same trial indices in both (width 30 comes last).
         pa = sweep.trial_params_unpadded(a["params"][trial.index], trial, dataset)
-        index_b = [t for t in sweep.trials(small_sweep(
+        index_b = next(t for t in sweep.trials(small_sweep(
             grid="{learning_rate = [0.02, 0.2], width = [4, 9, 30]}"))
-            if t.values == trial.values][0].index
+            if t.values == trial.values).index
         pb = sweep.trial_params_unpadded(b["params"][index_b], trial, dataset)
         for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-14)
@@ -202,6 +202,6 @@ print("RESULTS", json.dumps([r["val_loss"] for r in sharded["results"]]))
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        line = [x for x in result.stdout.splitlines() if x.startswith("RESULTS")][0]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
         outputs.append(json.loads(line.split(" ", 1)[1]))
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-9)
