@@ -50,7 +50,8 @@ class Dataset(NamedTuple):
     def flat(self) -> Dataset:
         """The same data with each example flattened to a vector."""
         return self._replace(**{
-            field: getattr(self, field).reshape(len(getattr(self, field)), -1)
+            field: getattr(self, field).reshape(len(getattr(self, field)),
+                                                int(np.prod(self.input_shape)))
             for field in ("x_train", "x_val", "x_test")
         })
 

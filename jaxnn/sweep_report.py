@@ -90,8 +90,8 @@ def figures_for(plan, results: list[dict], workdir: str) -> list[str] | str:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("width")
         for (i, j), value in np.ndenumerate(grid):
-            ax.text(j, i, "div" if math.isnan(value) else f"{value:.3f}", ha="center",
-                    va="center", fontsize=7, color="white")
+            ax.text(j, i, "diverged" if math.isnan(value) else f"{value:.3f}", ha="center",
+                    va="center", fontsize=7, color="black" if math.isnan(value) else "white")
         fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
         fig.tight_layout()
         written.append(_save(fig, plt, workdir, "heatmap_lr_width.png"))

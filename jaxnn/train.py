@@ -64,8 +64,12 @@ class Trainer(NamedTuple):
     Attributes:
       init: ``init(key, hparams, params=None) -> TrainState``; ``params`` replaces the
         drawn initial parameters (the key's first half draws them otherwise).
-      run_epochs: ``run_epochs(state, hparams, num_epochs) -> (state, metrics)``, metrics
-        stacked per epoch (``num_epochs`` is static: one compile per distinct value).
+      run_epochs: ``run_epochs(state, hparams, num_epochs, data=None) -> (state, metrics)``,
+        metrics stacked per epoch (``num_epochs`` is static: one compile per distinct value).
+        ``data`` defaults to `Trainer.data`; a program that wraps the trainer in its own
+        ``jax.jit`` passes ``data`` as an argument, so the data set is not baked into the
+        compiled program as constants (slow to compile).
+      data: the device arrays ``(x_train, y_train, x_val, y_val)``.
       compile: ``compile(state, hparams, num_epochs) -> run`` compiles ahead of time (for
         timing compilation apart): ``run(state, hparams) -> (state, metrics)``.
       evaluate: ``evaluate(params, hparams, x, y) -> {"loss", "accuracy"}``.
@@ -76,15 +80,22 @@ class Trainer(NamedTuple):
 
     init: Callable[..., TrainState]
     run_epochs: Callable[..., tuple[TrainState, dict]]
+    data: tuple
     compile: Callable[..., Callable[..., tuple[TrainState, dict]]]
     evaluate: Callable[..., dict]
     epochs: int
     steps_per_epoch: int
     dtype: Any
 
-    def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, Any, dict]:
-        """Trains from scratch for every epoch: ``(params, opt_state, metrics)``."""
-        state, metrics = self.run_epochs(self.init(key, hparams), hparams, self.epochs)
+    def __call__(
+        self, key: jax.Array, hparams: dict, data: tuple | None = None
+    ) -> tuple[Any, Any, dict]:
+        """Trains from scratch for every epoch: ``(params, opt_state, metrics)``.
+
+        Under your own ``jax.jit``/``jax.vmap``, pass ``data=trainer.data`` through the
+        jitted function's arguments to keep the data out of the compiled constants.
+        """
+        state, metrics = self.run_epochs(self.init(key, hparams), hparams, self.epochs, data)
         return state.params, state.opt_state, metrics
 
 
@@ -192,7 +203,10 @@ def make_train(
     def evaluate(params, hparams, x, y):
         net = net_for(hparams)
         n = len(x)
-        chunks = max(1, math.ceil(n / EVAL_BATCH))
+        if n <= EVAL_BATCH:  # One pass: no loop to compile.
+            value, accuracy = metrics_of(net.apply(params, x), y)
+            return {"loss": value, "accuracy": accuracy}
+        chunks = math.ceil(n / EVAL_BATCH)
         size = math.ceil(n / chunks)
         padded = jnp.pad(x, ((0, chunks * size - n), *[(0, 0)] * (x.ndim - 1)))
         pred = jax.lax.map(lambda xb: net.apply(params, xb),
@@ -270,11 +284,12 @@ def make_train(
         jax.device_put(jnp.asarray(a, dtype if a.dtype.kind == "f" else None), replicated)
         for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
 
-    def run_epochs(state, hparams, num_epochs):
-        return run_jit(state, hparams, device_data, int(num_epochs))
+    def run_epochs(state, hparams, num_epochs, data=None):
+        return run_jit(state, hparams, device_data if data is None else data, int(num_epochs))
 
     def compile_epochs(state, hparams, num_epochs):
         compiled = run_jit.lower(state, hparams, device_data, int(num_epochs)).compile()
         return lambda state, hparams: compiled(state, hparams, device_data)
 
-    return Trainer(init, run_epochs, compile_epochs, jax.jit(evaluate), epochs, steps, dtype)
+    return Trainer(init, run_epochs, device_data, compile_epochs, jax.jit(evaluate), epochs,
+                   steps, dtype)

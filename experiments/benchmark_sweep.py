@@ -1,0 +1,162 @@
+"""Wall time of a learning-rate x width sweep: jaxnn against sequential loops, same run.
+
+Contenders, each timed end to end with compilation included:
+  (a) jaxnn: `jaxnn.sweep.run_sweep` (trials vmapped, widths packed or not as planned);
+  (a') jaxnn with pack_widths forced the other way, to check the planner's choice;
+  (b) raw JAX: a hand-written jitted training run (lax.scan over epochs and steps, optax
+      SGD with momentum), called once per trial in a Python loop (one compile per width);
+  (c) PyTorch eager, one trial after another, when torch is installed.
+All train the same MLP (digits, 64 -> width -> width -> 10, ReLU, softmax cross-entropy,
+momentum 0.9, batch 64, the config's epochs) on the same splits.
+
+Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn import config as config_lib
+from jaxnn import run, sweep
+
+CONFIG = "configs/sweep_lr_width.toml"
+
+
+def raw_jax_loop(cfg, dataset, trials) -> float:
+    """(b): one jitted run per trial, compiled once per width; returns seconds."""
+    x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
+    n, batch, epochs = len(x), cfg.training.batch_size, cfg.training.epochs
+    steps = n // batch
+    programs = {}
+
+    def make(width):
+        sizes = [x.shape[1], width, width, 10]
+
+        def init(key):
+            keys = jax.random.split(key, 3)
+            return [{"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a), "b": jnp.zeros(b)}
+                    for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+
+        def loss_fn(params, xb, yb):
+            h = xb
+            for layer in params[:-1]:
+                h = jax.nn.relu(h @ layer["w"] + layer["b"])
+            logits = h @ params[-1]["w"] + params[-1]["b"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        @jax.jit
+        def train(key, lr):
+            opt = optax.sgd(lr, momentum=0.9)
+            params = init(key)
+
+            def epoch(carry, epoch_index):
+                params, state = carry
+                order = jax.random.permutation(jax.random.fold_in(key, epoch_index), n)
+                batches = order[: steps * batch].reshape(steps, batch)
+
+                def step(carry, idx):
+                    params, state = carry
+                    loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+                    updates, state = opt.update(grads, state, params)
+                    return (optax.apply_updates(params, updates), state), loss
+
+                (params, state), losses = jax.lax.scan(step, (params, state), batches)
+                return (params, state), losses.mean()
+
+            (params, _), losses = jax.lax.scan(epoch, (params, opt.init(params)),
+                                               jnp.arange(epochs))
+            return params, losses
+
+        return train
+
+    start = time.perf_counter()
+    for trial in trials:
+        width = trial.config.model.hidden[0]
+        if width not in programs:
+            programs[width] = make(width)
+        out = programs[width](jax.random.key(trial.config.training.seed),
+                              jnp.float32(trial.config.optimizer.learning_rate))
+        jax.block_until_ready(out)
+    return time.perf_counter() - start
+
+
+def torch_loop(cfg, dataset, trials) -> float | None:
+    """(c): PyTorch eager, one trial after another; None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    x = torch.tensor(dataset.x_train, dtype=torch.float32)
+    y = torch.tensor(dataset.y_train, dtype=torch.long)
+    n, batch = len(x), cfg.training.batch_size
+    start = time.perf_counter()
+    for trial in trials:
+        width = trial.config.model.hidden[0]
+        model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.ReLU(),
+                                    torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                    torch.nn.Linear(width, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=trial.config.optimizer.learning_rate,
+                              momentum=0.9)
+        for _ in range(cfg.training.epochs):
+            order = torch.randperm(n)
+            for i in range(n // batch):
+                idx = order[i * batch:(i + 1) * batch]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+    return time.perf_counter() - start
+
+
+def jaxnn_sweep(cfg, dataset) -> tuple[float, int]:
+    start = time.perf_counter()
+    out = sweep.run_sweep(cfg, tempfile.mkdtemp(), dataset=dataset)
+    return time.perf_counter() - start, out["programs_compiled"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
+    args = parser.parse_args()
+    overrides = ["training.progress=false", "output.plots=false",
+                 f"sweep.grid.width={args.widths}"]
+    if args.epochs:
+        overrides.append(f"training.epochs={args.epochs}")
+    cfg = config_lib.load(CONFIG, overrides)
+    dataset = run.prepare(cfg)
+    plan = sweep.make_plan(cfg, dataset)
+    packed = plan.groups[0].packed_width is not None
+    other = cfg.replace(sweep={**cfg.sweep, "pack_widths": not packed})
+    print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {args.widths}, "
+          f"{cfg.training.epochs} epochs; planner packs widths: {packed}; "
+          f"{args.repeats} repeats, compile included, median [min, max] seconds")
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        seconds, programs = jaxnn_sweep(cfg, dataset)
+        times.setdefault(f"jaxnn ({programs} program(s), planner)", []).append(seconds)
+        seconds, programs = jaxnn_sweep(other, dataset)
+        times.setdefault(f"jaxnn ({programs} program(s), forced)", []).append(seconds)
+        times.setdefault("raw JAX loop", []).append(raw_jax_loop(cfg, dataset, plan.trials))
+        torch_seconds = torch_loop(cfg, dataset, plan.trials)
+        if torch_seconds is not None:
+            times.setdefault("PyTorch loop", []).append(torch_seconds)
+    if "PyTorch loop" not in times:
+        print("  (PyTorch not installed: skipped)")
+    base = statistics.median(times["raw JAX loop"])
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"  {name:32s} {median:7.2f} s [{min(samples):.2f}, {max(samples):.2f}]  "
+              f"raw JAX / this = {base / median:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
