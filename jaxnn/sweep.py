@@ -458,6 +458,11 @@ class _GroupProgram:
             self.compile_s += time.perf_counter() - start
         params, metrics, test_metrics = self.compiled[layout](*args, *test)
         back = np.argsort(order)[: len(chunk_trials)]
+        if jax.process_count() > 1:  # Trials sharded over hosts: gather every host's rows.
+            from jax.experimental import multihost_utils
+
+            metrics, test_metrics = multihost_utils.process_allgather(
+                (metrics, test_metrics), tiled=True)
         metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[back],
                                              jax.device_get((metrics, test_metrics)))
         return (metrics, test_metrics), jax.tree.map(lambda v: v[back], params)
@@ -543,12 +548,15 @@ def run_sweep(
         if index >= len(plan.trials) or row["values"] != plan.trials[index].values:
             raise run.RunError(f"{results_path} was written by a different sweep (trial "
                                f"{index} differs); use another directory")
+    # With several hosts (jax.distributed), every host computes and the first one writes.
+    writer = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if not resume or not done:
+    if writer and (not resume or not done):
         with open(results_path, "w"):
             pass
-    with open(os.path.join(workdir, "sweep.toml"), "w") as handle:
-        handle.write(config_lib.dumps(config))
+    if writer:
+        with open(os.path.join(workdir, "sweep.toml"), "w") as handle:
+            handle.write(config_lib.dumps(config))
 
     mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
     from tqdm.auto import tqdm
@@ -567,10 +575,11 @@ def run_sweep(
                 chunk_trials = [plan.trials[i] for i in chunk]
                 (metrics, test_metrics), params = program(chunk_trials, size)
                 rows = _result_rows(chunk_trials, metrics, test_metrics)
-                with open(results_path, "a") as handle:
-                    handle.writelines(json.dumps(row) + "\n" for row in rows)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                if writer:
+                    with open(results_path, "a") as handle:
+                        handle.writelines(json.dumps(row) + "\n" for row in rows)
+                        handle.flush()
+                        os.fsync(handle.fileno())
                 done.update({row["trial"]: row for row in rows})
                 if return_params:
                     for position, trial in enumerate(chunk_trials):
@@ -582,7 +591,8 @@ def run_sweep(
     finally:
         bar.close()
     results = [done[t.index] for t in plan.trials]
-    report = sweep_report.write(config, plan, results, workdir)
+    report = sweep_report.write(config, plan, results, workdir) if writer else {
+        "table": table(plan, results), "best": None, "plots": []}
     summary = {"results": results, "best": report["best"], "table": report["table"],
                "programs_compiled": compiled, "compile_time_s": compile_s,
                "wall_time_s": time.perf_counter() - started, "plots": report["plots"],

@@ -25,7 +25,7 @@ def test_api_example_runs_and_its_comments_hold():
 def test_quick_start_is_two_commands():
     block = re.search(r"## Quick start\n\n```bash\n(.*?)```", README.read_text(), re.S).group(1)
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
-    assert commands == ["pip install -e . && jaxnn train",
+    assert commands == ["pip install -e . && jaxnn sweep configs/sweep_lr_width.toml",
                         "pip install -e '.[test]' && python -m pytest"]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install --quiet -e '.[test]'" in ci
