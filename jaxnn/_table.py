@@ -20,3 +20,11 @@ def format_table(
 
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
+
+
+def format_markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(str(c) for c in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

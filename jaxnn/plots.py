@@ -51,3 +51,130 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str] | str:
         plt.close(fig)
         written.append(path)
     return written
+
+
+# --- sweep figures: each takes result rows ({"values": {...}, metric: ..., "curves": {...}})
+
+def _label(values: dict, keys: Sequence[str]) -> str:
+    """``"k=v, ..."`` for the scalar values among ``keys`` (lists of layers are left out)."""
+    return ", ".join(f"{k}={values[k]:.3g}" if isinstance(values[k], float) else
+                     f"{k}={values[k]}" for k in keys
+                     if k in values and not isinstance(values[k], list | dict)) or "all"
+
+
+def _save(fig, plt, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
+              series: Sequence[str] = (), log_x: bool = True, title: str = "") -> str | None:
+    """``metric`` against hyperparameter ``x``, one line per value of the ``series`` keys;
+    diverged trials are marked with crosses at the bottom of the axis."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_label(row["values"], series), []).append(row)
+    finite = [r[metric] for r in rows if r.get(metric) is not None]
+    floor = min(finite) if finite else 0.0
+    for label, members in groups.items():
+        members = sorted(members, key=lambda r: r["values"][x])
+        xs = [r["values"][x] for r in members]
+        ys = [r[metric] if r.get(metric) is not None else float("nan") for r in members]
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
+        bad = [v for v, r in zip(xs, members, strict=True) if r["status"] != "completed"]
+        if bad:
+            ax.plot(bad, [floor] * len(bad), "x", color=line.get_color(), markersize=9)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title or f"{metric.replace('_', ' ')} by {x.replace('_', ' ')} (x: diverged)")
+    ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path: str, *,
+            notes: dict | None = None, title: str = "") -> str | None:
+    """``metric`` over a grid of two hyperparameters (mean over any other keys); cells of
+    diverged trials read "diverged"; ``notes[(row, col)]`` adds a second line to a cell."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    row_values = sorted({r["values"][row_key] for r in rows})
+    col_values = sorted({r["values"][col_key] for r in rows})
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["values"][row_key], r["values"][col_key])
+        cells.setdefault(key, []).append(r[metric] if r.get(metric) is not None else np.nan)
+    grid = np.full((len(row_values), len(col_values)), np.nan)
+    for (rv, cv), values in cells.items():
+        grid[row_values.index(rv), col_values.index(cv)] = np.mean(values)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(col_values), 1.4 + 0.55 * len(row_values)))
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis")
+    ax.set_xticks(range(len(col_values)), [f"{v:.3g}" if isinstance(v, float) else str(v)
+                                           for v in col_values], rotation=45)
+    ax.set_yticks(range(len(row_values)), [str(v) for v in row_values])
+    ax.set_xlabel(col_key.replace("_", " "))
+    ax.set_ylabel(row_key.replace("_", " "))
+    for (i, j), value in np.ndenumerate(grid):
+        text = "diverged" if np.isnan(value) else f"{value:.3f}"
+        note = (notes or {}).get((row_values[i], col_values[j]))
+        ax.text(j, i, text + (f"\n{note}" if note else ""), ha="center", va="center",
+                fontsize=7, color="black" if np.isnan(value) else "white")
+    fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
+    ax.set_title(title or f"{metric.replace('_', ' ')}")
+    return _save(fig, plt, path)
+
+
+def curves(rows: Sequence[dict], metric: str, path: str, *, label_keys: Sequence[str] = (),
+           log_y: bool = True, title: str = "") -> str | None:
+    """Per-epoch ``metric`` curves (e.g. "train_loss", "val_loss") of the given trials."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in rows:
+        curve = row["curves"].get(metric)
+        if not curve:
+            continue
+        curve = [v if v is not None else float("nan") for v in curve]
+        suffix = "" if row["status"] == "completed" else " (diverged)"
+        ax.plot(range(1, len(curve) + 1), curve,
+                label=f"{_label(row['values'], label_keys)}{suffix}")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title or metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], path: str, *, ylabel: str,
+         title: str = "", log_y: bool = False) -> str | None:
+    """A bar chart (e.g. best accuracy per optimizer)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(2.5 + 1.3 * len(labels), 4.5))
+    ax.bar(range(len(labels)), values, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, plt, path)

@@ -1,0 +1,121 @@
+"""The scaffolding of the scripts in ``experiments/``: arguments, a sweep, outputs.
+
+An experiment is a config in ``configs/experiments/`` plus a few lines: `start` parses
+``--quick`` / ``--out``, loads the config (with the experiment's cut-down overrides under
+``--quick``), and returns an `Experiment` whose `sweep` runs the sweep engine into
+``results/<name>/``; the script adds its figures with `jaxnn.plots` and calls `finish`,
+which writes ``results.md`` (the headline and the results table in markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jaxnn import config as config_lib
+from jaxnn import run, sweep
+from jaxnn._table import format_markdown
+from jaxnn.config import Config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Experiment:
+    """One experiment run: its config, output directory and data."""
+
+    def __init__(self, name: str, config: Config, out: str, quick: bool):
+        self.name, self.config, self.out, self.quick = name, config, out, quick
+        self.started = time.perf_counter()
+        run.enable_precision(config)
+        self.dataset = run.prepare(config)
+        self.figures: list[str] = []
+
+    def path(self, filename: str) -> str:
+        return os.path.join(self.out, filename)
+
+    def sweep(self, config: Config | None = None, subdir: str = "sweep") -> dict[str, Any]:
+        """Runs the (given or experiment's) sweep into ``OUT/<subdir>``, replacing old results."""
+        workdir = self.path(subdir)
+        if os.path.exists(os.path.join(workdir, sweep.RESULTS)):
+            os.remove(os.path.join(workdir, sweep.RESULTS))
+        result = sweep.run_sweep(config or self.config, workdir, dataset=self.dataset)
+        result["plan"] = sweep.make_plan(config or self.config, self.dataset)
+        return result
+
+    def figure(self, path: str | None) -> None:
+        """Records a figure written by a `jaxnn.plots` helper (None: matplotlib missing)."""
+        if path:
+            self.figures.append(path)
+
+    def finish(self, headline: str, tables: Sequence[tuple[str, Sequence[str], list]]) -> str:
+        """Writes ``results.md`` (headline, tables, figures) and prints the headline.
+
+        Args:
+          headline: one line with the result that matters.
+          tables: (title, header, rows) for each markdown table.
+        """
+        seconds = time.perf_counter() - self.started
+        lines = [f"# {self.name}", "", headline, "",
+                 f"Command: `python experiments/{self.name}.py{' --quick' if self.quick else ''}`"
+                 f" ({seconds:.0f} s)", ""]
+        for title, header, rows in tables:
+            lines += [f"## {title}", "", format_markdown(header, rows), ""]
+        lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in self.figures]
+        with open(self.path("results.md"), "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        print(headline)
+        print(f"results: {self.path('results.md')}")
+        return headline
+
+
+def start(
+    name: str,
+    description: str,
+    *,
+    quick: Sequence[str] = (),
+    argv: Sequence[str] | None = None,
+) -> Experiment:
+    """Parses the experiment's arguments and loads ``configs/experiments/<name>.toml``.
+
+    Args:
+      name: the experiment (and config) name.
+      description: the script's docstring, for ``--help``.
+      quick: config overrides (``key=value``) of the ``--quick`` cut-down version.
+      argv: arguments (default: the command line).
+    """
+    parser = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a cut-down version that runs in seconds")
+    parser.add_argument("--out", default=str(ROOT / "results" / name),
+                        help="output directory (default: results/<experiment>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key")
+    args = parser.parse_args(argv)
+    overrides = [*(quick if args.quick else ()), "training.progress=false",
+                 "output.plots=true", *args.set]
+    config = config_lib.load(ROOT / "configs" / "experiments" / f"{name}.toml", overrides)
+    os.makedirs(args.out, exist_ok=True)
+    return Experiment(name, config, args.out, args.quick)
+
+
+def fmt(value: Any) -> str:
+    """A table cell: 4 significant digits, "-" for missing."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def result_rows(result: dict, names: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a sweep's results, best first, for `Experiment.finish`."""
+    header = [*names, "val acc", "test acc", "test loss", "status"]
+    rows = [[*[fmt(r["values"].get(n)) for n in names], fmt(r.get("val_accuracy")),
+             fmt(r.get("test_accuracy")), fmt(r.get("test_loss")),
+             r["status"] + (f" (step {r['diverged_step']})" if r["diverged_step"] is not None
+                            else "")]
+            for r in sweep.rank(result["plan"], result["results"])]
+    return header, rows
