@@ -62,10 +62,40 @@ def value_and_grad(
 
 
 def value_grad_and_output(net, loss, params, x, y, *, key=None, train=False):
-    """Like `value_and_grad`, also returning the network's output ``net(params, x)``."""
-    pred = net.apply(params, x, key=key, train=train)
-    grads, _ = net.backward(params, x, pred, loss.grad(pred, y), key=key, train=train)
-    return loss.value(pred, y), grads, pred
+    """Like `value_and_grad`, also returning the network's output ``net(params, x)``.
+
+    The forward pass records each leaf layer's input and output (the cache of classic
+    backprop) and the backward pass walks that record in reverse, so nothing is computed
+    twice (a combinator's own ``backward`` would recompute its activations).
+    """
+    record, pred = _forward_record(net, params, x, key, train, ())
+    dy = loss.grad(pred, y)
+    grads = {}
+    for path, layer, layer_params, layer_x, layer_y, layer_key in reversed(record):
+        grads[path], dy = layer.backward(layer_params, layer_x, layer_y, dy, key=layer_key,
+                                         train=train)
+    return loss.value(pred, y), _nest(net, grads, ()), pred
+
+
+def _forward_record(net, params, x, key, train, path):
+    """The forward pass as ``[(path, leaf layer, params, input, output, key), ...]``."""
+    if not net.children:
+        y = net.apply(params, x, key=key, train=train)
+        return [(path, net, params, x, y, key)], y
+    record = []
+    for index, (child, child_params, child_key) in enumerate(zip(
+            net.children, params, split_key(key, len(net.children)), strict=True)):
+        child_record, x = _forward_record(child, child_params, x, child_key, train,
+                                          (*path, index))
+        record += child_record
+    return record, x
+
+
+def _nest(net, grads, path):
+    """The per-leaf-layer gradients back in the structure of the network's params."""
+    if not net.children:
+        return grads[path]
+    return tuple(_nest(child, grads, (*path, i)) for i, child in enumerate(net.children))
 
 
 def grad(

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnn import losses, manual, models, optim
 from jaxnn.config import Config, ConfigError
 from jaxnn.data import Dataset
+from jaxnn.layer import Layer
 
 # optax mixes int32 step counts with floats (schedules, bias correction); its calls are traced
 # under standard promotion so that a user's (or the tests') strict promotion still holds
@@ -129,6 +130,43 @@ def _data_mesh(batch_size: int) -> Mesh | None:
     return Mesh(np.array(devices), ("data",))
 
 
+def make_step(
+    net: Layer,
+    loss: losses.Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    backprop: str = "autodiff",
+) -> Callable[..., tuple[Any, Any, jax.Array, jax.Array]]:
+    """One training step: ``step(params, opt_state, x, y, key=None) -> (params, opt_state,
+    loss, output)``.
+
+    Args:
+      net: the network.
+      loss: a `jaxnn.losses.Loss`.
+      optimizer: an optax optimizer.
+      backprop: "autodiff" (``jax.value_and_grad``) or "manual" (the layers' delta rules).
+
+    Returns:
+      The pure step function (jit it, or call it inside a compiled loop).
+    """
+
+    def step(params, opt_state, x, y, key=None):
+        if backprop == "manual":
+            value, grads, pred = manual.value_grad_and_output(net, loss, params, x, y,
+                                                              key=key, train=True)
+        else:
+            def objective(p):
+                pred = net.apply(p, x, key=key, train=True)
+                return loss.value(pred, y), pred
+
+            (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        with OPTAX_PROMOTION():
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, pred
+
+    return step
+
+
 def init_params(net, key: jax.Array, input_shape, hparams: dict, dtype) -> Any:
     """``net``'s initial parameters in ``dtype``, weights ("w") scaled by the init scale."""
     _, params = net.init(key, input_shape)
@@ -222,21 +260,11 @@ def make_train(
             opt_state = optimizer_for(hparams).init(params)
         return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))
 
-    def value_grads_pred(net, params, xb, yb, key):
-        if config.training.backprop == "manual":
-            return manual.value_grad_and_output(net, loss, params, xb, yb, key=key, train=True)
-
-        def objective(p):
-            pred = net.apply(p, xb, key=key, train=True)
-            return loss.value(pred, yb), pred
-
-        (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return value, grads, pred
-
     def one_epoch(hparams, data, carry):
         x_train, y_train, x_val, y_val = data
         params, opt_state, key, epoch = carry
-        net, opt = net_for(hparams), optimizer_for(hparams)
+        train_step = make_step(net_for(hparams), loss, optimizer_for(hparams),
+                               backprop=config.training.backprop)
         epoch_key = jax.random.fold_in(key, epoch)
         order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
         batches = order[: steps * batch_size].reshape(steps, batch_size)
@@ -249,10 +277,7 @@ def make_train(
                 xb, yb = (jax.lax.with_sharding_constraint(
                     a, NamedSharding(mesh, PartitionSpec("data"))) for a in (xb, yb))
             dropout_key = jax.random.fold_in(epoch_key, index + 1)
-            value, grads, pred = value_grads_pred(net, params, xb, yb, dropout_key)
-            with OPTAX_PROMOTION():
-                updates, opt_state = opt.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
+            params, opt_state, value, pred = train_step(params, opt_state, xb, yb, dropout_key)
             _, accuracy = metrics_of(pred, yb)
             return (params, opt_state), (value, accuracy)
 

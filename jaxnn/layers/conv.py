@@ -24,6 +24,24 @@ from jaxnn.layers import _spatial
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _filter_gradient(x, dy, window, strides, pads, out_hw):
+    """``dW[i, j] = x_pad[:, i::s, j::s, :]^T dy``: one matmul per filter offset.
+
+    Written as matmuls over the strided input views rather than as a convolution with the
+    batch as its feature axis, which XLA's CPU backend runs 3-4x slower. With few input
+    channels the views are stacked and contracted in one einsum instead.
+    """
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    views = _spatial.window_slices(padded, window, strides, out_hw)
+    cin, cout = x.shape[-1], dy.shape[-1]
+    if cin < 8:
+        return jnp.einsum("nhwkc,nhwo->kco", jnp.stack(views, axis=3), dy).reshape(
+            *window, cin, cout)
+    flat_dy = dy.reshape(-1, cout)
+    return jnp.stack([view.reshape(-1, cin).T @ flat_dy for view in views]).reshape(
+        *window, cin, cout)
+
+
 def Conv2D(
     features: int,
     kernel_size: int | tuple[int, int] = 3,
@@ -87,14 +105,7 @@ def Conv2D(
         pads = pads_for(in_hw)
         # Extent of the stride-dilated dy along each spatial axis.
         dilated = [(o - 1) * s + 1 for o, s in zip(out_hw, strides, strict=True)]
-        dw_pads = [
-            (lo, k + d - 1 - n - lo)
-            for n, k, d, (lo, _) in zip(in_hw, window, dilated, pads, strict=True)
-        ]
-        dw = lax.conv_general_dilated(
-            x, dy, (1, 1), dw_pads, rhs_dilation=strides,
-            dimension_numbers=("CHWN", "IHWO", "HWNC"),
-        )
+        dw = _filter_gradient(x, dy, window, strides, pads, out_hw)
         dx_pads = [
             (k - 1 - lo, n - d + lo)
             for n, k, d, (lo, _) in zip(in_hw, window, dilated, pads, strict=True)

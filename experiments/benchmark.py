@@ -1,0 +1,304 @@
+"""Train-step speed of jaxnn against raw JAX and peer frameworks, in the same run.
+
+Workloads (float32, SGD with momentum 0.9, softmax cross-entropy, batch 128):
+  A: MLP 784-512-512-10, ReLU.
+  B: CNN on 28x28x1: Conv 3x3x32 SAME, ReLU, MaxPool 2, Conv 3x3x64 SAME, ReLU, MaxPool 2,
+     Flatten, Dense 10.
+Contenders: jaxnn (jax.grad and manual rules, via `jaxnn.train.make_step`), hand-written raw
+JAX, and -- when installed (the `bench` extra) -- Flax Linen, Flax NNX, Equinox, Haiku and
+PyTorch eager; a missing one is skipped with a note. Each contender's step is timed in
+interleaved rounds (`jaxnn.benchmarking.compare`): median, min and max microseconds per step,
+the first call (trace + compile) separately, and ratios to raw JAX. Workload A is also put
+beside a plain float32 matmul's GFLOP/s measured in the same run.
+
+Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxnn
+from jaxnn import benchmarking
+from jaxnn.train import make_step
+
+BATCH = 128
+LR, MOMENTUM = 0.01, 0.9
+
+
+def _sce(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def jaxnn_net(workload):
+    if workload == "A":
+        return jaxnn.serial(jaxnn.Dense(512), jaxnn.Relu(), jaxnn.Dense(512), jaxnn.Relu(),
+                            jaxnn.Dense(10))
+    return jaxnn.serial(jaxnn.Conv2D(32, 3), jaxnn.Relu(), jaxnn.MaxPool2D(2),
+                        jaxnn.Conv2D(64, 3), jaxnn.Relu(), jaxnn.MaxPool2D(2),
+                        jaxnn.Flatten(), jaxnn.Dense(10))
+
+
+def contender_jaxnn(workload, x, y, backprop="autodiff"):
+    net = jaxnn_net(workload)
+    _, params = net.init(jax.random.key(0), (None, *x.shape[1:]))
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+    step = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop)
+    jitted = jax.jit(lambda p, s, x, y: step(p, s, x, y)[:3])
+    return jitted, (params, opt.init(params), x, y)
+
+
+def contender_raw(workload, x, y):
+    keys = iter(jax.random.split(jax.random.key(0), 8))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def dense(n_in, n_out):
+        return {"w": jax.random.normal(next(keys), (n_in, n_out)) / np.sqrt(n_in),
+                "b": jnp.zeros(n_out)}
+
+    if workload == "A":
+        params = [dense(784, 512), dense(512, 512), dense(512, 10)]
+
+        def forward(p, x):
+            h = jax.nn.relu(x @ p[0]["w"] + p[0]["b"])
+            h = jax.nn.relu(h @ p[1]["w"] + p[1]["b"])
+            return h @ p[2]["w"] + p[2]["b"]
+    else:
+        params = [{"w": jax.random.normal(next(keys), (3, 3, 1, 32)) / 3, "b": jnp.zeros(32)},
+                  {"w": jax.random.normal(next(keys), (3, 3, 32, 64)) / 17, "b": jnp.zeros(64)},
+                  dense(7 * 7 * 64, 10)]
+
+        def pool(h):
+            return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                         "VALID")
+
+        def forward(p, x):
+            h = x
+            for layer in p[:2]:
+                h = jax.lax.conv_general_dilated(h, layer["w"], (1, 1), "SAME",
+                                                 dimension_numbers=dn) + layer["b"]
+                h = pool(jax.nn.relu(h))
+            return h.reshape(h.shape[0], -1) @ p[2]["w"] + p[2]["b"]
+
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, s, x, y):
+        loss, grads = jax.value_and_grad(lambda q: _sce(forward(q, x), y))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    return step, (params, opt.init(params), x, y)
+
+
+def contender_linen(workload, x, y):
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            if workload == "A":
+                h = nn.relu(nn.Dense(512)(h))
+                h = nn.relu(nn.Dense(512)(h))
+                return nn.Dense(10)(h)
+            for features in (32, 64):
+                h = nn.max_pool(nn.relu(nn.Conv(features, (3, 3))(h)), (2, 2), (2, 2))
+            return nn.Dense(10)(h.reshape(h.shape[0], -1))
+
+    model = Model()
+    params = model.init(jax.random.key(0), x)
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, s, x, y):
+        loss, grads = jax.value_and_grad(lambda q: _sce(model.apply(q, x), y))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    return step, (params, opt.init(params), x, y)
+
+
+def contender_nnx(workload, x, y):
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            if workload == "A":
+                self.layers = nnx.List([nnx.Linear(784, 512, rngs=rngs),
+                                        nnx.Linear(512, 512, rngs=rngs),
+                                        nnx.Linear(512, 10, rngs=rngs)])
+            else:
+                self.layers = nnx.List([nnx.Conv(1, 32, (3, 3), rngs=rngs),
+                                        nnx.Conv(32, 64, (3, 3), rngs=rngs),
+                                        nnx.Linear(7 * 7 * 64, 10, rngs=rngs)])
+
+        def __call__(self, h):
+            for layer in self.layers[:-1]:
+                h = nnx.relu(layer(h))
+                if workload == "B":
+                    h = nnx.max_pool(h, (2, 2), (2, 2))
+            return self.layers[-1](h.reshape(h.shape[0], -1))
+
+    model = Model(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: _sce(m(x), y))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    return step, (model, optimizer, x, y)
+
+
+def contender_equinox(workload, x, y):
+    import equinox as eqx
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    if workload == "A":
+        model = eqx.nn.MLP(784, 10, 512, 2, activation=jax.nn.relu, key=keys[0])
+
+        def forward(m, x):
+            return jax.vmap(m)(x)
+    else:
+        model = [eqx.nn.Conv2d(1, 32, 3, padding=1, key=keys[0]),
+                 eqx.nn.Conv2d(32, 64, 3, padding=1, key=keys[1]),
+                 eqx.nn.Linear(7 * 7 * 64, 10, key=keys[2])]
+        pool = eqx.nn.MaxPool2d(2, 2)
+
+        def forward(m, x):
+            def one(h):  # CHW, one example
+                for conv in m[:2]:
+                    h = pool(jax.nn.relu(conv(h)))
+                return m[2](h.reshape(-1))
+            return jax.vmap(one)(x.transpose(0, 3, 1, 2))
+
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+    params = eqx.filter(model, eqx.is_array)
+
+    @eqx.filter_jit
+    def step(m, s, x, y):
+        loss, grads = eqx.filter_value_and_grad(lambda q: _sce(forward(q, x), y))(m)
+        updates, s = opt.update(grads, s, eqx.filter(m, eqx.is_array))
+        return eqx.apply_updates(m, updates), s, loss
+
+    return step, (model, opt.init(params), x, y)
+
+
+def contender_haiku(workload, x, y):
+    import haiku as hk
+
+    def net(h):
+        if workload == "A":
+            return hk.nets.MLP([512, 512, 10])(h)
+        for features in (32, 64):
+            h = jax.nn.relu(hk.Conv2D(features, 3)(h))
+            h = hk.max_pool(h, 2, 2, "VALID")
+        return hk.Linear(10)(h.reshape(h.shape[0], -1))
+
+    model = hk.without_apply_rng(hk.transform(net))
+    params = model.init(jax.random.key(0), x)
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, s, x, y):
+        loss, grads = jax.value_and_grad(lambda q: _sce(model.apply(q, x), y))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    return step, (params, opt.init(params), x, y)
+
+
+def contender_torch(workload, x, y):
+    import torch
+
+    torch.manual_seed(0)
+    if workload == "A":
+        model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                                    torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                                    torch.nn.Linear(512, 10))
+        tx = torch.tensor(np.asarray(x))
+    else:
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
+        tx = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+    ty = torch.tensor(np.asarray(y), dtype=torch.long)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step, (tx, ty)
+
+
+PEERS = {  # name -> (module that must be importable, builder)
+    "Flax Linen": ("flax", contender_linen),
+    "Flax NNX": ("flax", contender_nnx),
+    "Equinox": ("equinox", contender_equinox),
+    "Haiku": ("haiku", contender_haiku),
+    "PyTorch eager": ("torch", contender_torch),
+}
+
+
+def matmul_gflops(rounds: int) -> float:
+    """A plain float32 matmul's GFLOP/s on this machine (1024 x 1024 x 1024)."""
+    a = jax.random.normal(jax.random.key(1), (1024, 1024))
+    timing = benchmarking.compare({"matmul": (jax.jit(lambda a: a @ a), (a,))},
+                                  rounds=rounds, calls_per_round=10)["matmul"]
+    return 2 * 1024**3 / (timing.median_us * 1e-6) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--only", choices=["A", "B"])
+    args = parser.parse_args()
+    print(f"devices: {jax.devices()}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}")
+    for workload in ("A", "B"):
+        if args.only and workload != args.only:
+            continue
+        shape = (BATCH, 784) if workload == "A" else (BATCH, 28, 28, 1)
+        x = jax.random.normal(jax.random.key(2), shape)
+        y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
+        contenders = {"raw JAX": contender_raw(workload, x, y),
+                      "jaxnn (jax.grad)": contender_jaxnn(workload, x, y),
+                      "jaxnn (manual rules)": contender_jaxnn(workload, x, y, "manual")}
+        skipped = []
+        for name, (module, build) in PEERS.items():
+            if importlib.util.find_spec(module) is None:
+                skipped.append(name)
+                continue
+            try:
+                contenders[name] = build(workload, x, y)
+            except Exception as error:  # A peer's API drift must not stop the others.
+                skipped.append(f"{name} ({type(error).__name__}: {error})")
+        timings = benchmarking.compare(contenders, rounds=args.rounds,
+                                       calls_per_round=args.calls)
+        print(f"\nworkload {workload}, batch {BATCH}, float32: one SGD-momentum train step")
+        print(benchmarking.table(timings, "raw JAX"))
+        for name in skipped:
+            print(f"  skipped: {name}")
+        if workload == "A":
+            flops = 6 * BATCH * (784 * 512 + 512 * 512 + 512 * 10)
+            peak = matmul_gflops(args.rounds)
+            achieved = flops / (timings["jaxnn (jax.grad)"].median_us * 1e-6) / 1e9
+            print(f"  jaxnn A: {achieved:.0f} GFLOP/s; plain float32 matmul (1024^3) in the same "
+                  f"run: {peak:.0f} GFLOP/s ({achieved / peak:.0%})")
+
+
+if __name__ == "__main__":
+    main()
