@@ -302,6 +302,11 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
 
 # --- writing ------------------------------------------------------------------------------
 
+def _toml_key(key: str) -> str:
+    """A bare key, or a quoted one ("model.layers" must not become a dotted key)."""
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else _toml_value(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -312,7 +317,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
