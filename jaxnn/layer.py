@@ -67,15 +67,28 @@ class Layer(_LayerFns):
         backward: BackwardFn,
         name: str = "Layer",
         children: Sequence[Layer] = (),
+        reference: Layer | None = None,
     ) -> Layer:
         self = super().__new__(cls, init, apply, backward)
         self.name = name
         self.children = tuple(children)
+        self._reference = reference
         return self
+
+    @property
+    def reference(self) -> Layer:
+        """The same layer with its plain forward, differentiated by JAX itself.
+
+        Layers whose ``apply`` carries a faster gradient (`with_rule_gradient`) keep their
+        plain twin here; gradient checks differentiate the twin, so they compare the manual
+        rule with an independent ``jax.grad``.
+        """
+        return self._reference if self._reference is not None else self
 
     def _replace(self, **fields: Any) -> Layer:
         values = {**self._asdict(), **fields}
-        return Layer(**values, name=self.name, children=self.children)
+        return Layer(**values, name=self.name, children=self.children,
+                     reference=self._reference)
 
     def __repr__(self) -> str:
         return self.name
@@ -162,4 +175,39 @@ def serial(*layers: Layer) -> Layer:
             )
         return tuple(dparams), dy
 
-    return Layer(init, apply, backward, name=name, children=layers)
+    has_twins = any(layer.reference is not layer for layer in layers)
+    return Layer(init, apply, backward, name=name, children=layers,
+                 reference=serial(*(layer.reference for layer in layers)) if has_twins
+                 else None)
+
+
+def with_rule_gradient(layer: Layer) -> Layer:
+    """``layer`` whose ``jax.grad`` runs its own manual ``backward`` rule on CPU.
+
+    For layers whose rule is faster than XLA's CPU lowering of the autodiff gradient
+    (convolution filter gradients, max-pool routing). Elsewhere (GPU, TPU) ``apply`` is the
+    plain forward. The layer must be deterministic (no key). ``jax.jvp`` through the CPU
+    path is not available (a ``jax.custom_vjp``); the plain twin is `Layer.reference`.
+    """
+
+    @jax.custom_vjp
+    def rule_apply(params, x):
+        return layer.apply(params, x)
+
+    def forward(params, x):
+        y = layer.apply(params, x)
+        return y, (params, x, y)
+
+    def backward(residuals, dy):
+        params, x, y = residuals
+        return layer.backward(params, x, y, dy)
+
+    rule_apply.defvjp(forward, backward)
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train  # Deterministic.
+        if jax.default_backend() == "cpu":
+            return rule_apply(params, x)
+        return layer.apply(params, x)
+
+    return Layer(layer.init, apply, layer.backward, name=layer.name, reference=layer)

@@ -54,7 +54,8 @@ def _head(loss):
 def assert_manual_equals_autodiff(net, loss, x, y, *, key=None, train=False, rtol=RTOL):
     _, params = net.init(jax.random.key(42), (None, *x.shape[1:]))
     got = manual.grad(net, loss, params, x, y, key=key, train=train)
-    want = jax.grad(lambda p: loss(net.apply(p, x, key=key, train=train), y))(params)
+    # The reference forward: jax.grad by JAX itself, not through any layer's own rule.
+    want = jax.grad(lambda p: loss(net.reference.apply(p, x, key=key, train=train), y))(params)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
                             jax.tree.leaves(want), strict=True):
@@ -106,6 +107,20 @@ def test_cnn_every_loss_and_batch(name, loss, key):
         assert_manual_equals_autodiff(net, loss, x, _targets(loss, batch, key))
 
 
+@pytest.mark.parametrize("name", list(CNNS))
+def test_fast_cpu_gradient_equals_the_reference(name, key):
+    """jax.grad through the layers' own rules (CPU) equals jax.grad of the plain forward."""
+    net = serial(*CNNS[name](), Dense(OUT))
+    assert net.reference is not net
+    x = jax.random.normal(key, (7, 9, 8, 2))
+    y = _targets(losses.softmax_cross_entropy, 7, key)
+    _, params = net.init(key, (None, 9, 8, 2))
+    grads = [jax.grad(lambda p, f=f: losses.softmax_cross_entropy(f(p, x), y))(params)
+             for f in (net.apply, net.reference.apply)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
 def test_dropout_rule_uses_the_forward_mask(key):
     net = serial(Dense(8), Relu(), Dropout(0.4), Dense(OUT))
     x = jax.random.normal(key, (7, 4))
@@ -121,7 +136,7 @@ def test_max_pool_ties_go_where_jax_grad_sends_them(key):
         y = pool.apply(params, x)
         dy = jax.random.normal(jax.random.key(1), y.shape)
         _, dx = pool.backward(params, x, y, dy)
-        want = jax.vjp(lambda xx, p=pool: p.apply((), xx), x)[1](dy)[0]
+        want = jax.vjp(lambda xx, p=pool: p.reference.apply((), xx), x)[1](dy)[0]
         np.testing.assert_allclose(dx, want, rtol=0, atol=1e-13)
 
 

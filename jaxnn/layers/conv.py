@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Layer, Shape, param_dtype
+from jaxnn.layer import Layer, Shape, param_dtype, with_rule_gradient
 from jaxnn.layers import _spatial
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -120,4 +120,4 @@ def Conv2D(
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2))
         return grads, dx
 
-    return Layer(init, apply, backward, name=name)
+    return with_rule_gradient(Layer(init, apply, backward, name=name))

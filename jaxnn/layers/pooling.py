@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnn.layer import Layer, Shape
+from jaxnn.layer import Layer, Shape, with_rule_gradient
 from jaxnn.layers import _spatial
 
 
@@ -101,7 +101,7 @@ def MaxPool2D(
         dx = _spatial.scatter_windows(routed, padded.shape[1:3], window, strides)
         return (), _spatial.crop(dx, pads)
 
-    return Layer(init, apply, backward, name=name)
+    return with_rule_gradient(Layer(init, apply, backward, name=name))
 
 
 def AvgPool2D(
