@@ -37,6 +37,19 @@ def _sce(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+def _optax_step(forward, params, x, y):
+    """A jitted SGD-momentum step for a pure ``forward(params, x)``, and its arguments."""
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, s, x, y):
+        loss, grads = jax.value_and_grad(lambda q: _sce(forward(q, x), y))(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    return step, (params, opt.init(params), x, y)
+
+
 def jaxnn_net(workload):
     if workload == "A":
         return jaxnn.serial(jaxnn.Dense(512), jaxnn.Relu(), jaxnn.Dense(512), jaxnn.Relu(),
@@ -87,15 +100,7 @@ def contender_raw(workload, x, y):
                 h = pool(jax.nn.relu(h))
             return h.reshape(h.shape[0], -1) @ p[2]["w"] + p[2]["b"]
 
-    opt = optax.sgd(LR, momentum=MOMENTUM)
-
-    @jax.jit
-    def step(p, s, x, y):
-        loss, grads = jax.value_and_grad(lambda q: _sce(forward(q, x), y))(p)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    return step, (params, opt.init(params), x, y)
+    return _optax_step(forward, params, x, y)
 
 
 def contender_linen(workload, x, y):
@@ -113,16 +118,7 @@ def contender_linen(workload, x, y):
             return nn.Dense(10)(h.reshape(h.shape[0], -1))
 
     model = Model()
-    params = model.init(jax.random.key(0), x)
-    opt = optax.sgd(LR, momentum=MOMENTUM)
-
-    @jax.jit
-    def step(p, s, x, y):
-        loss, grads = jax.value_and_grad(lambda q: _sce(model.apply(q, x), y))(p)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    return step, (params, opt.init(params), x, y)
+    return _optax_step(model.apply, model.init(jax.random.key(0), x), x, y)
 
 
 def contender_nnx(workload, x, y):
@@ -204,16 +200,7 @@ def contender_haiku(workload, x, y):
         return hk.Linear(10)(h.reshape(h.shape[0], -1))
 
     model = hk.without_apply_rng(hk.transform(net))
-    params = model.init(jax.random.key(0), x)
-    opt = optax.sgd(LR, momentum=MOMENTUM)
-
-    @jax.jit
-    def step(p, s, x, y):
-        loss, grads = jax.value_and_grad(lambda q: _sce(model.apply(q, x), y))(p)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    return step, (params, opt.init(params), x, y)
+    return _optax_step(model.apply, model.init(jax.random.key(0), x), x, y)
 
 
 def contender_torch(workload, x, y):

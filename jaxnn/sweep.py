@@ -45,7 +45,7 @@ from jaxnn import models
 from jaxnn._table import format_table
 from jaxnn.config import Config, ConfigError
 from jaxnn.summary import param_count
-from jaxnn.train import HPARAMS, init_params, make_train
+from jaxnn.train import HPARAMS, default_hparams, init_params, make_train
 
 NUMERIC = {
     "learning_rate": "optimizer.learning_rate",
@@ -321,10 +321,10 @@ def make_plan(config: Config, dataset) -> Plan:
         pack = (_packable(members[0].config) and len(widths) > 1 and (
             pack_setting is True or (pack_setting == "auto" and _pack_is_faster(
                 members, in_features, dataset.output_size, steps, backend))))
-        parts = [members] if pack else [
-            [t for t in members if t.config.model.hidden == w]
-            for w in sorted(widths)] if _packable(members[0].config) and pack_setting is not \
-            False else [members]
+        # Unpacked, a group holds one width: the structure key of packable trials left
+        # widths out, so they are split here.
+        parts = [members] if pack else [[t for t in members if t.config.model.hidden == w]
+                                        for w in sorted(widths)]
         for part in parts:
             packed_width = max(max(t.config.model.hidden) for t in part) if pack else None
             cfg = part[0].config
@@ -346,14 +346,6 @@ def make_plan(config: Config, dataset) -> Plan:
 
 
 # --- running ------------------------------------------------------------------------------
-
-def _hparams(trial: Trial, dtype) -> dict:
-    cfg = trial.config
-    values = {"learning_rate": cfg.optimizer.learning_rate, "momentum": cfg.optimizer.momentum,
-              "weight_decay": cfg.optimizer.weight_decay, "dropout": cfg.model.dropout,
-              "init_scale": cfg.model.init_scale}
-    return {name: np.asarray(values[name], dtype) for name in HPARAMS}
-
 
 def _pad_to(leaf, shape):
     return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape, strict=True)])
@@ -440,8 +432,8 @@ class _GroupProgram:
             layout = ((None, size),)
         dtype = self.trainer.dtype
         keys = jnp.stack([jax.random.key(t.config.training.seed) for t in ordered])
-        hparams = {name: jnp.asarray(np.stack([_hparams(t, dtype)[name] for t in ordered]))
-                   for name in HPARAMS}
+        per_trial = [default_hparams(t.config, dtype) for t in ordered]
+        hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
         if self.group.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in ordered],
                                            jnp.int32)
@@ -600,23 +592,22 @@ def run_sweep(
     return summary
 
 
+def _own_param_shapes(trial: Trial, dataset) -> Any:
+    """The parameter shapes of a trial's network at its own width (no allocation)."""
+    net = models.build(trial.config.model, dataset.output_size)
+    return jax.eval_shape(lambda k: net.init(k, (None, *dataset.input_shape))[1],
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+
 def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:
     """A packed trial's final parameters cropped to its own width."""
-    net = models.build(trial.config.model, dataset.output_size)
-    shapes = jax.eval_shape(lambda k: net.init(k, (None, *dataset.input_shape))[1],
-                            jax.ShapeDtypeStruct((2,), jnp.uint32))
-    return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params, shapes)
+    return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params,
+                        _own_param_shapes(trial, dataset))
 
 
 def param_counts(plan: Plan, dataset) -> dict[int, int]:
     """Each trial's own parameter count (for reports)."""
-    counts = {}
-    for trial in plan.trials:
-        net = models.build(trial.config.model, dataset.output_size)
-        shapes = jax.eval_shape(lambda k, n=net: n.init(k, (None, *dataset.input_shape))[1],
-                                jax.ShapeDtypeStruct((2,), jnp.uint32))
-        counts[trial.index] = param_count(shapes)
-    return counts
+    return {t.index: param_count(_own_param_shapes(t, dataset)) for t in plan.trials}
 
 
 def best_config(plan: Plan, results: list[dict]) -> Config | None:
