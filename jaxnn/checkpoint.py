@@ -73,7 +73,7 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             stored_paths = [str(p) for p in archive[_PATHS]]
             stored = [archive[f"leaf_{i}"] for i in range(len(stored_paths))]
     except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as error:

@@ -1,5 +1,7 @@
 """The layer protocol: shape inference, summaries, errors and JAX transformations."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,7 +165,7 @@ def test_public_module_only_reexports():
     import jaxnn as module
     from jaxnn import Conv2D, Dense, Flatten, MaxPool2D, Relu, serial, summary  # noqa: F401
 
-    source = open(module.__file__).read()
+    source = pathlib.Path(module.__file__).read_text()
     code = [line for line in source.splitlines()
             if line and not line.startswith(("from ", "import ", "#", '"""', "__version__"))
             and not line.startswith(" ")]
