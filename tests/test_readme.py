@@ -30,3 +30,15 @@ def test_quick_start_is_two_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install --quiet -e '.[test]'" in ci
     assert "\npython -m pytest\n" in ci
+
+
+def test_sweep_example_is_valid():
+    import tomllib
+
+    from jaxnn import config, sweep
+
+    block = re.search(r"```toml\n(\[sweep\].*?)```", README.read_text(), re.S).group(1)
+    cfg = config.from_dict(tomllib.loads(block), "README.md")
+    trials = sweep.trials(cfg)
+    assert len(trials) == 4 * 3 * 4
+    assert {t.config.model.hidden for t in trials} == {(16, 16), (64, 64), (256, 256)}
