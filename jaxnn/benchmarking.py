@@ -28,7 +28,8 @@ def compare(
     """Times several jitted functions against each other in the same process.
 
     Each contender is called once (trace + compile + run: ``first_call_s``), then the
-    contenders take turns, round by round, so that machine noise hits them alike. Each round
+    contenders take turns, round by round (the order rotated each round), so that machine
+    noise and position effects hit them alike. Each round
     times ``calls_per_round`` back-to-back calls and blocks on the last result.
 
     Args:
@@ -45,8 +46,12 @@ def compare(
         jax.block_until_ready(fn(*args))
         first[name] = time.perf_counter() - start
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, (fn, args) in contenders.items():
+    names = list(contenders)
+    for round_index in range(rounds):
+        # Rotate who goes first, so that no contender always follows the same neighbour.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, args = contenders[name]
             start = time.perf_counter()
             for _ in range(calls_per_round):
                 out = fn(*args)
