@@ -72,9 +72,8 @@ def _sweep(args: argparse.Namespace) -> int:
         workdir = args.workdir or _workdir(config, args.config)
     run.enable_precision(config)
     dataset = run.prepare(config)
-    plan = sweep.make_plan(config, dataset)
     if args.plan:
-        print(plan.describe())
+        print(sweep.make_plan(config, dataset).describe())
         return 0
     result = sweep.run_sweep(config, workdir, resume=bool(args.resume), dataset=dataset)
     print(result["table"])

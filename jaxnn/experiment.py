@@ -42,9 +42,7 @@ class Experiment:
         workdir = self.path(subdir)
         if os.path.exists(os.path.join(workdir, sweep.RESULTS)):
             os.remove(os.path.join(workdir, sweep.RESULTS))
-        result = sweep.run_sweep(config or self.config, workdir, dataset=self.dataset)
-        result["plan"] = sweep.make_plan(config or self.config, self.dataset)
-        return result
+        return sweep.run_sweep(config or self.config, workdir, dataset=self.dataset)
 
     def figure(self, path: str | None) -> None:
         """Records a figure written by a `jaxnn.plots` helper (None: matplotlib missing)."""

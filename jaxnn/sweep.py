@@ -275,9 +275,8 @@ def _pack_is_faster(group_trials, in_features, out, steps, backend) -> bool:
     return packed < separate
 
 
-def _bytes_per_trial(cfg: Config, dataset, pack_width: int | None) -> int:
-    if pack_width:
-        cfg = cfg.replace(model={"hidden": (pack_width,) * len(cfg.model.hidden)})
+def _bytes_per_trial(cfg: Config, dataset) -> int:
+    """Device memory one trial of the program ``cfg`` needs, roughly."""
     net = models.build(cfg.model, dataset.output_size)
     from jaxnn.summary import rows
 
@@ -330,7 +329,7 @@ def make_plan(config: Config, dataset) -> Plan:
             cfg = part[0].config
             if packed_width:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
-            per_trial = _bytes_per_trial(part[0].config, dataset, packed_width)
+            per_trial = _bytes_per_trial(cfg, dataset)
             sizes.append(per_trial)
             cap = spec.get("trials_per_chunk") or max(1, _memory_budget() // per_trial)
             cap = max(devices, cap // devices * devices)
@@ -516,7 +515,8 @@ def run_sweep(
       return_params: also return each trial's final parameters (tests use this).
 
     Returns:
-      ``{"results": [...], "best": {...}, "programs_compiled": n, "wall_time_s": ...}``.
+      ``{"results": [...], "best": {...}, "programs_compiled": n, "wall_time_s": ...,
+      "plan": Plan, ...}``.
 
     Raises:
       ConfigError: for a bad sweep or config, before anything is compiled.
@@ -588,7 +588,7 @@ def run_sweep(
     summary = {"results": results, "best": report["best"], "table": report["table"],
                "programs_compiled": compiled, "compile_time_s": compile_s,
                "wall_time_s": time.perf_counter() - started, "plots": report["plots"],
-               "params": params_out if return_params else None}
+               "params": params_out if return_params else None, "plan": plan}
     return summary
 
 
@@ -631,9 +631,14 @@ def rank(plan: Plan, results: list[dict]) -> list[dict]:
     return sorted(results, key=key)
 
 
+def swept_names(plan: Plan) -> list[str]:
+    """The swept hyperparameters' names, in the order the sweep names them."""
+    return list(dict.fromkeys(name for t in plan.trials for name in t.values))
+
+
 def table(plan: Plan, results: list[dict]) -> str:
     """The printed results table, best first."""
-    names = list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    names = swept_names(plan)
     header = ["trial", *names, "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
               "status"]
 
@@ -652,7 +657,7 @@ def table(plan: Plan, results: list[dict]) -> str:
 
 def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
     """The results as CSV, best first."""
-    names = list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    names = swept_names(plan)
     fields = ["trial", *names, "train_loss", "train_accuracy", "val_loss", "val_accuracy",
               "test_loss", "test_accuracy", "status", "diverged_step"]
     with open(path, "w", newline="") as handle:

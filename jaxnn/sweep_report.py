@@ -39,7 +39,7 @@ def figures_for(plan, results: list[dict], workdir: str) -> list[str] | str:
     from jaxnn import sweep
 
     metric = plan.metric
-    swept = list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    swept = sweep.swept_names(plan)
     written = []
     if "learning_rate" in swept:
         others = ["width"] if "width" in swept else [n for n in swept if n != "learning_rate"]
