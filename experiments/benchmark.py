@@ -1,9 +1,12 @@
 """Train-step speed of jaxnn against raw JAX and peer frameworks, in the same run.
 
-Workloads (float32, SGD with momentum 0.9, softmax cross-entropy, batch 128):
-  A: MLP 784-512-512-10, ReLU.
+Workloads (SGD with momentum 0.9, softmax cross-entropy):
+  A: MLP 784-512-512-10, ReLU, float32, batch 128.
   B: CNN on 28x28x1: Conv 3x3x32 SAME, ReLU, MaxPool 2, Conv 3x3x64 SAME, ReLU, MaxPool 2,
-     Flatten, Dense 10.
+     Flatten, Dense 10; float32, batch 128.
+  D (run when a GPU is present, or with --only D): MLP 4096-4096-4096-4096-10, ReLU, batch
+     4096, bfloat16 compute with float32 master weights, put beside a bfloat16 matmul's
+     FLOP/s measured in the same run.
 Contenders: jaxnn (jax.grad and manual rules, via `jaxnn.train.make_step`), hand-written raw
 JAX, and -- when installed (the `bench` extra) -- Flax Linen, Flax NNX, Equinox, Haiku and
 PyTorch eager; a missing one is skipped with a note. Each contender's step is timed in
@@ -11,13 +14,14 @@ interleaved rounds (`jaxnn.benchmarking.compare`): median, min and max microseco
 the first call (trace + compile) separately, and ratios to raw JAX. Workload A is also put
 beside a plain float32 matmul's GFLOP/s measured in the same run.
 
-Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A]
+Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import time
 
 import jax
@@ -29,8 +33,29 @@ import jaxnn
 from jaxnn import benchmarking
 from jaxnn.train import make_step
 
-BATCH = 128
+BATCH = {"A": 128, "B": 128, "D": 4096}
+MLP_SIZES = {"A": (784, 512, 512, 10), "D": (4096, 4096, 4096, 4096, 10)}
 LR, MOMENTUM = 0.01, 0.9
+
+
+def compute_dtype(workload):
+    """The dtype a workload's forward and backward passes run in (params stay float32)."""
+    return jnp.bfloat16 if workload == "D" else jnp.float32
+
+
+def mixed(forward, workload):
+    """``forward(params, x)`` run on ``compute_dtype`` copies of params and x, output float32:
+    the plain way to get mixed precision in frameworks without a policy object."""
+    dtype = compute_dtype(workload)
+    if dtype == jnp.float32:
+        return forward
+
+    def cast(tree):
+        return jax.tree_util.tree_map(
+            lambda a: a.astype(dtype)
+            if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    return lambda p, x: forward(cast(p), cast(x)).astype(jnp.float32)
 
 
 def _sce(logits, y):
@@ -51,8 +76,10 @@ def _optax_step(forward, params, x, y):
 
 
 def jaxnn_net(workload):
-    if workload == "A":
-        return jaxnn.serial(jaxnn.Dense(512), jaxnn.Relu(), jaxnn.Dense(512), jaxnn.Relu(),
+    if workload in MLP_SIZES:
+        hidden = MLP_SIZES[workload][1:-1]
+        return jaxnn.serial(*[layer for width in hidden
+                              for layer in (jaxnn.Dense(width), jaxnn.Relu())],
                             jaxnn.Dense(10))
     return jaxnn.serial(jaxnn.Conv2D(32, 3), jaxnn.Relu(), jaxnn.MaxPool2D(2),
                         jaxnn.Conv2D(64, 3), jaxnn.Relu(), jaxnn.MaxPool2D(2),
@@ -63,7 +90,9 @@ def contender_jaxnn(workload, x, y, backprop="autodiff"):
     net = jaxnn_net(workload)
     _, params = net.init(jax.random.key(0), (None, *x.shape[1:]))
     opt = optax.sgd(LR, momentum=MOMENTUM)
-    step = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop)
+    dtype = compute_dtype(workload)
+    step = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop,
+                     compute_dtype=None if dtype == jnp.float32 else dtype)
     jitted = jax.jit(lambda p, s, x, y: step(p, s, x, y)[:3])
     return jitted, (params, opt.init(params), x, y)
 
@@ -76,13 +105,15 @@ def contender_raw(workload, x, y):
         return {"w": jax.random.normal(next(keys), (n_in, n_out)) / np.sqrt(n_in),
                 "b": jnp.zeros(n_out)}
 
-    if workload == "A":
-        params = [dense(784, 512), dense(512, 512), dense(512, 10)]
+    if workload in MLP_SIZES:
+        sizes = MLP_SIZES[workload]
+        params = [dense(a, b) for a, b in itertools.pairwise(sizes)]
 
         def forward(p, x):
-            h = jax.nn.relu(x @ p[0]["w"] + p[0]["b"])
-            h = jax.nn.relu(h @ p[1]["w"] + p[1]["b"])
-            return h @ p[2]["w"] + p[2]["b"]
+            h = x
+            for layer in p[:-1]:
+                h = jax.nn.relu(h @ layer["w"] + layer["b"])
+            return h @ p[-1]["w"] + p[-1]["b"]
     else:
         params = [{"w": jax.random.normal(next(keys), (3, 3, 1, 32)) / 3, "b": jnp.zeros(32)},
                   {"w": jax.random.normal(next(keys), (3, 3, 32, 64)) / 17, "b": jnp.zeros(64)},
@@ -100,7 +131,7 @@ def contender_raw(workload, x, y):
                 h = pool(jax.nn.relu(h))
             return h.reshape(h.shape[0], -1) @ p[2]["w"] + p[2]["b"]
 
-    return _optax_step(forward, params, x, y)
+    return _optax_step(mixed(forward, workload), params, x, y)
 
 
 def contender_linen(workload, x, y):
@@ -109,16 +140,16 @@ def contender_linen(workload, x, y):
     class Model(nn.Module):
         @nn.compact
         def __call__(self, h):
-            if workload == "A":
-                h = nn.relu(nn.Dense(512)(h))
-                h = nn.relu(nn.Dense(512)(h))
+            if workload in MLP_SIZES:
+                for width in MLP_SIZES[workload][1:-1]:
+                    h = nn.relu(nn.Dense(width)(h))
                 return nn.Dense(10)(h)
             for features in (32, 64):
                 h = nn.max_pool(nn.relu(nn.Conv(features, (3, 3))(h)), (2, 2), (2, 2))
             return nn.Dense(10)(h.reshape(h.shape[0], -1))
 
     model = Model()
-    return _optax_step(model.apply, model.init(jax.random.key(0), x), x, y)
+    return _optax_step(mixed(model.apply, workload), model.init(jax.random.key(0), x), x, y)
 
 
 def contender_nnx(workload, x, y):
@@ -126,10 +157,11 @@ def contender_nnx(workload, x, y):
 
     class Model(nnx.Module):
         def __init__(self, rngs):
-            if workload == "A":
-                self.layers = nnx.List([nnx.Linear(784, 512, rngs=rngs),
-                                        nnx.Linear(512, 512, rngs=rngs),
-                                        nnx.Linear(512, 10, rngs=rngs)])
+            if workload in MLP_SIZES:  # NNX's own mixed precision: a compute dtype per layer.
+                sizes = MLP_SIZES[workload]
+                self.layers = nnx.List([
+                    nnx.Linear(a, b, dtype=compute_dtype(workload), rngs=rngs)
+                    for a, b in itertools.pairwise(sizes)])
             else:
                 self.layers = nnx.List([nnx.Conv(1, 32, (3, 3), rngs=rngs),
                                         nnx.Conv(32, 64, (3, 3), rngs=rngs),
@@ -140,7 +172,7 @@ def contender_nnx(workload, x, y):
                 h = nnx.relu(layer(h))
                 if workload == "B":
                     h = nnx.max_pool(h, (2, 2), (2, 2))
-            return self.layers[-1](h.reshape(h.shape[0], -1))
+            return self.layers[-1](h.reshape(h.shape[0], -1)).astype(jnp.float32)
 
     model = Model(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
@@ -158,8 +190,10 @@ def contender_equinox(workload, x, y):
     import equinox as eqx
 
     keys = jax.random.split(jax.random.key(0), 4)
-    if workload == "A":
-        model = eqx.nn.MLP(784, 10, 512, 2, activation=jax.nn.relu, key=keys[0])
+    if workload in MLP_SIZES:
+        sizes = MLP_SIZES[workload]
+        model = eqx.nn.MLP(sizes[0], 10, sizes[1], len(sizes) - 2, activation=jax.nn.relu,
+                           key=keys[0])
 
         def forward(m, x):
             return jax.vmap(m)(x)
@@ -181,7 +215,8 @@ def contender_equinox(workload, x, y):
 
     @eqx.filter_jit
     def step(m, s, x, y):
-        loss, grads = eqx.filter_value_and_grad(lambda q: _sce(forward(q, x), y))(m)
+        loss, grads = eqx.filter_value_and_grad(
+            lambda q: _sce(mixed(forward, workload)(q, x), y))(m)
         updates, s = opt.update(grads, s, eqx.filter(m, eqx.is_array))
         return eqx.apply_updates(m, updates), s, loss
 
@@ -192,25 +227,42 @@ def contender_haiku(workload, x, y):
     import haiku as hk
 
     def net(h):
-        if workload == "A":
-            return hk.nets.MLP([512, 512, 10])(h)
+        if workload in MLP_SIZES:
+            return hk.nets.MLP(MLP_SIZES[workload][1:])(h)
         for features in (32, 64):
             h = jax.nn.relu(hk.Conv2D(features, 3)(h))
             h = hk.max_pool(h, 2, 2, "VALID")
         return hk.Linear(10)(h.reshape(h.shape[0], -1))
 
     model = hk.without_apply_rng(hk.transform(net))
-    return _optax_step(model.apply, model.init(jax.random.key(0), x), x, y)
+    return _optax_step(mixed(model.apply, workload), model.init(jax.random.key(0), x), x, y)
+
+
+class _TorchResult:
+    """A torch tensor that `jax.block_until_ready` can wait on (it calls this method)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def block_until_ready(self):
+        import torch
+
+        if self.tensor.is_cuda:
+            torch.cuda.synchronize()
+        return self
 
 
 def contender_torch(workload, x, y):
     import torch
 
     torch.manual_seed(0)
-    if workload == "A":
-        model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                    torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                    torch.nn.Linear(512, 10))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if workload in MLP_SIZES:
+        sizes = MLP_SIZES[workload]
+        layers = []
+        for a, b in itertools.pairwise(sizes):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        model = torch.nn.Sequential(*layers[:-1])
         tx = torch.tensor(np.asarray(x))
     else:
         model = torch.nn.Sequential(
@@ -218,15 +270,21 @@ def contender_torch(workload, x, y):
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
         tx = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-    ty = torch.tensor(np.asarray(y), dtype=torch.long)
+    model = model.to(device)
+    tx, ty = tx.to(device), torch.tensor(np.asarray(y), dtype=torch.long, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    mixed_precision = compute_dtype(workload) == jnp.bfloat16
+    if mixed_precision and device == "cpu":
+        raise RuntimeError("bfloat16 autocast is only benchmarked on CUDA")
 
     def step(x, y):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed_precision):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         loss.backward()
         opt.step()
-        return loss.detach()
+        return _TorchResult(loss.detach())
 
     return step, (tx, ty)
 
@@ -240,27 +298,36 @@ PEERS = {  # name -> (module that must be importable, builder)
 }
 
 
-def matmul_gflops(rounds: int) -> float:
-    """A plain float32 matmul's GFLOP/s on this machine (1024 x 1024 x 1024)."""
-    a = jax.random.normal(jax.random.key(1), (1024, 1024))
+def matmul_gflops(rounds: int, size: int = 1024, dtype=jnp.float32) -> float:
+    """A plain ``size``^3 matmul's GFLOP/s on the default device."""
+    a = jax.random.normal(jax.random.key(1), (size, size)).astype(dtype)
     timing = benchmarking.compare({"matmul": (jax.jit(lambda a: a @ a), (a,))},
                                   rounds=rounds, calls_per_round=10)["matmul"]
-    return 2 * 1024**3 / (timing.median_us * 1e-6) / 1e9
+    return 2 * size**3 / (timing.median_us * 1e-6) / 1e9
+
+
+def step_flops(workload: str) -> int:
+    """Multiply-add FLOPs of one MLP train step: forward, weight gradients, and input
+    gradients of every layer but the first (the data needs none)."""
+    sizes = MLP_SIZES[workload]
+    weights = [a * b for a, b in itertools.pairwise(sizes)]
+    return 2 * BATCH[workload] * (3 * sum(weights) - weights[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--only", choices=["A", "B"])
+    parser.add_argument("--only", choices=["A", "B", "D"])
     args = parser.parse_args()
+    on_gpu = jax.devices()[0].platform == "gpu"
     print(f"devices: {jax.devices()}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}")
-    for workload in ("A", "B"):
-        if args.only and workload != args.only:
-            continue
-        shape = (BATCH, 784) if workload == "A" else (BATCH, 28, 28, 1)
+    workloads = [args.only] if args.only else ["A", "B"] + (["D"] if on_gpu else [])
+    for workload in workloads:
+        batch = BATCH[workload]
+        shape = (batch, MLP_SIZES[workload][0]) if workload in MLP_SIZES else (batch, 28, 28, 1)
         x = jax.random.normal(jax.random.key(2), shape)
-        y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
+        y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
         contenders = {"raw JAX": contender_raw(workload, x, y),
                       "jaxnn (jax.grad)": contender_jaxnn(workload, x, y),
                       "jaxnn (manual rules)": contender_jaxnn(workload, x, y, "manual")}
@@ -275,16 +342,19 @@ def main() -> None:
                 skipped.append(f"{name} ({type(error).__name__}: {error})")
         timings = benchmarking.compare(contenders, rounds=args.rounds,
                                        calls_per_round=args.calls)
-        print(f"\nworkload {workload}, batch {BATCH}, float32: one SGD-momentum train step")
+        dtype = jnp.dtype(compute_dtype(workload)).name
+        print(f"\nworkload {workload}, batch {batch}, {dtype} compute: one SGD-momentum "
+              "train step")
         print(benchmarking.table(timings, "raw JAX"))
         for name in skipped:
             print(f"  skipped: {name}")
-        if workload == "A":
-            flops = 6 * BATCH * (784 * 512 + 512 * 512 + 512 * 10)
-            peak = matmul_gflops(args.rounds)
-            achieved = flops / (timings["jaxnn (jax.grad)"].median_us * 1e-6) / 1e9
-            print(f"  jaxnn A: {achieved:.0f} GFLOP/s; plain float32 matmul (1024^3) in the same "
-                  f"run: {peak:.0f} GFLOP/s ({achieved / peak:.0%})")
+        if workload in MLP_SIZES:
+            size = 8192 if workload == "D" else 1024
+            peak = matmul_gflops(args.rounds, size, compute_dtype(workload))
+            print(f"  plain {dtype} matmul ({size}^3) in the same run: {peak:,.0f} GFLOP/s")
+            for name in ("raw JAX", "jaxnn (jax.grad)"):
+                achieved = step_flops(workload) / (timings[name].median_us * 1e-6) / 1e9
+                print(f"  {name}: {achieved:,.0f} GFLOP/s ({achieved / peak:.0%} of the matmul)")
 
 
 if __name__ == "__main__":

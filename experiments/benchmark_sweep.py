@@ -5,7 +5,7 @@ Contenders, each timed end to end with compilation included:
   (a') jaxnn with pack_widths forced the other way, to check the planner's choice;
   (b) raw JAX: a hand-written jitted training run (lax.scan over epochs and steps, optax
       SGD with momentum), called once per trial in a Python loop (one compile per width);
-  (c) PyTorch eager, one trial after another, when torch is installed.
+  (c) PyTorch eager, one trial after another, when torch is installed (on CUDA when present).
 All train the same MLP (digits, 64 -> width -> width -> 10, ReLU, softmax cross-entropy,
 momentum 0.9, batch 64, the config's epochs) on the same splits.
 
@@ -94,24 +94,27 @@ def torch_loop(cfg, dataset, trials) -> float | None:
     except ImportError:
         return None
     torch.manual_seed(0)
-    x = torch.tensor(dataset.x_train, dtype=torch.float32)
-    y = torch.tensor(dataset.y_train, dtype=torch.long)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor(dataset.x_train, dtype=torch.float32, device=device)
+    y = torch.tensor(dataset.y_train, dtype=torch.long, device=device)
     n, batch = len(x), cfg.training.batch_size
     start = time.perf_counter()
     for trial in trials:
         width = trial.config.model.hidden[0]
         model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.ReLU(),
                                     torch.nn.Linear(width, width), torch.nn.ReLU(),
-                                    torch.nn.Linear(width, 10))
+                                    torch.nn.Linear(width, 10)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=trial.config.optimizer.learning_rate,
                               momentum=0.9)
         for _ in range(cfg.training.epochs):
-            order = torch.randperm(n)
+            order = torch.randperm(n, device=device)
             for i in range(n // batch):
                 idx = order[i * batch:(i + 1) * batch]
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
                 opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 

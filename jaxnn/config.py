@@ -95,7 +95,8 @@ class TrainingConfig:
     epochs: int = 40
     batch_size: int = 64
     seed: int = 0
-    precision: str = "float32"  # or "float64"
+    precision: str = "float32"  # or "float64": data, parameters, optimizer and loss
+    compute_dtype: str = ""  # "bfloat16" (mixed precision) or "float32"; "": the precision
     patience: int = 0  # early stopping on validation loss; 0 turns it off
     chunk_epochs: int = 0  # epochs per compiled chunk between host checks; 0: automatic
     backprop: str = "autodiff"  # or "manual": train with the layers' delta rules
@@ -215,6 +216,7 @@ def _check_values(config: Config) -> None:
     require(train.epochs >= 1, "training.epochs", f"must be >= 1, got {train.epochs}")
     require(train.batch_size >= 1, "training.batch_size", f"must be >= 1, got {train.batch_size}")
     choice(train.precision, ("float32", "float64"), "training.precision")
+    choice(train.compute_dtype, ("", "float32", "bfloat16"), "training.compute_dtype")
     choice(train.backprop, ("autodiff", "manual"), "training.backprop")
     require(train.patience >= 0, "training.patience", "must be >= 0")
     require(train.chunk_epochs >= 0, "training.chunk_epochs", "must be >= 0")

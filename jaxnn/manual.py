@@ -63,15 +63,21 @@ def value_and_grad(
     return value, grads
 
 
-def value_grad_and_output(net, loss, params, x, y, *, key=None, train=False):
+def value_grad_and_output(net, loss, params, x, y, *, key=None, train=False, loss_dtype=None):
     """Like `value_and_grad`, also returning the network's output ``net(params, x)``.
 
     The forward pass records each leaf layer's input and output (the cache of classic
     backprop) and the backward pass walks that record in reverse, so nothing is computed
     twice (a combinator's own ``backward`` would recompute its activations).
+
+    ``loss_dtype``: when given, the output is cast to it before the loss (mixed precision:
+    a bfloat16 network, a float32 loss); the returned output is the cast one.
     """
     record, pred = _forward_record(net, params, x, key, train, ())
-    dy = loss.grad(pred, y)
+    net_dtype = pred.dtype
+    if loss_dtype is not None:
+        pred = pred.astype(loss_dtype)
+    dy = loss.grad(pred, y).astype(net_dtype)
     grads = {}
     for path, layer, layer_params, layer_x, layer_y, layer_key in reversed(record):
         grads[path], dy = layer.backward(layer_params, layer_x, layer_y, dy, key=layer_key,

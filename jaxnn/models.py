@@ -34,13 +34,14 @@ def _masked(activation: Layer, mask: Any) -> Layer:
     structure as the bare activation; the rule masks ``dy`` before the activation's rule."""
 
     def apply(params, x, *, key=None, train=False):
-        return activation.apply(params, x, key=key, train=train) * mask[None, :]
+        y = activation.apply(params, x, key=key, train=train)
+        return y * mask[None, :].astype(y.dtype)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y  # The activation's own output is recomputed below.
         unmasked = activation.apply(params, x, key=key, train=train)
-        return activation.backward(params, x, unmasked, dy * mask[None, :], key=key,
-                                   train=train)
+        masked_dy = dy * mask[None, :].astype(dy.dtype)
+        return activation.backward(params, x, unmasked, masked_dy, key=key, train=train)
 
     return Layer(activation.init, apply, backward, name=activation.name)
 

@@ -130,12 +130,19 @@ def _data_mesh(batch_size: int) -> Mesh | None:
     return Mesh(np.array(devices), ("data",))
 
 
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves cast to ``dtype`` (others untouched)."""
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def make_step(
     net: Layer,
     loss: losses.Loss,
     optimizer: optax.GradientTransformation,
     *,
     backprop: str = "autodiff",
+    compute_dtype: Any = None,
 ) -> Callable[..., tuple[Any, Any, jax.Array, jax.Array]]:
     """One training step: ``step(params, opt_state, x, y, key=None) -> (params, opt_state,
     loss, output)``.
@@ -145,18 +152,31 @@ def make_step(
       loss: a `jaxnn.losses.Loss`.
       optimizer: an optax optimizer.
       backprop: "autodiff" (``jax.value_and_grad``) or "manual" (the layers' delta rules).
+      compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and backward passes
+        run on copies of the params and inputs cast to it, while the params themselves (the
+        master weights), their gradients, the optimizer and the loss stay in the params'
+        dtype. None: everything in the params' dtype.
 
     Returns:
       The pure step function (jit it, or call it inside a compiled loop).
     """
 
     def step(params, opt_state, x, y, key=None):
+        leaves = jax.tree_util.tree_leaves(params)
+        master_dtype = leaves[0].dtype if leaves else x.dtype
+
+        def to_compute(tree):
+            return tree if compute_dtype is None else cast_floating(tree, compute_dtype)
+
         if backprop == "manual":
-            value, grads, pred = manual.value_grad_and_output(net, loss, params, x, y,
-                                                              key=key, train=True)
+            value, grads, pred = manual.value_grad_and_output(
+                net, loss, to_compute(params), to_compute(x), y, key=key, train=True,
+                loss_dtype=master_dtype)
+            grads = cast_floating(grads, master_dtype)
         else:
-            def objective(p):
-                pred = net.apply(p, x, key=key, train=True)
+            def objective(p):  # The casts' transposes bring gradients back to master_dtype.
+                pred = net.apply(to_compute(p), to_compute(x), key=key, train=True)
+                pred = pred.astype(master_dtype)
                 return loss.value(pred, y), pred
 
             (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -206,6 +226,8 @@ def make_train(
     if jnp.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
         raise ConfigError(config.source, "training.precision",
                           "float64 needs jax_enable_x64 (jaxnn.run enables it)")
+    compute_dtype = (jnp.dtype(config.training.compute_dtype)
+                     if config.training.compute_dtype else None)
     batch_size = config.training.batch_size
     n_train = len(dataset.x_train)
     if batch_size > n_train:
@@ -241,13 +263,20 @@ def make_train(
     def evaluate(params, hparams, x, y):
         net = net_for(hparams)
         n = len(x)
+
+        def forward(xb):
+            if compute_dtype is None:
+                return net.apply(params, xb)
+            return net.apply(cast_floating(params, compute_dtype),
+                             xb.astype(compute_dtype)).astype(dtype)
+
         if n <= EVAL_BATCH:  # One pass: no loop to compile.
-            value, accuracy = metrics_of(net.apply(params, x), y)
+            value, accuracy = metrics_of(forward(x), y)
             return {"loss": value, "accuracy": accuracy}
         chunks = math.ceil(n / EVAL_BATCH)
         size = math.ceil(n / chunks)
         padded = jnp.pad(x, ((0, chunks * size - n), *[(0, 0)] * (x.ndim - 1)))
-        pred = jax.lax.map(lambda xb: net.apply(params, xb),
+        pred = jax.lax.map(forward,
                            padded.reshape(chunks, size, *x.shape[1:]))
         value, accuracy = metrics_of(pred.reshape(chunks * size, -1)[:n], y)
         return {"loss": value, "accuracy": accuracy}
@@ -264,7 +293,7 @@ def make_train(
         x_train, y_train, x_val, y_val = data
         params, opt_state, key, epoch = carry
         train_step = make_step(net_for(hparams), loss, optimizer_for(hparams),
-                               backprop=config.training.backprop)
+                               backprop=config.training.backprop, compute_dtype=compute_dtype)
         epoch_key = jax.random.fold_in(key, epoch)
         order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
         batches = order[: steps * batch_size].reshape(steps, batch_size)

@@ -97,6 +97,16 @@ def test_npz_and_csv_named_columns(tmp_path):
         data.load(bad)
 
 
+def test_bundled_digits_are_the_uci_test_set():
+    x, y = data.load_digits_arrays()
+    assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float64 and y.dtype == np.int32
+    assert x.min() == 0 and x.max() == 16 and x.sum() == 561718
+    np.testing.assert_array_equal(np.bincount(y),
+                                  [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
+    # The first image is a zero (a ring of ink around an empty centre).
+    assert y[0] == 0 and x[0, 3:5, 3:5].sum() == 0 and x[0, 0, 2:6].sum() > 0
+
+
 def test_split_is_seeded_and_standardised_on_train_only():
     x, y = data.load_digits_arrays()
     a = data.split(x, y, num_classes=10, name="digits", seed=3)

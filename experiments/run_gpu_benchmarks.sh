@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU figures in BENCHMARKS.md: workloads A, B and D (benchmark.py) and the sweep C
+# (benchmark_sweep.py, two width ranges), each into its own log under OUT_DIR.
+# Usage: bash experiments/run_gpu_benchmarks.sh OUT_DIR   (from the repository root)
+set -u
+out=${1:?usage: run_gpu_benchmarks.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5  # PyTorch shares the GPU in the same process.
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import jax, jaxlib, optax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'optax', optax.__version__, jax.devices())"
+  python -c "import flax, equinox, torch; print('flax', flax.__version__, 'equinox', equinox.__version__, 'torch', torch.__version__)"
+  python -c "import haiku; print('haiku', haiku.__version__)"
+} > "$out/machine.txt" 2>&1
+timeout 200 python experiments/benchmark.py --rounds 9 --calls 20 > "$out/benchmark.txt" 2>&1
+timeout 180 python experiments/benchmark_sweep.py --repeats 3 > "$out/sweep_16_128.txt" 2>&1
+timeout 180 python experiments/benchmark_sweep.py --repeats 3 --widths 64 128 256 512 \
+  > "$out/sweep_64_512.txt" 2>&1
+tail -n 40 "$out"/*.txt
