@@ -378,7 +378,7 @@ class _GroupProgram:
             state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data)
             return state.params, metrics, trainer.evaluate(state.params, hparams, x_test, y_test)
 
-        def own_params(hidden, target):
+        def own_params(hidden, target, key_axis):
             """A trial's initial params at its own width (the draw it makes alone),
             zero-padded to the packed width."""
             net = models.build(dataclasses.replace(group.config.model, hidden=hidden),
@@ -389,27 +389,31 @@ class _GroupProgram:
                                      trainer.dtype)
                 return jax.tree.map(lambda leaf, t: _pad_to(leaf, t.shape), params, target)
 
-            return jax.vmap(draw)
+            return jax.vmap(draw, in_axes=(key_axis, 0))
 
-        def program(layout):
-            """The chunk program; ``layout`` lists (hidden, count) runs of the sorted chunk."""
+        def program(layout, shared_key):
+            """The chunk program; ``layout`` lists (hidden, count) runs of the sorted chunk.
+            With ``shared_key`` every trial has the same seed and ``keys`` is that one key:
+            the data order and the random draws are then computed once, not per trial."""
+            key_axis = None if shared_key else 0
 
             def run_chunk(keys, hparams, data, x_test, y_test):
                 params0 = None
                 if group.packed_width is not None:
                     packed_net = models.build(group.config.model, dataset.output_size)
                     target = jax.eval_shape(
-                        lambda: init_params(packed_net, keys[0], input_shape,
+                        lambda: init_params(packed_net, jax.random.key(0), input_shape,
                                             jax.tree.map(lambda v: v[0], hparams),
                                             trainer.dtype))
                     parts, start = [], 0
                     for hidden, count in layout:
                         part = slice(start, start + count)
-                        parts.append(own_params(hidden, target)(
-                            keys[part], jax.tree.map(lambda v, p=part: v[p], hparams)))
+                        parts.append(own_params(hidden, target, key_axis)(
+                            keys if shared_key else keys[part],
+                            jax.tree.map(lambda v, p=part: v[p], hparams)))
                         start += count
                     params0 = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-                return jax.vmap(one_trial, in_axes=(0, 0, 0, None, None, None))(
+                return jax.vmap(one_trial, in_axes=(key_axis, 0, 0, None, None, None))(
                     keys, hparams, params0, data, x_test, y_test)
 
             return jax.jit(run_chunk)
@@ -430,7 +434,10 @@ class _GroupProgram:
         if self.group.packed_width is None:
             layout = ((None, size),)
         dtype = self.trainer.dtype
-        keys = jnp.stack([jax.random.key(t.config.training.seed) for t in ordered])
+        seeds = {t.config.training.seed for t in ordered}
+        shared_key = len(seeds) == 1
+        keys = (jax.random.key(seeds.pop()) if shared_key else
+                jnp.stack([jax.random.key(t.config.training.seed) for t in ordered]))
         per_trial = [default_hparams(t.config, dtype) for t in ordered]
         hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
         if self.group.packed_width:
@@ -439,15 +446,18 @@ class _GroupProgram:
         args = [keys, hparams]
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
-            args = [jax.device_put(a, sharding) for a in args]
+            args = [jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec()))
+                    if shared_key else jax.device_put(keys, sharding),
+                    jax.device_put(hparams, sharding)]
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
-        if layout not in self.compiled:
+        signature = (layout, shared_key)
+        if signature not in self.compiled:
             start = time.perf_counter()
-            self.compiled[layout] = self.program(layout).lower(*args, *test).compile(
+            self.compiled[signature] = self.program(*signature).lower(*args, *test).compile(
                 compiler_options=compiler_options())
             self.compile_s += time.perf_counter() - start
-        params, metrics, test_metrics = self.compiled[layout](*args, *test)
+        params, metrics, test_metrics = self.compiled[signature](*args, *test)
         back = np.argsort(order)[: len(chunk_trials)]
         if jax.process_count() > 1:  # Trials sharded over hosts: gather every host's rows.
             from jax.experimental import multihost_utils

@@ -23,9 +23,14 @@ def small_sweep(*overrides, grid="{learning_rate = [0.02, 0.2], width = [4, 9]}"
                               f"sweep.grid={grid}", *overrides])
 
 
-@pytest.mark.parametrize("pack", ["true", "false"])
-def test_every_trial_equals_the_config_trained_alone(tmp_path, pack):
-    cfg = small_sweep(f"sweep.pack_widths={pack}", "model.activation='sigmoid'")
+@pytest.mark.parametrize(("pack", "grid"), [
+    ("true", "{learning_rate = [0.02, 0.2], width = [4, 9]}"),
+    ("false", "{learning_rate = [0.02, 0.2], width = [4, 9]}"),
+    # Trials with different seeds: per-trial keys instead of the one shared key.
+    ("true", "{learning_rate = [0.2], seed = [0, 7], width = [4, 9]}"),
+])
+def test_every_trial_equals_the_config_trained_alone(tmp_path, pack, grid):
+    cfg = small_sweep(f"sweep.pack_widths={pack}", "model.activation='sigmoid'", grid=grid)
     out = sweep.run_sweep(cfg, tmp_path, return_params=True)
     assert out["programs_compiled"] == (1 if pack == "true" else 2)
     dataset = run.prepare(cfg)
