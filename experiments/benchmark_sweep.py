@@ -2,7 +2,8 @@
 
 Contenders, each timed end to end with compilation included:
   (a) jaxnn: `jaxnn.sweep.run_sweep` (trials vmapped, widths packed or not as planned);
-  (a') jaxnn with pack_widths forced the other way, to check the planner's choice;
+  (a') jaxnn with pack_widths forced to true (one packed program) and to false (one program
+       per width), to check the planner's choice;
   (b) raw JAX: a hand-written jitted training run (lax.scan over epochs and steps, optax
       SGD with momentum), called once per trial in a Python loop (one compile per width);
   (c) PyTorch eager, one trial after another, when torch is installed (on CUDA when present).
@@ -137,17 +138,19 @@ def main() -> None:
     cfg = config_lib.load(CONFIG, overrides)
     dataset = run.prepare(cfg)
     plan = sweep.make_plan(cfg, dataset)
-    packed = plan.groups[0].packed_width is not None
-    other = cfg.replace(sweep={**cfg.sweep, "pack_widths": not packed})
+    programs = [sorted({t.config.model.hidden[0] for t in g.trials}) for g in plan.groups]
+    forced = {setting: cfg.replace(sweep={**cfg.sweep, "pack_widths": setting})
+              for setting in (True, False)}
     print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {args.widths}, "
-          f"{cfg.training.epochs} epochs; planner packs widths: {packed}; "
+          f"{cfg.training.epochs} epochs; the planner's programs (widths): {programs}; "
           f"{args.repeats} repeats, compile included, median [min, max] seconds")
     times: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        seconds, programs = jaxnn_sweep(cfg, dataset)
-        times.setdefault(f"jaxnn ({programs} program(s), planner)", []).append(seconds)
-        seconds, programs = jaxnn_sweep(other, dataset)
-        times.setdefault(f"jaxnn ({programs} program(s), forced)", []).append(seconds)
+        seconds, count = jaxnn_sweep(cfg, dataset)
+        times.setdefault(f"jaxnn ({count} program(s), planner)", []).append(seconds)
+        for setting, forced_cfg in forced.items():
+            seconds, count = jaxnn_sweep(forced_cfg, dataset)
+            times.setdefault(f"jaxnn ({count} program(s), pack={setting})", []).append(seconds)
         times.setdefault("raw JAX loop", []).append(raw_jax_loop(cfg, dataset, plan.trials))
         torch_seconds = torch_loop(cfg, dataset, plan.trials)
         if torch_seconds is not None:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures in BENCHMARKS.md: workloads A, B and D (benchmark.py) and the sweep C
 # (benchmark_sweep.py, two width ranges), each into its own log under OUT_DIR.
-# Usage: bash experiments/run_gpu_benchmarks.sh OUT_DIR   (from the repository root)
+# Usage: bash experiments/run_gpu_benchmarks.sh OUT_DIR [steps|sweeps|all]   (from the repo root)
 set -u
-out=${1:?usage: run_gpu_benchmarks.sh OUT_DIR}
+out=${1:?usage: run_gpu_benchmarks.sh OUT_DIR [steps|sweeps|all]}
+what=${2:-all}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5  # PyTorch shares the GPU in the same process.
@@ -13,8 +14,12 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5  # PyTorch shares the GPU in the same 
   python -c "import flax, equinox, torch; print('flax', flax.__version__, 'equinox', equinox.__version__, 'torch', torch.__version__)"
   python -c "import haiku; print('haiku', haiku.__version__)"
 } > "$out/machine.txt" 2>&1
-timeout 200 python experiments/benchmark.py --rounds 9 --calls 20 > "$out/benchmark.txt" 2>&1
-timeout 180 python experiments/benchmark_sweep.py --repeats 3 > "$out/sweep_16_128.txt" 2>&1
-timeout 180 python experiments/benchmark_sweep.py --repeats 3 --widths 64 128 256 512 \
-  > "$out/sweep_64_512.txt" 2>&1
+if [ "$what" != sweeps ]; then
+  timeout 200 python experiments/benchmark.py --rounds 9 --calls 20 > "$out/benchmark.txt" 2>&1
+fi
+if [ "$what" != steps ]; then
+  timeout 200 python experiments/benchmark_sweep.py --repeats 3 > "$out/sweep_16_128.txt" 2>&1
+  timeout 200 python experiments/benchmark_sweep.py --repeats 3 --widths 64 128 256 512 \
+    > "$out/sweep_64_512.txt" 2>&1
+fi
 tail -n 40 "$out"/*.txt

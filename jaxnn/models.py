@@ -29,6 +29,10 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+# The MLP shorthand's weight initializer (a sweep rescales its draws across widths by it).
+MLP_W_INIT = "lecun_normal"
+
+
 def _masked(activation: Layer, mask: Any) -> Layer:
     """``activation(x) * mask`` for a 0/1 unit mask (packed sweeps), with the same params
     structure as the bare activation; the rule masks ``dy`` before the activation's rule."""
@@ -78,7 +82,7 @@ def build(
         hidden = []
         for width in model.hidden:
             act = activation() if hidden_mask is None else _masked(activation(), hidden_mask)
-            hidden += [L.Dense(width), act]
+            hidden += [L.Dense(width, w_init=MLP_W_INIT), act]
             if model.dropout > 0:
                 hidden.append(L.Dropout(rate))
         return serial(*hidden, L.Dense(output_size))

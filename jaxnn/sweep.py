@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -41,11 +42,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
-from jaxnn import models
+from jaxnn import initializers, models
 from jaxnn._table import format_table
 from jaxnn.config import Config, ConfigError
 from jaxnn.summary import param_count
-from jaxnn.train import HPARAMS, default_hparams, init_params, make_train
+from jaxnn.train import HPARAMS, default_hparams, make_train
 
 NUMERIC = {
     "learning_rate": "optimizer.learning_rate",
@@ -68,8 +69,8 @@ RESULTS = "results.jsonl"
 
 # Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
 # training FLOP/s for these small matmuls), measured by experiments/benchmark_sweep.py.
-COMPILE_SECONDS = {"cpu": 1.0, "gpu": 2.0, "tpu": 5.0}
-FLOPS_PER_SECOND = {"cpu": 3e10, "gpu": 2e12, "tpu": 2e12}
+COMPILE_SECONDS = {"cpu": 1.3, "gpu": 4.0, "tpu": 5.0}
+FLOPS_PER_SECOND = {"cpu": 1e11, "gpu": 2e12, "tpu": 2e12}
 
 
 class Trial(NamedTuple):
@@ -260,19 +261,41 @@ def _step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) 
     return 6.0 * cfg.training.batch_size * macs  # forward + backward
 
 
-def _pack_is_faster(group_trials, in_features, out, steps, backend) -> bool:
-    """The cost model: compile time per program plus FLOPs at a sustained rate."""
+def _width_runs(group_trials, in_features, out, steps, backend, setting) -> list[list[Trial]]:
+    """Splits trials that differ only in hidden width into programs: runs of neighbouring
+    widths, each run padded to its widest.
+
+    ``setting`` True packs all widths into one program and False gives each width its own;
+    "auto" picks the split with the least modelled time (`COMPILE_SECONDS` per program plus
+    the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over the sorted widths.
+    """
+    by_width: dict[tuple[int, ...], list[Trial]] = {}
+    for trial in sorted(group_trials, key=lambda t: t.config.model.hidden):
+        by_width.setdefault(trial.config.model.hidden, []).append(trial)
+    widths = list(by_width)
+    if setting is True or setting is False:
+        return ([[t for w in widths for t in by_width[w]]] if setting
+                else [by_width[w] for w in widths])
     compile_s, rate = COMPILE_SECONDS.get(backend, 1.0), FLOPS_PER_SECOND.get(backend, 3e10)
     cfg = group_trials[0].config
-    widest = max(max(t.config.model.hidden) for t in group_trials)
-    depth = len(cfg.model.hidden)
-    packed = compile_s + sum(steps * _step_flops(cfg, [widest] * depth, in_features, out)
-                             for _ in group_trials) / rate
-    widths = {t.config.model.hidden for t in group_trials}
-    separate = len(widths) * compile_s + sum(
-        steps * _step_flops(cfg, t.config.model.hidden, in_features, out)
-        for t in group_trials) / rate
-    return packed < separate
+
+    def run_cost(first, last):  # widths[first:last] in one program
+        widest = max(max(w) for w in widths[first:last])
+        trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
+        padded = [widest] * len(cfg.model.hidden) if last - first > 1 else widths[first]
+        return compile_s + trials_in_run * steps * _step_flops(cfg, padded, in_features,
+                                                               out) / rate
+
+    best = [(0.0, 0)] + [(math.inf, 0)] * len(widths)  # best[i]: (cost, start of last run)
+    for last in range(1, len(widths) + 1):
+        best[last] = min((best[first][0] + run_cost(first, last), first)
+                         for first in range(last))
+    runs, last = [], len(widths)
+    while last:
+        first = best[last][1]
+        runs.append([t for w in widths[first:last] for t in by_width[w]])
+        last = first
+    return runs[::-1]
 
 
 def _bytes_per_trial(cfg: Config, dataset) -> int:
@@ -316,16 +339,15 @@ def make_plan(config: Config, dataset) -> Plan:
         by_structure.setdefault(_structure(trial.config, packable), []).append(trial)
     groups, sizes = [], []
     for members in by_structure.values():
-        widths = {t.config.model.hidden for t in members}
-        pack = (_packable(members[0].config) and len(widths) > 1 and (
-            pack_setting is True or (pack_setting == "auto" and _pack_is_faster(
-                members, in_features, dataset.output_size, steps, backend))))
-        # Unpacked, a group holds one width: the structure key of packable trials left
-        # widths out, so they are split here.
-        parts = [members] if pack else [[t for t in members if t.config.model.hidden == w]
-                                        for w in sorted(widths)]
+        if _packable(members[0].config) and pack_setting is not False:
+            parts = _width_runs(members, in_features, dataset.output_size, steps, backend,
+                                pack_setting)
+        else:  # The structure key kept the widths apart: one width per group already.
+            parts = [members]
         for part in parts:
-            packed_width = max(max(t.config.model.hidden) for t in part) if pack else None
+            part_widths = {t.config.model.hidden for t in part}
+            packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
+                            else None)
             cfg = part[0].config
             if packed_width:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
@@ -360,15 +382,83 @@ def compiler_options() -> dict | None:
     return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
+def _hidden_structure(model: config_lib.ModelConfig) -> config_lib.ModelConfig:
+    """The MLP's structure with its widths blanked: trials that share it differ only in
+    width, so one draw at the widest widths serves them all."""
+    return dataclasses.replace(model, hidden=(0,) * len(model.hidden))
+
+
+class _WidestDraws:
+    """Initial params of MLP-shorthand trials, drawn once at the sweep's widest widths.
+
+    The MLP's initializers are shape-stable (`jaxnn.initializers`): the draw a trial makes
+    alone is the top-left block of the widest draw from the same key, times the ratio of
+    the two initializers' standard deviations. So the random-number code (slow to compile)
+    is compiled once per network depth, not once per width or per program.
+    """
+
+    def __init__(self, plan: Plan, dataset):
+        self.dataset = dataset
+        self.input_shape = (None, *dataset.input_shape)
+        self.widest: dict[Any, tuple[int, ...]] = {}
+        for trial in plan.trials:
+            model = trial.config.model
+            if not model.layers:
+                key = _hidden_structure(model)
+                old = self.widest.get(key, model.hidden)
+                self.widest[key] = tuple(map(max, old, model.hidden))
+        self.programs: dict[Any, Any] = {}
+        self.compile_s = 0.0
+
+    def widest_model(self, model: config_lib.ModelConfig) -> config_lib.ModelConfig | None:
+        """The widest model of ``model``'s structure, or None for a ``model.layers`` net."""
+        if model.layers:
+            return None
+        return dataclasses.replace(model, hidden=self.widest[_hidden_structure(model)])
+
+    def draw(self, model: config_lib.ModelConfig, keys: jax.Array, shared_key: bool, dtype):
+        """The widest params for ``keys`` (one key, or one per trial), before init scale."""
+        widest = self.widest_model(model)
+        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype))
+        if signature not in self.programs:
+            net = models.build(widest, self.dataset.output_size)
+
+            def one(key):
+                _, params = net.init(jax.random.split(key)[0], self.input_shape)
+                return jax.tree.map(lambda p: p.astype(dtype), params)
+
+            start = time.perf_counter()
+            self.programs[signature] = jax.jit(one if shared_key else jax.vmap(one)).lower(
+                keys).compile(compiler_options=compiler_options())
+            self.compile_s += time.perf_counter() - start
+        return self.programs[signature](keys)
+
+
+def _fit_widest(widest_params, init_scale, lone_shapes, target_shapes):
+    """A trial's own initial params from the widest draw: cropped to its own shapes,
+    rescaled to its own initializer's spread and init scale, zero-padded to the program's."""
+    w_init = initializers.get(models.MLP_W_INIT)
+
+    def fit(path, leaf, lone, target):
+        block = leaf[tuple(slice(0, n) for n in lone.shape)]
+        if path[-1] == jax.tree_util.DictKey("w"):
+            ratio = w_init.stddev(lone.shape) / w_init.stddev(leaf.shape)
+            block = block * jnp.asarray(ratio, block.dtype) * init_scale.astype(block.dtype)
+        return _pad_to(block, target.shape)
+
+    return jax.tree_util.tree_map_with_path(fit, widest_params, lone_shapes, target_shapes)
+
+
 class _GroupProgram:
     """One group's compiled, vmapped (and trial-sharded) program."""
 
-    def __init__(self, group: Group, dataset, mesh: Mesh | None):
+    def __init__(self, group: Group, dataset, mesh: Mesh | None, draws: _WidestDraws):
         self.group = group
         self.trainer = trainer = make_train(group.config, dataset, mesh=None,
                                             masked_width=group.packed_width)
         self.dataset = dataset
         self.mesh = mesh
+        self.draws = draws
         self.compiled: dict[tuple, Any] = {}
         self.compile_s = 0.0
         input_shape = (None, *dataset.input_shape)
@@ -378,39 +468,31 @@ class _GroupProgram:
             state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data)
             return state.params, metrics, trainer.evaluate(state.params, hparams, x_test, y_test)
 
-        def own_params(hidden, target, key_axis):
-            """A trial's initial params at its own width (the draw it makes alone),
-            zero-padded to the packed width."""
+        def shapes_at(hidden):
             net = models.build(dataclasses.replace(group.config.model, hidden=hidden),
                                dataset.output_size)
-
-            def draw(key, hparams):
-                params = init_params(net, jax.random.split(key)[0], input_shape, hparams,
-                                     trainer.dtype)
-                return jax.tree.map(lambda leaf, t: _pad_to(leaf, t.shape), params, target)
-
-            return jax.vmap(draw, in_axes=(key_axis, 0))
+            return jax.eval_shape(lambda: net.init(jax.random.key(0), input_shape)[1])
 
         def program(layout, shared_key):
             """The chunk program; ``layout`` lists (hidden, count) runs of the sorted chunk.
-            With ``shared_key`` every trial has the same seed and ``keys`` is that one key:
-            the data order and the random draws are then computed once, not per trial."""
+            With ``shared_key`` every trial has the same seed and ``keys`` is that one key
+            (and ``widest`` one draw): the data order is then computed once, not per trial.
+            ``widest`` is None for ``model.layers`` nets, which draw their own params."""
             key_axis = None if shared_key else 0
 
-            def run_chunk(keys, hparams, data, x_test, y_test):
+            def run_chunk(keys, hparams, widest, data, x_test, y_test):
                 params0 = None
-                if group.packed_width is not None:
-                    packed_net = models.build(group.config.model, dataset.output_size)
-                    target = jax.eval_shape(
-                        lambda: init_params(packed_net, jax.random.key(0), input_shape,
-                                            jax.tree.map(lambda v: v[0], hparams),
-                                            trainer.dtype))
+                if widest is not None:
+                    target = shapes_at(group.config.model.hidden)
                     parts, start = [], 0
                     for hidden, count in layout:
                         part = slice(start, start + count)
-                        parts.append(own_params(hidden, target, key_axis)(
-                            keys if shared_key else keys[part],
-                            jax.tree.map(lambda v, p=part: v[p], hparams)))
+                        fit = functools.partial(_fit_widest, lone_shapes=shapes_at(hidden),
+                                                target_shapes=target)
+                        parts.append(jax.vmap(fit, in_axes=(key_axis, 0))(
+                            widest if shared_key else jax.tree.map(lambda v, p=part: v[p],
+                                                                   widest),
+                            hparams["init_scale"][part]))
                         start += count
                     params0 = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
                 return jax.vmap(one_trial, in_axes=(key_axis, 0, 0, None, None, None))(
@@ -431,8 +513,6 @@ class _GroupProgram:
         ordered = [padded[i] for i in order]
         layout = tuple((hidden, len(list(run))) for hidden, run in
                        itertools.groupby(t.config.model.hidden for t in ordered))
-        if self.group.packed_width is None:
-            layout = ((None, size),)
         dtype = self.trainer.dtype
         seeds = {t.config.training.seed for t in ordered}
         shared_key = len(seeds) == 1
@@ -443,12 +523,15 @@ class _GroupProgram:
         if self.group.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in ordered],
                                            jnp.int32)
-        args = [keys, hparams]
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
-            args = [jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec()))
-                    if shared_key else jax.device_put(keys, sharding),
-                    jax.device_put(hparams, sharding)]
+            keys = jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec())
+                                  if shared_key else sharding)
+            hparams = jax.device_put(hparams, sharding)
+        model = self.group.config.model
+        widest = (None if self.draws.widest_model(model) is None
+                  else self.draws.draw(model, keys, shared_key, dtype))
+        args = [keys, hparams, widest]
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
         signature = (layout, shared_key)
@@ -566,12 +649,13 @@ def run_sweep(
     bar = tqdm(total=len(plan.trials), initial=len(done), unit="trial",
                disable=not config.training.progress, leave=False, dynamic_ncols=True)
     compiled, compile_s, params_out = 0, 0.0, {}
+    draws = _WidestDraws(plan, dataset)
     try:
         for group in plan.groups:
             todo = [c for c in group.chunks if not all(i in done for i in c)]
             if not todo:
                 continue
-            program = _GroupProgram(group, dataset, mesh)
+            program = _GroupProgram(group, dataset, mesh, draws)
             size = math.ceil(max(len(c) for c in group.chunks) / plan.devices) * plan.devices
             for chunk in todo:
                 chunk_trials = [plan.trials[i] for i in chunk]
@@ -592,6 +676,7 @@ def run_sweep(
             compile_s += program.compile_s
     finally:
         bar.close()
+    compile_s += draws.compile_s
     results = [done[t.index] for t in plan.trials]
     report = sweep_report.write(config, plan, results, workdir) if writer else {
         "table": table(plan, results), "best": None, "plots": []}

@@ -19,6 +19,21 @@ def test_variance_scaling_initializers_have_expected_spread(name, key):
     assert float(jnp.var(w)) == pytest.approx(expected_var, rel=0.05)
 
 
+@pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+                                  "lecun_uniform", "lecun_normal", "normal(0.3)"])
+def test_named_initializers_are_shape_stable(name, key):
+    # A weight depends on its (row, unit) index only: a narrower array is the top-left block
+    # of a wider one, up to the ratio of their standard deviations.
+    init = initializers.get(name)
+    small, big = init(key, (30, 40), jnp.float64), init(key, (50, 70), jnp.float64)
+    ratio = init.stddev((30, 40)) / init.stddev((50, 70))
+    np.testing.assert_allclose(small, big[:30, :40] * ratio, rtol=1e-12)
+    assert not np.allclose(small[:, 0], small[:, 1])  # Each unit draws its own values.
+    # Truncated normals stay within two standard deviations, as in jax.nn.
+    if name.endswith("_normal"):
+        assert float(jnp.max(jnp.abs(big))) <= 2 * init.stddev((50, 70)) / 0.8796 + 1e-12
+
+
 def test_normal_std_and_per_layer_choice(key):
     _, params = Dense(500, w_init="normal(0.02)", b_init="ones").init(key, (None, 400))
     assert float(jnp.std(params["w"])) == pytest.approx(0.02, rel=0.02)

@@ -1,5 +1,6 @@
 """Sweeps: trials equal lone runs (packed widths included), sharding, resume, divergence."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -68,6 +69,41 @@ def test_packed_initial_params_do_not_depend_on_padding(tmp_path):
         pb = sweep.trial_params_unpadded(b["params"][index_b], trial, dataset)
         for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-14)
+
+
+def _program_widths(plan):
+    return [sorted({t.config.model.hidden[0] for t in g.trials}) for g in plan.groups]
+
+
+def test_auto_packing_splits_widths_by_the_cost_model(monkeypatch):
+    cfg = small_sweep(grid="{learning_rate = [0.1], width = [4, 8, 300, 600]}")
+    dataset = run.prepare(cfg)
+    backend = jax.default_backend()
+    # Compiling is free: every width alone (no padded FLOPs).
+    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 0.0)
+    assert _program_widths(sweep.make_plan(cfg, dataset)) == [[4], [8], [300], [600]]
+    # Compiling is all that counts: one program.
+    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 1e9)
+    assert _program_widths(sweep.make_plan(cfg, dataset)) == [[4, 8, 300, 600]]
+    # In between, the small widths share a program and the big ones do not pay for it;
+    # the split is the cheapest of all runs of neighbouring widths (checked by brute force).
+    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 1e-3)
+    got = _program_widths(sweep.make_plan(cfg, dataset))
+    assert got[0] == [4, 8] and len(got) > 2
+    steps = cfg.training.epochs * (len(dataset.x_train) // cfg.training.batch_size)
+
+    def cost(runs):
+        total = 0.0
+        for widths in runs:
+            padded = [max(widths)] * len(cfg.model.hidden)
+            total += 1e-3 + len(widths) * steps * sweep._step_flops(
+                cfg, padded, 64, 10) / sweep.FLOPS_PER_SECOND[backend]
+        return total
+
+    widths = [4, 8, 300, 600]
+    splits = [[widths[a:b] for a, b in itertools.pairwise((0, *cuts, 4))]
+              for k in range(4) for cuts in itertools.combinations(range(1, 4), k)]
+    assert cost(got) == pytest.approx(min(cost(s) for s in splits))
 
 
 def test_divergent_trial_is_marked_and_neighbours_finish(tmp_path):

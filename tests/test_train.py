@@ -202,6 +202,44 @@ def test_manual_backprop_trains_like_autodiff(tmp_path):
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-9)
 
 
+@pytest.mark.parametrize("backprop", ["autodiff", "manual"])
+def test_mixed_precision_step_keeps_float32_master_weights(backprop, key):
+    import optax
+
+    import jaxnn
+    from jaxnn.train import make_step
+
+    net = jaxnn.serial(jaxnn.Dense(32), jaxnn.Relu(), jaxnn.Dense(10))
+    _, params = net.init(key, (None, 16))
+    params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (8, 16), jnp.float32)
+    y = jnp.arange(8) % 10
+    opt = optax.sgd(0.1)
+    full = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop)
+    mixed = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop,
+                      compute_dtype=jnp.bfloat16)
+    p32, _, loss32, pred32 = jax.jit(full)(params, opt.init(params), x, y)
+    p16, _, loss16, pred16 = jax.jit(mixed)(params, opt.init(params), x, y)
+    for leaf in jax.tree.leaves(p16):
+        assert leaf.dtype == jnp.float32
+    assert loss16.dtype == pred16.dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa: the step agrees with float32 to about 1%.
+    assert float(loss16) == pytest.approx(float(loss32), rel=2e-2)
+    for a, b, p in zip(jax.tree.leaves(p16), jax.tree.leaves(p32), jax.tree.leaves(params),
+                       strict=True):
+        np.testing.assert_allclose(a - p, b - p, rtol=0.05, atol=2e-3)
+    # The network really ran in bfloat16: its output is not the float32 one.
+    assert float(jnp.max(jnp.abs(pred16 - pred32))) > 1e-4
+
+
+def test_mixed_precision_training_from_config(tmp_path):
+    summary = run.train_and_evaluate(
+        tiny("training.compute_dtype='bfloat16'", "output.checkpoint=false"), tmp_path)
+    assert summary["test_accuracy"] > 0.7, summary
+    with pytest.raises(config.ConfigError, match=r"training\.compute_dtype"):
+        tiny("training.compute_dtype='float16'")
+
+
 def test_data_parallel_equals_one_device():
     """Four CPU devices (a fresh process) shard each batch; results equal one device."""
     script = f"""
