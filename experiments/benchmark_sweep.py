@@ -119,10 +119,11 @@ def torch_loop(cfg, dataset, trials) -> float | None:
     return time.perf_counter() - start
 
 
-def jaxnn_sweep(cfg, dataset) -> tuple[float, int]:
+def jaxnn_sweep(cfg, dataset) -> tuple[float, int, float]:
+    """(a): wall seconds, training programs compiled, and seconds spent compiling."""
     start = time.perf_counter()
     out = sweep.run_sweep(cfg, tempfile.mkdtemp(), dataset=dataset)
-    return time.perf_counter() - start, out["programs_compiled"]
+    return time.perf_counter() - start, out["programs_compiled"], out["compile_time_s"]
 
 
 def main() -> None:
@@ -145,12 +146,13 @@ def main() -> None:
           f"{cfg.training.epochs} epochs; the planner's programs (widths): {programs}; "
           f"{args.repeats} repeats, compile included, median [min, max] seconds")
     times: dict[str, list[float]] = {}
+    compiling: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        seconds, count = jaxnn_sweep(cfg, dataset)
-        times.setdefault(f"jaxnn ({count} program(s), planner)", []).append(seconds)
-        for setting, forced_cfg in forced.items():
-            seconds, count = jaxnn_sweep(forced_cfg, dataset)
-            times.setdefault(f"jaxnn ({count} program(s), pack={setting})", []).append(seconds)
+        for setting, run_cfg in (("planner", cfg), *((f"pack={k}", v) for k, v in forced.items())):
+            seconds, count, compile_s = jaxnn_sweep(run_cfg, dataset)
+            name = f"jaxnn ({count} program(s), {setting})"
+            times.setdefault(name, []).append(seconds)
+            compiling.setdefault(name, []).append(compile_s)
         times.setdefault("raw JAX loop", []).append(raw_jax_loop(cfg, dataset, plan.trials))
         torch_seconds = torch_loop(cfg, dataset, plan.trials)
         if torch_seconds is not None:
@@ -160,8 +162,10 @@ def main() -> None:
     base = statistics.median(times["raw JAX loop"])
     for name, samples in times.items():
         median = statistics.median(samples)
+        compile_note = (f"  (compiling {statistics.median(compiling[name]):.2f} s)"
+                        if name in compiling else "")
         print(f"  {name:32s} {median:7.2f} s [{min(samples):.2f}, {max(samples):.2f}]  "
-              f"raw JAX / this = {base / median:5.2f}x")
+              f"raw JAX / this = {base / median:5.2f}x{compile_note}")
 
 
 if __name__ == "__main__":
