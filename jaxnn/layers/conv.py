@@ -29,15 +29,18 @@ def _filter_gradient(x, dy, window, strides, pads, out_hw):
 
     Written as matmuls over the strided input views rather than as a convolution with the
     batch as its feature axis, which XLA's CPU backend runs 3-4x slower. With few input
-    channels the views are stacked and contracted in one einsum instead.
+    channels the views are stacked, offset-and-channel major, into one (k*cin, N) matrix and
+    contracted with dy in one matmul (1.8x faster than an einsum over the stacked views
+    for a 1-channel 28x28 input: `experiments/profile_step.py` showed its transposes).
     """
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     views = _spatial.window_slices(padded, window, strides, out_hw)
     cin, cout = x.shape[-1], dy.shape[-1]
-    if cin < 8:
-        return jnp.einsum("nhwkc,nhwo->kco", jnp.stack(views, axis=3), dy).reshape(
-            *window, cin, cout)
     flat_dy = dy.reshape(-1, cout)
+    if cin < 8:
+        stacked = jnp.stack([view.reshape(-1, cin) for view in views])  # (k, N, cin)
+        rows = jnp.moveaxis(stacked, -1, 1).reshape(len(views) * cin, -1)
+        return (rows @ flat_dy).reshape(*window, cin, cout)
     return jnp.stack([view.reshape(-1, cin).T @ flat_dy for view in views]).reshape(
         *window, cin, cout)
 
