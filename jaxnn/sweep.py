@@ -16,11 +16,14 @@ batch size, optimizer, schedule) or any config key as "section.key".
 Planning groups the trials by compiled structure: everything but the numeric
 hyperparameters. Inside a group the numeric ones are array leaves, vmapped in one program,
 and the trial axis is sharded over every device. With ``pack_widths``, trials that differ
-only in hidden width share one program: hidden layers are padded to the group's widest and
-the extra units masked (`jaxnn.train.make_train`), and each trial starts from the parameters
-it would have alone, zero-padded. Trials run in chunks that fit device memory; each chunk's
-results are appended to ``results.jsonl`` (flushed and fsynced), so a killed sweep resumed
-with ``resume=True`` reruns only unfinished chunks and ends with the same table.
+only in hidden width share a program: hidden layers are padded to the program's widest and
+the extra units masked (`jaxnn.train.make_train`); "auto" splits the widths into programs
+by a cost model. Every trial starts from the parameters it would draw alone (zero-padded
+when packed); as the initializers are shape-stable, those come from one draw at the sweep's
+widest widths, cropped and rescaled, so no program compiles random-number code per width.
+Trials run in chunks that fit device memory; each chunk's results are appended to
+``results.jsonl`` (flushed and fsynced), so a killed sweep resumed with ``resume=True``
+reruns only unfinished chunks and ends with the same table.
 """
 
 from __future__ import annotations
