@@ -389,9 +389,11 @@ def compiler_options(run_once: bool = False) -> dict | None:
 
 
 def _hidden_structure(model: config_lib.ModelConfig) -> config_lib.ModelConfig:
-    """The MLP's structure with its widths blanked: trials that share it differ only in
-    width, so one draw at the widest widths serves them all."""
-    return dataclasses.replace(model, hidden=(0,) * len(model.hidden))
+    """The MLP's structure with its widths and numeric values blanked (dropout only says
+    whether Dropout layers exist): trials that share it draw the same params up to width
+    and init scale, so one draw at the widest widths serves them all."""
+    return dataclasses.replace(model, hidden=(0,) * len(model.hidden), init_scale=1.0,
+                               dropout=0.5 if model.dropout > 0 else 0.0)
 
 
 class _WidestDraws:
