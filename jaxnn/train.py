@@ -263,12 +263,13 @@ def make_train(
     def evaluate(params, hparams, x, y):
         net = net_for(hparams)
         n = len(x)
+        # Cast once, not per evaluation chunk.
+        net_params = params if compute_dtype is None else cast_floating(params, compute_dtype)
 
         def forward(xb):
             if compute_dtype is None:
-                return net.apply(params, xb)
-            return net.apply(cast_floating(params, compute_dtype),
-                             xb.astype(compute_dtype)).astype(dtype)
+                return net.apply(net_params, xb)
+            return net.apply(net_params, xb.astype(compute_dtype)).astype(dtype)
 
         if n <= EVAL_BATCH:  # One pass: no loop to compile.
             value, accuracy = metrics_of(forward(x), y)
