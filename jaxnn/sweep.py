@@ -20,7 +20,9 @@ only in hidden width share a program: hidden layers are padded to the program's 
 the extra units masked (`jaxnn.train.make_train`); "auto" splits the widths into programs
 by a cost model. Every trial starts from the parameters it would draw alone (zero-padded
 when packed); as the initializers are shape-stable, those come from one draw at the sweep's
-widest widths, cropped and rescaled, so no program compiles random-number code per width.
+widest widths, cropped and rescaled. That draw and the epochs' minibatch orders are made by a
+small program run once per chunk, so the training programs compile no random-number code
+(dropout's keys aside).
 Trials run in chunks that fit device memory; each chunk's results are appended to
 ``results.jsonl`` (flushed and fsynced), so a killed sweep resumed with ``resume=True``
 reruns only unfinished chunks and ends with the same table.
@@ -49,7 +51,7 @@ from jaxnn import initializers, models
 from jaxnn._table import format_table
 from jaxnn.config import Config, ConfigError
 from jaxnn.summary import param_count
-from jaxnn.train import HPARAMS, default_hparams, make_train
+from jaxnn.train import HPARAMS, Trainer, default_hparams, make_train, raw_key
 
 NUMERIC = {
     "learning_rate": "optimizer.learning_rate",
@@ -301,8 +303,9 @@ def _width_runs(group_trials, in_features, out, steps, backend, setting) -> list
     return runs[::-1]
 
 
-def _bytes_per_trial(cfg: Config, dataset) -> int:
-    """Device memory one trial of the program ``cfg`` needs, roughly."""
+def _bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
+    """Device memory one trial of the program ``cfg`` needs, roughly; ``own_seed``: the
+    trial has its own minibatch order (the seed is swept), not one shared by its chunk."""
     net = models.build(cfg.model, dataset.output_size)
     from jaxnn.summary import rows
 
@@ -310,7 +313,10 @@ def _bytes_per_trial(cfg: Config, dataset) -> int:
     itemsize = np.dtype(cfg.training.precision).itemsize
     params = sum(r.params for r in table)
     activations = cfg.training.batch_size * sum(math.prod(r.output_shape[1:]) for r in table)
-    return itemsize * (5 * params + 3 * activations)  # params, grads, updates, 2 opt moments
+    batches = len(dataset.x_train) // cfg.training.batch_size * cfg.training.batch_size
+    order = 4 * cfg.training.epochs * batches if own_seed else 0  # int32 indices
+    # 5 x params: params, grads, updates and two optimizer moments.
+    return itemsize * (5 * params + 3 * activations) + order
 
 
 def _memory_budget() -> int:
@@ -354,7 +360,8 @@ def make_plan(config: Config, dataset) -> Plan:
             cfg = part[0].config
             if packed_width:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
-            per_trial = _bytes_per_trial(cfg, dataset)
+            own_seed = len({t.config.training.seed for t in part}) > 1
+            per_trial = _bytes_per_trial(cfg, dataset, own_seed)
             sizes.append(per_trial)
             cap = spec.get("trials_per_chunk") or max(1, _memory_budget() // per_trial)
             cap = max(devices, cap // devices * devices)
@@ -396,13 +403,19 @@ def _hidden_structure(model: config_lib.ModelConfig) -> config_lib.ModelConfig:
                                dropout=0.5 if model.dropout > 0 else 0.0)
 
 
-class _WidestDraws:
-    """Initial params of MLP-shorthand trials, drawn once at the sweep's widest widths.
+class _Prologue:
+    """What a chunk's trials draw before training, in one small program run once per chunk.
 
-    The MLP's initializers are shape-stable (`jaxnn.initializers`): the draw a trial makes
-    alone is the top-left block of the widest draw from the same key, times the ratio of
-    the two initializers' standard deviations. So the random-number code (slow to compile)
-    is compiled once per network depth, not once per width or per program.
+    It holds the sweep's random-number code, which is slow to compile (the training programs
+    get the results as arguments; only dropout draws in them), and it compiles at XLA's
+    lowest level:
+      - the initial params of MLP-shorthand trials, drawn at the sweep's widest widths. The
+        MLP's initializers are shape-stable (`jaxnn.initializers`): the draw a trial makes
+        alone is the top-left block of the widest draw from the same key, times the ratio
+        of the two initializers' standard deviations (`_fit_widest`). So one program per
+        network depth serves every width.
+      - every epoch's minibatch order (`jaxnn.train.Trainer.batches`).
+    With one seed for the whole chunk, both are drawn once and shared by its trials.
     """
 
     def __init__(self, plan: Plan, dataset):
@@ -424,16 +437,23 @@ class _WidestDraws:
             return None
         return dataclasses.replace(model, hidden=self.widest[_hidden_structure(model)])
 
-    def draw(self, model: config_lib.ModelConfig, keys: jax.Array, shared_key: bool, dtype):
-        """The widest params for ``keys`` (one key, or one per trial), before init scale."""
+    def __call__(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
+                 keys: jax.Array, shared_key: bool, dtype):
+        """``(widest params or None, minibatch indices)`` for ``keys`` (one key, or one per
+        trial); the params are before init scale, None for a ``model.layers`` net."""
         widest = self.widest_model(model)
-        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype))
+        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype),
+                     trainer.epochs, trainer.steps_per_epoch, batch_size)
         if signature not in self.programs:
-            net = models.build(widest, self.dataset.output_size)
+            net = None if widest is None else models.build(widest, self.dataset.output_size)
 
             def one(key):
-                _, params = net.init(jax.random.split(key)[0], self.input_shape)
-                return jax.tree.map(lambda p: p.astype(dtype), params)
+                init_key, run_key = jax.random.split(key)  # as `Trainer.init` splits it
+                params = None
+                if net is not None:
+                    _, params = net.init(init_key, self.input_shape)
+                    params = jax.tree.map(lambda p: p.astype(dtype), params)
+                return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
             start = time.perf_counter()
             self.programs[signature] = jax.jit(one if shared_key else jax.vmap(one)).lower(
@@ -460,20 +480,20 @@ def _fit_widest(widest_params, init_scale, lone_shapes, target_shapes):
 class _GroupProgram:
     """One group's compiled, vmapped (and trial-sharded) program."""
 
-    def __init__(self, group: Group, dataset, mesh: Mesh | None, draws: _WidestDraws):
+    def __init__(self, group: Group, dataset, mesh: Mesh | None, prologue: _Prologue):
         self.group = group
         self.trainer = trainer = make_train(group.config, dataset, mesh=None,
                                             masked_width=group.packed_width)
         self.dataset = dataset
         self.mesh = mesh
-        self.draws = draws
+        self.prologue = prologue
         self.compiled: dict[tuple, Any] = {}
         self.compile_s = 0.0
         input_shape = (None, *dataset.input_shape)
 
-        def one_trial(key, hparams, params0, data, x_test, y_test):
+        def one_trial(key, hparams, params0, batches, data, x_test, y_test):
             state = trainer.init(key, hparams, params=params0)
-            state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data)
+            state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data, batches)
             return state.params, metrics, trainer.evaluate(state.params, hparams, x_test, y_test)
 
         def shapes_at(hidden):
@@ -484,11 +504,12 @@ class _GroupProgram:
         def program(layout, shared_key):
             """The chunk program; ``layout`` lists (hidden, count) runs of the sorted chunk.
             With ``shared_key`` every trial has the same seed and ``keys`` is that one key
-            (and ``widest`` one draw): the data order is then computed once, not per trial.
-            ``widest`` is None for ``model.layers`` nets, which draw their own params."""
+            (and ``widest`` and ``batches`` one draw, from `_Prologue`): the data order is
+            then shared, not per trial. ``widest`` is None for ``model.layers`` nets, which
+            draw their own params."""
             key_axis = None if shared_key else 0
 
-            def run_chunk(keys, hparams, widest, data, x_test, y_test):
+            def run_chunk(keys, hparams, widest, batches, data, x_test, y_test):
                 params0 = None
                 if widest is not None:
                     target = shapes_at(group.config.model.hidden)
@@ -503,8 +524,9 @@ class _GroupProgram:
                             hparams["init_scale"][part]))
                         start += count
                     params0 = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-                return jax.vmap(one_trial, in_axes=(key_axis, 0, 0, None, None, None))(
-                    keys, hparams, params0, data, x_test, y_test)
+                return jax.vmap(one_trial,
+                                in_axes=(key_axis, 0, 0, key_axis, None, None, None))(
+                    keys, hparams, params0, batches, data, x_test, y_test)
 
             return jax.jit(run_chunk)
 
@@ -513,7 +535,8 @@ class _GroupProgram:
     def __call__(self, chunk_trials: Sequence[Trial], size: int):
         """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one).
 
-        Returns the host metrics and the device params, both in ``chunk_trials`` order.
+        Returns the host metrics in ``chunk_trials`` order, and ``params_of(position)``: the
+        trained params (host arrays) of ``chunk_trials[position]``.
         """
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         # Sorted by width, so that each width's initial draw is one static slice.
@@ -536,10 +559,10 @@ class _GroupProgram:
             keys = jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec())
                                   if shared_key else sharding)
             hparams = jax.device_put(hparams, sharding)
-        model = self.group.config.model
-        widest = (None if self.draws.widest_model(model) is None
-                  else self.draws.draw(model, keys, shared_key, dtype))
-        args = [keys, hparams, widest]
+        widest, batches = self.prologue(self.group.config.model, self.trainer,
+                                        self.group.config.training.batch_size, keys,
+                                        shared_key, dtype)
+        args = [keys, hparams, widest, batches]
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
         signature = (layout, shared_key)
@@ -557,7 +580,13 @@ class _GroupProgram:
                 (metrics, test_metrics), tiled=True)
         metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[back],
                                              jax.device_get((metrics, test_metrics)))
-        return (metrics, test_metrics), jax.tree.map(lambda v: v[back], params)
+        # Copied to the host once, on demand: indexing on the device would compile gathers.
+        host_params = functools.cache(lambda: jax.device_get(params))
+
+        def params_of(position):
+            return jax.tree.map(lambda p: p[back[position]], host_params())
+
+        return (metrics, test_metrics), params_of
 
 
 def _finite(value: float) -> float | None:
@@ -657,17 +686,17 @@ def run_sweep(
     bar = tqdm(total=len(plan.trials), initial=len(done), unit="trial",
                disable=not config.training.progress, leave=False, dynamic_ncols=True)
     compiled, compile_s, params_out = 0, 0.0, {}
-    draws = _WidestDraws(plan, dataset)
+    prologue = _Prologue(plan, dataset)
     try:
         for group in plan.groups:
             todo = [c for c in group.chunks if not all(i in done for i in c)]
             if not todo:
                 continue
-            program = _GroupProgram(group, dataset, mesh, draws)
+            program = _GroupProgram(group, dataset, mesh, prologue)
             size = math.ceil(max(len(c) for c in group.chunks) / plan.devices) * plan.devices
             for chunk in todo:
                 chunk_trials = [plan.trials[i] for i in chunk]
-                (metrics, test_metrics), params = program(chunk_trials, size)
+                (metrics, test_metrics), params_of = program(chunk_trials, size)
                 rows = _result_rows(chunk_trials, metrics, test_metrics)
                 if writer:
                     with open(results_path, "a") as handle:
@@ -677,14 +706,13 @@ def run_sweep(
                 done.update({row["trial"]: row for row in rows})
                 if return_params:
                     for position, trial in enumerate(chunk_trials):
-                        params_out[trial.index] = jax.tree.map(
-                            lambda p, q=position: np.asarray(p[q]), params)
+                        params_out[trial.index] = params_of(position)
                 bar.update(len(chunk))
             compiled += len(program.compiled)
             compile_s += program.compile_s
     finally:
         bar.close()
-    compile_s += draws.compile_s
+    compile_s += prologue.compile_s
     results = [done[t.index] for t in plan.trials]
     report = sweep_report.write(config, plan, results, workdir) if writer else {
         "table": table(plan, results), "best": None, "plots": []}

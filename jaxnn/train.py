@@ -65,11 +65,16 @@ class Trainer(NamedTuple):
     Attributes:
       init: ``init(key, hparams, params=None) -> TrainState``; ``params`` replaces the
         drawn initial parameters (the key's first half draws them otherwise).
-      run_epochs: ``run_epochs(state, hparams, num_epochs, data=None) -> (state, metrics)``,
-        metrics stacked per epoch (``num_epochs`` is static: one compile per distinct value).
-        ``data`` defaults to `Trainer.data`; a program that wraps the trainer in its own
-        ``jax.jit`` passes ``data`` as an argument, so the data set is not baked into the
-        compiled program as constants (slow to compile).
+      run_epochs: ``run_epochs(state, hparams, num_epochs, data=None, batches=None) ->
+        (state, metrics)``, metrics stacked per epoch (``num_epochs`` is static: one compile
+        per distinct value). ``data`` defaults to `Trainer.data`; a program that wraps the
+        trainer in its own ``jax.jit`` passes ``data`` as an argument, so the data set is not
+        baked into the compiled program as constants (slow to compile). ``batches``, from
+        `Trainer.batches`, supplies the minibatch order instead of drawing it inside.
+      batches: ``batches(key, first_epoch, num_epochs) -> int32 (num_epochs, steps,
+        batch_size)``: the minibatch indices that ``run_epochs`` draws from ``state.key``.
+        Drawing them in a separate program keeps the random-number code (slow to compile)
+        out of the training program; the sweep does this.
       data: the device arrays ``(x_train, y_train, x_val, y_val)``.
       compile: ``compile(state, hparams, num_epochs) -> run`` compiles ahead of time (for
         timing compilation apart): ``run(state, hparams) -> (state, metrics)``.
@@ -81,6 +86,7 @@ class Trainer(NamedTuple):
 
     init: Callable[..., TrainState]
     run_epochs: Callable[..., tuple[TrainState, dict]]
+    batches: Callable[..., jax.Array]
     data: tuple
     compile: Callable[..., Callable[..., tuple[TrainState, dict]]]
     evaluate: Callable[..., dict]
@@ -290,14 +296,24 @@ def make_train(
             opt_state = optimizer_for(hparams).init(params)
         return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))
 
-    def one_epoch(hparams, data, carry):
+    def epoch_batches(key, epoch):
+        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, epoch), 0),
+                                       n_train)
+        return order[: steps * batch_size].reshape(steps, batch_size)
+
+    def batches_for(key, first_epoch, num_epochs):
+        epochs_done = jnp.asarray(first_epoch, jnp.int32) + jnp.arange(num_epochs,
+                                                                       dtype=jnp.int32)
+        return jax.vmap(epoch_batches, in_axes=(None, 0))(key, epochs_done)
+
+    def one_epoch(hparams, data, carry, batches=None):
         x_train, y_train, x_val, y_val = data
         params, opt_state, key, epoch = carry
         train_step = make_step(net_for(hparams), loss, optimizer_for(hparams),
                                backprop=config.training.backprop, compute_dtype=compute_dtype)
         epoch_key = jax.random.fold_in(key, epoch)
-        order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
-        batches = order[: steps * batch_size].reshape(steps, batch_size)
+        if batches is None:
+            batches = epoch_batches(key, epoch)
 
         def step(carry, inputs):
             params, opt_state = carry
@@ -328,9 +344,16 @@ def make_train(
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
         return (params, opt_state, key, epoch + 1), metrics
 
-    def run_impl(state, hparams, data, num_epochs):
-        carry, metrics = jax.lax.scan(
-            lambda c, _: one_epoch(hparams, data, c), tuple(state), None, length=num_epochs)
+    def run_impl(state, hparams, data, num_epochs, batches):
+        if batches is None:
+            carry, metrics = jax.lax.scan(
+                lambda c, _: one_epoch(hparams, data, c), tuple(state), None, length=num_epochs)
+        else:
+            if batches.shape != (num_epochs, steps, batch_size):
+                raise ValueError(f"batches has shape {batches.shape}; {num_epochs} epochs need "
+                                 f"{(num_epochs, steps, batch_size)}")
+            carry, metrics = jax.lax.scan(
+                lambda c, b: one_epoch(hparams, data, c, b), tuple(state), batches)
         return TrainState(*carry), metrics
 
     run_jit = jax.jit(run_impl, static_argnums=3)
@@ -339,12 +362,13 @@ def make_train(
         jax.device_put(jnp.asarray(a, dtype if a.dtype.kind == "f" else None), replicated)
         for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
 
-    def run_epochs(state, hparams, num_epochs, data=None):
-        return run_jit(state, hparams, device_data if data is None else data, int(num_epochs))
+    def run_epochs(state, hparams, num_epochs, data=None, batches=None):
+        return run_jit(state, hparams, device_data if data is None else data, int(num_epochs),
+                       batches)
 
     def compile_epochs(state, hparams, num_epochs):
-        compiled = run_jit.lower(state, hparams, device_data, int(num_epochs)).compile()
-        return lambda state, hparams: compiled(state, hparams, device_data)
+        compiled = run_jit.lower(state, hparams, device_data, int(num_epochs), None).compile()
+        return lambda state, hparams: compiled(state, hparams, device_data, None)
 
-    return Trainer(init, run_epochs, device_data, compile_epochs, jax.jit(evaluate), epochs,
-                   steps, dtype)
+    return Trainer(init, run_epochs, batches_for, device_data, compile_epochs,
+                   jax.jit(evaluate), epochs, steps, dtype)

@@ -57,6 +57,24 @@ def test_chunked_run_equals_one_scan():
     assert_trees_close(state.params, whole.params, 1e-12)
 
 
+
+def test_minibatch_order_drawn_apart_equals_drawn_inside():
+    cfg = tiny("training.precision='float64'", "training.epochs=4")
+    trainer = make_train(cfg, run.prepare(cfg), mesh=None)
+    hparams = default_hparams(cfg, jnp.float64)
+    inside, inside_metrics = trainer.run_epochs(trainer.init(jax.random.key(5), hparams),
+                                                hparams, 4)
+    state = trainer.init(jax.random.key(5), hparams)
+    for first in (0, 2):  # Two chunks: the order of epochs 2 and 3 follows the epoch count.
+        state, metrics = trainer.run_epochs(state, hparams, 2,
+                                            batches=trainer.batches(state.key, first, 2))
+        np.testing.assert_array_equal(metrics["train_loss"],
+                                      inside_metrics["train_loss"][first:first + 2])
+    assert_trees_close(state.params, inside.params, 0)
+    wrong = trainer.batches(state.key, 0, 3)
+    with pytest.raises(ValueError, match="2 epochs need"):
+        trainer.run_epochs(state, hparams, 2, batches=wrong)
+
 def test_run_directory_contents(tmp_path):
     summary = run.train_and_evaluate(tiny("output.plots=true"), tmp_path)
     assert summary["status"] == "completed"
