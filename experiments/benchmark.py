@@ -14,7 +14,9 @@ interleaved rounds (`jaxnn.benchmarking.compare`): median, min and max microseco
 the first call (trace + compile) separately, and ratios to raw JAX. Workload A is also put
 beside a plain float32 matmul's GFLOP/s measured in the same run.
 
-Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D]
+Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D] [--default-malloc]
+(malloc is tuned for the whole process, every contender alike, unless --default-malloc:
+`jaxnn.host.retain_freed_memory`)
 """
 
 from __future__ import annotations
@@ -319,9 +321,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--only", choices=["A", "B", "D"])
+    benchmarking.add_host_flags(parser)
     args = parser.parse_args()
+    host_line = benchmarking.setup_host(args)
     on_gpu = jax.devices()[0].platform == "gpu"
-    print(f"devices: {jax.devices()}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}")
+    print(f"devices: {jax.devices()}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}; "
+          f"{host_line}")
     workloads = [args.only] if args.only else ["A", "B"] + (["D"] if on_gpu else [])
     for workload in workloads:
         batch = BATCH[workload]

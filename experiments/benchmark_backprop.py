@@ -5,7 +5,7 @@ the performance issue (28x28x1: Conv 3x3x32 SAME, ReLU, MaxPool 2, Conv 3x3x64 S
 MaxPool 2, Flatten, Dense 10; batch 128), float32. Prints medians over interleaved rounds
 and the ratio manual / jax.grad (target: at most 1.5).
 
-Run: python experiments/benchmark_backprop.py [--rounds 7] [--calls 20]
+Run: python experiments/benchmark_backprop.py [--rounds 7] [--calls 20] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
+    benchmarking.add_host_flags(parser)
     args = parser.parse_args()
+    host_line = benchmarking.setup_host(args)
     loss = jaxnn.softmax_cross_entropy
-    print(f"devices: {jax.devices()}")
+    print(f"devices: {jax.devices()}; {host_line}")
     for name, (build, shape) in WORKLOADS.items():
         net = build()
         _, params = net.init(jax.random.key(0), (None, *shape))

@@ -10,7 +10,7 @@ Contenders, each timed end to end with compilation included:
 All train the same MLP (digits, 64 -> width -> width -> 10, ReLU, softmax cross-entropy,
 momentum 0.9, batch 64, the config's epochs) on the same splits.
 
-Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3]
+Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnn import benchmarking, run, sweep
 from jaxnn import config as config_lib
-from jaxnn import run, sweep
 
 CONFIG = "configs/sweep_lr_width.toml"
 
@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
+    benchmarking.add_host_flags(parser)
     args = parser.parse_args()
+    host_line = benchmarking.setup_host(args)
     overrides = ["training.progress=false", "output.plots=false",
                  f"sweep.grid.width={args.widths}"]
     if args.epochs:
@@ -144,7 +146,7 @@ def main() -> None:
               for setting in (True, False)}
     print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {args.widths}, "
           f"{cfg.training.epochs} epochs; the planner's programs (widths): {programs}; "
-          f"{args.repeats} repeats, compile included, median [min, max] seconds")
+          f"{args.repeats} repeats, compile included, median [min, max] seconds; {host_line}")
     times: dict[str, list[float]] = {}
     compiling: dict[str, list[float]] = {}
     for _ in range(args.repeats):

@@ -5,7 +5,7 @@ Runs workload A or B of `benchmark.py` (jaxnn's `jax.grad` step) a few times und
 milliseconds per step with the HLO instruction's shape and source op, so that a slow
 lowering (a copy, a convolution, a reduction) can be named.
 
-Run: python experiments/profile_step.py [--workload B] [--steps 5] [--top 25]
+Run: python experiments/profile_step.py [--workload B] [--steps 5] [--top 25] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import tempfile
 
 import benchmark  # experiments/benchmark.py: the workloads and contenders
 import jax
+
+from jaxnn import benchmarking
 
 # Trace events that are not XLA operations (the executor, Python frames, the profiler).
 _NOT_OPS = re.compile(r"^(\$|ThunkExecutor|PjitFunction|TaskDispatcher)")
@@ -59,7 +61,9 @@ def main() -> None:
     parser.add_argument("--workload", choices=["A", "B"], default="B")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    benchmarking.add_host_flags(parser)
     args = parser.parse_args()
+    host_line = benchmarking.setup_host(args)
     batch = benchmark.BATCH[args.workload]
     shape = (batch, 784) if args.workload == "A" else (batch, 28, 28, 1)
     x = jax.random.normal(jax.random.key(2), shape)
@@ -69,7 +73,7 @@ def main() -> None:
     totals = op_times(step, step_args, args.steps)
     total_ms = sum(totals.values()) / args.steps / 1e3
     print(f"workload {args.workload} on {jax.devices()[0].platform}: {total_ms:.1f} ms of "
-          f"operations per step ({args.steps} steps traced); slowest first")
+          f"operations per step ({args.steps} steps traced; {host_line}); slowest first")
     for name, micros in totals.most_common(args.top):
         ms = micros / args.steps / 1e3
         print(f"  {ms:7.2f} ms {ms / total_ms:6.1%}  {name[:32]:32s} {describe(hlo_text, name)}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+
+from jaxnn import host
 
 
 class Timing(NamedTuple):
@@ -77,3 +80,20 @@ def table(timings: Mapping[str, Timing], baseline: str) -> str:
         ("contender", "median µs", "min µs", "max µs", f"/ {baseline}", "first call s"),
         rows, right=(1, 2, 3, 4, 5),
     )
+
+
+def add_host_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--default-malloc`` to a benchmark's command line (see `setup_host`)."""
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is, instead of the settings of "
+                             "jaxnn.host.retain_freed_memory that the jaxnn command uses")
+
+
+def setup_host(args: argparse.Namespace) -> str:
+    """Applies the host settings the flags ask for, before any contender runs (they hold
+    for the whole process, so for every contender alike); returns a line saying which."""
+    if args.default_malloc:
+        return "malloc: glibc's defaults (--default-malloc)"
+    if host.retain_freed_memory():
+        return "malloc: freed memory retained (jaxnn.host.retain_freed_memory)"
+    return "malloc: unchanged (not glibc)"

@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The console-script entry point."""
+    """The console-script entry point (it owns the process, so it tunes malloc for XLA's
+    CPU runtime: `jaxnn.host.retain_freed_memory`)."""
+    from jaxnn import host
+
+    host.retain_freed_memory()
     sys.exit(main())
 
 

@@ -1,0 +1,47 @@
+"""Host-process settings that make XLA's CPU runtime faster.
+
+XLA's CPU runtime allocates a compiled program's temporary buffers afresh on every call. A
+CNN train step's temporaries are tens of MB (64 MB for `experiments/benchmark.py`'s
+workload B), and glibc's malloc serves blocks over 32 MB with new ``mmap`` pages, which the
+kernel must fault in and zero on first touch, every step: B ran 1.6x slower for it.
+`retain_freed_memory` makes malloc keep freed memory for reuse instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_NEVER_TRIM = 2**31 - 1
+
+
+def retain_freed_memory() -> bool:
+    """Makes glibc's malloc reuse freed memory rather than return it to the OS.
+
+    Large blocks then come from the heap instead of fresh ``mmap`` pages, and freed memory
+    is kept (not trimmed) for the next call of a compiled program; all threads share one
+    arena, so that a block freed by one thread serves the next allocation on another. The
+    process's resident memory then stays at its peak. The ``jaxnn`` command calls this at
+    start; a script calls it once, early (it affects the whole process, every library in
+    it included). The same settings from the environment, for any program:
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1``.
+
+    Returns:
+      True when applied; False where the C library is not glibc (macOS, Windows, musl),
+      which is then left as it is.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, 1)))
