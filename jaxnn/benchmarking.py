@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -31,8 +32,9 @@ def compare(
     """Times several jitted functions against each other in the same process.
 
     Each contender is called once (trace + compile + run: ``first_call_s``), then the
-    contenders take turns, round by round (the order rotated each round), so that machine
-    noise and position effects hit them alike. Each round
+    contenders take turns, round by round, in a fresh random order each round (seeded), so
+    that machine noise and neighbour effects hit them alike: e.g. PyTorch's OpenMP threads
+    keep spinning for a while after its step and slow whatever runs next. Each round
     times ``calls_per_round`` back-to-back calls and blocks on the last result.
 
     Args:
@@ -50,10 +52,10 @@ def compare(
         first[name] = time.perf_counter() - start
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
-    for round_index in range(rounds):
-        # Rotate who goes first, so that no contender always follows the same neighbour.
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+    shuffler = random.Random(0)
+    for _ in range(rounds):
+        shuffler.shuffle(names)  # A rotation would keep each contender's neighbours.
+        for name in names:
             fn, args = contenders[name]
             start = time.perf_counter()
             for _ in range(calls_per_round):

