@@ -296,15 +296,15 @@ def make_train(
             opt_state = optimizer_for(hparams).init(params)
         return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))
 
-    def epoch_batches(key, epoch):
-        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, epoch), 0),
-                                       n_train)
+    def epoch_batches(epoch_key):
+        order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
         return order[: steps * batch_size].reshape(steps, batch_size)
 
     def batches_for(key, first_epoch, num_epochs):
         epochs_done = jnp.asarray(first_epoch, jnp.int32) + jnp.arange(num_epochs,
                                                                        dtype=jnp.int32)
-        return jax.vmap(epoch_batches, in_axes=(None, 0))(key, epochs_done)
+        return jax.vmap(lambda epoch: epoch_batches(jax.random.fold_in(key, epoch)))(
+            epochs_done)
 
     def one_epoch(hparams, data, carry, batches=None):
         x_train, y_train, x_val, y_val = data
@@ -313,7 +313,7 @@ def make_train(
                                backprop=config.training.backprop, compute_dtype=compute_dtype)
         epoch_key = jax.random.fold_in(key, epoch)
         if batches is None:
-            batches = epoch_batches(key, epoch)
+            batches = epoch_batches(epoch_key)
 
         def step(carry, inputs):
             params, opt_state = carry
