@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import jaxnn
 from jaxnn import (
@@ -28,6 +29,7 @@ from jaxnn import (
     serial,
     summary,
 )
+from jaxnn.layers import _spatial
 
 ACTIVATIONS = [Identity(), Sigmoid(), Tanh(), Relu(), LeakyRelu(0.1), Gelu(), Gelu(False),
                Softplus(), Softmax(), LogSoftmax()]
@@ -256,3 +258,57 @@ def test_params_dtype_argument(key):
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     _, params = Conv2D(3, dtype=jnp.float64).init(key, (None, 4, 4, 1))
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
+
+
+def _direct_conv(padding, hw):
+    """Conv2D's forward as XLA's direct convolution (3x3, stride 1, with bias)."""
+    pads = _spatial.explicit_pads(padding, hw, (3, 3), (1, 1))
+
+    def apply(params, x):
+        y = lax.conv_general_dilated(x, params["w"], (1, 1), pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + params["b"][None, None, None, :]
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    "hw, channels, padding",
+    [((9, 8), 8, "SAME"), ((9, 8), 12, "VALID"), ((4, 5), 8, ((0, 2), (2, 1))), ((3, 3), 9, 1)],
+)
+def test_winograd_conv2d_equals_direct_convolution(hw, channels, padding, key):
+    """On CPU a 3x3 stride-1 Conv2D with >= 8 input channels runs as Winograd's F(2x2, 3x3):
+    its output, its rule's gradients and jax.grad's equal the direct convolution's in float64."""
+    layer = Conv2D(5, 3, padding=padding)
+    x = jax.random.normal(key, (3, *hw, channels))
+    _, params = layer.init(key, (None, *hw, channels))
+    jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
+    assert ("conv_general_dilated" in jaxpr) == (jax.default_backend() != "cpu")
+
+    y, autodiff = jax.vjp(layer.apply, params, x)
+    want, direct = jax.vjp(_direct_conv(padding, hw), params, x)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    cotangent = jax.random.normal(jax.random.key(1), y.shape)
+    expected = jax.tree.leaves(direct(cotangent))
+    rule = layer.backward(params, x, y, cotangent)
+    for grads in (autodiff(cotangent), rule):
+        for got, wanted in zip(jax.tree.leaves(grads), expected, strict=True):
+            np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer, channels", [(Conv2D(4, 3), 7), (Conv2D(4, 3, stride=2), 8),
+                                             (Conv2D(4, 5), 8), (Conv2D(4, (3, 2)), 8)])
+def test_other_convolutions_stay_direct(layer, channels, key):
+    x = jnp.zeros((2, 6, 6, channels))
+    _, params = layer.init(key, (None, 6, 6, channels))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(params, x))
+
+
+def test_winograd_conv2d_float32_rounding(key):
+    """In float32 the Winograd and the direct convolution agree to 1e-5 of the output's scale
+    (workload B's second convolution)."""
+    layer = Conv2D(64, 3, dtype=jnp.float32)
+    x = jax.random.normal(key, (4, 14, 14, 32), jnp.float32)
+    _, params = layer.init(key, (None, 14, 14, 32))
+    got, want = layer.apply(params, x), _direct_conv("SAME", (14, 14))(params, x)
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))

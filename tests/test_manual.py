@@ -95,6 +95,9 @@ CNNS = {
                                          Flatten()],
     "conv_s1_valid_no_bias": lambda: [Conv2D(2, 2, padding="VALID", use_bias=False),
                                       Softplus(), Flatten()],
+    # 8 input channels: the second and third convolutions run as Winograd's F(2x2, 3x3).
+    "winograd_same_then_valid": lambda: [Conv2D(8, 3, padding=1), Relu(), Conv2D(8, 3),
+                                         Relu(), Conv2D(3, 3, padding="VALID"), Flatten()],
 }
 
 

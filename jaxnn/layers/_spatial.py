@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 from jax import lax
 
 from jaxnn.layer import Shape, ShapeError
@@ -109,11 +110,16 @@ def scatter_windows(contributions, padded_hw, window, strides):
     The transpose of `window_slices`: each offset's values land at ``(i + s*a, j + s*b)``,
     placed by ``lax.pad`` with interior padding (stride - 1) rather than a scatter.
     """
-    (_, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
+    (kh, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
+    n, oh, ow, c = contributions[0].shape
+    if (sh, sw) == (kh, kw) and (hp, wp) == (kh * oh, kw * ow):
+        # The windows tile the grid: each cell gets one contribution, so interleaving the
+        # offsets (a stack and a reshape) replaces the padded sum.
+        rows = [jnp.stack(contributions[i * kw:(i + 1) * kw], axis=3) for i in range(kh)]
+        return jnp.stack(rows, axis=2).reshape(n, hp, wp, c)
     total = None
     for index, part in enumerate(contributions):
         i, j = divmod(index, kw)
-        _, oh, ow, _ = part.shape
         placed = lax.pad(
             part,
             lax.full((), 0, part.dtype),

@@ -19,7 +19,7 @@ from jax import lax
 
 from jaxnn import initializers
 from jaxnn.layer import Layer, Shape, param_dtype, with_rule_gradient
-from jaxnn.layers import _spatial
+from jaxnn.layers import _spatial, _winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -93,11 +93,18 @@ def Conv2D(
             params["b"] = b_initializer(b_key, (features,), dtype_)
         return (input_shape[0], *out_hw, features), params
 
+    def winograd(x):
+        """Whether this call runs as Winograd's F(2x2, 3x3), on CPU only: XLA's GPU and TPU
+        convolutions are already fast there, and F(2x2, 3x3) rounds differently."""
+        return jax.default_backend() == "cpu" and _winograd.applies(window, strides, x.shape[3])
+
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
-        y = lax.conv_general_dilated(
-            x, params["w"], strides, pads_for(x.shape[1:3]), dimension_numbers=_NHWC
-        )
+        pads = pads_for(x.shape[1:3])
+        if winograd(x):
+            y = _winograd.conv(x, params["w"], pads)
+        else:
+            y = lax.conv_general_dilated(x, params["w"], strides, pads, dimension_numbers=_NHWC)
         if use_bias:
             y = y + params["b"][None, None, None, :]
         return y
@@ -106,21 +113,23 @@ def Conv2D(
         del y, key, train
         in_hw, out_hw = x.shape[1:3], dy.shape[1:3]
         pads = pads_for(in_hw)
+        grads = {}
+        if use_bias:
+            grads["b"] = jnp.sum(dy, axis=(0, 1, 2))
+        if winograd(x):
+            dx, grads["w"] = _winograd.gradients(x, params["w"], dy, pads)
+            return grads, dx
+        grads["w"] = _filter_gradient(x, dy, window, strides, pads, out_hw)
         # Extent of the stride-dilated dy along each spatial axis.
         dilated = [(o - 1) * s + 1 for o, s in zip(out_hw, strides, strict=True)]
-        dw = _filter_gradient(x, dy, window, strides, pads, out_hw)
         dx_pads = [
             (k - 1 - lo, n - d + lo)
             for n, k, d, (lo, _) in zip(in_hw, window, dilated, pads, strict=True)
         ]
-        flipped = params["w"][::-1, ::-1]
         dx = lax.conv_general_dilated(
-            dy, flipped, (1, 1), dx_pads, lhs_dilation=strides,
+            dy, params["w"][::-1, ::-1], (1, 1), dx_pads, lhs_dilation=strides,
             dimension_numbers=("NHWC", "HWOI", "NHWC"),
         )
-        grads = {"w": dw}
-        if use_bias:
-            grads["b"] = jnp.sum(dy, axis=(0, 1, 2))
         return grads, dx
 
     return with_rule_gradient(Layer(init, apply, backward, name=name))

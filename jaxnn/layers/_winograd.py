@@ -1,0 +1,138 @@
+"""Winograd's minimal filtering F(2x2, 3x3): 3x3 stride-1 convolutions in 2.25x fewer
+multiplications, for the CPU lowering of `jaxnn.layers.Conv2D`.
+
+Each 2x2 output tile is ``Y = A^T [(G g G^T) ⊙ (B^T d B)] A`` with ``d`` the 4x4 input tile
+around it and ``g`` the 3x3 filter (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+Networks", 2016). Summed over input channels, the 16 elementwise products become 16 matmuls
+``(tiles, in) @ (in, out)`` instead of the 9 ``(positions, in) @ (in, out)`` of a direct
+convolution, which has 4x as many rows; the transforms are additions that XLA fuses.
+
+The filter gradient is the adjoint of the same map: ``dg = G^T [sum_tiles (B^T d B) ⊙
+(A dY A^T)] G``. Both are exact in exact arithmetic; in floating point they round
+differently from a direct convolution, with errors of the same order (F(2x2, 3x3) only uses
+the interpolation points 0, 1, -1 and infinity).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# B^T, G and A^T of F(2, 3).
+_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_A = tuple(zip(*_AT, strict=True))
+_B = tuple(zip(*_BT, strict=True))
+
+# Below this many input channels the transforms cost more than the multiplications saved
+# (measured with `experiments/profile_step.py`: 1 channel is 6x slower, 32 is 1.4x faster).
+MIN_CHANNELS = 8
+
+
+def applies(window, strides, in_channels: int) -> bool:
+    """Whether a convolution is 3x3, stride 1 and wide enough to gain from F(2x2, 3x3)."""
+    return tuple(window) == (3, 3) and tuple(strides) == (1, 1) and in_channels >= MIN_CHANNELS
+
+
+def _combine(matrix, parts):
+    """``[sum_j matrix[i][j] * parts[j] for each row i]`` with 0 and +-1 as adds."""
+    rows = []
+    for coefficients in matrix:
+        total = None
+        for coefficient, part in zip(coefficients, parts, strict=True):
+            if coefficient == 0:
+                continue
+            term = part if coefficient == 1 else -part if coefficient == -1 else coefficient * part
+            total = term if total is None else total + term
+        rows.append(total)
+    return rows
+
+
+def _sandwich(matrix, grid):
+    """``matrix @ grid @ matrix^T`` over a nested list grid of equally shaped arrays."""
+    columns = [_combine(matrix, [row[v] for row in grid]) for v in range(len(grid[0]))]
+    return [_combine(matrix, [column[a] for column in columns]) for a in range(len(matrix))]
+
+
+def _tiles(height: int, width: int) -> tuple[int, int]:
+    return -(-height // 2), -(-width // 2)
+
+
+def _filter_tiles(w):
+    """``G g G^T`` of each (input, output) channel pair's 3x3 filter: (16, in, out)."""
+    g = jnp.asarray(_G, w.dtype)
+    return jnp.einsum("ai,ijco,bj->abco", g, w, g).reshape(16, *w.shape[2:])
+
+
+def _input_tiles(x, pads, out_hw):
+    """``B^T d B`` of every 4x4 input tile: (16, tiles, channels)."""
+    n, h, w, c = x.shape
+    th, tw = _tiles(*out_hw)
+    # Zeros past the padded input's end complete the last tile; their outputs are cropped.
+    config = [(0, 0, 0), (pads[0][0], 2 * th + 2 - h - pads[0][0], 0),
+              (pads[1][0], 2 * tw + 2 - w - pads[1][0], 0), (0, 0, 0)]
+    padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+    grid = [[lax.slice(padded, (0, u, v, 0), (n, u + 2 * th - 1, v + 2 * tw - 1, c),
+                       (1, 2, 2, 1)) for v in range(4)] for u in range(4)]
+    transformed = _sandwich(_BT, grid)
+    return jnp.stack([part for row in transformed for part in row]).reshape(16, -1, c)
+
+
+def _interleave(parts, rows: int, cols: int):
+    """``parts[p][q]`` (n, h, w, c) as the (n, rows*h, cols*w, c) array with ``parts[p][q]``
+    at rows ``p::rows`` and columns ``q::cols``."""
+    n, h, w, c = parts[0][0].shape
+    stacked = jnp.stack([jnp.stack(row, axis=3) for row in parts], axis=2)
+    return stacked.reshape(n, rows * h, cols * w, c)
+
+
+def conv(x, w, pads):
+    """``lax.conv_general_dilated(x, w, (1, 1), pads)`` for NHWC ``x`` and 3x3 HWIO ``w``."""
+    n, h, width, _ = x.shape
+    out_hw = (h + sum(pads[0]) - 2, width + sum(pads[1]) - 2)
+    th, tw = _tiles(*out_hw)
+    products = jnp.einsum("tpc,tco->tpo", _input_tiles(x, pads, out_hw), _filter_tiles(w))
+    products = products.reshape(4, 4, n, th, tw, w.shape[3])
+    outputs = _sandwich(_AT, [[products[a, b] for b in range(4)] for a in range(4)])
+    return _interleave(outputs, 2, 2)[:, : out_hw[0], : out_hw[1]]
+
+
+def gradients(x, w, dy, pads):
+    """``(dx, dw)``: the gradients of ``sum(conv(x, w, pads) * dy)``, the adjoint of `conv`.
+
+    ``A dY A^T`` of each output tile is shared: contracted over tiles with the input tiles
+    it gives ``dw``; multiplied by the transformed filters and mapped back by ``B (.) B^T``,
+    its 4x4 tiles overlap-add (at stride 2) into ``dx``.
+    """
+    n, h, width, c = x.shape
+    _, oh, ow, out = dy.shape
+    th, tw = _tiles(oh, ow)
+    dy = jnp.pad(dy, ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)))
+    spread = _sandwich(_A, [[dy[:, p::2, q::2] for q in range(2)] for p in range(2)])
+    spread = jnp.stack([part for row in spread for part in row]).reshape(16, -1, out)
+
+    g = jnp.asarray(_G, w.dtype)
+    products = jnp.einsum("tpc,tpo->tco", _input_tiles(x, pads, (oh, ow)), spread)
+    dw = jnp.einsum("ai,abco,bj->ijco", g, products.reshape(4, 4, c, out), g)
+
+    back = jnp.einsum("tpo,tco->tpc", spread, _filter_tiles(w)).reshape(4, 4, n, th, tw, c)
+    tiles = _sandwich(_B, [[back[a, b] for b in range(4)] for a in range(4)])
+
+    def overlap_add(r, q):
+        """Rows ``r::2`` and columns ``q::2`` of the padded dx. Tile ``a`` covers padded
+        rows ``2a .. 2a + 3``, so row ``2a + r`` sums offset ``r`` of tile ``a`` and offset
+        ``r + 2`` of tile ``a - 1`` (likewise for columns)."""
+        own, previous = (0, 1), (1, 0)
+        return (jnp.pad(tiles[r][q], ((0, 0), own, own, (0, 0)))
+                + jnp.pad(tiles[r + 2][q], ((0, 0), previous, own, (0, 0)))
+                + jnp.pad(tiles[r][q + 2], ((0, 0), own, previous, (0, 0)))
+                + jnp.pad(tiles[r + 2][q + 2], ((0, 0), previous, previous, (0, 0))))
+
+    # (n, 2 th + 2, 2 tw + 2, c)
+    padded = _interleave([[overlap_add(r, q) for q in range(2)] for r in range(2)], 2, 2)
+    # The adjoint of `_input_tiles`' padding is the crop (a negative pad).
+    crop = [(0, 0, 0), (-pads[0][0], -(2 * th + 2 - h - pads[0][0]), 0),
+            (-pads[1][0], -(2 * tw + 2 - width - pads[1][0]), 0), (0, 0, 0)]
+    return lax.pad(padded, jnp.zeros((), padded.dtype), crop), dw
