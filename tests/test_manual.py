@@ -31,6 +31,7 @@ from jaxnn import (
     manual,
     serial,
 )
+from jaxnn.layers import _winograd
 
 RTOL = 1e-10
 ACTIVATIONS = [Identity, Sigmoid, Tanh, Relu, LeakyRelu, Gelu, lambda: Gelu(False), Softplus,
@@ -80,6 +81,7 @@ def test_mlp_every_activation_loss_and_batch(depth, activation, key):
             assert_manual_equals_autodiff(serial(*layers), loss, x, y)
 
 
+WIDE = _winograd.MIN_CHANNELS
 CNNS = {
     "conv_s1_same_maxpool": lambda: [Conv2D(3, 3, stride=1, padding="SAME"), Relu(),
                                      MaxPool2D(2), Flatten()],
@@ -95,8 +97,8 @@ CNNS = {
                                          Flatten()],
     "conv_s1_valid_no_bias": lambda: [Conv2D(2, 2, padding="VALID", use_bias=False),
                                       Softplus(), Flatten()],
-    # 8 input channels: the second and third convolutions run as Winograd's F(2x2, 3x3).
-    "winograd_same_then_valid": lambda: [Conv2D(8, 3, padding=1), Relu(), Conv2D(8, 3),
+    # The second and third convolutions run as Winograd's F(2x2, 3x3) on CPU.
+    "winograd_same_then_valid": lambda: [Conv2D(WIDE, 3, padding=1), Relu(), Conv2D(WIDE, 3),
                                          Relu(), Conv2D(3, 3, padding="VALID"), Flatten()],
 }
 

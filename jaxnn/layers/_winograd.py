@@ -26,9 +26,12 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _A = tuple(zip(*_AT, strict=True))
 _B = tuple(zip(*_BT, strict=True))
 
-# Below this many input channels the transforms cost more than the multiplications saved
-# (measured with `experiments/profile_step.py`: 1 channel is 6x slower, 32 is 1.4x faster).
-MIN_CHANNELS = 8
+# From this many input channels on, F(2x2, 3x3) is faster on CPU both for the forward pass
+# and for a train step's forward and gradients. `experiments/benchmark_conv.py` (batch 128,
+# 2 cores) measured Winograd / direct at 32 channels: forward 0.71-0.96x, train 0.58-0.69x;
+# at 24: forward 1.06-1.17x, train 0.87-0.98x; at 8 and 16: train 1.03-1.06x; at 1 and 4,
+# where the transforms' narrow channel axis dominates, 5-8x.
+MIN_CHANNELS = 32
 
 
 def applies(window, strides, in_channels: int) -> bool:
