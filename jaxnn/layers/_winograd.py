@@ -59,6 +59,20 @@ def _sandwich(matrix, grid):
     return [_combine(matrix, [column[a] for column in columns]) for a in range(len(matrix))]
 
 
+def _stacked_combination(matrix, parts):
+    """``jnp.stack(_combine(matrix, parts))`` as one broadcast sum over ``parts``.
+
+    A stack of sums is a concatenation whose operands XLA's CPU backend computes as separate
+    fusions and then copies; the broadcast sum is one fusion. It pays where ``parts`` are few
+    (4 for ``A dY A^T``: 5% of workload B's step); with 16 it does 4x the work of the sums.
+    """
+    total = None
+    for column, part in zip(np.asarray(matrix).T, parts, strict=True):
+        term = jnp.asarray(column.reshape(-1, *[1] * part.ndim), part.dtype) * part[None]
+        total = term if total is None else total + term
+    return total
+
+
 def _tiles(height: int, width: int) -> tuple[int, int]:
     return -(-height // 2), -(-width // 2)
 
@@ -113,8 +127,8 @@ def gradients(x, w, dy, pads):
     _, oh, ow, out = dy.shape
     th, tw = _tiles(oh, ow)
     dy = jnp.pad(dy, ((0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)))
-    spread = _sandwich(_A, [[dy[:, p::2, q::2] for q in range(2)] for p in range(2)])
-    spread = jnp.stack([part for row in spread for part in row]).reshape(16, -1, out)
+    corners = [dy[:, p::2, q::2] for p in range(2) for q in range(2)]
+    spread = _stacked_combination(np.kron(_A, _A), corners).reshape(16, -1, out)
 
     g = jnp.asarray(_G, w.dtype)
     products = jnp.einsum("tpc,tpo->tco", _input_tiles(x, pads, (oh, ow)), spread)
