@@ -278,7 +278,8 @@ def _direct_conv(padding, hw):
 )
 def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
     """On CPU a 3x3 stride-1 Conv2D with enough input channels runs as Winograd's F(2x2, 3x3):
-    its output, its rule's gradients and jax.grad's equal the direct convolution's in float64."""
+    its output, its rule's gradients (called, or run by jax.grad) and JAX's own gradient of it
+    equal the direct convolution's in float64."""
     channels = _winograd.MIN_CHANNELS + extra
     layer = Conv2D(5, 3, padding=padding)
     x = jax.random.normal(key, (3, *hw, channels))
@@ -286,13 +287,14 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
     jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
     assert ("conv_general_dilated" in jaxpr) == (jax.default_backend() != "cpu")
 
-    y, autodiff = jax.vjp(layer.apply, params, x)
+    y, rule_vjp = jax.vjp(layer.apply, params, x)  # jax.grad runs the rule on CPU
+    _, autodiff = jax.vjp(layer.reference.apply, params, x)  # JAX through F(2x2, 3x3)
     want, direct = jax.vjp(_direct_conv(padding, hw), params, x)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     cotangent = jax.random.normal(jax.random.key(1), y.shape)
     expected = jax.tree.leaves(direct(cotangent))
     rule = layer.backward(params, x, y, cotangent)
-    for grads in (autodiff(cotangent), rule):
+    for grads in (rule_vjp(cotangent), autodiff(cotangent), rule):
         for got, wanted in zip(jax.tree.leaves(grads), expected, strict=True):
             np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12)
 
