@@ -26,11 +26,11 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _A = tuple(zip(*_AT, strict=True))
 _B = tuple(zip(*_BT, strict=True))
 
-# From this many input channels on, F(2x2, 3x3) is faster on CPU both for the forward pass
-# and for a train step's forward and gradients. `experiments/benchmark_conv.py` (batch 128,
-# 2 cores) measured Winograd / direct at 32 channels: forward 0.71-0.96x, train 0.58-0.69x;
-# at 24: forward 1.06-1.17x, train 0.87-0.98x; at 8 and 16: train 1.03-1.06x; at 1 and 4,
-# where the transforms' narrow channel axis dominates, 5-8x.
+# From this many input channels on, F(2x2, 3x3) was faster on CPU in every run, both for the
+# forward pass and for a train step's forward and gradients. `experiments/benchmark_conv.py`
+# (batch 128, 2 cores, three runs) measured Winograd / direct at 32 channels: forward
+# 0.71-0.96x, train 0.58-0.70x; at 24: forward 0.88-1.17x, train 0.80-0.98x; at 8 and 16:
+# train 0.87-1.06x; at 1 and 4, where the transforms' narrow channel axis dominates, 3-8x.
 MIN_CHANNELS = 32
 
 
