@@ -10,12 +10,15 @@ Contenders, each timed end to end with compilation included:
 All train the same MLP (digits, 64 -> width -> width -> 10, ReLU, softmax cross-entropy,
 momentum 0.9, batch 64, the config's epochs) on the same splits.
 
+The contenders run in a fresh random order each repeat (seeded), as in `benchmark.py`.
+
 Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -147,18 +150,30 @@ def main() -> None:
     print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {args.widths}, "
           f"{cfg.training.epochs} epochs; the planner's programs (widths): {programs}; "
           f"{args.repeats} repeats, compile included, median [min, max] seconds; {host_line}")
+    contenders = {  # key -> function returning (seconds, programs compiled, compile seconds)
+        "planner": lambda: jaxnn_sweep(cfg, dataset),
+        **{f"pack={k}": (lambda v=v: jaxnn_sweep(v, dataset)) for k, v in forced.items()},
+        "raw JAX loop": lambda: (raw_jax_loop(cfg, dataset, plan.trials), None, None),
+        "PyTorch loop": lambda: (torch_loop(cfg, dataset, plan.trials), None, None),
+    }
+    names: dict[str, str] = {}
     times: dict[str, list[float]] = {}
     compiling: dict[str, list[float]] = {}
+    order = list(contenders)
+    shuffler = random.Random(0)
     for _ in range(args.repeats):
-        for setting, run_cfg in (("planner", cfg), *((f"pack={k}", v) for k, v in forced.items())):
-            seconds, count, compile_s = jaxnn_sweep(run_cfg, dataset)
-            name = f"jaxnn ({count} program(s), {setting})"
+        # A fresh order each repeat: a fixed one kept each contender's neighbour, e.g. the
+        # planner's sweep always ran right after PyTorch, whose OpenMP threads keep spinning.
+        shuffler.shuffle(order)
+        for key in order:
+            seconds, count, compile_s = contenders[key]()
+            if seconds is None:  # PyTorch not installed
+                continue
+            name = names.setdefault(key, key if count is None
+                                    else f"jaxnn ({count} program(s), {key})")
             times.setdefault(name, []).append(seconds)
-            compiling.setdefault(name, []).append(compile_s)
-        times.setdefault("raw JAX loop", []).append(raw_jax_loop(cfg, dataset, plan.trials))
-        torch_seconds = torch_loop(cfg, dataset, plan.trials)
-        if torch_seconds is not None:
-            times.setdefault("PyTorch loop", []).append(torch_seconds)
+            if compile_s is not None:
+                compiling.setdefault(name, []).append(compile_s)
     if "PyTorch loop" not in times:
         print("  (PyTorch not installed: skipped)")
     base = statistics.median(times["raw JAX loop"])
