@@ -111,12 +111,11 @@ def scatter_windows(contributions, padded_hw, window, strides):
     placed by ``lax.pad`` with interior padding (stride - 1) rather than a scatter.
     """
     (kh, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
-    n, oh, ow, c = contributions[0].shape
+    _, oh, ow, _ = contributions[0].shape
     if (sh, sw) == (kh, kw) and (hp, wp) == (kh * oh, kw * ow):
         # The windows tile the grid: each cell gets one contribution, so interleaving the
-        # offsets (a stack and a reshape) replaces the padded sum.
-        rows = [jnp.stack(contributions[i * kw:(i + 1) * kw], axis=3) for i in range(kh)]
-        return jnp.stack(rows, axis=2).reshape(n, hp, wp, c)
+        # offsets replaces the padded sum.
+        return interleave([contributions[i * kw:(i + 1) * kw] for i in range(kh)])
     total = None
     for index, part in enumerate(contributions):
         i, j = divmod(index, kw)
@@ -128,6 +127,14 @@ def scatter_windows(contributions, padded_hw, window, strides):
         )
         total = placed if total is None else total + placed
     return total
+
+
+def interleave(parts):
+    """The (n, rows*h, cols*w, c) grid with ``parts[p][q]`` (each (n, h, w, c)) at rows
+    ``p::rows`` and columns ``q::cols``: a stack and a reshape."""
+    n, h, w, c = parts[0][0].shape
+    stacked = jnp.stack([jnp.stack(row, axis=3) for row in parts], axis=2)
+    return stacked.reshape(n, len(parts) * h, len(parts[0]) * w, c)
 
 
 def crop(x, pads: Pairs):

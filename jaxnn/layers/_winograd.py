@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxnn.layers import _spatial
+
 # B^T, G and A^T of F(2, 3).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -97,14 +99,6 @@ def _input_tiles(x, pads, out_hw):
     return jnp.stack([part for row in transformed for part in row]).reshape(16, -1, c)
 
 
-def _interleave(parts, rows: int, cols: int):
-    """``parts[p][q]`` (n, h, w, c) as the (n, rows*h, cols*w, c) array with ``parts[p][q]``
-    at rows ``p::rows`` and columns ``q::cols``."""
-    n, h, w, c = parts[0][0].shape
-    stacked = jnp.stack([jnp.stack(row, axis=3) for row in parts], axis=2)
-    return stacked.reshape(n, rows * h, cols * w, c)
-
-
 def conv(x, w, pads):
     """``lax.conv_general_dilated(x, w, (1, 1), pads)`` for NHWC ``x`` and 3x3 HWIO ``w``."""
     n, h, width, _ = x.shape
@@ -113,7 +107,7 @@ def conv(x, w, pads):
     products = jnp.einsum("tpc,tco->tpo", _input_tiles(x, pads, out_hw), _filter_tiles(w))
     products = products.reshape(4, 4, n, th, tw, w.shape[3])
     outputs = _sandwich(_AT, [[products[a, b] for b in range(4)] for a in range(4)])
-    return _interleave(outputs, 2, 2)[:, : out_hw[0], : out_hw[1]]
+    return _spatial.interleave(outputs)[:, : out_hw[0], : out_hw[1]]
 
 
 def gradients(x, w, dy, pads):
@@ -148,7 +142,7 @@ def gradients(x, w, dy, pads):
                 + jnp.pad(tiles[r + 2][q + 2], ((0, 0), previous, previous, (0, 0))))
 
     # (n, 2 th + 2, 2 tw + 2, c)
-    padded = _interleave([[overlap_add(r, q) for q in range(2)] for r in range(2)], 2, 2)
+    padded = _spatial.interleave([[overlap_add(r, q) for q in range(2)] for r in range(2)])
     # The adjoint of `_input_tiles`' padding is the crop (a negative pad).
     crop = [(0, 0, 0), (-pads[0][0], -(2 * th + 2 - h - pads[0][0]), 0),
             (-pads[1][0], -(2 * tw + 2 - width - pads[1][0]), 0), (0, 0, 0)]

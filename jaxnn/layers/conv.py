@@ -9,6 +9,9 @@ For ``y = x ⋆ W + b`` (cross-correlation, stride ``s``, padding ``(lo, hi)``):
   filter, ``in``/``out`` channels swapped, padded by ``k - 1 - lo`` so that the result has
   the input's size;
 * ``db = sum_{n, a, b} dy[n, a, b, :]``.
+
+On CPU, a 3x3 stride-1 convolution with at least `_winograd.MIN_CHANNELS` input channels
+runs as Winograd's F(2x2, 3x3) instead, forward and rule (`jaxnn.layers._winograd`).
 """
 
 from __future__ import annotations

@@ -52,13 +52,13 @@ def _route_to_first_max(views, y, dy):
     (whose transposes made the rule 3x slower on CPU for 2x2 windows).
     """
     zero = jnp.zeros((), dy.dtype)
-    taken = None
-    routed = []
+    routed, taken = [], None
     for view in views:
         hit = view == y
-        if taken is not None:
-            hit = hit & ~taken
-        taken = hit if taken is None else taken | hit
+        if taken is None:
+            taken = hit
+        else:
+            hit, taken = hit & ~taken, taken | hit
         routed.append(jnp.where(hit, dy, zero))
     return routed
 
