@@ -308,6 +308,13 @@ def test_other_convolutions_stay_direct(layer, extra, key):
     assert "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(params, x))
 
 
+def test_bfloat16_convolutions_stay_direct(key):
+    layer, channels = Conv2D(4, 3, dtype=jnp.bfloat16), _winograd.MIN_CHANNELS
+    x = jnp.zeros((2, 6, 6, channels), jnp.bfloat16)
+    _, params = layer.init(key, (None, 6, 6, channels))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(params, x))
+
+
 def test_winograd_conv2d_float32_rounding(key):
     """In float32 the Winograd and the direct convolution agree to 1e-5 of the output's scale
     (workload B's second convolution)."""

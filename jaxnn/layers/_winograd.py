@@ -36,9 +36,12 @@ _B = tuple(zip(*_BT, strict=True))
 MIN_CHANNELS = 32
 
 
-def applies(window, strides, in_channels: int) -> bool:
-    """Whether a convolution is 3x3, stride 1 and wide enough to gain from F(2x2, 3x3)."""
-    return tuple(window) == (3, 3) and tuple(strides) == (1, 1) and in_channels >= MIN_CHANNELS
+def applies(window, strides, x) -> bool:
+    """Whether convolving ``x`` (NHWC) is 3x3, stride 1, wide enough to gain from F(2x2, 3x3)
+    and in float32 or float64: in 16-bit floats the transforms' additions would round at
+    every step, where a direct convolution accumulates in float32."""
+    return (tuple(window) == (3, 3) and tuple(strides) == (1, 1)
+            and x.shape[-1] >= MIN_CHANNELS and x.dtype in (jnp.float32, jnp.float64))
 
 
 def _combine(matrix, parts):

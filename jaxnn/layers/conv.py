@@ -10,8 +10,9 @@ For ``y = x ⋆ W + b`` (cross-correlation, stride ``s``, padding ``(lo, hi)``):
   the input's size;
 * ``db = sum_{n, a, b} dy[n, a, b, :]``.
 
-On CPU, a 3x3 stride-1 convolution with at least `_winograd.MIN_CHANNELS` input channels
-runs as Winograd's F(2x2, 3x3) instead, forward and rule (`jaxnn.layers._winograd`).
+On CPU, a float32 or float64 3x3 stride-1 convolution with at least
+`_winograd.MIN_CHANNELS` input channels runs as Winograd's F(2x2, 3x3) instead, forward and
+rule (`jaxnn.layers._winograd`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def Conv2D(
     def winograd(x):
         """Whether this call runs as Winograd's F(2x2, 3x3), on CPU only: XLA's GPU and TPU
         convolutions are already fast there, and F(2x2, 3x3) rounds differently."""
-        return jax.default_backend() == "cpu" and _winograd.applies(window, strides, x.shape[3])
+        return jax.default_backend() == "cpu" and _winograd.applies(window, strides, x)
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
