@@ -323,3 +323,19 @@ def test_winograd_conv2d_float32_rounding(key):
     _, params = layer.init(key, (None, 14, 14, 32))
     got, want = layer.apply(params, x), _direct_conv("SAME", (14, 14))(params, x)
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
+
+
+def test_winograd_conv2d_under_vmap_equals_each_alone(key):
+    """A sweep vmaps trials over parameter sets: jax.grad through the Winograd rule, vmapped,
+    equals JAX's gradient of each set's plain forward."""
+    channels = _winograd.MIN_CHANNELS
+    net = serial(Conv2D(channels, 3), Relu(), Conv2D(4, 3), MaxPool2D(2), Flatten(), Dense(3))
+    params = jax.vmap(lambda k: net.init(k, (None, 6, 6, 2))[1])(jax.random.split(key, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 6, 6, 2))
+    vmapped = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(net.apply(p, x) ** 2))))(params)
+    for trial in range(3):
+        alone = jax.tree.map(lambda leaf, t=trial: leaf[t], params)
+        want = jax.grad(lambda p: jnp.sum(net.reference.apply(p, x) ** 2))(alone)
+        got = jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
