@@ -23,7 +23,8 @@ from jaxnn.layers import _spatial
 
 # B^T, G and A^T of F(2, 3).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_GT = tuple(zip(*_G, strict=True))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _A = tuple(zip(*_AT, strict=True))
 _B = tuple(zip(*_BT, strict=True))
@@ -84,8 +85,8 @@ def _tiles(height: int, width: int) -> tuple[int, int]:
 
 def _filter_tiles(w):
     """``G g G^T`` of each (input, output) channel pair's 3x3 filter: (16, in, out)."""
-    g = jnp.asarray(_G, w.dtype)
-    return jnp.einsum("ai,ijco,bj->abco", g, w, g).reshape(16, *w.shape[2:])
+    tiles = _sandwich(_G, [[w[i, j] for j in range(3)] for i in range(3)])
+    return jnp.stack([part for row in tiles for part in row])
 
 
 def _input_tiles(x, pads, out_hw):
@@ -127,9 +128,9 @@ def gradients(x, w, dy, pads):
     corners = [dy[:, p::2, q::2] for p in range(2) for q in range(2)]
     spread = _stacked_combination(np.kron(_A, _A), corners).reshape(16, -1, out)
 
-    g = jnp.asarray(_G, w.dtype)
     products = jnp.einsum("tpc,tpo->tco", _input_tiles(x, pads, (oh, ow)), spread)
-    dw = jnp.einsum("ai,abco,bj->ijco", g, products.reshape(4, 4, c, out), g)
+    dw = _sandwich(_GT, [[products[4 * a + b] for b in range(4)] for a in range(4)])
+    dw = jnp.stack([jnp.stack(row) for row in dw])
 
     back = jnp.einsum("tpo,tco->tpc", spread, _filter_tiles(w)).reshape(4, 4, n, th, tw, c)
     tiles = _sandwich(_B, [[back[a, b] for b in range(4)] for a in range(4)])
