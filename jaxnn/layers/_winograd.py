@@ -69,8 +69,9 @@ def _stacked_combination(matrix, parts):
     """``jnp.stack(_combine(matrix, parts))`` as one broadcast sum over ``parts``.
 
     A stack of sums is a concatenation whose operands XLA's CPU backend computes as separate
-    fusions and then copies; the broadcast sum is one fusion. It pays where ``parts`` are few
-    (4 for ``A dY A^T``: 5% of workload B's step); with 16 it does 4x the work of the sums.
+    fusions and then copies; the broadcast sum is one fusion. Used with 4 parts (``A dY A^T``
+    and each pass of ``B^T d B``: 5% and 2-6% of workload B's step); with 16 it would do 4x
+    the work of the sums.
     """
     total = None
     for column, part in zip(np.asarray(matrix).T, parts, strict=True):
@@ -99,8 +100,11 @@ def _input_tiles(x, pads, out_hw):
     padded = lax.pad(x, jnp.zeros((), x.dtype), config)
     grid = [[lax.slice(padded, (0, u, v, 0), (n, u + 2 * th - 1, v + 2 * tw - 1, c),
                        (1, 2, 2, 1)) for v in range(4)] for u in range(4)]
-    transformed = _sandwich(_BT, grid)
-    return jnp.stack([part for row in transformed for part in row]).reshape(16, -1, c)
+    # B^T along the tiles' rows, then along their columns, as two 4-term broadcast sums that
+    # XLA fuses into one pass (16 sums and a stack would be 16 fusions and a copy).
+    rows = [_stacked_combination(_BT, [grid[u][v] for u in range(4)]) for v in range(4)]
+    by_column = _stacked_combination(_BT, rows)  # (b, a, n, th, tw, c)
+    return jnp.swapaxes(by_column, 0, 1).reshape(16, -1, c)
 
 
 def conv(x, w, pads):
