@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
-    print(f"devices: {jax.devices()}; {benchmarking.setup_host(args)}; "
+    host_line = benchmarking.setup_host(args)  # before JAX starts its threads
+    print(f"devices: {jax.devices()}; {host_line}; "
           f"Conv2D uses Winograd from {_winograd.MIN_CHANNELS} input channels")
     print(f"\n{'size':>5} {'in':>4} {'out':>4}  {'forward µs (direct, Winograd, ratio)':>38}"
           f"  {'forward + gradients µs':>30}")

@@ -27,8 +27,11 @@ def retain_freed_memory() -> bool:
     is kept (not trimmed) for the next call of a compiled program; all threads share one
     arena, so that a block freed by one thread serves the next allocation on another. The
     process's resident memory then stays at its peak. The ``jaxnn`` command calls this at
-    start; a script calls it once, early (it affects the whole process, every library in
-    it included). The same settings from the environment, for any program:
+    start; a script calls it once, before JAX's first computation (it affects the whole
+    process, every library in it included; called after JAX has started its threads, the
+    threads keep arenas of their own, and `experiments/benchmark_conv.py` measured some
+    Winograd train programs 2-3x slower that way). The same settings from the environment,
+    for any program:
     ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1``.
 
     Returns:

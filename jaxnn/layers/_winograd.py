@@ -29,11 +29,13 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _A = tuple(zip(*_AT, strict=True))
 _B = tuple(zip(*_BT, strict=True))
 
-# From this many input channels on, F(2x2, 3x3) was faster on CPU in every run, both for the
-# forward pass and for a train step's forward and gradients. `experiments/benchmark_conv.py`
-# (batch 128, 2 cores, three runs) measured Winograd / direct at 32 channels: forward
-# 0.71-0.96x, train 0.58-0.70x; at 24: forward 0.88-1.17x, train 0.80-0.98x; at 8 and 16:
-# train 0.87-1.06x; at 1 and 4, where the transforms' narrow channel axis dominates, 3-8x.
+# From this many input channels on, F(2x2, 3x3) was faster on CPU in every measured shape,
+# both for the forward pass and for a train step's forward and gradients.
+# `experiments/benchmark_conv.py` and the same programs at other sizes (batch 128, 2 cores,
+# two runs) measured Winograd / direct: 32 channels at 14x14, forward 0.65-0.66x and train
+# 0.56-0.65x (at 4x4 and 8x8: 0.57-0.95x, 0.56-0.62x); 16 channels at 14x14, forward
+# 0.73-0.80x and train 0.69-0.75x, but the forward 1.2-1.45x at 4x4 and 8x8; 8 channels,
+# forward 1.22x; 1 and 4 channels, forward 3.5-3.8x, where the narrow channel axis dominates.
 MIN_CHANNELS = 32
 
 
