@@ -61,11 +61,13 @@ def _as_probabilities(logits, target):
 
 
 def _sce_value(logits, target):
+    if target.ndim == logits.ndim - 1:
+        # Integer labels: logsumexp(z) - z[label], picking the label's logit rather than
+        # multiplying log-probabilities by one-hot rows (which made workload A's CPU train
+        # step 11-18% slower) or normalizing every logit (2.6-4% slower than this).
+        picked = jnp.take_along_axis(logits, target[..., None].astype(jnp.int32), axis=-1)
+        return _batch_mean_of_sums(jax.nn.logsumexp(logits, axis=-1) - picked[..., 0])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    if target.ndim == logits.ndim - 1:  # Integer labels: pick rather than multiply by one-hot
-        # rows; the one-hot form made workload A's CPU train step 11-18% slower.
-        picked = jnp.take_along_axis(log_probs, target[..., None].astype(jnp.int32), axis=-1)
-        return _batch_mean_of_sums(-picked)
     return _batch_mean_of_sums(-_as_probabilities(logits, target) * log_probs)
 
 
