@@ -345,15 +345,12 @@ def make_train(
         return (params, opt_state, key, epoch + 1), metrics
 
     def run_impl(state, hparams, data, num_epochs, batches):
-        if batches is None:
-            carry, metrics = jax.lax.scan(
-                lambda c, _: one_epoch(hparams, data, c), tuple(state), None, length=num_epochs)
-        else:
-            if batches.shape != (num_epochs, steps, batch_size):
-                raise ValueError(f"batches has shape {batches.shape}; {num_epochs} epochs need "
-                                 f"{(num_epochs, steps, batch_size)}")
-            carry, metrics = jax.lax.scan(
-                lambda c, b: one_epoch(hparams, data, c, b), tuple(state), batches)
+        if batches is not None and batches.shape != (num_epochs, steps, batch_size):
+            raise ValueError(f"batches has shape {batches.shape}; {num_epochs} epochs need "
+                             f"{(num_epochs, steps, batch_size)}")
+        # Without ``batches`` the scan has no inputs and each epoch draws its own order.
+        carry, metrics = jax.lax.scan(lambda c, b: one_epoch(hparams, data, c, b),
+                                      tuple(state), batches, length=num_epochs)
         return TrainState(*carry), metrics
 
     run_jit = jax.jit(run_impl, static_argnums=3)
