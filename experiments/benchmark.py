@@ -11,8 +11,9 @@ Contenders: jaxnn (jax.grad and manual rules, via `jaxnn.train.make_step`), hand
 JAX, and -- when installed (the `bench` extra) -- Flax Linen, Flax NNX, Equinox, Haiku and
 PyTorch eager; a missing one is skipped with a note. Each contender's step is timed in
 interleaved rounds (`jaxnn.benchmarking.compare`): median, min and max microseconds per step,
-the first call (trace + compile) separately, and ratios to raw JAX. Workload A is also put
-beside a plain float32 matmul's GFLOP/s measured in the same run.
+the first call (trace + compile) separately, and ratios to raw JAX; then jaxnn's ratio to
+each contender taken round by round (`jaxnn.benchmarking.paired_ratio`). Workload A is
+also put beside a plain float32 matmul's GFLOP/s measured in the same run.
 
 Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D] [--default-malloc]
 (malloc is tuned for the whole process, every contender alike, unless --default-malloc:
@@ -351,6 +352,8 @@ def main() -> None:
         print(f"\nworkload {workload}, batch {batch}, {dtype} compute: one SGD-momentum "
               "train step")
         print(benchmarking.table(timings, "raw JAX"))
+        print("\nround by round (the median of the per-round ratios):")
+        print(benchmarking.paired_table(timings, "jaxnn (jax.grad)"))
         for name in skipped:
             print(f"  skipped: {name}")
         if workload in MLP_SIZES:

@@ -15,12 +15,25 @@ from jaxnn import host
 
 
 class Timing(NamedTuple):
-    """Per-call wall times of one contender, in microseconds, and its first-call time."""
+    """Per-call wall times of one contender, in microseconds, and its first-call time.
+
+    ``rounds_us`` holds the per-call time of every round, in round order, so that two
+    contenders of one `compare` can be paired round by round (`paired_ratio`).
+    """
 
     median_us: float
     min_us: float
     max_us: float
     first_call_s: float
+    rounds_us: tuple[float, ...] = ()
+
+
+class PairedRatio(NamedTuple):
+    """One contender's time over another's, taken within each round of the same `compare`."""
+
+    median: float
+    faster_rounds: int
+    rounds: int
 
 
 def compare(
@@ -43,7 +56,7 @@ def compare(
       calls_per_round: calls per timed round.
 
     Returns:
-      name -> `Timing` (per-call median, min and max over rounds).
+      name -> `Timing` (per-call median, min and max over rounds, and each round's time).
     """
     first = {}
     for name, (fn, args) in contenders.items():
@@ -63,9 +76,23 @@ def compare(
             jax.block_until_ready(out)
             samples[name].append((time.perf_counter() - start) / calls_per_round * 1e6)
     return {
-        name: Timing(statistics.median(s), min(s), max(s), first[name])
+        name: Timing(statistics.median(s), min(s), max(s), first[name], tuple(s))
         for name, s in samples.items()
     }
+
+
+def paired_ratio(timings: Mapping[str, Timing], name: str, other: str) -> PairedRatio:
+    """``name``'s time over ``other``'s, round by round: the median ratio and the number of
+    rounds where ``name`` was faster.
+
+    Both ran within the same round, a second or so apart, so a slow spell of the machine
+    that spans a round cancels from the ratio, where it would not from a ratio of medians.
+    """
+    ours, theirs = timings[name].rounds_us, timings[other].rounds_us
+    if not ours or len(ours) != len(theirs):
+        raise ValueError(f"paired_ratio: {name!r} and {other!r} need the rounds of one compare")
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return PairedRatio(statistics.median(ratios), sum(r < 1 for r in ratios), len(ratios))
 
 
 def table(timings: Mapping[str, Timing], baseline: str) -> str:
@@ -82,6 +109,19 @@ def table(timings: Mapping[str, Timing], baseline: str) -> str:
         ("contender", "median µs", "min µs", "max µs", f"/ {baseline}", "first call s"),
         rows, right=(1, 2, 3, 4, 5),
     )
+
+
+def paired_table(timings: Mapping[str, Timing], name: str) -> str:
+    """A printable table of ``name``'s `paired_ratio` to every other contender."""
+    from jaxnn._table import format_table
+
+    rows = []
+    for other in timings:
+        if other != name:
+            ratio = paired_ratio(timings, name, other)
+            rows.append((other, f"{ratio.median:.3f}",
+                         f"{ratio.faster_rounds} of {ratio.rounds}"))
+    return format_table(("against", f"{name} / it", "rounds faster"), rows, right=(1, 2))
 
 
 def add_host_flags(parser: argparse.ArgumentParser) -> None:

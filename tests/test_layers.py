@@ -339,3 +339,41 @@ def test_winograd_conv2d_under_vmap_equals_each_alone(key):
         got = jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dense_float32_weight_gradient_through_a_transposed_copy(key):
+    """On CPU a float32 Dense differentiates through a materialized x^T (XLA runs that
+    matmul faster): reverse mode, forward mode, second order and vmap over parameter sets
+    all equal JAX's derivatives of the plain ``x @ w + b``, in the weights and the input."""
+    layer = Dense(6, dtype=jnp.float32)
+    x = jax.random.normal(key, (5, 4), jnp.float32)
+    _, params = layer.init(key, (None, 4))
+
+    def loss(apply):
+        return lambda p, x: jnp.sum(jnp.tanh(apply(p, x)) ** 2)
+
+    fast, plain = loss(layer.apply), loss(lambda p, x: x @ p["w"] + p["b"][None, :])
+    jaxpr = str(jax.make_jaxpr(jax.grad(fast))(params, x))
+    assert ("optimization_barrier" in jaxpr) == (jax.default_backend() == "cpu")
+    point = (params, x)
+    direction = jax.tree.map(jnp.ones_like, point)
+
+    def derivatives(f):
+        gradient = jax.grad(f, argnums=(0, 1))
+        return (gradient(*point), jax.jvp(f, point, direction)[1],
+                jax.jvp(gradient, point, direction)[1],
+                jax.hessian(f, argnums=(0, 1))(*point))
+
+    for got, want in zip(jax.tree.leaves(derivatives(fast)), jax.tree.leaves(derivatives(plain)),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, 2 * leaf, -leaf]), params)
+    vmapped = jax.vmap(jax.grad(fast), in_axes=(0, None))(stacked, x)
+    for trial in range(3):
+        alone = jax.grad(plain)(jax.tree.map(lambda leaf, t=trial: leaf[t], stacked), x)
+        for got, want in zip(jax.tree.leaves(vmapped), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_allclose(got[trial], want, rtol=1e-5, atol=1e-6)
+    # The manual rule's weight gradient goes through the same copy: x^T dy.
+    dy = jax.random.normal(jax.random.key(1), (5, 6), jnp.float32)
+    grads, _ = layer.backward(params, x, layer.apply(params, x), dy)
+    np.testing.assert_allclose(grads["w"], x.T @ dy, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxnn import initializers
 from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype
+from jaxnn.layers import _matmul
 
 
 def Dense(
@@ -66,14 +67,14 @@ def Dense(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
-        y = x @ params["w"]
+        y = _matmul.matmul(x, params["w"])
         if use_bias:
             y = y + params["b"] if shared_bias else y + params["b"][None, :]
         return y
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train  # The rule needs only x and dy.
-        grads = {"w": x.T @ dy}
+        grads = {"w": _matmul.weight_gradient(x, dy)}
         if use_bias:
             grads["b"] = jnp.sum(dy) if shared_bias else jnp.sum(dy, axis=0)
         return grads, dy @ params["w"].T

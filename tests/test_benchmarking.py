@@ -1,0 +1,40 @@
+"""The timing helpers behind `experiments/`: interleaved rounds and paired ratios."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxnn import benchmarking
+from jaxnn.benchmarking import Timing
+
+
+def test_compare_times_every_contender_in_every_round():
+    a = jnp.ones((8, 8), jnp.float32)
+    contenders = {"matmul": (jax.jit(lambda a: a @ a), (a,)),
+                  "add": (jax.jit(lambda a: a + 1), (a,))}
+    timings = benchmarking.compare(contenders, rounds=3, calls_per_round=2)
+    assert set(timings) == {"matmul", "add"}
+    for timing in timings.values():
+        assert len(timing.rounds_us) == 3
+        assert timing.min_us <= timing.median_us <= timing.max_us
+        assert sorted(timing.rounds_us)[1] == timing.median_us
+        assert timing.first_call_s > 0
+
+
+def test_paired_ratio_pairs_rounds_not_medians():
+    # A slow second round hits both: the per-round ratios are 0.5, 0.5 and 2, while the
+    # ratio of the medians is 1.
+    ours = Timing(20.0, 10.0, 200.0, 0.1, (10.0, 200.0, 20.0))
+    theirs = Timing(20.0, 10.0, 400.0, 0.1, (20.0, 400.0, 10.0))
+    timings = {"ours": ours, "theirs": theirs}
+    assert benchmarking.paired_ratio(timings, "ours", "theirs") == (0.5, 2, 3)
+    assert benchmarking.paired_ratio(timings, "theirs", "ours") == (2.0, 1, 3)
+    table = benchmarking.paired_table(timings, "ours")
+    assert "theirs" in table and "0.500" in table and "2 of 3" in table
+
+
+def test_paired_ratio_needs_the_rounds_of_one_compare():
+    timings = {"ours": Timing(1.0, 1.0, 1.0, 0.1, (1.0, 1.0)),
+               "theirs": Timing(1.0, 1.0, 1.0, 0.1, (1.0,))}
+    with pytest.raises(ValueError, match="'ours' and 'theirs'"):
+        benchmarking.paired_ratio(timings, "ours", "theirs")
