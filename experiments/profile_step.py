@@ -5,7 +5,8 @@ Runs workload A or B of `benchmark.py` (jaxnn's `jax.grad` step) a few times und
 milliseconds per step with the HLO instruction's shape and source op, so that a slow
 lowering (a copy, a convolution, a reduction) can be named.
 
-Run: python experiments/profile_step.py [--workload B] [--steps 5] [--top 25] [--default-malloc]
+Run: python experiments/profile_step.py [--workload B] [--backprop autodiff|manual] [--steps 5]
+     [--top 25] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--workload", choices=["A", "B"], default="B")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--backprop", choices=["autodiff", "manual"], default="autodiff",
+                        help="jaxnn's jax.grad step, or its manual delta rules")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
@@ -68,12 +71,13 @@ def main() -> None:
     shape = (batch, 784) if args.workload == "A" else (batch, 28, 28, 1)
     x = jax.random.normal(jax.random.key(2), shape)
     y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
-    step, step_args = benchmark.contender_jaxnn(args.workload, x, y)
+    step, step_args = benchmark.contender_jaxnn(args.workload, x, y, args.backprop)
     hlo_text = step.lower(*step_args).compile().as_text()
     totals = op_times(step, step_args, args.steps)
     total_ms = sum(totals.values()) / args.steps / 1e3
-    print(f"workload {args.workload} on {jax.devices()[0].platform}: {total_ms:.1f} ms of "
-          f"operations per step ({args.steps} steps traced; {host_line}); slowest first")
+    print(f"workload {args.workload} ({args.backprop}) on {jax.devices()[0].platform}: "
+          f"{total_ms:.1f} ms of operations per step ({args.steps} steps traced; {host_line}); "
+          "slowest first")
     for name, micros in totals.most_common(args.top):
         ms = micros / args.steps / 1e3
         print(f"  {ms:7.2f} ms {ms / total_ms:6.1%}  {name[:32]:32s} {describe(hlo_text, name)}")

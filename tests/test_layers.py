@@ -341,18 +341,26 @@ def test_winograd_conv2d_under_vmap_equals_each_alone(key):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_dense_float32_weight_gradient_through_a_transposed_copy(key):
-    """On CPU a float32 Dense differentiates through a materialized x^T (XLA runs that
-    matmul faster): reverse mode, forward mode, second order and vmap over parameter sets
-    all equal JAX's derivatives of the plain ``x @ w + b``, in the weights and the input."""
-    layer = Dense(6, dtype=jnp.float32)
+@pytest.mark.parametrize("bias", [{}, {"shared_bias": True}, {"use_bias": False}],
+                         ids=["bias", "shared_bias", "no_bias"])
+def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
+    """On CPU a float32 Dense differentiates through a materialized [x^T; 1] (XLA runs that
+    matmul faster, and it gives the bias gradient too): reverse mode, forward mode, second
+    order and vmap over parameter sets all equal JAX's derivatives of the plain
+    ``x @ w + b``, in the parameters and the input; so does the manual rule."""
+    layer = Dense(6, dtype=jnp.float32, **bias)
     x = jax.random.normal(key, (5, 4), jnp.float32)
     _, params = layer.init(key, (None, 4))
+    params = jax.tree.map(lambda leaf: leaf + 0.5, params)  # a nonzero bias
+
+    def plain_apply(p, x):
+        y = x @ p["w"]
+        return y + jnp.broadcast_to(p["b"], (1, 6)) if "b" in p else y
 
     def loss(apply):
         return lambda p, x: jnp.sum(jnp.tanh(apply(p, x)) ** 2)
 
-    fast, plain = loss(layer.apply), loss(lambda p, x: x @ p["w"] + p["b"][None, :])
+    fast, plain = loss(layer.apply), loss(plain_apply)
     jaxpr = str(jax.make_jaxpr(jax.grad(fast))(params, x))
     assert ("optimization_barrier" in jaxpr) == (jax.default_backend() == "cpu")
     point = (params, x)
@@ -360,7 +368,7 @@ def test_dense_float32_weight_gradient_through_a_transposed_copy(key):
 
     def derivatives(f):
         gradient = jax.grad(f, argnums=(0, 1))
-        return (gradient(*point), jax.jvp(f, point, direction)[1],
+        return (f(*point), gradient(*point), jax.jvp(f, point, direction)[1],
                 jax.jvp(gradient, point, direction)[1],
                 jax.hessian(f, argnums=(0, 1))(*point))
 
@@ -373,7 +381,10 @@ def test_dense_float32_weight_gradient_through_a_transposed_copy(key):
         alone = jax.grad(plain)(jax.tree.map(lambda leaf, t=trial: leaf[t], stacked), x)
         for got, want in zip(jax.tree.leaves(vmapped), jax.tree.leaves(alone), strict=True):
             np.testing.assert_allclose(got[trial], want, rtol=1e-5, atol=1e-6)
-    # The manual rule's weight gradient goes through the same copy: x^T dy.
     dy = jax.random.normal(jax.random.key(1), (5, 6), jnp.float32)
-    grads, _ = layer.backward(params, x, layer.apply(params, x), dy)
-    np.testing.assert_allclose(grads["w"], x.T @ dy, rtol=1e-5, atol=1e-6)
+    rule, rule_dx = layer.backward(params, x, layer.apply(params, x), dy)
+    autodiff, autodiff_dx = jax.vjp(plain_apply, params, x)[1](dy)
+    for got, want in zip(jax.tree.leaves((rule, rule_dx)), jax.tree.leaves((autodiff, autodiff_dx)),
+                         strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxnn import initializers
 from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype
-from jaxnn.layers import _matmul
+from jaxnn.layers import _affine
 
 
 def Dense(
@@ -67,16 +67,12 @@ def Dense(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
-        y = _matmul.matmul(x, params["w"])
-        if use_bias:
-            y = y + params["b"] if shared_bias else y + params["b"][None, :]
-        return y
+        return _affine.affine(x, params["w"], params["b"] if use_bias else None)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train  # The rule needs only x and dy.
-        grads = {"w": _matmul.weight_gradient(x, dy)}
-        if use_bias:
-            grads["b"] = jnp.sum(dy) if shared_bias else jnp.sum(dy, axis=0)
+        dw, db = _affine.parameter_gradients(x, dy, bias_shape if use_bias else None)
+        grads = {"w": dw} if db is None else {"w": dw, "b": db}
         return grads, dy @ params["w"].T
 
     return Layer(init, apply, backward, name=name)
