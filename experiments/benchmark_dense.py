@@ -29,7 +29,7 @@ from jaxnn.layers import _affine
 def plain_dense():
     """Dense's gradients by the plain formulas for whatever is traced inside."""
     applies = _affine.applies
-    _affine.applies = lambda x, w: False
+    _affine.applies = lambda *arrays: False
     try:
         yield
     finally:

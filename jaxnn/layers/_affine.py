@@ -24,40 +24,25 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def applies(x: jax.Array, w: jax.Array) -> bool:
-    """Whether the gradients go through a materialized ``x^T``: on CPU, in float32."""
-    return (jax.default_backend() == "cpu"
-            and x.dtype == jnp.float32 and w.dtype == jnp.float32)
+def applies(*arrays: jax.Array) -> bool:
+    """Whether the gradients go through a materialized ``x^T``: on CPU, all float32."""
+    return jax.default_backend() == "cpu" and all(a.dtype == jnp.float32 for a in arrays)
 
 
-def _transposed_with_ones(x: jax.Array, with_ones: bool) -> jax.Array:
+def _plain(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    """``x @ w + b``, a bias of shape (out,) or () (shared by every unit) broadcast as a row."""
+    return x @ w if b is None else x @ w + jnp.broadcast_to(b, (1, w.shape[1]))
+
+
+def _transposed(x: jax.Array, with_ones: bool) -> jax.Array:
     """``x^T`` (in, batch), with a last row of ones when ``with_ones``, as a real copy."""
     rows = [x.T, jnp.ones((1, x.shape[0]), x.dtype)] if with_ones else [x.T]
     return lax.optimization_barrier(jnp.concatenate(rows))
 
 
-def _as_row(b: jax.Array, features: int) -> jax.Array:
-    """A bias of shape (features,) or () (shared by every unit) as a (1, features) row."""
-    return jnp.broadcast_to(b, (1, features))
-
-
 @jax.custom_jvp
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    return x @ w
-
-
-@_matmul.defjvp
-def _matmul_jvp(primals, tangents):
-    x, w = primals
-    x_dot, w_dot = tangents
-    # Transposing ``copy(x^T).T @ w_dot`` in w_dot gives ``copy(x^T) @ dy``.
-    x_transposed = _transposed_with_ones(x, with_ones=False)
-    return x @ w, x_dot @ w + x_transposed.T @ w_dot
-
-
-@jax.custom_jvp
-def _affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    return x @ w + _as_row(b, w.shape[1])
+def _affine(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    return _plain(x, w, b)
 
 
 @_affine.defjvp
@@ -65,10 +50,11 @@ def _affine_jvp(primals, tangents):
     x, w, b = primals
     x_dot, w_dot, b_dot = tangents
     # Transposing ``[x^T; 1]^T @ [w_dot; b_dot]`` in (w_dot, b_dot) gives ``[x^T; 1] @ dy``,
-    # split into dw and db (summed to a scalar for a shared bias).
-    x_transposed = _transposed_with_ones(x, with_ones=True)
-    params_dot = jnp.concatenate([w_dot, _as_row(b_dot, w.shape[1])])
-    return x @ w + _as_row(b, w.shape[1]), x_dot @ w + x_transposed.T @ params_dot
+    # split into dw and db (summed to a scalar for a shared bias). No bias: ``x^T @ dy``.
+    params_dot = w_dot if b is None else jnp.concatenate(
+        [w_dot, jnp.broadcast_to(b_dot, (1, w.shape[1]))])
+    x_transposed = _transposed(x, with_ones=b is not None)
+    return _plain(x, w, b), x_dot @ w + x_transposed.T @ params_dot
 
 
 def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -79,9 +65,7 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
       w: weights, (in, out).
       b: bias, (out,) or () for one shared by every unit; None for none.
     """
-    if not applies(x, w):
-        return x @ w if b is None else x @ w + _as_row(b, w.shape[1])
-    return _matmul(x, w) if b is None else _affine(x, w, b)
+    return _affine(x, w, b) if applies(x, w) else _plain(x, w, b)
 
 
 def parameter_gradients(
@@ -96,7 +80,7 @@ def parameter_gradients(
         # The copy waits for dy: left free, XLA ran it beside the forward pass's matmuls,
         # and workload A's manual step took 1.15x as long.
         x, dy = lax.optimization_barrier((x, dy))
-        both = _transposed_with_ones(x, with_ones=bias_shape is not None) @ dy
+        both = _transposed(x, with_ones=bias_shape is not None) @ dy
         dw, db = (both, None) if bias_shape is None else (both[:-1], both[-1])
     if db is not None and bias_shape == ():
         db = jnp.sum(db)
