@@ -388,3 +388,15 @@ def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
                          strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_apply_on_other_ranks_is_the_plain_matmul(key):
+    """Dense's init wants (batch, features), but its apply broadcasts over leading axes as
+    ``x @ w`` does; the CPU gradient layout only serves rank 2, so other ranks stay plain."""
+    layer = Dense(3, dtype=jnp.float32)
+    _, params = layer.init(key, (None, 4))
+    x = jax.random.normal(key, (2, 5, 4), jnp.float32)
+    got = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+    want = jax.grad(lambda p: jnp.sum((x @ p["w"] + p["b"][None, None, :]) ** 2))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -31,7 +31,8 @@ def applies(*arrays: jax.Array) -> bool:
 
 def _plain(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
     """``x @ w + b``, a bias of shape (out,) or () (shared by every unit) broadcast as a row."""
-    return x @ w if b is None else x @ w + jnp.broadcast_to(b, (1, w.shape[1]))
+    y = x @ w
+    return y if b is None else y + jnp.broadcast_to(b, (1,) * (y.ndim - 1) + y.shape[-1:])
 
 
 def _transposed(x: jax.Array, with_ones: bool) -> jax.Array:
@@ -65,7 +66,9 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
       w: weights, (in, out).
       b: bias, (out,) or () for one shared by every unit; None for none.
     """
-    return _affine(x, w, b) if applies(x, w) else _plain(x, w, b)
+    if x.ndim == 2 and applies(x, w):
+        return _affine(x, w, b)
+    return _plain(x, w, b)  # also for inputs of other ranks, which Dense's init refuses
 
 
 def parameter_gradients(
