@@ -319,8 +319,7 @@ def step_flops(workload: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=10)
+    benchmarking.add_timing_flags(parser)
     parser.add_argument("--only", choices=["A", "B", "D"])
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()

@@ -30,8 +30,7 @@ WORKLOADS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=20)
+    benchmarking.add_timing_flags(parser, calls=20)
     parser.add_argument("--batch", type=int, default=128)
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()

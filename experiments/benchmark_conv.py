@@ -52,8 +52,7 @@ def winograd_train(x, w, dy):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=10)
+    benchmarking.add_timing_flags(parser)
     parser.add_argument("--batch", type=int, default=128)
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()

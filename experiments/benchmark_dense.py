@@ -46,8 +46,7 @@ def traced(contender, plain: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--calls", type=int, default=10)
+    benchmarking.add_timing_flags(parser, rounds=21)
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)  # before JAX starts its threads

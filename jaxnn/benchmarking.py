@@ -124,6 +124,16 @@ def paired_table(timings: Mapping[str, Timing], name: str) -> str:
     return format_table(("against", f"{name} / it", "rounds faster"), rows, right=(1, 2))
 
 
+def add_timing_flags(parser: argparse.ArgumentParser, *, rounds: int = 7,
+                     calls: int = 10) -> None:
+    """Adds ``--rounds`` and ``--calls`` (the arguments of `compare`) to a benchmark's
+    command line, with these defaults."""
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help="interleaved rounds; medians, min and max are over rounds")
+    parser.add_argument("--calls", type=int, default=calls,
+                        help="back-to-back calls timed together in each round")
+
+
 def add_host_flags(parser: argparse.ArgumentParser) -> None:
     """Adds ``--default-malloc`` to a benchmark's command line (see `setup_host`)."""
     parser.add_argument("--default-malloc", action="store_true",

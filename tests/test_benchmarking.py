@@ -38,3 +38,13 @@ def test_paired_ratio_needs_the_rounds_of_one_compare():
                "theirs": Timing(1.0, 1.0, 1.0, 0.1, (1.0,))}
     with pytest.raises(ValueError, match="'ours' and 'theirs'"):
         benchmarking.paired_ratio(timings, "ours", "theirs")
+
+
+def test_timing_flags_default_per_script():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    benchmarking.add_timing_flags(parser, rounds=21)
+    args = parser.parse_args([])
+    assert (args.rounds, args.calls) == (21, 10)
+    assert parser.parse_args(["--rounds", "3", "--calls", "2"]).rounds == 3
