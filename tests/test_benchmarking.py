@@ -1,5 +1,7 @@
 """The timing helpers behind `experiments/`: interleaved rounds and paired ratios."""
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -41,8 +43,6 @@ def test_paired_ratio_needs_the_rounds_of_one_compare():
 
 
 def test_timing_flags_default_per_script():
-    import argparse
-
     parser = argparse.ArgumentParser()
     benchmarking.add_timing_flags(parser, rounds=21)
     args = parser.parse_args([])
