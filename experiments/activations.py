@@ -35,17 +35,16 @@ def main(argv=None):
     names = [r["values"]["activation"] for r in rows]
     norms = {name: gradient_norms(exp, name) for name in names}
     plt = plots.pyplot()
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for name, values in norms.items():
-            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("Dense layer (1 = next to the input)")
-        ax.set_ylabel("||dL/dW|| at initialisation")
-        ax.set_title("gradient norm per layer")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        exp.figure(plots._save(fig, plt, exp.path("grad_norms.png")))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, values in norms.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("Dense layer (1 = next to the input)")
+    ax.set_ylabel("||dL/dW|| at initialisation")
+    ax.set_title("gradient norm per layer")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    exp.figure(plots.save(fig, plt, exp.path("grad_norms.png")))
     exp.figure(plots.curves(rows, "val_loss", exp.path("val_loss_curves.png"),
                             label_keys=["activation"], title="validation loss"))
     ratio = {n: v[0] / v[-1] for n, v in norms.items()}

@@ -54,8 +54,8 @@ def _train(args: argparse.Namespace) -> int:
           + f"  compile: {summary['compile_time_s']:.1f} s")
     if summary["message"]:
         print(summary["message"])
-    if isinstance(summary.get("plots"), str):
-        print(f"note: {summary['plots']}")
+    if summary.get("plots"):
+        print("plots: " + ", ".join(summary["plots"]))
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
@@ -85,8 +85,8 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         print(f"best: trial {best['trial']} {best['values']} -> {workdir}/best.toml "
               f"(jaxnn train {workdir}/best.toml)")
-    if isinstance(result["plots"], str):
-        print(f"note: {result['plots']}")
+    if result["plots"]:
+        print("plots: " + ", ".join(result["plots"]))
     return 0
 
 

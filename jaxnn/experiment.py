@@ -44,10 +44,9 @@ class Experiment:
             os.remove(os.path.join(workdir, sweep.RESULTS))
         return sweep.run_sweep(config or self.config, workdir, dataset=self.dataset)
 
-    def figure(self, path: str | None) -> None:
-        """Records a figure written by a `jaxnn.plots` helper (None: matplotlib missing)."""
-        if path:
-            self.figures.append(path)
+    def figure(self, path: str) -> None:
+        """Records a figure written by a `jaxnn.plots` helper."""
+        self.figures.append(path)
 
     def finish(self, headline: str, tables: Sequence[tuple[str, Sequence[str], list]]) -> str:
         """Writes ``results.md`` (headline, tables, figures) and prints the headline.

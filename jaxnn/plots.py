@@ -1,36 +1,31 @@
-"""Figures with matplotlib (the ``plot`` extra); without it, a note instead of a crash."""
+"""Figures with matplotlib (a dependency), drawn on the non-interactive Agg backend."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-MISSING = "matplotlib is not installed: pip install 'jaxnn[plot]' to get figures"
-
 
 def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, or None when not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: it is
+    slow to import and most commands draw nothing)."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def training_curves(rows: Sequence[dict], workdir: str) -> list[str] | str:
+def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     """Writes ``loss.png`` and ``accuracy.png`` from per-epoch metrics rows.
 
     Returns:
-      The files written, or a note saying why there are none.
+      The files written (none when no epoch ran).
     """
-    plt = pyplot()
-    if plt is None:
-        return MISSING
     if not rows:
-        return "no epochs to plot"
+        return []
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     written = []
     for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
@@ -62,7 +57,7 @@ def _label(values: dict, keys: Sequence[str]) -> str:
                      if k in values and not isinstance(values[k], list | dict)) or "all"
 
 
-def _save(fig, plt, path: str) -> str:
+def save(fig, plt, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -70,12 +65,10 @@ def _save(fig, plt, path: str) -> str:
 
 
 def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
-              series: Sequence[str] = (), log_x: bool = True, title: str = "") -> str | None:
+              series: Sequence[str] = (), log_x: bool = True, title: str = "") -> str:
     """``metric`` against hyperparameter ``x``, one line per value of the ``series`` keys;
     diverged trials are marked with crosses at the bottom of the axis."""
     plt = pyplot()
-    if plt is None:
-        return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -98,16 +91,14 @@ def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
     ax.grid(alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path: str, *,
-            notes: dict | None = None, title: str = "") -> str | None:
+            notes: dict | None = None, title: str = "") -> str:
     """``metric`` over a grid of two hyperparameters (mean over any other keys); cells of
     diverged trials read "diverged"; ``notes[(row, col)]`` adds a second line to a cell."""
     plt = pyplot()
-    if plt is None:
-        return None
     import numpy as np
 
     row_values = sorted({r["values"][row_key] for r in rows})
@@ -133,15 +124,13 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
                 fontsize=7, color="black" if np.isnan(value) else "white")
     fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
     ax.set_title(title or f"{metric.replace('_', ' ')}")
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def curves(rows: Sequence[dict], metric: str, path: str, *, label_keys: Sequence[str] = (),
-           log_y: bool = True, title: str = "") -> str | None:
+           log_y: bool = True, title: str = "") -> str:
     """Per-epoch ``metric`` curves (e.g. "train_loss", "val_loss") of the given trials."""
     plt = pyplot()
-    if plt is None:
-        return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for row in rows:
         curve = row["curves"].get(metric)
@@ -158,15 +147,13 @@ def curves(rows: Sequence[dict], metric: str, path: str, *, label_keys: Sequence
     ax.set_title(title or metric.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def bars(labels: Sequence[str], values: Sequence[float], path: str, *, ylabel: str,
-         title: str = "", log_y: bool = False) -> str | None:
+         title: str = "", log_y: bool = False) -> str:
     """A bar chart (e.g. best accuracy per optimizer)."""
     plt = pyplot()
-    if plt is None:
-        return None
     fig, ax = plt.subplots(figsize=(2.5 + 1.3 * len(labels), 4.5))
     ax.bar(range(len(labels)), values, color="tab:blue")
     ax.set_xticks(range(len(labels)), labels)
@@ -177,4 +164,4 @@ def bars(labels: Sequence[str], values: Sequence[float], path: str, *, ylabel: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, plt, path)
+    return save(fig, plt, path)

@@ -13,7 +13,7 @@ def write(config, plan, results: list[dict], workdir: str) -> dict[str, Any]:
     """Writes ``results.csv``, ``table.txt``, ``best.toml`` and the figures.
 
     Returns:
-      ``{"table": str, "best": row or None, "plots": [paths] or a note}``.
+      ``{"table": str, "best": row or None, "plots": [paths]}``.
     """
     from jaxnn import sweep
 
@@ -32,10 +32,8 @@ def write(config, plan, results: list[dict], workdir: str) -> dict[str, Any]:
     return {"table": text, "best": best_row, "plots": figures}
 
 
-def figures_for(plan, results: list[dict], workdir: str) -> list[str] | str:
+def figures_for(plan, results: list[dict], workdir: str) -> list[str]:
     """Metric against learning rate per width, the rate x width heatmap, top loss curves."""
-    if plots.pyplot() is None:
-        return plots.MISSING
     from jaxnn import sweep
 
     metric = plan.metric

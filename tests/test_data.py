@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxnn import config, data, plots, run
+from jaxnn import config, data, run
 
 
 def write_idx(path, array, type_code=0x08, compress=False):
@@ -141,9 +141,3 @@ def test_regression_run_on_synthetic_curve(tmp_path):
     summary = run.train_and_evaluate(cfg, tmp_path)
     assert summary["test_accuracy"] is None
     assert summary["test_loss"] < 0.05  # 1/2 squared error of a noisy sine, well fitted
-
-
-def test_plots_without_matplotlib_give_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "pyplot", lambda: None)
-    assert plots.training_curves([{"epoch": 1, "train_loss": 1.0}], str(tmp_path)) == \
-        plots.MISSING

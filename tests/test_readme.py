@@ -32,6 +32,24 @@ def test_quick_start_is_two_commands():
     assert "\npython -m pytest\n" in ci
 
 
+def test_first_command_writes_table_best_config_and_plots(tmp_path, capsys):
+    """The first quick-start command, cut to 2 epochs: its directory holds what the README
+    promises and its closing lines name the figures."""
+    from jaxnn import cli
+
+    workdir = tmp_path / "sweep"
+    config = str(README.parent / "configs" / "sweep_lr_width.toml")
+    assert cli.main(["sweep", config, "--set", "training.epochs=2",
+                     "--workdir", str(workdir)]) == 0
+    for name in ("results.jsonl", "results.csv", "best.toml"):
+        assert (workdir / name).stat().st_size > 0, name
+    figures = sorted(workdir.glob("*.png"))
+    assert figures
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert closing.startswith("plots: ")
+    assert set(closing.removeprefix("plots: ").split(", ")) == {str(f) for f in figures}
+
+
 def test_sweep_example_is_valid():
     import tomllib
 
