@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_close
 
 from jaxnn import cli, config, run, sweep
 from jaxnn.train import default_hparams, make_train
@@ -120,13 +121,16 @@ def test_divergent_trial_is_marked_and_neighbours_finish(tmp_path):
         assert by_lr[lr]["test_accuracy"] > 0.7
     assert "diverged @ step" in out["table"]
     assert sweep.rank(sweep.make_plan(cfg, run.prepare(cfg)), out["results"])[-1] == by_lr[1000.0]
-    # The neighbours are untouched: the same as a sweep without the divergent rate.
+    # The neighbours are untouched: the same as a sweep without the divergent rate, up to
+    # float32 rounding (a program vmapped over 2 trials may round unlike one over 3). The
+    # sweep runs in float32 because in float64 a rate of 1000 takes twice the epochs to
+    # overflow; float32 training lands within 8 eps of the float64 val_loss.
     calm = sweep.run_sweep(small_sweep("model.activation='relu'", "training.precision='float32'",
                                        "model.hidden=[32]", "training.epochs=4",
                                        grid="{learning_rate = [0.05, 0.2]}"), tmp_path / "calm")
     for row in calm["results"]:
-        assert row["val_loss"] == pytest.approx(by_lr[row["values"]["learning_rate"]]["val_loss"],
-                                                rel=1e-5)
+        assert_close(row["val_loss"], by_lr[row["values"]["learning_rate"]]["val_loss"],
+                     dtype=jnp.float32)
 
 
 def test_outputs_table_csv_best_and_plots(tmp_path):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_close, tolerance
 
 from jaxnn import checkpoint, config, run
 from jaxnn.train import default_hparams, make_train
@@ -243,13 +244,18 @@ def test_mixed_precision_step_keeps_float32_master_weights(backprop, key):
     for leaf in jax.tree.leaves(p16):
         assert leaf.dtype == jnp.float32
     assert loss16.dtype == pred16.dtype == jnp.float32
-    # bfloat16 keeps 8 bits of mantissa: the step agrees with float32 to about 1%.
-    assert float(loss16) == pytest.approx(float(loss32), rel=2e-2)
-    for a, b, p in zip(jax.tree.leaves(p16), jax.tree.leaves(p32), jax.tree.leaves(params),
-                       strict=True):
-        np.testing.assert_allclose(a - p, b - p, rtol=0.05, atol=2e-3)
-    # The network really ran in bfloat16: its output is not the float32 one.
-    assert float(jnp.max(jnp.abs(pred16 - pred32))) > 1e-4
+    # bfloat16 keeps 8 bits of mantissa (eps 2**-7): the step agrees with float32 to a few
+    # bfloat16 eps of each quantity's scale (measured: the loss 0.06 eps, the updates 0.6).
+    assert_close(loss16, loss32, dtype=jnp.bfloat16, factor=2)
+
+    def update(new):
+        return jax.tree.map(lambda n, p: n - p, new, params)
+
+    assert_close(update(p16), update(p32), dtype=jnp.bfloat16, factor=4)
+    # The network really ran in bfloat16: its output is not the float32 one, even up to
+    # float32 rounding.
+    assert float(jnp.max(jnp.abs(pred16 - pred32))) > tolerance(
+        jnp.float32, jnp.max(jnp.abs(pred32)))
 
 
 def test_mixed_precision_training_from_config(tmp_path):
