@@ -74,7 +74,7 @@ def assert_manual_equals_autodiff(net, loss, x, y, *, key=None, train=False, rto
         assert error <= rtol * scale, (path, error, scale)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("depth", [1, 2, 5])
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a().name)
 def test_mlp_every_activation_loss_and_batch(depth, activation, key):
     for loss in losses.LOSSES.values():
@@ -116,8 +116,16 @@ CNNS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CNNS))
-@pytest.mark.parametrize("loss", list(losses.LOSSES.values()), ids=lambda loss: loss.name)
+# Every CNN with the softmax loss, and every loss on two of them: a loss's delta is the same
+# whatever network it starts (the MLP test above crosses every loss with every activation),
+# so crossing all eight CNNs with all four losses would repeat the same checks.
+CNN_CASES = [(name, losses.softmax_cross_entropy) for name in CNNS] + [
+    (name, loss) for name in ("conv_s2_pad1_overlapping_maxpool", "two_convs_avgpool_same")
+    for loss in losses.LOSSES.values() if loss is not losses.softmax_cross_entropy]
+
+
+@pytest.mark.parametrize(("name", "loss"), CNN_CASES,
+                         ids=lambda case: getattr(case, "name", case))
 def test_cnn_every_loss_and_batch(name, loss, key):
     for batch in (1, 7):
         net = serial(*CNNS[name](), Dense(OUT), *_head(loss))
