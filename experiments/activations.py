@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import experiment, losses, models, plots
-from jaxnn.train import default_hparams, init_params
+from jaxnn.train import default_hparams, init_model
 
 QUICK = ["training.epochs=3", "data.limit=500", "model.hidden=[16, 16, 16, 16]"]
 
@@ -19,12 +19,12 @@ def gradient_norms(exp, activation):
     cfg = exp.config.replace(model={"activation": activation})
     net = models.build(cfg.model, exp.dataset.output_size)
     hparams = default_hparams(cfg)
-    params = init_params(net, jax.random.split(jax.random.key(0))[0],
-                         (None, *exp.dataset.input_shape), hparams, jnp.float32)
+    params, state = init_model(net, jax.random.split(jax.random.key(0))[0],
+                               (None, *exp.dataset.input_shape), hparams, jnp.float32)
     x = jnp.asarray(exp.dataset.x_train[:256], jnp.float32)
     y = jnp.asarray(exp.dataset.y_train[:256])
     loss = losses.get(cfg.model.loss)
-    grads = jax.grad(lambda p: loss(net.apply(p, x), y))(params)
+    grads = jax.grad(lambda p: loss(net.apply(p, state, x)[0], y))(params)
     return [float(jnp.linalg.norm(g["w"])) for g in grads if g]
 
 

@@ -27,6 +27,7 @@ NET = jaxnn.serial(
     jaxnn.Dense(2, shared_bias=True), jaxnn.Sigmoid(),  # hidden: h1, h2
     jaxnn.Dense(2, shared_bias=True), jaxnn.Sigmoid(),  # output: o1, o2
 )
+STATE = ((), (), (), ())  # No layer of this network has state.
 
 
 def initial_params():
@@ -59,7 +60,7 @@ def worked_example() -> dict[str, dict[str, float] | float]:
     # Forward pass, keeping each layer's input and output (the backward pass's cache).
     activations = [x]
     for layer, layer_params in zip(NET.children, params, strict=True):
-        activations.append(layer.apply(layer_params, activations[-1]))
+        activations.append(layer.apply(layer_params, (), activations[-1])[0])
     net_h, out_h, net_o, out_o = activations[1:]
     forward = {
         "net_h1": float(net_h[0, 0]), "net_h2": float(net_h[0, 1]),
@@ -76,14 +77,14 @@ def worked_example() -> dict[str, dict[str, float] | float]:
     dy = d_out
     for index in reversed(range(4)):
         grads[index], dy = NET.children[index].backward(
-            params[index], activations[index], activations[index + 1], dy)
+            params[index], (), activations[index], activations[index + 1], dy)
         if index == 3:
             deltas["delta_o1"], deltas["delta_o2"] = float(dy[0, 0]), float(dy[0, 1])
         if index == 1:
             deltas["delta_h1"], deltas["delta_h2"] = float(dy[0, 0]), float(dy[0, 1])
     grads = tuple(grads)
 
-    autodiff = jax.grad(lambda p: loss(NET.apply(p, x), target))(params)
+    autodiff = jax.grad(lambda p: loss(NET.apply(p, STATE, x)[0], target))(params)
     manual_by_name = {f"dE/d{k}": v for k, v in weights_by_name(grads).items()}
     autodiff_by_name = {f"dE/d{k}": v for k, v in weights_by_name(autodiff).items()}
 
@@ -102,8 +103,9 @@ def worked_example() -> dict[str, dict[str, float] | float]:
         "manual": manual_by_name,
         "autodiff": autodiff_by_name,
         "updated": weights_by_name(new_params),
-        "E_new": float(loss(NET.apply(new_params, x), target)),
-        "E_new_with_biases": float(loss(NET.apply(step(update_biases=True), x), target)),
+        "E_new": float(loss(NET.apply(new_params, STATE, x)[0], target)),
+        "E_new_with_biases": float(loss(NET.apply(step(update_biases=True), STATE, x)[0],
+                                        target)),
     }
 
 

@@ -91,13 +91,13 @@ def jaxnn_net(workload):
 
 def contender_jaxnn(workload, x, y, backprop="autodiff"):
     net = jaxnn_net(workload)
-    _, params = net.init(jax.random.key(0), (None, *x.shape[1:]))
+    _, params, state = net.init(jax.random.key(0), (None, *x.shape[1:]))
     opt = optax.sgd(LR, momentum=MOMENTUM)
     dtype = compute_dtype(workload)
     step = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop,
                      compute_dtype=None if dtype == jnp.float32 else dtype)
-    jitted = jax.jit(lambda p, s, x, y: step(p, s, x, y)[:3])
-    return jitted, (params, opt.init(params), x, y)
+    jitted = jax.jit(lambda p, m, s, x, y: step(p, m, s, x, y)[:4])
+    return jitted, (params, state, opt.init(params), x, y)
 
 
 def contender_raw(workload, x, y):

@@ -39,15 +39,15 @@ def main() -> None:
     print(f"devices: {jax.devices()}; {host_line}")
     for name, (build, shape) in WORKLOADS.items():
         net = build()
-        _, params = net.init(jax.random.key(0), (None, *shape))
+        _, params, state = net.init(jax.random.key(0), (None, *shape))
         x = jax.random.normal(jax.random.key(1), (args.batch, *shape), jnp.float32)
         y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
 
-        def autodiff(p, x, y, net=net):
-            return jax.value_and_grad(lambda q: loss(net.apply(q, x), y))(p)
+        def autodiff(p, x, y, net=net, state=state):
+            return jax.value_and_grad(lambda q: loss(net.apply(q, state, x)[0], y))(p)
 
-        def manual(p, x, y, net=net):
-            return jaxnn.manual.value_and_grad(net, loss, p, x, y)
+        def manual(p, x, y, net=net, state=state):
+            return jaxnn.manual.value_and_grad(net, loss, p, state, x, y)
 
         timings = benchmarking.compare(
             {"jax.grad": (jax.jit(autodiff), (params, x, y)),

@@ -1,19 +1,27 @@
-"""The layer protocol: a NamedTuple of pure functions, and `serial` to compose them.
+"""The layer protocol: a NamedTuple of pure functions over params and state.
 
-Every layer is a `Layer(init, apply, backward)`:
+Every layer -- a leaf such as ``Dense(10)`` or a combinator such as `serial` -- is a
+`Layer(init, apply, backward)`:
 
-* ``init(key, input_shape) -> (output_shape, params)`` infers shapes without data. The batch
-  dimension is given as ``None`` and comes back as ``None``.
-* ``apply(params, x, *, key=None, train=False) -> y`` is the forward pass that ``jax.grad``
-  differentiates.
-* ``backward(params, x, y, dy, *, key=None, train=False) -> (dparams, dx)`` is the explicit
-  manual rule: given the layer's input ``x``, its output ``y`` and ``dL/dy``, return
-  ``dL/dparams`` (shaped like ``params``) and ``dL/dx``. ``key`` and ``train`` are the ones
-  given to ``apply``, so a stochastic layer (Dropout) rebuilds the same mask.
+* ``init(key, input_shape) -> (output_shape, params, state)`` infers shapes without data.
+  The batch dimension is given as ``None`` and comes back as ``None``. A layer whose
+  activations are tuples (branches) takes and gives a tuple of shapes.
+* ``apply(params, state, x, *, key=None, train=False) -> (y, state)`` is the forward pass
+  that ``jax.grad`` differentiates. ``state`` is what a layer carries between calls without
+  training it -- BatchNorm's running statistics -- and the new state is returned, never
+  written in place. It is a pytree apart from ``params``, so an optimizer never sees it.
+* ``backward(params, state, x, y, dy, *, key=None, train=False) -> (dparams, dx)`` is the
+  explicit manual rule: given the layer's input ``x``, the ``state`` it was applied with,
+  its output ``y`` and ``dL/dy``, return ``dL/dparams`` (shaped like ``params``) and
+  ``dL/dx``. ``key`` and ``train`` are the ones given to ``apply``, so a stochastic layer
+  (Dropout) rebuilds the same mask.
 
-Layers without parameters use ``()`` as params. A `Layer` also carries a readable ``name``
-(used by `summary` and in error messages) and its ``children`` when it is a combinator;
-neither is a tuple field, so ``init, apply, backward = layer`` unpacks as in stax.
+Layers without parameters use ``()`` as params, layers without state ``()`` as state; a
+stateless layer is written as three plain functions and lifted by `stateless`. A `Layer`
+also carries a readable ``name`` (used by `summary` and in error messages) and, for a
+combinator, its ``children`` and their ``wiring`` (see `jaxnn.combinators`, which owns the
+one traversal of the layer tree); none of these is a tuple field, so
+``init, apply, backward = layer`` unpacks as in stax.
 """
 
 from __future__ import annotations
@@ -26,18 +34,27 @@ import jax.numpy as jnp
 
 Shape = tuple[int | None, ...]
 Params = Any
-InitFn = Callable[[jax.Array, Shape], tuple[Shape, Params]]
-ApplyFn = Callable[..., jax.Array]
-BackwardFn = Callable[..., tuple[Params, jax.Array]]
+State = Any
+InitFn = Callable[[jax.Array, Shape], tuple[Shape, Params, State]]
+ApplyFn = Callable[..., tuple[Any, State]]
+BackwardFn = Callable[..., tuple[Params, Any]]
 
 
 class ShapeError(ValueError):
     """An input shape a layer cannot take, raised by `init` before anything is compiled.
 
-    Raised through `serial`, it names the layer and its ``layer_index`` is set.
+    Raised through a combinator, it names the layer by its position, e.g.
+    ``layer 1.0.2 (Conv2D(16, 3)): ...``; ``layer_path`` holds that position (``(1, 0, 2)``)
+    and ``layer_index`` its first entry.
     """
 
-    layer_index: int | None = None
+    layer_path: tuple[int, ...] = ()
+    layer_name: str | None = None
+    reason: str | None = None
+
+    @property
+    def layer_index(self) -> int | None:
+        return self.layer_path[0] if self.layer_path else None
 
 
 class _LayerFns(NamedTuple):
@@ -50,15 +67,19 @@ class Layer(_LayerFns):
     """A network layer: the NamedTuple ``(init, apply, backward)`` of pure functions.
 
     Attributes:
-      init: ``init(key, input_shape) -> (output_shape, params)``.
-      apply: ``apply(params, x, *, key=None, train=False) -> y``.
-      backward: ``backward(params, x, y, dy, *, key=None, train=False) -> (dparams, dx)``.
+      init: ``init(key, input_shape) -> (output_shape, params, state)``.
+      apply: ``apply(params, state, x, *, key=None, train=False) -> (y, state)``.
+      backward: ``backward(params, state, x, y, dy, *, key=None, train=False) ->
+        (dparams, dx)``.
       name: a readable description such as ``"Dense(128)"`` (not a tuple field).
       children: the sub-layers of a combinator such as `serial` (not a tuple field).
+      wiring: how a combinator routes values through its children, a
+        `jaxnn.combinators.Wiring`; None for a leaf layer (not a tuple field).
     """
 
     name: str
     children: tuple[Layer, ...]
+    wiring: Any
 
     def __new__(
         cls,
@@ -67,11 +88,13 @@ class Layer(_LayerFns):
         backward: BackwardFn,
         name: str = "Layer",
         children: Sequence[Layer] = (),
+        wiring: Any = None,
         reference: Layer | None = None,
     ) -> Layer:
         self = super().__new__(cls, init, apply, backward)
         self.name = name
         self.children = tuple(children)
+        self.wiring = wiring
         self._reference = reference
         return self
 
@@ -87,11 +110,44 @@ class Layer(_LayerFns):
 
     def _replace(self, **fields: Any) -> Layer:
         values = {**self._asdict(), **fields}
-        return Layer(**values, name=self.name, children=self.children,
+        return Layer(**values, name=self.name, children=self.children, wiring=self.wiring,
                      reference=self._reference)
 
     def __repr__(self) -> str:
         return self.name
+
+
+def stateless(
+    init: Callable[[jax.Array, Shape], tuple[Shape, Params]],
+    apply: Callable[..., Any],
+    backward: Callable[..., tuple[Params, Any]],
+    *,
+    name: str,
+    reference: Layer | None = None,
+) -> Layer:
+    """A `Layer` without state (``()``) from its three plain functions.
+
+    Args:
+      init: ``init(key, input_shape) -> (output_shape, params)``.
+      apply: ``apply(params, x, *, key=None, train=False) -> y``.
+      backward: ``backward(params, x, y, dy, *, key=None, train=False) -> (dparams, dx)``.
+      name: the layer's readable name.
+      reference: the plain twin (see `Layer.reference`), when ``apply`` is not plain.
+    """
+
+    def init_with_state(key, input_shape):
+        output_shape, params = init(key, input_shape)
+        return output_shape, params, ()
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        return apply(params, x, key=key, train=train), state
+
+    def backward_with_state(params, state, x, y, dy, *, key=None, train=False):
+        del state  # Stateless.
+        return backward(params, x, y, dy, key=key, train=train)
+
+    return Layer(init_with_state, apply_with_state, backward_with_state, name=name,
+                 reference=reference)
 
 
 def split_key(key: jax.Array | None, num: int) -> Sequence[jax.Array | None]:
@@ -108,8 +164,17 @@ def param_dtype(dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
+def is_multi_shape(shape: Any) -> bool:
+    """Whether ``shape`` is a tuple of shapes (the activations of parallel branches)."""
+    return isinstance(shape, tuple) and len(shape) > 0 and all(
+        isinstance(s, tuple) for s in shape)
+
+
 def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str = "") -> None:
-    """Raises `ShapeError` unless ``input_shape`` has ``rank`` dimensions."""
+    """Raises `ShapeError` unless ``input_shape`` is one shape of ``rank`` dimensions."""
+    if is_multi_shape(input_shape):
+        raise ShapeError(f"{name} takes one input, got the {len(input_shape)} branches "
+                         f"{tuple(input_shape)}; join them first (FanInSum, FanInConcat)")
     if len(input_shape) != rank:
         raise ShapeError(
             f"{name} expects input of rank {rank} {layout}, got shape {tuple(input_shape)}"
@@ -117,97 +182,34 @@ def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str 
         )
 
 
-def serial(*layers: Layer) -> Layer:
-    """Composes layers in sequence; the result is itself a `Layer`.
-
-    Params are a tuple with one entry per layer. ``apply`` splits ``key`` (when given) into
-    one key per layer; ``backward`` recomputes the chain's intermediate activations from
-    ``x`` (the forward cache; under ``jax.jit`` XLA shares them with the forward pass) and
-    walks the layers in reverse.
-
-    Args:
-      *layers: the layers, first to last.
-
-    Returns:
-      A `Layer` whose ``init`` raises `ShapeError` naming the index and layer at fault.
-    """
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            hint = " (did you forget the parentheses, e.g. Relu()?)" if callable(layer) else ""
-            raise TypeError(f"serial: argument {index} is not a Layer: {layer!r}{hint}")
-    num = len(layers)
-    name = "serial(" + ", ".join(layer.name for layer in layers) + ")"
-
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, Params]:
-        shape = tuple(input_shape)
-        params = []
-        for index, (layer, layer_key) in enumerate(zip(layers, split_key(key, num), strict=True)):
-            try:
-                shape, layer_params = layer.init(layer_key, shape)
-            except ShapeError as error:
-                message = str(error).removeprefix(layer.name).lstrip(" :")
-                located = ShapeError(f"layer {index} ({layer.name}): {message}")
-                located.layer_index = index
-                raise located from None
-            params.append(layer_params)
-        return shape, tuple(params)
-
-    def forward(params, x, key, train):
-        """All activations: ``[x, layer0(x), layer1(layer0(x)), ...]``."""
-        keys = split_key(key, num)
-        activations = [x]
-        for layer, layer_params, layer_key in zip(layers, params, keys, strict=True):
-            activations.append(layer.apply(layer_params, activations[-1], key=layer_key,
-                                           train=train))
-        return activations, keys
-
-    def apply(params, x, *, key=None, train=False):
-        return forward(params, x, key, train)[0][-1]
-
-    def backward(params, x, y, dy, *, key=None, train=False):
-        del y  # Recomputed as the last cached activation.
-        activations, keys = forward(params, x, key, train)
-        dparams = [None] * num
-        for index in reversed(range(num)):
-            dparams[index], dy = layers[index].backward(
-                params[index], activations[index], activations[index + 1], dy,
-                key=keys[index], train=train,
-            )
-        return tuple(dparams), dy
-
-    has_twins = any(layer.reference is not layer for layer in layers)
-    return Layer(init, apply, backward, name=name, children=layers,
-                 reference=serial(*(layer.reference for layer in layers)) if has_twins
-                 else None)
-
-
 def with_rule_gradient(layer: Layer) -> Layer:
     """``layer`` whose ``jax.grad`` runs its own manual ``backward`` rule on CPU.
 
-    For layers whose rule is faster than XLA's CPU lowering of the autodiff gradient
-    (convolution filter gradients, max-pool routing). Elsewhere (GPU, TPU) ``apply`` is the
-    plain forward. The layer must be deterministic (no key). ``jax.jvp`` through the CPU
-    path is not available (a ``jax.custom_vjp``); the plain twin is `Layer.reference`.
+    For stateless layers whose rule is faster than XLA's CPU lowering of the autodiff
+    gradient (convolution filter gradients, max-pool routing). Elsewhere (GPU, TPU)
+    ``apply`` is the plain forward. The layer must be deterministic (no key). ``jax.jvp``
+    through the CPU path is not available (a ``jax.custom_vjp``); the plain twin is
+    `Layer.reference`.
     """
 
     @jax.custom_vjp
     def rule_apply(params, x):
-        return layer.apply(params, x)
+        return layer.apply(params, (), x)[0]
 
     def forward(params, x):
-        y = layer.apply(params, x)
+        y = layer.apply(params, (), x)[0]
         return y, (params, x, y)
 
     def backward(residuals, dy):
         params, x, y = residuals
-        return layer.backward(params, x, y, dy)
+        return layer.backward(params, (), x, y, dy)
 
     rule_apply.defvjp(forward, backward)
 
-    def apply(params, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False):
         del key, train  # Deterministic.
         if jax.default_backend() == "cpu":
-            return rule_apply(params, x)
-        return layer.apply(params, x)
+            return rule_apply(params, x), state
+        return layer.apply(params, state, x)
 
     return Layer(layer.init, apply, layer.backward, name=layer.name, reference=layer)

@@ -23,7 +23,6 @@ rule on CPU (`jaxnn.layer.with_rule_gradient`) are differentiated through their 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn._table import format_table
-from jaxnn.layer import Layer, split_key
+from jaxnn.combinators import pullback, trace
+from jaxnn.layer import Layer
 from jaxnn.losses import Loss
 
 
@@ -39,6 +39,7 @@ def value_and_grad(
     net: Layer,
     loss: Loss,
     params: Any,
+    state: Any,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -51,79 +52,63 @@ def value_and_grad(
       net: the network (a `Layer`, usually built with `serial`).
       loss: a `jaxnn.losses.Loss`; its ``grad`` gives the output delta.
       params: the network's parameters.
+      state: the network's state (``()`` per stateless layer, from ``net.init``).
       x: a batch of inputs.
       y: the matching targets.
       key: the PRNG key given to ``apply`` (needed by Dropout when ``train``).
-      train: training mode (Dropout active).
+      train: training mode (Dropout active, BatchNorm on batch statistics).
 
     Returns:
       ``(loss value, grads)`` with ``grads`` shaped like ``params``.
     """
-    value, grads, _ = value_grad_and_output(net, loss, params, x, y, key=key, train=train)
+    value, grads, _, _ = value_grad_and_output(net, loss, params, state, x, y, key=key,
+                                               train=train)
     return value, grads
 
 
-def value_grad_and_output(net, loss, params, x, y, *, key=None, train=False, loss_dtype=None):
-    """Like `value_and_grad`, also returning the network's output ``net(params, x)``.
+def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=False,
+                          loss_dtype=None):
+    """Like `value_and_grad`, also returning the network's output and its new state:
+    ``(value, grads, output, new_state)``.
 
-    The forward pass records each leaf layer's input and output (the cache of classic
-    backprop) and the backward pass walks that record in reverse, so nothing is computed
-    twice (a combinator's own ``backward`` would recompute its activations).
+    The forward pass records every layer's input and output (`jaxnn.combinators.trace`, the
+    cache of classic backprop) and the backward pass walks that record in reverse
+    (`jaxnn.combinators.pullback`), so nothing is computed twice.
 
     ``loss_dtype``: when given, the output is cast to it before the loss (mixed precision:
     a bfloat16 network, a float32 loss); the returned output is the cast one.
     """
-    record, pred = _forward_record(net, params, x, key, train, ())
+    pred, new_state, tape = trace(net, params, state, x, key=key, train=train)
     net_dtype = pred.dtype
     if loss_dtype is not None:
         pred = pred.astype(loss_dtype)
     dy = loss.grad(pred, y).astype(net_dtype)
-    grads = {}
-    for path, layer, layer_params, layer_x, layer_y, layer_key in reversed(record):
-        grads[path], dy = layer.backward(layer_params, layer_x, layer_y, dy, key=layer_key,
-                                         train=train)
-    return loss.value(pred, y), _nest(net, grads, ()), pred
-
-
-def _forward_record(net, params, x, key, train, path):
-    """The forward pass as ``[(path, leaf layer, params, input, output, key), ...]``."""
-    if not net.children:
-        y = net.apply(params, x, key=key, train=train)
-        return [(path, net, params, x, y, key)], y
-    record = []
-    for index, (child, child_params, child_key) in enumerate(zip(
-            net.children, params, split_key(key, len(net.children)), strict=True)):
-        child_record, x = _forward_record(child, child_params, x, child_key, train,
-                                          (*path, index))
-        record += child_record
-    return record, x
-
-
-def _nest(net, grads, path):
-    """The per-leaf-layer gradients back in the structure of the network's params."""
-    if not net.children:
-        return grads[path]
-    return tuple(_nest(child, grads, (*path, i)) for i, child in enumerate(net.children))
+    grads, _ = pullback(tape, dy)
+    return loss.value(pred, y), grads, pred, new_state
 
 
 def grad(
     net: Layer,
     loss: Loss,
     params: Any,
+    state: Any,
     x: jax.Array,
     y: jax.Array,
     *,
     key: jax.Array | None = None,
     train: bool = False,
 ) -> Any:
-    """The gradient of ``loss(net(params, x), y)`` by the manual rules; see `value_and_grad`."""
-    return value_and_grad(net, loss, params, x, y, key=key, train=train)[1]
+    """The gradient of ``loss(net(params, state, x), y)`` by the manual rules; see
+    `value_and_grad`."""
+    return value_and_grad(net, loss, params, state, x, y, key=key, train=train)[1]
 
 
 class LeafError(NamedTuple):
     """How one parameter leaf's manual gradient compares.
 
-    Relative errors are ``max |a - b| / max |b|`` over the leaf (``b`` the reference).
+    Relative errors are ``max |a - b| / max |b|`` over the leaf (``b`` the `jax.grad`
+    reference), or over the whole gradient's ``max |b|`` for a leaf whose gradient is zero up
+    to rounding (below the square root of eps times that: a bias before a BatchNorm).
     Finite differences are taken at ``fd_elements`` sampled entries of the leaf.
     """
 
@@ -172,12 +157,13 @@ class GradientCheckError(AssertionError):
     """A manual gradient disagrees with `jax.grad` or finite differences beyond tolerance."""
 
 
-def _relative(actual, reference) -> tuple[float, float]:
+def _relative(actual, reference, scale: float | None = None) -> tuple[float, float]:
+    """``(max |a - b|, that / scale)``, ``scale`` by default ``max |b|``."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     if actual.size == 0:
         return 0.0, 0.0
     abs_err = float(np.max(np.abs(actual - reference)))
-    scale = float(np.max(np.abs(reference)))
+    scale = float(np.max(np.abs(reference))) if scale is None else scale
     if abs_err == 0:
         return 0.0, 0.0
     return abs_err, abs_err / scale if scale > 0 else math.inf
@@ -202,18 +188,6 @@ def _owner(net: Layer, path) -> str:
         indices.append(str(entry.idx))
         layer = layer.children[entry.idx]
     return f"layer {'.'.join(indices)} ({layer.name})" if indices else layer.name
-
-
-def _leaf_layers(net: Layer, params, x, key, train, label="") -> Iterator[tuple]:
-    """Replays the forward pass, yielding ``(label, layer, params, x, key)`` per leaf layer."""
-    if not net.children:
-        yield (f"layer {label} ({net.name})" if label else net.name), net, params, x, key
-        return
-    for index, (child, child_params, child_key) in enumerate(zip(
-            net.children, params, split_key(key, len(net.children)), strict=True)):
-        yield from _leaf_layers(child, child_params, x, child_key, train,
-                                f"{label}.{index}" if label else str(index))
-        x = child.apply(child_params, x, key=child_key, train=train)
 
 
 def _finite_differences(loss_of_leaves, leaves, index, max_elements, rng):
@@ -248,6 +222,7 @@ def check(
     net: Layer,
     loss: Loss,
     params: Any,
+    state: Any,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -271,6 +246,7 @@ def check(
       net: the network.
       loss: a `jaxnn.losses.Loss`.
       params: the network's parameters (float64 for tight tolerances).
+      state: the network's state (from ``net.init``).
       x: a batch of inputs.
       y: the matching targets.
       key: PRNG key for ``apply`` (Dropout when ``train``).
@@ -295,7 +271,7 @@ def check(
     fd_rtol = default_fd_rtol if fd_rtol is None else fd_rtol
     rng = np.random.default_rng(seed)
 
-    manual = grad(net, loss, params, x, y, key=key, train=train)
+    manual = grad(net, loss, params, state, x, y, key=key, train=train)
     leaves, treedef = jax.tree.flatten(params)
 
     reference = net.reference  # plain forwards: jax.grad independent of the manual rules
@@ -303,10 +279,12 @@ def check(
     @jax.jit
     def loss_of_leaves(flat_leaves):
         tree = jax.tree.unflatten(treedef, flat_leaves)
-        return loss.value(reference.apply(tree, x, key=key, train=train), y)
+        return loss.value(reference.apply(tree, state, x, key=key, train=train)[0], y)
 
     autodiff = jax.tree.unflatten(treedef, jax.grad(loss_of_leaves)(leaves))
     manual_paths = jax.tree_util.tree_flatten_with_path(manual)[0]
+    whole_scale = max((float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(autodiff)
+                       if leaf.size), default=0.0)
     leaf_errors = []
     for index, ((path, manual_leaf), autodiff_leaf) in enumerate(
             zip(manual_paths, jax.tree.leaves(autodiff), strict=True)):
@@ -314,24 +292,29 @@ def check(
             raise GradientCheckError(
                 f"manual gradient of {_describe(path)} ({_owner(net, path)}) has shape "
                 f"{manual_leaf.shape}, the parameter {autodiff_leaf.shape}")
-        auto_abs, auto_rel = _relative(manual_leaf, autodiff_leaf)
+        # A leaf whose gradient is zero up to rounding (a bias before a BatchNorm) is
+        # measured on the scale of the whole gradient: beside it, both are noise.
+        scale = float(jnp.max(jnp.abs(autodiff_leaf))) if autodiff_leaf.size else 0.0
+        if scale <= float(jnp.finfo(autodiff_leaf.dtype).eps) ** 0.5 * whole_scale:
+            scale = whole_scale
+        auto_abs, auto_rel = _relative(manual_leaf, autodiff_leaf, scale)
         chosen, fd = _finite_differences(loss_of_leaves, leaves, index, fd_elements, rng)
-        fd_abs, fd_rel = _relative(np.asarray(manual_leaf).reshape(-1)[chosen], fd)
+        fd_abs, fd_rel = _relative(np.asarray(manual_leaf).reshape(-1)[chosen], fd, scale)
         leaf_errors.append(LeafError(_describe(path), _owner(net, path), auto_abs, auto_rel,
                                      fd_abs, fd_rel, len(chosen)))
 
     layer_errors = []
-    for label, layer, layer_params, layer_x, layer_key in _leaf_layers(
-            net, params, x, key, train):
+    for leaf in trace(net, params, state, x, key=key, train=train)[2].leaves():
         layer_y, vjp = jax.vjp(
-            lambda p, xx, k=layer_key, f=layer.reference.apply: f(p, xx, key=k, train=train),
-            layer_params, layer_x)
-        cotangent = jnp.asarray(rng.standard_normal(layer_y.shape), layer_y.dtype)
+            lambda p, xx, leaf=leaf: leaf.layer.reference.apply(
+                p, leaf.state, xx, key=leaf.key, train=train)[0], leaf.params, leaf.x)
+        cotangent = jax.tree.map(
+            lambda part: jnp.asarray(rng.standard_normal(part.shape), part.dtype), layer_y)
         want_dparams, want_dx = vjp(cotangent)
-        got_dparams, got_dx = layer.backward(layer_params, layer_x, layer_y, cotangent,
-                                              key=layer_key, train=train)
-        layer_errors.append(LayerError(label, _tree_relative(got_dparams, want_dparams),
-                                       _relative(got_dx, want_dx)[1]))
+        got_dparams, got_dx = leaf.layer.backward(leaf.params, leaf.state, leaf.x, layer_y,
+                                                  cotangent, key=leaf.key, train=train)
+        layer_errors.append(LayerError(leaf.label, _tree_relative(got_dparams, want_dparams),
+                                       _tree_relative(got_dx, want_dx)))
 
     report = CheckReport(tuple(leaf_errors), tuple(layer_errors))
     if verbose:

@@ -5,23 +5,52 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jaxnn import combinators as C
 from jaxnn import layers as L
 from jaxnn.config import Config, ConfigError, ModelConfig
-from jaxnn.layer import Layer, ShapeError, serial
+from jaxnn.layer import Layer, ShapeError, stateless
 from jaxnn.summary import shapes
 
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
-    "Dense": L.Dense, "Conv2D": L.Conv2D, "MaxPool2D": L.MaxPool2D, "AvgPool2D": L.AvgPool2D,
+    "Dense": L.Dense, "Conv1D": L.Conv1D, "Conv2D": L.Conv2D,
+    "Conv2DTranspose": L.Conv2DTranspose, "MaxPool2D": L.MaxPool2D, "AvgPool2D": L.AvgPool2D,
+    "SumPool2D": L.SumPool2D, "GlobalAvgPool": L.GlobalAvgPool,
     "Flatten": L.Flatten, "Dropout": L.Dropout, "Identity": L.Identity, "Sigmoid": L.Sigmoid,
     "Tanh": L.Tanh, "Relu": L.Relu, "LeakyRelu": L.LeakyRelu, "Gelu": L.Gelu,
-    "Softplus": L.Softplus, "Softmax": L.Softmax, "LogSoftmax": L.LogSoftmax,
+    "Softplus": L.Softplus, "Elu": L.Elu, "Selu": L.Selu, "Silu": L.Silu,
+    "Softmax": L.Softmax, "LogSoftmax": L.LogSoftmax,
+    "BatchNorm": L.BatchNorm, "LayerNorm": L.LayerNorm, "GroupNorm": L.GroupNorm,
+    "FanOut": C.FanOut, "FanInSum": C.FanInSum, "FanInConcat": C.FanInConcat,
 }
-_SPATIAL = ("Conv2D", "MaxPool2D", "AvgPool2D")
+# Combinators whose tables nest lists of layer tables: the key holding them, and whether it
+# is a list of branches (each a list of layers) rather than one list of layers.
+NESTED_TYPES = {"Serial": ("layers", False), "Residual": ("layers", False),
+                "Parallel": ("branches", True)}
+# Layers that take NHWC images: a network with one gets the data as images, else flattened.
+# Conv1D is not here: it takes (batch, length, channels), a layout the data never comes in.
+_SPATIAL = ("Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "SumPool2D",
+            "GlobalAvgPool")
+
+
+def _specs(layers: Any) -> list[dict]:
+    """Every layer table in ``layers``, nested ones included."""
+    found = []
+    for spec in layers:
+        if not isinstance(spec, dict):
+            continue
+        found.append(spec)
+        for key in ("layers", "shortcut"):
+            if isinstance(spec.get(key), list):
+                found += _specs(spec[key])
+        for branch in spec.get("branches", []) if isinstance(spec.get("branches"), list) else []:
+            if isinstance(branch, list):
+                found += _specs(branch)
+    return found
 
 
 def uses_images(model: ModelConfig) -> bool:
-    """Whether the network takes NHWC images (it has a convolution or pooling layer)."""
-    return any(spec.get("type") in _SPATIAL for spec in model.layers)
+    """Whether the network takes NHWC images (it has a 2-D convolution or pooling layer)."""
+    return any(spec.get("type") in _SPATIAL for spec in _specs(model.layers))
 
 
 def _tuples(value: Any) -> Any:
@@ -35,19 +64,24 @@ MLP_W_INIT = "lecun_normal"
 
 def _masked(activation: Layer, mask: Any) -> Layer:
     """``activation(x) * mask`` for a 0/1 unit mask (packed sweeps), with the same params
-    structure as the bare activation; the rule masks ``dy`` before the activation's rule."""
+    structure as the bare (stateless) activation; the rule masks ``dy`` before the
+    activation's rule."""
+
+    def init(key, input_shape):
+        output_shape, params, _ = activation.init(key, input_shape)
+        return output_shape, params
 
     def apply(params, x, *, key=None, train=False):
-        y = activation.apply(params, x, key=key, train=train)
+        y, _ = activation.apply(params, (), x, key=key, train=train)
         return y * mask[None, :].astype(y.dtype)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y  # The activation's own output is recomputed below.
-        unmasked = activation.apply(params, x, key=key, train=train)
+        unmasked, _ = activation.apply(params, (), x, key=key, train=train)
         masked_dy = dy * mask[None, :].astype(dy.dtype)
-        return activation.backward(params, x, unmasked, masked_dy, key=key, train=train)
+        return activation.backward(params, (), x, unmasked, masked_dy, key=key, train=train)
 
-    return Layer(activation.init, apply, backward, name=activation.name)
+    return stateless(init, apply, backward, name=activation.name)
 
 
 def build(
@@ -71,8 +105,15 @@ def build(
       source: the config file, for error messages.
 
     Raises:
-      ConfigError: naming ``model.layers[i]`` for an unknown type or bad arguments.
+      ConfigError: naming ``model.layers[i]`` (``model.layers[i].layers[j]`` when nested)
+        for an unknown type or bad arguments.
     """
+    return _build(model, output_size, dropout=dropout, hidden_mask=hidden_mask,
+                  source=source)[0]
+
+
+def _build(model, output_size, *, dropout=None, hidden_mask=None, source="<config>"):
+    """``(network, {id(layer): config key})``; the keys locate shape errors in the config."""
     rate = model.dropout if dropout is None else dropout
     if not model.layers:
         activation = L.ACTIVATIONS.get(model.activation)
@@ -85,22 +126,77 @@ def build(
             hidden += [L.Dense(width, w_init=MLP_W_INIT), act]
             if model.dropout > 0:
                 hidden.append(L.Dropout(rate))
-        return serial(*hidden, L.Dense(output_size))
-    built = []
-    for index, spec in enumerate(model.layers):
-        key = f"model.layers[{index}]"
-        kind = spec["type"]
-        if kind not in LAYER_TYPES:
-            raise ConfigError(source, key, f"unknown layer type {kind!r}; known: "
-                              f"{', '.join(LAYER_TYPES)}")
+        return C.serial(*hidden, L.Dense(output_size)), {}
+    keys: dict[int, str] = {}
+    net = C.serial(*_build_layers(model.layers, "model.layers", rate, source, keys))
+    return net, keys
+
+
+def _build_layers(specs, key, rate, source, keys) -> list[Layer]:
+    if not isinstance(specs, list | tuple) or not specs:
+        raise ConfigError(source, key, "expected a non-empty list of layer tables")
+    return [_build_layer(spec, f"{key}[{index}]", rate, source, keys)
+            for index, spec in enumerate(specs)]
+
+
+def _build_layer(spec, key, rate, source, keys) -> Layer:
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise ConfigError(source, key, 'expected a table with a "type", e.g. '
+                          '{type = "Dense", features = 10}')
+    kind = spec["type"]
+    if kind in NESTED_TYPES:
+        layer = _build_nested(kind, spec, key, rate, source, keys)
+    elif kind in LAYER_TYPES:
         kwargs = {k: _tuples(v) for k, v in spec.items() if k != "type"}
         if kind == "Dropout" and "rate" not in kwargs:
             kwargs["rate"] = rate
         try:
-            built.append(LAYER_TYPES[kind](**kwargs))
+            layer = LAYER_TYPES[kind](**kwargs)
         except (TypeError, ValueError) as error:
             raise ConfigError(source, key, f"{kind}: {error}") from None
-    return serial(*built)
+    else:
+        raise ConfigError(source, key, f"unknown layer type {kind!r}; known: "
+                          f"{', '.join([*LAYER_TYPES, *NESTED_TYPES])}")
+    keys[id(layer)] = key
+    return layer
+
+
+def _build_nested(kind, spec, key, rate, source, keys) -> Layer:
+    field, is_branches = NESTED_TYPES[kind]
+    allowed = {"type", field} | ({"shortcut"} if kind == "Residual" else set())
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(source, f"{key}.{unknown[0]}", f"{kind} takes only "
+                          f"{', '.join(sorted(allowed - {'type'}))}")
+    if field not in spec:
+        raise ConfigError(source, key, f"{kind} needs {field} = [...]")
+    if is_branches:
+        branches = spec[field]
+        if not isinstance(branches, list) or not branches:
+            raise ConfigError(source, f"{key}.{field}", "expected a list of branches, each a "
+                              "list of layer tables")
+        return C.parallel(*(C.serial(*_build_layers(branch, f"{key}.{field}[{index}]", rate,
+                                                    source, keys))
+                            for index, branch in enumerate(branches)))
+    layers = _build_layers(spec[field], f"{key}.{field}", rate, source, keys)
+    if kind == "Serial":
+        return C.serial(*layers)
+    shortcut = None
+    if "shortcut" in spec:
+        shortcut = C.serial(*_build_layers(spec["shortcut"], f"{key}.shortcut", rate, source,
+                                           keys))
+    return C.Residual(*layers, shortcut=shortcut)
+
+
+def _config_key(net: Layer, path: tuple[int, ...], keys: dict[int, str]) -> str:
+    """The config key of the innermost layer on ``path`` that a config table made."""
+    found, layer = "model.layers", net
+    for index in path:
+        if index >= len(layer.children):
+            break
+        layer = layer.children[index]
+        found = keys.get(id(layer), found)
+    return found
 
 
 def check(config: Config, input_shape: tuple[int, ...], output_size: int) -> Layer:
@@ -109,12 +205,11 @@ def check(config: Config, input_shape: tuple[int, ...], output_size: int) -> Lay
     Raises:
       ConfigError: naming the file and ``model.layers`` (and the layer) at fault.
     """
-    net = build(config.model, output_size, source=config.source)
+    net, keys = _build(config.model, output_size, source=config.source)
     try:
-        out_shape, _ = shapes(net, (None, *input_shape))
+        out_shape, _, _ = shapes(net, (None, *input_shape))
     except ShapeError as error:
-        key = "model.layers" if error.layer_index is None or not config.model.layers \
-            else f"model.layers[{error.layer_index}]"
+        key = _config_key(net, error.layer_path, keys)
         raise ConfigError(config.source, key,
                           f"{error} (data examples have shape {tuple(input_shape)})") from None
     if tuple(out_shape[1:]) != (output_size,):

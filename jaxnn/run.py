@@ -169,7 +169,7 @@ def train_and_evaluate(
         raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
 
     summary = _drive(config, trainer, state, hparams, workdir, best)
-    test = trainer.evaluate(summary.pop("params"), hparams, jnp.asarray(dataset.x_test),
+    test = trainer.evaluate(*summary.pop("model"), hparams, jnp.asarray(dataset.x_test),
                             jnp.asarray(dataset.y_test))
     summary.update({
         "test_loss": float(test["loss"]),
@@ -247,5 +247,5 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
         "compile_time_s": compile_s,
         "train_time_s": train_s,
         "chunk_epochs": chunk,
-        "params": state.params,
+        "model": (state.params, state.model_state),
     }

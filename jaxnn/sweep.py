@@ -309,10 +309,10 @@ def _bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
     net = models.build(cfg.model, dataset.output_size)
     from jaxnn.summary import rows
 
-    table = rows(net, (None, *dataset.input_shape))
+    table = [row for row in rows(net, (None, *dataset.input_shape)) if row.leaf]
     itemsize = np.dtype(cfg.training.precision).itemsize
     params = sum(r.params for r in table)
-    activations = cfg.training.batch_size * sum(math.prod(r.output_shape[1:]) for r in table)
+    activations = cfg.training.batch_size * sum(r.values_per_example for r in table)
     batches = len(dataset.x_train) // cfg.training.batch_size * cfg.training.batch_size
     order = 4 * cfg.training.epochs * batches if own_seed else 0  # int32 indices
     # 5 x params: params, grads, updates and two optimizer moments.
@@ -451,7 +451,7 @@ class _Prologue:
                 init_key, run_key = jax.random.split(key)  # as `Trainer.init` splits it
                 params = None
                 if net is not None:
-                    _, params = net.init(init_key, self.input_shape)
+                    _, params, _ = net.init(init_key, self.input_shape)
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
                 return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
@@ -494,7 +494,8 @@ class _GroupProgram:
         def one_trial(key, hparams, params0, batches, data, x_test, y_test):
             state = trainer.init(key, hparams, params=params0)
             state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data, batches)
-            return state.params, metrics, trainer.evaluate(state.params, hparams, x_test, y_test)
+            return state.params, metrics, trainer.evaluate(state.params, state.model_state,
+                                                           hparams, x_test, y_test)
 
         def shapes_at(hidden):
             net = models.build(dataclasses.replace(group.config.model, hidden=hidden),

@@ -1,7 +1,7 @@
 """The training engine: a pure, compiled ``train(key, hparams)`` built on `jax.lax.scan`.
 
 `make_train` turns a config and a data set into a `Trainer`. Calling it, ``trainer(key,
-hparams) -> (params, opt_state, metrics)``, runs every epoch inside one compiled program; its
+hparams) -> (TrainState, metrics)``, runs every epoch inside one compiled program; its
 pieces ``init`` and ``run_epochs`` let the host drive the same computation in chunks of
 epochs (progress, checkpoints, early stopping) with identical results.
 
@@ -48,12 +48,15 @@ class TrainState(NamedTuple):
 
     Attributes:
       params: the network's parameters.
+      model_state: the network's state (BatchNorm's running statistics), carried through
+        every training step and used, as it stands, by evaluation; ``()`` per stateless layer.
       opt_state: the optax optimizer state.
       key: the run's raw (uint32) PRNG key; per-epoch keys are folded from it.
       epoch: the number of epochs done (an int32 scalar).
     """
 
     params: Any
+    model_state: Any
     opt_state: Any
     key: jax.Array
     epoch: jax.Array
@@ -64,7 +67,7 @@ class Trainer(NamedTuple):
 
     Attributes:
       init: ``init(key, hparams, params=None) -> TrainState``; ``params`` replaces the
-        drawn initial parameters (the key's first half draws them otherwise).
+        drawn initial parameters (the key's first half draws them and the state otherwise).
       run_epochs: ``run_epochs(state, hparams, num_epochs, data=None, batches=None) ->
         (state, metrics)``, metrics stacked per epoch (``num_epochs`` is static: one compile
         per distinct value). ``data`` defaults to `Trainer.data`; a program that wraps the
@@ -78,7 +81,8 @@ class Trainer(NamedTuple):
       data: the device arrays ``(x_train, y_train, x_val, y_val)``.
       compile: ``compile(state, hparams, num_epochs) -> run`` compiles ahead of time (for
         timing compilation apart): ``run(state, hparams) -> (state, metrics)``.
-      evaluate: ``evaluate(params, hparams, x, y) -> {"loss", "accuracy"}``.
+      evaluate: ``evaluate(params, model_state, hparams, x, y) -> {"loss", "accuracy"}``
+        (eval mode: BatchNorm on its running statistics).
       epochs: the configured number of epochs.
       steps_per_epoch: minibatches per epoch.
       dtype: the floating dtype of data and parameters.
@@ -96,14 +100,13 @@ class Trainer(NamedTuple):
 
     def __call__(
         self, key: jax.Array, hparams: dict, data: tuple | None = None
-    ) -> tuple[Any, Any, dict]:
-        """Trains from scratch for every epoch: ``(params, opt_state, metrics)``.
+    ) -> tuple[TrainState, dict]:
+        """Trains from scratch for every epoch: ``(final TrainState, metrics)``.
 
         Under your own ``jax.jit``/``jax.vmap``, pass ``data=trainer.data`` through the
         jitted function's arguments to keep the data out of the compiled constants.
         """
-        state, metrics = self.run_epochs(self.init(key, hparams), hparams, self.epochs, data)
-        return state.params, state.opt_state, metrics
+        return self.run_epochs(self.init(key, hparams), hparams, self.epochs, data)
 
 
 def default_hparams(config: Config, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
@@ -149,9 +152,9 @@ def make_step(
     *,
     backprop: str = "autodiff",
     compute_dtype: Any = None,
-) -> Callable[..., tuple[Any, Any, jax.Array, jax.Array]]:
-    """One training step: ``step(params, opt_state, x, y, key=None) -> (params, opt_state,
-    loss, output)``.
+) -> Callable[..., tuple[Any, Any, Any, jax.Array, jax.Array]]:
+    """One training step: ``step(params, model_state, opt_state, x, y, key=None) ->
+    (params, model_state, opt_state, loss, output)``, in train mode.
 
     Args:
       net: the network.
@@ -159,15 +162,15 @@ def make_step(
       optimizer: an optax optimizer.
       backprop: "autodiff" (``jax.value_and_grad``) or "manual" (the layers' delta rules).
       compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and backward passes
-        run on copies of the params and inputs cast to it, while the params themselves (the
-        master weights), their gradients, the optimizer and the loss stay in the params'
-        dtype. None: everything in the params' dtype.
+        run on copies of the params, state and inputs cast to it, while the params themselves
+        (the master weights), their gradients, the state, the optimizer and the loss stay in
+        the params' dtype. None: everything in the params' dtype.
 
     Returns:
       The pure step function (jit it, or call it inside a compiled loop).
     """
 
-    def step(params, opt_state, x, y, key=None):
+    def step(params, model_state, opt_state, x, y, key=None):
         leaves = jax.tree_util.tree_leaves(params)
         master_dtype = leaves[0].dtype if leaves else x.dtype
 
@@ -175,31 +178,37 @@ def make_step(
             return tree if compute_dtype is None else cast_floating(tree, compute_dtype)
 
         if backprop == "manual":
-            value, grads, pred = manual.value_grad_and_output(
-                net, loss, to_compute(params), to_compute(x), y, key=key, train=True,
-                loss_dtype=master_dtype)
+            value, grads, pred, new_state = manual.value_grad_and_output(
+                net, loss, to_compute(params), to_compute(model_state), to_compute(x), y,
+                key=key, train=True, loss_dtype=master_dtype)
             grads = cast_floating(grads, master_dtype)
         else:
             def objective(p):  # The casts' transposes bring gradients back to master_dtype.
-                pred = net.apply(to_compute(p), to_compute(x), key=key, train=True)
+                pred, new_state = net.apply(to_compute(p), to_compute(model_state),
+                                            to_compute(x), key=key, train=True)
                 pred = pred.astype(master_dtype)
-                return loss.value(pred, y), pred
+                return loss.value(pred, y), (pred, new_state)
 
-            (value, pred), grads = jax.value_and_grad(objective, has_aux=True)(params)
+            (value, (pred, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+                params)
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state,
+                                 model_state)
         with OPTAX_PROMOTION():
             updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value, pred
+        return optax.apply_updates(params, updates), new_state, opt_state, value, pred
 
     return step
 
 
-def init_params(net, key: jax.Array, input_shape, hparams: dict, dtype) -> Any:
-    """``net``'s initial parameters in ``dtype``, weights ("w") scaled by the init scale."""
-    _, params = net.init(key, input_shape)
+def init_model(net, key: jax.Array, input_shape, hparams: dict, dtype) -> tuple[Any, Any]:
+    """``net``'s initial ``(params, state)`` in ``dtype``, weights ("w") scaled by the init
+    scale."""
+    _, params, state = net.init(key, input_shape)
     scale = hparams["init_scale"].astype(dtype)
-    return jax.tree_util.tree_map_with_path(
+    params = jax.tree_util.tree_map_with_path(
         lambda path, p: p.astype(dtype) * scale if path[-1] == jax.tree_util.DictKey("w")
         else p.astype(dtype), params)
+    return params, cast_floating(state, dtype)
 
 
 def make_train(
@@ -266,16 +275,17 @@ def make_train(
         hits = jnp.argmax(pred, axis=-1).astype(y.dtype) == y
         return value, jnp.mean(hits.astype(value.dtype))
 
-    def evaluate(params, hparams, x, y):
+    def evaluate(params, model_state, hparams, x, y):
         net = net_for(hparams)
         n = len(x)
         # Cast once, not per evaluation chunk.
-        net_params = params if compute_dtype is None else cast_floating(params, compute_dtype)
+        if compute_dtype is not None:
+            params, model_state = cast_floating((params, model_state), compute_dtype)
 
         def forward(xb):
             if compute_dtype is None:
-                return net.apply(net_params, xb)
-            return net.apply(net_params, xb.astype(compute_dtype)).astype(dtype)
+                return net.apply(params, model_state, xb)[0]
+            return net.apply(params, model_state, xb.astype(compute_dtype))[0].astype(dtype)
 
         if n <= EVAL_BATCH:  # One pass: no loop to compile.
             value, accuracy = metrics_of(forward(x), y)
@@ -290,11 +300,12 @@ def make_train(
 
     def init(key, hparams, params=None):
         init_key, run_key = jax.random.split(key)
-        if params is None:
-            params = init_params(net_for(hparams), init_key, input_shape, hparams, dtype)
+        drawn, model_state = init_model(net_for(hparams), init_key, input_shape, hparams, dtype)
+        params = drawn if params is None else params
         with OPTAX_PROMOTION():
             opt_state = optimizer_for(hparams).init(params)
-        return TrainState(params, opt_state, raw_key(run_key), jnp.zeros((), jnp.int32))
+        return TrainState(params, model_state, opt_state, raw_key(run_key),
+                          jnp.zeros((), jnp.int32))
 
     def epoch_batches(epoch_key):
         order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
@@ -308,7 +319,7 @@ def make_train(
 
     def one_epoch(hparams, data, carry, batches=None):
         x_train, y_train, x_val, y_val = data
-        params, opt_state, key, epoch = carry
+        params, model_state, opt_state, key, epoch = carry
         train_step = make_step(net_for(hparams), loss, optimizer_for(hparams),
                                backprop=config.training.backprop, compute_dtype=compute_dtype)
         epoch_key = jax.random.fold_in(key, epoch)
@@ -316,19 +327,20 @@ def make_train(
             batches = epoch_batches(epoch_key)
 
         def step(carry, inputs):
-            params, opt_state = carry
+            params, model_state, opt_state = carry
             index, batch = inputs
             xb, yb = x_train[batch], y_train[batch]
             if mesh is not None:
                 xb, yb = (jax.lax.with_sharding_constraint(
                     a, NamedSharding(mesh, PartitionSpec("data"))) for a in (xb, yb))
             dropout_key = jax.random.fold_in(epoch_key, index + 1)
-            params, opt_state, value, pred = train_step(params, opt_state, xb, yb, dropout_key)
+            params, model_state, opt_state, value, pred = train_step(
+                params, model_state, opt_state, xb, yb, dropout_key)
             _, accuracy = metrics_of(pred, yb)
-            return (params, opt_state), (value, accuracy)
+            return (params, model_state, opt_state), (value, accuracy)
 
-        (params, opt_state), (batch_losses, batch_accuracies) = jax.lax.scan(
-            step, (params, opt_state), (jnp.arange(steps), batches))
+        (params, model_state, opt_state), (batch_losses, batch_accuracies) = jax.lax.scan(
+            step, (params, model_state, opt_state), (jnp.arange(steps), batches))
         finite = jnp.isfinite(batch_losses)
         first_bad = jnp.argmin(finite)  # first False; 0 when all are finite
         last_good = jnp.where(finite, jnp.arange(steps), -1).max()
@@ -340,9 +352,9 @@ def make_train(
             "last_finite_loss": jnp.where(last_good >= 0, batch_losses[last_good], jnp.nan),
         }
         if has_val:
-            val = evaluate(params, hparams, x_val, y_val)
+            val = evaluate(params, model_state, hparams, x_val, y_val)
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
-        return (params, opt_state, key, epoch + 1), metrics
+        return (params, model_state, opt_state, key, epoch + 1), metrics
 
     def run_impl(state, hparams, data, num_epochs, batches):
         if batches is not None and batches.shape != (num_epochs, steps, batch_size):

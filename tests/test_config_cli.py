@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxnn import cli, config
+from jaxnn import cli, config, models, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -36,6 +36,12 @@ BAD_CONFIGS = [
     ('[model]\nlayers = [{type = "Dense", features = 7}]\n', "model.layers", "needs (None, 10)"),
     ('[model]\nlayers = [{type = "Dense2", features = 7}]\n', "model.layers[0]",
      "unknown layer type"),
+    # Conv1D wants (batch, length, channels); the data come as images or flat vectors.
+    ('[model]\nlayers = [{type = "Conv1D", features = 4}, {type = "Flatten"}, '
+     '{type = "Dense", features = 10}]\n', "model.layers[0]",
+     "expects input of rank 3 (batch, length, channels), got shape (None, 64)"),
+    ('[model]\nlayers = [{type = "Conv2DTranspose", features = 4, stride = 0}]\n',
+     "model.layers[0]", "Conv2DTranspose: stride must be a positive int"),
     ('[model]\nlayers = [{type = "Dense", units = 7}]\n', "model.layers[0]", "units"),
     ('[model]\nactivation = "swish"\n', "model.activation", "unknown activation"),
     ("[training]\nbatch_size = 100000\n", "training.batch_size", "exceeds"),
@@ -54,6 +60,21 @@ def test_bad_config_gives_named_error_and_exit_2(tmp_path, capsys, text, key, fr
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # Nothing was written.
+
+
+def test_newer_layer_types_and_activations_build_from_a_config():
+    layers = [{"type": "Conv2DTranspose", "features": 2, "stride": 2}, {"type": "Selu"},
+              {"type": "SumPool2D", "window": [2, 2]}, {"type": "Conv2D", "features": 3},
+              {"type": "Elu", "alpha": 0.5}, {"type": "GlobalAvgPool"},
+              {"type": "Dense", "features": 10}, {"type": "Silu"}]
+    cfg = config.from_dict({"model": {"layers": layers}})
+    assert models.uses_images(cfg.model)
+    assert run.prepare(cfg).input_shape == (8, 8, 1)  # digits as NHWC images
+    assert not models.uses_images(config.from_dict(
+        {"model": {"layers": [{"type": "Conv1D", "features": 4}]}}).model)
+    for name in ("elu", "selu", "silu"):
+        net = models.build(config.ModelConfig(hidden=(4,), activation=name), 3)
+        assert net.children[1].name.lower().startswith(name)
 
 
 def test_error_exit_status_of_the_installed_command(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
 NAMES = ["lr_sweep", "width_depth", "lr_decay", "activations", "optimizers", "batch_size",
-         "cnn_vs_mlp"]
+         "cnn_vs_mlp", "batchnorm"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -35,7 +35,7 @@ def test_named_initializers_are_shape_stable(name, key):
 
 
 def test_normal_std_and_per_layer_choice(key):
-    _, params = Dense(500, w_init="normal(0.02)", b_init="ones").init(key, (None, 400))
+    _, params, _ = Dense(500, w_init="normal(0.02)", b_init="ones").init(key, (None, 400))
     assert float(jnp.std(params["w"])) == pytest.approx(0.02, rel=0.02)
     np.testing.assert_array_equal(params["b"], 1.0)
     assert float(jnp.std(initializers.normal(0.5)(key, (1000,), jnp.float64))) == pytest.approx(

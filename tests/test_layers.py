@@ -12,20 +12,27 @@ from numerics import assert_close
 import jaxnn
 from jaxnn import (
     AvgPool2D,
+    Conv1D,
     Conv2D,
+    Conv2DTranspose,
     Dense,
     Dropout,
+    Elu,
     Flatten,
     Gelu,
+    GlobalAvgPool,
     Identity,
     LeakyRelu,
     LogSoftmax,
     MaxPool2D,
     Relu,
+    Selu,
     ShapeError,
     Sigmoid,
+    Silu,
     Softmax,
     Softplus,
+    SumPool2D,
     Tanh,
     serial,
     summary,
@@ -33,7 +40,7 @@ from jaxnn import (
 from jaxnn.layers import _spatial, _winograd
 
 ACTIVATIONS = [Identity(), Sigmoid(), Tanh(), Relu(), LeakyRelu(0.1), Gelu(), Gelu(False),
-               Softplus(), Softmax(), LogSoftmax()]
+               Softplus(), Elu(), Elu(0.5), Selu(), Silu(), Softmax(), LogSoftmax()]
 
 # (layer, input shape without batch)
 SHAPE_CASES = [
@@ -56,20 +63,35 @@ SHAPE_CASES = [
         for p in ("SAME", "VALID", 1)
     ],
     (AvgPool2D(3, 2, padding="SAME", count_include_pad=False), (7, 7, 2)),
+    *[(SumPool2D(w, s, p), (9, 8, 3)) for w, s, p in [(2, None, "VALID"), (3, 1, "SAME"),
+                                                      (3, 2, 1), ((2, 3), None, "SAME")]],
+    (GlobalAvgPool(), (5, 4, 3)),
+    *[(Conv1D(4, k, stride=s, padding=p), (9, 3))
+      for k, s, p in [(1, 1, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"), (2, 3, (2, 0))]],
+    *[(Conv2DTranspose(4, k, stride=s, padding=p), (4, 3, 3))
+      for k, s, p in [(1, 2, "SAME"), (1, (3, 1), "VALID"), ((2, 3), 2, "VALID"),
+                      ((2, 3), (3, 1), "SAME"), (3, 2, ((0, 1), (3, 0)))]],
     (serial(Conv2D(4, 3), Relu(), MaxPool2D(2), Flatten(), Dense(10), LogSoftmax()), (8, 8, 1)),
+    (serial(Conv2DTranspose(4, 3, stride=2), Elu(), SumPool2D(2), GlobalAvgPool(), Dense(3)),
+     (3, 3, 2)),
     (serial(Dense(8), Tanh(), serial(Dense(4), Relu()), Dense(2)), (3,)),
 ]
 
 
+
+def _leaf(layer, **kwargs):
+    """A stateless layer's forward as a plain ``(params, x) -> y``."""
+    return lambda params, x: layer.apply(params, (), x, **kwargs)[0]
+
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize(("layer", "shape"), SHAPE_CASES, ids=lambda c: str(c))
 def test_init_predicts_apply_shape(layer, shape, batch, key):
-    out_shape, params = layer.init(key, (None, *shape))
+    out_shape, params, state = layer.init(key, (None, *shape))
     assert out_shape[0] is None
     x = jax.random.normal(jax.random.key(1), (batch, *shape))
-    y = layer.apply(params, x, key=jax.random.key(2), train=True)
+    y, _ = layer.apply(params, state, x, key=jax.random.key(2), train=True)
     assert y.shape == (batch, *out_shape[1:])
-    y_eval = layer.apply(params, x)
+    y_eval, _ = layer.apply(params, state, x)
     assert y_eval.shape == y.shape
     # A concrete batch size is carried through too.
     assert layer.init(key, (batch, *shape))[0] == y.shape
@@ -78,7 +100,7 @@ def test_init_predicts_apply_shape(layer, shape, batch, key):
 def test_conv_example_from_the_notes(key):
     # A 5x5x3 input with zero padding 1 (7x7x3 once padded), two 3x3x3 filters, stride 2.
     net = serial(Conv2D(2, 3, stride=2, padding=1))
-    out_shape, params = net.init(key, (None, 5, 5, 3))
+    out_shape, params, _ = net.init(key, (None, 5, 5, 3))
     assert out_shape == (None, 3, 3, 2)
     assert jaxnn.param_count(params) == (3 * 3 * 3 + 1) * 2 == 56
     assert "56" in summary(net, (None, 5, 5, 3))
@@ -94,10 +116,39 @@ def test_conv_example_from_the_notes(key):
         (MaxPool2D(2), (28, 28), (14, 14)),
         (MaxPool2D(3, 2), (7, 7), (3, 3)),
         (AvgPool2D(2, padding="SAME"), (5, 5), (3, 3)),
+        (SumPool2D(2), (28, 28), (14, 14)),
+        (SumPool2D(3, 1, padding="SAME"), (5, 4), (5, 4)),
+        (SumPool2D(3, 2, padding=1), (7, 6), (4, 3)),
+        (Conv2DTranspose(1, 3, stride=2, padding="SAME"), (7, 6), (14, 12)),  # n s
+        (Conv2DTranspose(1, 3, stride=2, padding="VALID"), (7, 6), (15, 13)),  # (n - 1) s + k
+        (Conv2DTranspose(1, 4, stride=2, padding="VALID"), (3, 3), (8, 8)),
+        (Conv2DTranspose(1, 1, stride=3, padding="VALID"), (3, 3), (9, 9)),  # k < s: n s
+        (Conv2DTranspose(1, 3, stride=1, padding="SAME"), (5, 5), (5, 5)),
+        # Explicit padding of the dilated input: (n - 1) s + 1 + lo + hi - k + 1.
+        (Conv2DTranspose(1, 3, stride=2, padding=0), (4, 4), (5, 5)),
+        (Conv2DTranspose(1, (3, 2), stride=(1, 3), padding=((2, 2), (0, 1))), (4, 4), (6, 10)),
     ],
 )
 def test_output_sizes(layer, in_hw, out_hw, key):
     assert layer.init(key, (None, *in_hw, 1))[0] == (None, *out_hw, 1)
+
+
+@pytest.mark.parametrize(
+    ("layer", "length", "out_length"),
+    [
+        (Conv1D(1, 3, padding="VALID"), 10, 8),
+        (Conv1D(1, 3, stride=2, padding="SAME"), 7, 4),  # ceil(n / s)
+        (Conv1D(1, 5, stride=2, padding=1), 9, 4),  # (9 + 2 - 5) // 2 + 1
+        (Conv1D(1, 2, stride=3, padding=(0, 2)), 8, 3),
+    ],
+)
+def test_conv1d_output_lengths(layer, length, out_length, key):
+    assert layer.init(key, (None, length, 2))[0] == (None, out_length, 1)
+
+
+def test_global_avg_pool_output_shape(key):
+    assert GlobalAvgPool().init(key, (None, 7, 5, 3)) == ((None, 3), (), ())
+    assert GlobalAvgPool().init(key, (2, 1, 1, 4))[0] == (2, 4)
 
 
 def test_summary_table_lists_layers_and_total():
@@ -127,6 +178,15 @@ def test_summary_allocates_nothing():
          ["layer 0", "window (5, 5)", "(3, 3)"]),
         (serial(Flatten(), serial(Dense(3), MaxPool2D(2))), (None, 4, 4),
          ["layer 1", "MaxPool2D", "rank 4"]),
+        (serial(Conv1D(2, 3)), (None, 8, 8, 1), ["layer 0", "Conv1D", "rank 3", "(None, 8, 8, 1)"]),
+        (serial(Conv1D(2, 5, padding="VALID")), (None, 3, 1),
+         ["layer 0", "Conv1D", "kernel 5", "length 3"]),
+        (serial(Flatten(), Conv2DTranspose(2)), (None, 4, 4, 1),
+         ["layer 1", "Conv2DTranspose", "rank 4", "(None, 16)"]),
+        (serial(Conv2DTranspose(2, 4, stride=2, padding=0)), (None, 1, 3, 1),
+         ["layer 0", "Conv2DTranspose", "kernel (4, 4)", "(1, 5)"]),
+        (serial(Dense(3), GlobalAvgPool()), (None, 5), ["layer 1", "GlobalAvgPool", "rank 4"]),
+        (serial(SumPool2D(3)), (None, 2, 2, 1), ["layer 0", "SumPool2D", "window (3, 3)"]),
     ],
 )
 def test_shape_errors_name_layer_and_shapes(net, shape, fragments, key):
@@ -154,12 +214,33 @@ def test_bad_constructor_arguments(make):
         make()
 
 
+@pytest.mark.parametrize(
+    ("make", "quoted"),
+    [(lambda: Elu(0), "0"), (lambda: Elu(-1.5), "-1.5"), (lambda: Elu("1"), "'1'"),
+     (lambda: Elu(float("nan")), "nan"), (lambda: Conv1D(0), "0"), (lambda: Conv1D(2, 0), "0"),
+     (lambda: Conv1D(2, stride=(1, 2)), "(1, 2)"), (lambda: Conv1D(2, padding="FULL"), "'FULL'"),
+     (lambda: Conv1D(2, padding=(1, -1)), "(1, -1)"), (lambda: Conv1D(2, padding=(1,)), "(1,)"),
+     (lambda: Conv1D(2, w_init="glorious"), "glorious"),
+     (lambda: Conv2DTranspose(0), "0"), (lambda: Conv2DTranspose(2, (3, 0)), "(3, 0)"),
+     (lambda: Conv2DTranspose(2, stride=0), "0"),
+     (lambda: Conv2DTranspose(2, padding="FULL"), "'FULL'"),
+     (lambda: SumPool2D(0), "0"), (lambda: SumPool2D(2, padding="FULL"), "'FULL'")],
+)
+def test_new_layers_reject_bad_arguments_quoting_them(make, quoted):
+    with pytest.raises(ValueError) as error:
+        make()
+    assert quoted in str(error.value)
+
+
 def test_layer_is_a_namedtuple_of_three_functions(key):
     init, apply, backward = Dense(3)
-    out_shape, params = init(key, (None, 2))
+    out_shape, params, state = init(key, (None, 2))
     assert out_shape == (None, 3)
     assert set(params) == {"w", "b"}
-    assert apply(params, jnp.ones((1, 2))).shape == (1, 3)
+    assert state == ()
+    y, new_state = apply(params, state, jnp.ones((1, 2)))
+    assert y.shape == (1, 3)
+    assert new_state == ()
     assert Dense(3)._fields == ("init", "apply", "backward")
     assert callable(backward)
 
@@ -186,6 +267,10 @@ TRANSFORM_CASES = [
     (Conv2D(3, 3, stride=2, padding=1), (6, 6, 2)),
     (MaxPool2D(2), (6, 6, 2)),
     (AvgPool2D(3, 2, padding="SAME"), (6, 6, 2)),
+    (SumPool2D(3, 2, padding="SAME"), (6, 6, 2)),
+    (GlobalAvgPool(), (4, 3, 2)),
+    (Conv1D(3, 3, stride=2), (7, 2)),
+    (Conv2DTranspose(3, 3, stride=2), (3, 3, 2)),
     (serial(Conv2D(3, 3), Relu(), MaxPool2D(2), Flatten(), Dense(4)), (6, 6, 2)),
 ]
 
@@ -197,13 +282,13 @@ def _cast(tree, dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(("layer", "shape"), TRANSFORM_CASES, ids=lambda c: str(c))
 def test_jit_vmap_grad(layer, shape, dtype, key):
-    _, params = layer.init(key, (None, *shape))
+    _, params, state = layer.init(key, (None, *shape))
     params = _cast(params, dtype)
     x = jax.random.normal(jax.random.key(1), (4, *shape), dtype)
     drop_key = jax.random.key(2)
 
     def forward(p, xs):
-        return layer.apply(p, xs, key=drop_key, train=True)
+        return layer.apply(p, state, xs, key=drop_key, train=True)[0]
 
     eager = forward(params, x)
     assert eager.dtype == dtype
@@ -240,13 +325,13 @@ def test_jit_vmap_grad(layer, shape, dtype, key):
 def test_dropout_rate_is_drop_probability(key):
     x = jnp.ones((200, 100))
     layer = Dropout(0.25)
-    y = layer.apply((), x, key=key, train=True)
+    y = _leaf(layer, key=key, train=True)((), x)
     dropped = float(jnp.mean(y == 0))
     assert 0.23 < dropped < 0.27
     np.testing.assert_allclose(y[y != 0], 1 / 0.75)
-    np.testing.assert_array_equal(layer.apply((), x), x)  # identity in evaluation
+    np.testing.assert_array_equal(_leaf(layer)((), x), x)  # identity in evaluation
     with pytest.raises(ValueError, match="key"):
-        layer.apply((), x, train=True)
+        _leaf(layer, train=True)((), x)
 
 
 def test_dropout_rate_can_be_traced(key):
@@ -254,16 +339,16 @@ def test_dropout_rate_can_be_traced(key):
 
     @jax.jit
     def dropped_fraction(rate):
-        return jnp.mean(Dropout(rate).apply((), x, key=key, train=True) == 0)
+        return jnp.mean(_leaf(Dropout(rate), key=key, train=True)((), x) == 0)
 
     assert 0.45 < float(dropped_fraction(0.5)) < 0.55
     assert float(dropped_fraction(0.0)) == 0.0
 
 
 def test_params_dtype_argument(key):
-    _, params = Dense(3, dtype=jnp.float32).init(key, (None, 2))
+    _, params, _ = Dense(3, dtype=jnp.float32).init(key, (None, 2))
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-    _, params = Conv2D(3, dtype=jnp.float64).init(key, (None, 4, 4, 1))
+    _, params, _ = Conv2D(3, dtype=jnp.float64).init(key, (None, 4, 4, 1))
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
 
 
@@ -290,17 +375,17 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
     channels = _winograd.MIN_CHANNELS + extra
     layer = Conv2D(5, 3, padding=padding)
     x = jax.random.normal(key, (3, *hw, channels))
-    _, params = layer.init(key, (None, *hw, channels))
-    jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
+    _, params, _ = layer.init(key, (None, *hw, channels))
+    jaxpr = str(jax.make_jaxpr(_leaf(layer))(params, x))
     assert ("conv_general_dilated" in jaxpr) == (jax.default_backend() != "cpu")
 
-    y, rule_vjp = jax.vjp(layer.apply, params, x)  # jax.grad runs the rule on CPU
-    _, autodiff = jax.vjp(layer.reference.apply, params, x)  # JAX through F(2x2, 3x3)
+    y, rule_vjp = jax.vjp(_leaf(layer), params, x)  # jax.grad runs the rule on CPU
+    _, autodiff = jax.vjp(_leaf(layer.reference), params, x)  # JAX through F(2x2, 3x3)
     want, direct = jax.vjp(_direct_conv(padding, hw), params, x)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     cotangent = jax.random.normal(jax.random.key(1), y.shape)
     expected = jax.tree.leaves(direct(cotangent))
-    rule = layer.backward(params, x, y, cotangent)
+    rule = layer.backward(params, (), x, y, cotangent)
     for grads in (rule_vjp(cotangent), autodiff(cotangent), rule):
         for got, wanted in zip(jax.tree.leaves(grads), expected, strict=True):
             np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12)
@@ -311,15 +396,15 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
 def test_other_convolutions_stay_direct(layer, extra, key):
     channels = _winograd.MIN_CHANNELS + extra
     x = jnp.zeros((2, 6, 6, channels))
-    _, params = layer.init(key, (None, 6, 6, channels))
-    assert "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(params, x))
+    _, params, _ = layer.init(key, (None, 6, 6, channels))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(_leaf(layer))(params, x))
 
 
 def test_bfloat16_convolutions_stay_direct(key):
     layer, channels = Conv2D(4, 3, dtype=jnp.bfloat16), _winograd.MIN_CHANNELS
     x = jnp.zeros((2, 6, 6, channels), jnp.bfloat16)
-    _, params = layer.init(key, (None, 6, 6, channels))
-    assert "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(params, x))
+    _, params, _ = layer.init(key, (None, 6, 6, channels))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(_leaf(layer))(params, x))
 
 
 def test_winograd_conv2d_float32_rounding(key):
@@ -327,8 +412,8 @@ def test_winograd_conv2d_float32_rounding(key):
     of the output's scale (workload B's second convolution)."""
     layer = Conv2D(64, 3, dtype=jnp.float32)
     x = jax.random.normal(key, (4, 14, 14, 32), jnp.float32)
-    _, params = layer.init(key, (None, 14, 14, 32))
-    got, want = layer.apply(params, x), _direct_conv("SAME", (14, 14))(params, x)
+    _, params, _ = layer.init(key, (None, 14, 14, 32))
+    got, want = _leaf(layer)(params, x), _direct_conv("SAME", (14, 14))(params, x)
     assert_close(got, want)
 
 
@@ -338,11 +423,13 @@ def test_winograd_conv2d_under_vmap_equals_each_alone(key):
     channels = _winograd.MIN_CHANNELS
     net = serial(Conv2D(channels, 3), Relu(), Conv2D(4, 3), MaxPool2D(2), Flatten(), Dense(3))
     params = jax.vmap(lambda k: net.init(k, (None, 6, 6, 2))[1])(jax.random.split(key, 3))
+    state = net.init(key, (None, 6, 6, 2))[2]
     x = jax.random.normal(jax.random.key(1), (4, 6, 6, 2))
-    vmapped = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(net.apply(p, x) ** 2))))(params)
+    vmapped = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(net.apply(p, state, x)[0] ** 2))))(
+        params)
     for trial in range(3):
         alone = jax.tree.map(lambda leaf, t=trial: leaf[t], params)
-        want = jax.grad(lambda p: jnp.sum(net.reference.apply(p, x) ** 2))(alone)
+        want = jax.grad(lambda p: jnp.sum(net.reference.apply(p, state, x)[0] ** 2))(alone)
         got = jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -357,7 +444,7 @@ def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
     ``x @ w + b``, in the parameters and the input; so does the manual rule."""
     layer = Dense(6, dtype=jnp.float32, **bias)
     x = jax.random.normal(key, (5, 4), jnp.float32)
-    _, params = layer.init(key, (None, 4))
+    _, params, _ = layer.init(key, (None, 4))
     params = jax.tree.map(lambda leaf: leaf + 0.5, params)  # a nonzero bias
 
     def plain_apply(p, x):
@@ -367,7 +454,7 @@ def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
     def loss(apply):
         return lambda p, x: jnp.sum(jnp.tanh(apply(p, x)) ** 2)
 
-    fast, plain = loss(layer.apply), loss(plain_apply)
+    fast, plain = loss(_leaf(layer)), loss(plain_apply)
     jaxpr = str(jax.make_jaxpr(jax.grad(fast))(params, x))
     assert ("optimization_barrier" in jaxpr) == (jax.default_backend() == "cpu")
     point = (params, x)
@@ -386,7 +473,7 @@ def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
         alone = jax.grad(plain)(jax.tree.map(lambda leaf, t=trial: leaf[t], stacked), x)
         assert_close(jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped), alone)
     dy = jax.random.normal(jax.random.key(1), (5, 6), jnp.float32)
-    rule, rule_dx = layer.backward(params, x, layer.apply(params, x), dy)
+    rule, rule_dx = layer.backward(params, (), x, _leaf(layer)(params, x), dy)
     autodiff, autodiff_dx = jax.vjp(plain_apply, params, x)[1](dy)
     assert_close((rule, rule_dx), (autodiff, autodiff_dx))  # shapes included
 
@@ -395,8 +482,136 @@ def test_dense_apply_on_other_ranks_is_the_plain_matmul(key):
     """Dense's init wants (batch, features), but its apply broadcasts over leading axes as
     ``x @ w`` does; the CPU gradient layout only serves rank 2, so other ranks stay plain."""
     layer = Dense(3, dtype=jnp.float32)
-    _, params = layer.init(key, (None, 4))
+    _, params, _ = layer.init(key, (None, 4))
     x = jax.random.normal(key, (2, 5, 4), jnp.float32)
-    got = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+    got = jax.grad(lambda p: jnp.sum(_leaf(layer)(p, x) ** 2))(params)
     want = jax.grad(lambda p: jnp.sum((x @ p["w"] + p["b"][None, None, :]) ** 2))(params)
     assert_close(got, want)
+
+
+# --- the newer layers against plain references ---------------------------------------------
+
+
+def _relative_error(got, want):
+    return float(jnp.max(jnp.abs(got - want))) / max(float(jnp.max(jnp.abs(want))), 1e-300)
+
+
+def _assert_rule_equals_vjp(layer, params, x, reference, rtol=1e-12):
+    """The layer's forward equals ``reference(params, x)`` and its manual rule equals
+    ``jax.vjp`` of the reference, to ``rtol`` of each leaf's scale."""
+    y = _leaf(layer)(params, x)
+    want, vjp = jax.vjp(reference, params, x)
+    assert y.shape == want.shape
+    assert _relative_error(y, want) <= 1e-13
+    dy = jax.random.normal(jax.random.key(7), y.shape)
+    got = layer.backward(params, (), x, y, dy)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(vjp(dy)), strict=True):
+        assert g.shape == w.shape
+        assert _relative_error(g, w) <= rtol
+
+
+@pytest.mark.parametrize(
+    ("layer", "reference", "slope_at_zero"),
+    [(Elu(), jax.nn.elu, 1.0), (Elu(0.5), lambda z: jax.nn.elu(z, 0.5), 0.5),
+     (Selu(), jax.nn.selu, 1.0507009873554805 * 1.6732632423543772), (Silu(), jax.nn.silu, 0.5)],
+    ids=lambda c: getattr(c, "name", ""),
+)
+def test_new_activations_equal_jax_nn(layer, reference, slope_at_zero):
+    x = jnp.concatenate([jnp.linspace(-30.0, 30.0, 601), jnp.array([0.0, -0.0, 1e-300, -800.0])])
+    y = _leaf(layer)((), x)
+    np.testing.assert_array_equal(y, reference(x))
+    dy = jnp.cos(3 * x) + 2
+    want = jax.vjp(reference, x)[1](dy)[0]
+    _, dx = layer.backward((), (), x, y, dy)
+    if layer.name.startswith("Elu"):  # The same formula as jax.grad's, bit for bit.
+        np.testing.assert_array_equal(dx, want)
+    np.testing.assert_allclose(dx, want, rtol=0, atol=1e-15 * float(jnp.max(jnp.abs(want))))
+    _, at_zero = layer.backward((), (), jnp.zeros(2), _leaf(layer)((), jnp.zeros(2)), jnp.ones(2))
+    assert float(at_zero[0]) == float(jax.grad(reference)(0.0)) == pytest.approx(slope_at_zero)
+
+
+def _numpy_sum_pool(x, window, strides, pads):
+    x = np.pad(np.asarray(x), ((0, 0), *pads, (0, 0)))
+    (kh, kw), (sh, sw) = window, strides
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    y = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for a in range(oh):
+        for b in range(ow):
+            y[:, a, b] = x[:, a * sh:a * sh + kh, b * sw:b * sw + kw].sum(axis=(1, 2))
+    return y
+
+
+@pytest.mark.parametrize(("window", "stride", "padding"),
+                         [(2, None, "VALID"), (3, 2, "SAME"), ((2, 3), 1, 1)])
+def test_sum_pool_equals_numpy(window, stride, padding, key):
+    """(2, 2) windows tile the 6x4 input (the rule's interleaving path); the others overlap
+    or leave cells out."""
+    layer = SumPool2D(window, stride, padding)
+    x = jax.random.normal(key, (2, 6, 4, 3))
+    window = _spatial.pair(window, "window", "test")
+    strides = _spatial.pair(window if stride is None else stride, "stride", "test")
+    pads = _spatial.explicit_pads(_spatial.check_padding(padding, "test"), (6, 4), window,
+                                  strides)
+    np.testing.assert_allclose(_leaf(layer)((), x), _numpy_sum_pool(x, window, strides, pads),
+                               rtol=1e-13, atol=1e-13)
+    # The rule against jax.grad of lax.reduce_window's sum.
+    _assert_rule_equals_vjp(layer, (), x, lambda p, xx: lax.reduce_window(
+        xx, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))))
+
+
+def test_global_avg_pool_equals_numpy_mean(key):
+    layer = GlobalAvgPool()
+    x = jax.random.normal(key, (3, 4, 5, 2))
+    np.testing.assert_allclose(_leaf(layer)((), x), np.asarray(x).mean(axis=(1, 2)), rtol=1e-14)
+    dy = jax.random.normal(jax.random.key(1), (3, 2))
+    _, dx = layer.backward((), (), x, None, dy)
+    np.testing.assert_allclose(dx, np.broadcast_to(np.asarray(dy)[:, None, None, :] / 20,
+                                                   x.shape), rtol=1e-15)
+    _assert_rule_equals_vjp(layer, (), x, lambda p, xx: jnp.mean(xx, axis=(1, 2)))
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"),
+                         [(3, 1, "SAME"), (2, 3, (1, 2)), (4, 2, 1)])
+def test_conv1d_equals_lax_convolution(kernel, stride, padding, key):
+    layer = Conv1D(3, kernel, stride=stride, padding=padding)
+    _, params, _ = layer.init(key, (None, 9, 2))
+    assert params["w"].shape == (kernel, 2, 3)
+    params = {**params, "b": params["b"] + 0.5}
+    pads = padding if isinstance(padding, str) else (
+        [(padding, padding)] if isinstance(padding, int) else [padding])
+
+    def reference(p, x):
+        y = lax.conv_general_dilated(x, p["w"], (stride,), pads,
+                                     dimension_numbers=("NHC", "HIO", "NHC"))
+        return y + p["b"][None, None, :]
+
+    _assert_rule_equals_vjp(layer, params, jax.random.normal(key, (2, 9, 2)), reference)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"),
+    [(3, 2, "SAME"), ((2, 3), (2, 1), "VALID"), (1, 3, "VALID"), (2, 2, ((0, 2), (3, 1)))],
+)
+def test_conv2d_transpose_equals_lax_conv_transpose(kernel, stride, padding, key):
+    """The forward is ``lax.conv_transpose`` (Flax's ConvTranspose, kernel not flipped) plus
+    the bias; the rule, and ``jax.grad`` through it on CPU, equal JAX's gradient of that.
+    The explicit padding 3 > k - 1 makes the rule crop ``dy``."""
+    layer = Conv2DTranspose(3, kernel, stride=stride, padding=padding)
+    x = jax.random.normal(key, (2, 3, 4, 2))
+    _, params, _ = layer.init(key, (None, 3, 4, 2))
+    params = {**params, "b": params["b"] + 0.5}
+    strides = _spatial.pair(stride, "stride", "test")
+    pads = padding if isinstance(padding, str) else (
+        ((padding, padding),) * 2 if isinstance(padding, int) else padding)
+
+    def reference(p, xx):
+        y = lax.conv_transpose(xx, p["w"], strides, pads,
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + p["b"][None, None, None, :]
+
+    _assert_rule_equals_vjp(layer, params, x, reference)
+    y, through_rule = jax.vjp(_leaf(layer), params, x)
+    dy = jax.random.normal(jax.random.key(7), y.shape)
+    for got, want in zip(jax.tree.leaves(through_rule(dy)),
+                         jax.tree.leaves(jax.vjp(reference, params, x)[1](dy)), strict=True):
+        assert _relative_error(got, want) <= 1e-12

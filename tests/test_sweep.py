@@ -41,8 +41,9 @@ def test_every_trial_equals_the_config_trained_alone(tmp_path, pack, grid):
         # The trial's own config, as `jaxnn train` would run it.
         alone_cfg = trial.config
         trainer = make_train(alone_cfg, dataset, mesh=None)
-        params, _, metrics = trainer(jax.random.key(alone_cfg.training.seed),
-                                     default_hparams(alone_cfg, jnp.float64))
+        final, metrics = trainer(jax.random.key(alone_cfg.training.seed),
+                                 default_hparams(alone_cfg, jnp.float64))
+        params = final.params
         got = sweep.trial_params_unpadded(out["params"][trial.index], trial, dataset)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)

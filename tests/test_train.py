@@ -36,10 +36,12 @@ def test_vmapped_learning_rates_equal_separate_runs():
     hparams = {**base, "learning_rate": rates}
     axes = {name: (0 if name == "learning_rate" else None) for name in hparams}
     key = jax.random.key(0)
-    params, _, metrics = jax.jit(jax.vmap(trainer, in_axes=(None, axes)))(key, hparams)
+    final, metrics = jax.jit(jax.vmap(trainer, in_axes=(None, axes)))(key, hparams)
+    params = final.params
     assert metrics["train_loss"].shape == (4, 3)
     for i, rate in enumerate(rates):
-        alone_params, _, alone_metrics = trainer(key, {**base, "learning_rate": rate})
+        alone, alone_metrics = trainer(key, {**base, "learning_rate": rate})
+        alone_params = alone.params
         assert_trees_close(jax.tree.map(lambda p, i=i: p[i], params), alone_params, 1e-9)
         np.testing.assert_allclose(metrics["val_loss"][i], alone_metrics["val_loss"], rtol=1e-9)
     # Different rates really trained differently.
@@ -229,7 +231,7 @@ def test_mixed_precision_step_keeps_float32_master_weights(backprop, key):
     from jaxnn.train import make_step
 
     net = jaxnn.serial(jaxnn.Dense(32), jaxnn.Relu(), jaxnn.Dense(10))
-    _, params = net.init(key, (None, 16))
+    _, params, state = net.init(key, (None, 16))
     params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
     x = jax.random.normal(jax.random.fold_in(key, 1), (8, 16), jnp.float32)
     y = jnp.arange(8) % 10
@@ -237,8 +239,8 @@ def test_mixed_precision_step_keeps_float32_master_weights(backprop, key):
     full = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop)
     mixed = make_step(net, jaxnn.softmax_cross_entropy, opt, backprop=backprop,
                       compute_dtype=jnp.bfloat16)
-    p32, _, loss32, pred32 = jax.jit(full)(params, opt.init(params), x, y)
-    p16, _, loss16, pred16 = jax.jit(mixed)(params, opt.init(params), x, y)
+    p32, _, _, loss32, pred32 = jax.jit(full)(params, state, opt.init(params), x, y)
+    p16, _, _, loss16, pred16 = jax.jit(mixed)(params, state, opt.init(params), x, y)
     for leaf in jax.tree.leaves(p16):
         assert leaf.dtype == jnp.float32
     assert loss16.dtype == pred16.dtype == jnp.float32
@@ -277,8 +279,8 @@ data = run.prepare(cfg)
 key, results = jax.random.key(0), []
 for mesh in ("auto", None):
     trainer = make_train(cfg, data, mesh=mesh)
-    params, _, _ = trainer(key, default_hparams(cfg, jnp.float64))
-    results.append(params)
+    final, _ = trainer(key, default_hparams(cfg, jnp.float64))
+    results.append(final.params)
 for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(a, b, rtol=1e-9)
 print("sharded == unsharded")

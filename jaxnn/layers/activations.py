@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape
+from jaxnn.layer import Layer, Shape, stateless
 
 
 def _activation(
@@ -36,7 +36,7 @@ def _activation(
         del params, key, train
         return (), input_grad(x, y, dy)
 
-    return Layer(init, apply, backward, name=name)
+    return stateless(init, apply, backward, name=name)
 
 
 def Identity() -> Layer:
@@ -105,6 +105,79 @@ def Softplus() -> Layer:
     return _activation("Softplus()", jax.nn.softplus, lambda x, y, dy: dy * jax.nn.sigmoid(x))
 
 
+def _elu_slope(x: jax.Array) -> jax.Array:
+    """``e^z`` for ``z <= 0``, written ``expm1(z) + 1`` as ``jax.grad`` of
+    ``jax.nn.elu`` computes it (bit for bit); the input is clamped to 0 above 0, where
+    the slope is not used, so that ``expm1`` cannot overflow."""
+    return jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)) + 1
+
+
+def _check_alpha(layer: str, alpha: float) -> None:
+    if (not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha)
+            or alpha <= 0):
+        raise ValueError(f"{layer}: alpha must be a positive finite number, got {alpha!r}")
+
+
+def Elu(alpha: float = 1.0) -> Layer:
+    """Exponential linear unit: ``y = z`` for ``z > 0``, else ``alpha (e^z - 1)``.
+
+    The rule: ``g' = 1`` for ``z > 0``, else ``alpha e^z`` (``= y + alpha``), so
+    ``dz = dy`` where ``z > 0`` and ``dz = alpha dy e^z`` elsewhere -- ``alpha`` at ``z = 0``,
+    as ``jax.grad`` of ``jax.nn.elu`` gives. ``e^z`` is computed as ``expm1(z) + 1``, as
+    ``jax.grad`` does, so the two agree bit for bit.
+
+    Args:
+      alpha: the saturation value: ``y -> -alpha`` as ``z -> -inf``; a positive number.
+
+    Raises:
+      ValueError: for an ``alpha`` that is not a positive finite number.
+    """
+    _check_alpha("Elu", alpha)
+
+    def input_grad(x, y, dy):
+        del y
+        return jnp.where(x > 0, dy, alpha * dy * _elu_slope(x))
+
+    return _activation(f"Elu({alpha})", lambda x: jax.nn.elu(x, alpha), input_grad)
+
+
+# The fixed point constants of "Self-Normalizing Neural Networks" (Klambauer et al., 2017),
+# as jax.nn.selu uses them.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def Selu() -> Layer:
+    """Scaled ELU: ``y = scale z`` for ``z > 0``, else ``scale alpha (e^z - 1)``, with
+    ``alpha = 1.6733`` and ``scale = 1.0507`` (`SELU_ALPHA`, `SELU_SCALE`).
+
+    The rule: ``dz = scale dy`` where ``z > 0``, else ``scale alpha dy e^z`` (``scale alpha``
+    at ``z = 0``, as ``jax.grad`` of ``jax.nn.selu`` gives).
+    """
+
+    def input_grad(x, y, dy):
+        del y
+        scaled = SELU_SCALE * dy
+        return jnp.where(x > 0, scaled, SELU_ALPHA * scaled * _elu_slope(x))
+
+    return _activation("Selu()", jax.nn.selu, input_grad)
+
+
+def Silu() -> Layer:
+    """Sigmoid linear unit (swish): ``y = z sigmoid(z)``.
+
+    The rule, with ``s = sigmoid(z)``: ``g' = s + z s (1 - s)``, so
+    ``dz = dy s + z dy s (1 - s)``.
+    """
+
+    def input_grad(x, y, dy):
+        del y
+        s = jax.nn.sigmoid(x)
+        return dy * s + (x * dy) * (s * (1 - s))
+
+    return _activation("Silu()", jax.nn.silu, input_grad)
+
+
 def Softmax(axis: int = -1) -> Layer:
     """``y = exp(z) / sum(exp(z))`` along ``axis``; ``dz = y ⊙ (dy - sum(dy ⊙ y))``."""
 
@@ -135,6 +208,9 @@ ACTIVATIONS: dict[str, Callable[..., Layer]] = {
     "leaky_relu": LeakyRelu,
     "gelu": Gelu,
     "softplus": Softplus,
+    "elu": Elu,
+    "selu": Selu,
+    "silu": Silu,
     "softmax": Softmax,
     "log_softmax": LogSoftmax,
 }

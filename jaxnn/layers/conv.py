@@ -13,6 +13,9 @@ For ``y = x ⋆ W + b`` (cross-correlation, stride ``s``, padding ``(lo, hi)``):
 On CPU, a float32 or float64 3x3 stride-1 convolution with at least
 `_winograd.MIN_CHANNELS` input channels runs as Winograd's F(2x2, 3x3) instead, forward and
 rule (`jaxnn.layers._winograd`).
+
+Conv1D on (N, L, C) inputs is Conv2D with a (1, k) filter on the (N, 1, L, C) view, and its
+rule is Conv2D's on that view.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Layer, Shape, param_dtype, with_rule_gradient
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    check_rank,
+    param_dtype,
+    stateless,
+    with_rule_gradient,
+)
 from jaxnn.layers import _spatial, _winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -136,4 +147,116 @@ def Conv2D(
         )
         return grads, dx
 
-    return with_rule_gradient(Layer(init, apply, backward, name=name))
+    return with_rule_gradient(stateless(init, apply, backward, name=name))
+
+
+def _positive_int(value, what: str, layer: str) -> int:
+    """``value`` (or the one entry of a 1-sequence) as a positive int."""
+    single = value[0] if isinstance(value, list | tuple) and len(value) == 1 else value
+    if not isinstance(single, int) or isinstance(single, bool) or single < 1:
+        raise ValueError(f"{layer}: {what} must be a positive int, got {value!r}")
+    return single
+
+
+def _check_padding_1d(padding, layer: str):
+    """A 1-D padding spec: "SAME", "VALID", an int >= 0 or a pair (lo, hi) of them."""
+    if isinstance(padding, str) or (isinstance(padding, int) and not isinstance(padding, bool)):
+        return _spatial.check_padding(padding, layer)
+    pads = tuple(padding) if isinstance(padding, list | tuple) else ()
+    if len(pads) != 2 or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads
+    ):
+        raise ValueError(
+            f'{layer}: padding must be "SAME", "VALID", an int or a pair (lo, hi) of ints >= 0; '
+            f"got {padding!r}"
+        )
+    return pads
+
+
+def Conv1D(
+    features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: str | int | tuple[int, int] = "SAME",
+    use_bias: bool = True,
+    w_init: str | initializers.Initializer = "lecun_normal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype: jnp.dtype | None = None,
+) -> Layer:
+    """A 1-D convolution (cross-correlation) over (batch, length, channels) inputs.
+
+    ``y[n, a, o] = sum_{i, c} x_pad[n, s a + i, c] w[i, c, o] + b[o]``; the output length is
+    ``(L + lo + hi - k) // s + 1``. It runs as `Conv2D` with the (1, k) filter ``w[None]`` on
+    the (N, 1, L, C) view ``x[:, None]``, and its rule is Conv2D's on that view:
+
+    * ``dw[i, c, o] = sum_{n, a} x_pad[n, s a + i, c] dy[n, a, o]``;
+    * ``dx`` is the full correlation of ``dy`` (dilated by the stride) with the flipped
+      filter, ``in``/``out`` swapped, cropped to the input's length;
+    * ``db[o] = sum_{n, a} dy[n, a, o]``.
+
+    Args:
+      features: the number of output channels (filters).
+      kernel_size: the filter length (an int, or a 1-tuple).
+      stride: step between filter positions (an int, or a 1-tuple).
+      padding: "SAME", "VALID", an int of zeros at both ends, or (lo, hi).
+      use_bias: whether to add one bias per output channel.
+      w_init: initializer of the kernel ``w``; a name or a callable.
+      b_init: initializer of ``b`` (shape (features,)).
+      dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
+
+    Returns:
+      A `Layer` with params ``{"w": (k, in, features), "b": (features,)}``.
+
+    Raises:
+      ValueError: for a non-positive ``features``, ``kernel_size`` or ``stride``, an unknown
+        padding or initializer.
+    """
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"Conv1D: features must be a positive int, got {features!r}")
+    k = _positive_int(kernel_size, "kernel_size", "Conv1D")
+    s = _positive_int(stride, "stride", "Conv1D")
+    padding = _check_padding_1d(padding, "Conv1D")
+    w_initializer = initializers.get(w_init)
+    b_initializer = initializers.get(b_init)
+    name = f"Conv1D({features}, {k}, stride={s}, padding={padding!r})"
+    # The (N, 1, L, C) view: a height of 1 with filter height 1 needs no padding, whatever
+    # the string; explicit padding applies to the length (width) only.
+    view_padding = padding if isinstance(padding, str) else (
+        ((0, 0), (padding, padding)) if isinstance(padding, int) else ((0, 0), padding))
+    view = Conv2D(features, (1, k), stride=(1, s), padding=view_padding, use_bias=use_bias,
+                  dtype=dtype).reference  # The plain layer, whose backward is the rule.
+
+    def init(key: jax.Array, input_shape: Shape):
+        check_rank(name, input_shape, 3, "(batch, length, channels)")
+        if any(dim is None for dim in input_shape[1:]):
+            raise ShapeError(f"{name} needs known length and channels, got {tuple(input_shape)}")
+        length = input_shape[1]
+        if isinstance(padding, str):
+            (lo, hi), = lax.padtype_to_pads((length,), (k,), (s,), padding)
+        else:
+            lo, hi = (padding, padding) if isinstance(padding, int) else padding
+        out_length = (length + lo + hi - k) // s + 1
+        if out_length < 1:
+            raise ShapeError(f"{name}: kernel {k} does not fit the padded input length "
+                             f"{length + lo + hi} (input length {length}, padding {(lo, hi)})")
+        w_key, b_key = jax.random.split(key)
+        dtype_ = param_dtype(dtype)
+        params = {"w": w_initializer(w_key, (k, input_shape[2], features), dtype_)}
+        if use_bias:
+            params["b"] = b_initializer(b_key, (features,), dtype_)
+        return (input_shape[0], out_length, features), params
+
+    def as_view(params):
+        return {**params, "w": params["w"][None]}
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train  # Deterministic.
+        return view.apply(as_view(params), (), x[:, None])[0][:, 0]
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del key, train
+        grads, dx = view.backward(as_view(params), (), x[:, None], y[:, None], dy[:, None])
+        return {**grads, "w": grads["w"][0]}, dx[:, 0]
+
+    return with_rule_gradient(stateless(init, apply, backward, name=name))

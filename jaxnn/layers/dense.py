@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype
+from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype, stateless
 from jaxnn.layers import _affine
 
 
@@ -75,4 +75,4 @@ def Dense(
         grads = {"w": dw} if db is None else {"w": dw, "b": db}
         return grads, dy @ params["w"].T
 
-    return Layer(init, apply, backward, name=name)
+    return stateless(init, apply, backward, name=name)

@@ -7,7 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape
+from jaxnn.layer import Layer, Shape, stateless
 
 
 def Dropout(rate: float | jax.Array) -> Layer:
@@ -50,4 +50,4 @@ def Dropout(rate: float | jax.Array) -> Layer:
             return (), dy
         return (), dy * scale(x, key)
 
-    return Layer(init, apply, backward, name=name)
+    return stateless(init, apply, backward, name=name)

@@ -1,9 +1,11 @@
-"""MaxPool2D and AvgPool2D on NHWC inputs, and their manual rules.
+"""MaxPool2D, AvgPool2D, SumPool2D and GlobalAvgPool on NHWC inputs, and their manual rules.
 
 Max pooling routes ``dy`` to the arg-max of each window; among tied maxima it picks the
 first in row-major window order, which is where ``jax.grad`` of ``lax.reduce_window`` max
 (XLA's select-and-scatter with ``>=``) sends it. Average pooling spreads ``dy`` evenly over
-the window, dividing by the same count as the forward pass.
+the window, dividing by the same count as the forward pass; sum pooling copies ``dy`` to
+every cell of its window. Where windows overlap, a cell adds what each of its windows sends.
+Global average pooling spreads ``dy`` evenly over the whole image.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnn.layer import Layer, Shape, with_rule_gradient
+from jaxnn.layer import Layer, Shape, ShapeError, check_rank, stateless, with_rule_gradient
 from jaxnn.layers import _spatial
 
 
@@ -95,7 +97,7 @@ def MaxPool2D(
         dx = _spatial.scatter_windows(routed, padded.shape[1:3], window, strides)
         return (), _spatial.crop(dx, pads)
 
-    return with_rule_gradient(Layer(init, apply, backward, name=name))
+    return with_rule_gradient(stateless(init, apply, backward, name=name))
 
 
 def AvgPool2D(
@@ -135,11 +137,86 @@ def AvgPool2D(
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y, key, train
         pads, _ = geometry(x)
-        share = dy / divisor(x, pads)
-        padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:3], pads, strict=True))
-        dx = _spatial.scatter_windows(
-            [share] * math.prod(window), padded_hw, window, strides
-        )
-        return (), _spatial.crop(dx, pads)
+        return (), _spread(dy / divisor(x, pads), x.shape[1:3], window, strides, pads)
 
-    return Layer(init, apply, backward, name=name)
+    return stateless(init, apply, backward, name=name)
+
+
+def SumPool2D(
+    window: int | tuple[int, int] = 2,
+    stride: int | tuple[int, int] | None = None,
+    padding: _spatial.Padding = "VALID",
+) -> Layer:
+    """Sum pooling over spatial windows: `AvgPool2D` without the division.
+
+    ``y[n, a, b, c] = sum_{i, j} x_pad[n, s_h a + i, s_w b + j, c]``. The rule copies each
+    ``dy[n, a, b, c]`` to every cell of its window, ``dx[n, p, q, c] = sum of dy over the
+    windows that hold (p, q)`` (overlapping windows add), then drops the padding.
+
+    Args:
+      window: pooling window (an int for square windows).
+      stride: step between windows; defaults to ``window`` (non-overlapping).
+      padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)); padded cells
+        hold zeros.
+
+    Returns:
+      A parameter-free `Layer`.
+
+    Raises:
+      ValueError: for a window or stride that is not a positive int (or pair of them), or
+        an unknown padding.
+    """
+    name, window, strides, init, geometry, reduce = _pool("SumPool2D", window, stride, padding)
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        pads, _ = geometry(x)
+        return reduce(x, 0, lax.add, pads)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        pads, _ = geometry(x)
+        return (), _spread(dy, x.shape[1:3], window, strides, pads)
+
+    return stateless(init, apply, backward, name=name)
+
+
+def GlobalAvgPool() -> Layer:
+    """The mean over height and width: NHWC (N, H, W, C) -> (N, C).
+
+    ``y[n, c] = sum_{h, w} x[n, h, w, c] / (H W)``; the rule spreads ``dy`` evenly over the
+    image, ``dx[n, h, w, c] = dy[n, c] / (H W)``.
+
+    Returns:
+      A parameter-free `Layer`.
+    """
+    name = "GlobalAvgPool()"
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # No parameters.
+        check_rank(name, input_shape, 4, "NHWC (batch, height, width, channels)")
+        if any(dim is None for dim in input_shape[1:]):
+            raise ShapeError(f"{name} needs known height, width and channels, got "
+                             f"{tuple(input_shape)}")
+        if min(input_shape[1:3]) < 1:
+            raise ShapeError(f"{name} needs a non-empty image, got shape {tuple(input_shape)}")
+        return (input_shape[0], input_shape[3]), ()
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return jnp.mean(x, axis=(1, 2))
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        share = dy / (x.shape[1] * x.shape[2])
+        return (), jnp.broadcast_to(share[:, None, None, :], x.shape)
+
+    return stateless(init, apply, backward, name=name)
+
+
+def _spread(share, in_hw, window, strides, pads):
+    """``share`` (N, oh, ow, C) added onto every cell of its window, padding dropped: the
+    rule of average (``share = dy / count``) and sum (``share = dy``) pooling."""
+    padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads, strict=True))
+    dx = _spatial.scatter_windows([share] * math.prod(window), padded_hw, window, strides)
+    return _spatial.crop(dx, pads)

@@ -6,7 +6,7 @@ import math
 
 import jax
 
-from jaxnn.layer import Layer, Shape, ShapeError
+from jaxnn.layer import Layer, Shape, ShapeError, stateless
 
 
 def Flatten() -> Layer:
@@ -29,4 +29,4 @@ def Flatten() -> Layer:
         del params, y, key, train
         return (), dy.reshape(x.shape)
 
-    return Layer(init, apply, backward, name=name)
+    return stateless(init, apply, backward, name=name)

@@ -1,0 +1,357 @@
+"""Combinators -- serial, parallel, FanOut, FanInSum, FanInConcat, Residual -- and the ONE
+traversal of the layer tree.
+
+A combinator is a `Layer` with ``children`` and a `Wiring`: three small functions saying how
+values flow through the children at init, forward and backward. Everything that walks a
+network goes through `trace` (the forward pass, recording every layer's input and output:
+the cache of classic backprop) and `pullback` (that record walked back, each leaf layer's
+manual rule given its ``dy``): a combinator's own ``apply`` and ``backward``,
+`jaxnn.manual`'s gradients and checks, and `jaxnn.summary`. Nothing else assumes the
+children form a chain, so branches get their manual gradients right:
+
+* `serial` feeds each child the previous one's output; backward runs the children in reverse.
+* `parallel` applies child ``i`` to the ``i``-th entry of a tuple activation; backward gives
+  child ``i`` the ``i``-th entry of ``dy``.
+* `FanOut` copies one activation into a tuple; its rule sums the branches' deltas.
+* `FanInSum` adds a tuple's entries; its rule copies ``dy`` to every entry.
+* `FanInConcat` joins a tuple's entries along an axis; its rule splits ``dy`` back.
+* `Residual` is ``x + f(x)`` (``shortcut(x) + f(x)`` with a projection), built from the above.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn.layer import Layer, Shape, ShapeError, is_multi_shape, split_key, stateless
+
+ChildInit = Callable[[int, Any, Any], tuple[Any, Any, Any]]
+ChildApply = Callable[[int, Any, Any, Any, Any], tuple[Any, Any]]
+ChildPullback = Callable[[int, Any], tuple[Any, Any]]
+
+
+class Wiring(NamedTuple):
+    """How a combinator routes values through its children; each function is handed a
+    ``child`` callable that runs child ``i`` (the traversal supplies it).
+
+    Attributes:
+      init: ``init(child, key, input_shape) -> (output_shape, params, state)`` with
+        ``child(i, key, shape) -> (shape, params, state)``.
+      forward: ``forward(child, params, state, x, key) -> (y, state)`` with
+        ``child(i, params_i, state_i, x_i, key_i) -> (y_i, state_i)``.
+      backward: ``backward(child, params, dy) -> (dparams, dx)`` with
+        ``child(i, dy_i) -> (dparams_i, dx_i)``.
+    """
+
+    init: Callable[[ChildInit, Any, Any], tuple[Any, Any, Any]]
+    forward: Callable[[ChildApply, Any, Any, Any, Any], tuple[Any, Any]]
+    backward: Callable[[ChildPullback, Any, Any], tuple[Any, Any]]
+
+
+class Tape(NamedTuple):
+    """One layer's record from `trace`: what it was given and what it gave.
+
+    Attributes:
+      layer: the layer.
+      path: its position in the network, e.g. ``(1, 0, 2)``.
+      params, state, x, y, key, train: the arguments of its forward pass and its output.
+      children: the children's tapes, by index (empty for a leaf layer).
+    """
+
+    layer: Layer
+    path: tuple[int, ...]
+    params: Any
+    state: Any
+    x: Any
+    y: Any
+    key: Any
+    train: bool
+    children: tuple[Tape, ...]
+
+    def leaves(self):
+        """The leaf layers' tapes in forward order."""
+        if not self.layer.children:
+            yield self
+        for child in self.children:
+            yield from child.leaves()
+
+    @property
+    def label(self) -> str:
+        """``layer 1.0.2 (Conv2D(16, 3))``, or the layer's name for the root."""
+        if not self.path:
+            return self.layer.name
+        return f"layer {'.'.join(map(str, self.path))} ({self.layer.name})"
+
+
+def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | None = None,
+          train: bool = False, path: tuple[int, ...] = ()) -> tuple[Any, Any, Tape]:
+    """The forward pass, recorded: ``(y, new_state, tape)``.
+
+    Under ``jax.jit`` an unused tape costs nothing; `pullback` walks it back.
+    """
+    if layer.wiring is None:
+        y, new_state = layer.apply(params, state, x, key=key, train=train)
+        return y, new_state, Tape(layer, path, params, state, x, y, key, train, ())
+    tapes: dict[int, Tape] = {}
+
+    def child(index, child_params, child_state, child_x, child_key):
+        if index in tapes:
+            raise ValueError(f"{layer.name}: child {index} applied twice in one forward pass")
+        y, child_new_state, tapes[index] = trace(
+            layer.children[index], child_params, child_state, child_x, key=child_key,
+            train=train, path=(*path, index))
+        return y, child_new_state
+
+    y, new_state = layer.wiring.forward(child, params, state, x, key)
+    children = tuple(tapes[index] for index in sorted(tapes))
+    return y, new_state, Tape(layer, path, params, state, x, y, key, train, children)
+
+
+def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:
+    """The manual rules walked back over a `trace`'s tape: ``(dparams, dx)``."""
+    layer = tape.layer
+    if layer.wiring is None:
+        return layer.backward(tape.params, tape.state, tape.x, tape.y, dy, key=tape.key,
+                              train=tape.train)
+    by_index = {child.path[-1]: child for child in tape.children}
+    return layer.wiring.backward(lambda index, child_dy: pullback(by_index[index], child_dy),
+                                 tape.params, dy)
+
+
+def combinator(name: str, children: Sequence[Layer], wiring: Wiring) -> Layer:
+    """A `Layer` whose ``init``, ``apply`` and ``backward`` follow ``wiring`` over
+    ``children``. A child's `ShapeError` is re-raised naming its position and name."""
+    children = tuple(children)
+
+    def init(key, input_shape):
+        def child(index, child_key, shape):
+            try:
+                return children[index].init(child_key, shape)
+            except ShapeError as error:
+                raise _located(error, index, children[index]) from None
+
+        return wiring.init(child, key, input_shape)
+
+    def apply(params, state, x, *, key=None, train=False):
+        y, new_state, _ = trace(layer, params, state, x, key=key, train=train)
+        return y, new_state
+
+    def backward(params, state, x, y, dy, *, key=None, train=False):
+        del y  # Recomputed in the recorded forward (XLA shares it with the forward pass).
+        return pullback(trace(layer, params, state, x, key=key, train=train)[2], dy)
+
+    has_twins = any(child.reference is not child for child in children)
+    reference = combinator(name, [child.reference for child in children],
+                           wiring) if has_twins else None
+    layer = Layer(init, apply, backward, name=name, children=children, wiring=wiring,
+                  reference=reference)
+    return layer
+
+
+def _located(error: ShapeError, index: int, child: Layer) -> ShapeError:
+    """``error`` raised by ``child`` (at ``index``), its message naming the innermost layer."""
+    reason = error.reason if error.reason is not None else \
+        str(error).removeprefix(child.name).lstrip(" :")
+    path = (index, *error.layer_path)
+    name = error.layer_name or child.name
+    located = ShapeError(f"layer {'.'.join(map(str, path))} ({name}): {reason}")
+    located.layer_path, located.layer_name, located.reason = path, name, reason
+    return located
+
+
+def _names(kind: str, layers: Sequence[Layer]) -> str:
+    """``"A, B, C"`` for the layers given to ``kind``, checked to be `Layer`s."""
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            hint = " (did you forget the parentheses, e.g. Relu()?)" if callable(layer) else ""
+            raise TypeError(f"{kind}: argument {index} is not a Layer: {layer!r}{hint}")
+    return ", ".join(layer.name for layer in layers)
+
+
+def serial(*layers: Layer) -> Layer:
+    """Composes layers in sequence; the result is itself a `Layer`.
+
+    Params and state are tuples with one entry per layer. ``apply`` splits ``key`` (when
+    given) into one key per layer; ``backward`` walks the layers in reverse.
+
+    Args:
+      *layers: the layers, first to last.
+
+    Returns:
+      A `Layer` whose ``init`` raises `ShapeError` naming the position and layer at fault.
+    """
+    num = len(layers)
+
+    def init(child, key, shape):
+        params, states = [], []
+        for index, child_key in enumerate(split_key(key, num)):
+            shape, child_params, child_state = child(index, child_key, shape)
+            params.append(child_params)
+            states.append(child_state)
+        return shape, tuple(params), tuple(states)
+
+    def forward(child, params, state, x, key):
+        states = []
+        for index, child_key in enumerate(split_key(key, num)):
+            x, child_state = child(index, params[index], state[index], x, child_key)
+            states.append(child_state)
+        return x, tuple(states)
+
+    def backward(child, params, dy):
+        del params
+        grads = [None] * num
+        for index in reversed(range(num)):
+            grads[index], dy = child(index, dy)
+        return tuple(grads), dy
+
+    name = f"serial({_names('serial', layers)})"
+    return combinator(name, layers, Wiring(init, forward, backward))
+
+
+def _branches(name: str, shape: Any, num: int | None = None) -> tuple[Shape, ...]:
+    """``shape`` checked to be a tuple of (``num``) shapes."""
+    if not is_multi_shape(shape):
+        raise ShapeError(f"{name} takes a tuple of branches (e.g. after FanOut), got the "
+                         f"single shape {tuple(shape)}")
+    if num is not None and len(shape) != num:
+        raise ShapeError(f"{name} has {num} branches, got {len(shape)} inputs {tuple(shape)}")
+    return tuple(tuple(s) for s in shape)
+
+
+def parallel(*layers: Layer) -> Layer:
+    """Applies layer ``i`` to entry ``i`` of a tuple activation (branches side by side).
+
+    Params and state are tuples with one entry per layer; the output is the tuple of the
+    branches' outputs. Backward gives each branch its own entry of ``dy``.
+    """
+    num = len(layers)
+    name = f"parallel({_names('parallel', layers)})"
+
+    def init(child, key, shape):
+        shapes = _branches(name, shape, num)
+        results = [child(index, child_key, shapes[index])
+                   for index, child_key in enumerate(split_key(key, num))]
+        return tuple(tuple(part) for part in zip(*results, strict=True))
+
+    def forward(child, params, state, x, key):
+        results = [child(index, params[index], state[index], x[index], child_key)
+                   for index, child_key in enumerate(split_key(key, num))]
+        outputs, states = zip(*results, strict=True)
+        return tuple(outputs), tuple(states)
+
+    def backward(child, params, dy):
+        del params
+        grads, dxs = zip(*(child(index, dy[index]) for index in range(num)), strict=True)
+        return tuple(grads), tuple(dxs)
+
+    return combinator(name, layers, Wiring(init, forward, backward))
+
+
+def _no_params(init_shape: Callable[[Any], Any]):
+    def init(key, input_shape):
+        del key  # No parameters.
+        return init_shape(input_shape), ()
+
+    return init
+
+
+def FanOut(num: int) -> Layer:
+    """Copies the activation into a tuple of ``num`` branches; the rule sums their deltas,
+    ``dx = Σ_i dy_i`` (the multivariate chain rule at a fork)."""
+    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+        raise ValueError(f"FanOut: num must be a positive int, got {num!r}")
+    name = f"FanOut({num})"
+
+    def out_shape(shape):
+        if is_multi_shape(shape):
+            raise ShapeError(f"{name} takes one input, got the branches {tuple(shape)}")
+        return (tuple(shape),) * num
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return (x,) * num
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, x, y, key, train
+        return (), functools.reduce(operator.add, dy)
+
+    return stateless(_no_params(out_shape), apply, backward, name=name)
+
+
+def FanInSum() -> Layer:
+    """Adds the branches of a tuple activation (equal shapes); the rule copies ``dy`` to
+    every branch."""
+    name = "FanInSum()"
+
+    def out_shape(shape):
+        shapes = _branches(name, shape)
+        if len(set(shapes)) != 1:
+            raise ShapeError(f"{name} adds branches of equal shape, got {shapes}")
+        return shapes[0]
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return functools.reduce(operator.add, x)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        return (), (dy,) * len(x)
+
+    return stateless(_no_params(out_shape), apply, backward, name=name)
+
+
+def FanInConcat(axis: int = -1) -> Layer:
+    """Joins the branches of a tuple activation along ``axis`` (not the batch axis); the rule
+    splits ``dy`` back at the branches' sizes."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ValueError(f"FanInConcat: axis must be an int, got {axis!r}")
+    name = f"FanInConcat(axis={axis})"
+
+    def out_shape(shape):
+        shapes = _branches(name, shape)
+        rank = len(shapes[0])
+        if any(len(s) != rank for s in shapes) or not -rank <= axis < rank:
+            raise ShapeError(f"{name} needs branches of one rank with an axis {axis}, got "
+                             f"{shapes}")
+        at = axis % rank
+        if at == 0:
+            raise ShapeError(f"{name} cannot join along the batch axis")
+        others = {s[:at] + s[at + 1:] for s in shapes}
+        if len(others) != 1 or any(s[at] is None for s in shapes):
+            raise ShapeError(f"{name} needs branches equal but along axis {axis}, got {shapes}")
+        return (*shapes[0][:at], sum(s[at] for s in shapes), *shapes[0][at + 1:])
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return jnp.concatenate(x, axis=axis)
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del params, y, key, train
+        ends = list(itertools.accumulate(part.shape[axis] for part in x))[:-1]
+        return (), tuple(jnp.split(dy, ends, axis=axis))
+
+    return stateless(_no_params(out_shape), apply, backward, name=name)
+
+
+def Residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
+    """``f(x) + x`` with ``f = serial(*layers)``, or ``f(x) + shortcut(x)`` when the shortcut
+    projects ``x`` (e.g. a strided 1x1 ``Conv2D`` where ``f`` changes the shape).
+
+    It is ``serial(FanOut(2), parallel(serial(*layers), shortcut or Identity()),
+    FanInSum())``: its params are ``((), (f's params, shortcut's params), ())``, and its
+    manual rule is that of its parts (the fork sums the two deltas).
+    """
+    from jaxnn.layers.activations import Identity
+
+    name = f"Residual({_names('Residual', layers)}" + (
+        "" if shortcut is None else f"; shortcut={_names('Residual', [shortcut])}") + ")"
+    body = serial(*layers)
+    path = Identity() if shortcut is None else shortcut
+    inner = serial(FanOut(2), parallel(body, path), FanInSum())
+    return combinator(name, inner.children, inner.wiring)

@@ -1,0 +1,257 @@
+"""BatchNorm, LayerNorm and GroupNorm, with their manual rules.
+
+Each standardizes its input over some axes, ``x̂ = (x - μ) / σ`` with ``σ = sqrt(var + ε)``,
+then scales and shifts it per channel (the last axis): ``y = γ x̂ + β``. With ``m`` the number
+of values each ``μ`` averages, the rule of a standardization is
+
+    dγ = Σ dy ⊙ x̂,   dβ = Σ dy                         (sums over every axis but the channel)
+    dx = (γ/σ)/m · (m·dy − Σdy − x̂·Σ(dy ⊙ x̂))           (sums over the standardized axes)
+
+(the classic batch-normalization backward; written with means it is
+``dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))`` with ``dx̂ = γ dy``, which is how LayerNorm and
+GroupNorm, whose γ varies inside a group, use it). When ``μ`` and ``σ`` are constants -- BatchNorm
+in eval mode, on its running statistics -- the rule is just ``dx = γ dy / σ``.
+
+BatchNorm's state is its running mean and variance. In training mode (``train=True``) it
+normalizes with the statistics of the batch (over the batch and, for NHWC images, the spatial
+axes) and returns the state moved towards them, as Flax and Haiku do:
+``running = momentum · running + (1 − momentum) · batch`` (momentum 0.99 keeps 99%; PyTorch's
+``momentum=0.1`` is this ``momentum=0.9``). The running variance is the batch's biased variance,
+as in Flax. In eval mode it normalizes with the running statistics and returns them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn.layer import Layer, Shape, ShapeError, is_multi_shape, param_dtype, stateless
+
+
+def _check_input(name: str, input_shape: Shape, min_rank: int = 2) -> int:
+    """The number of channels (last axis) of a single, known-channel input."""
+    if is_multi_shape(input_shape) or len(input_shape) < min_rank:
+        raise ShapeError(f"{name} expects input of rank >= {min_rank} (batch, ..., channels), "
+                         f"got shape {tuple(input_shape)}")
+    channels = input_shape[-1]
+    if channels is None:
+        raise ShapeError(f"{name} needs a known number of channels, got {tuple(input_shape)}")
+    return channels
+
+
+def _affine_params(channels: int, use_scale: bool, use_bias: bool, dtype) -> dict:
+    params = {}
+    if use_scale:
+        params["scale"] = jnp.ones((channels,), param_dtype(dtype))
+    if use_bias:
+        params["bias"] = jnp.zeros((channels,), param_dtype(dtype))
+    return params
+
+
+def _channels(vector, ndim):
+    """A per-channel vector shaped to broadcast over an input of rank ``ndim``."""
+    return vector.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _scale_shift(params, xhat):
+    y = xhat * _channels(params["scale"], xhat.ndim) if "scale" in params else xhat
+    return y + _channels(params["bias"], xhat.ndim) if "bias" in params else y
+
+
+def _affine_grads(params, xhat, dy, axes):
+    """``dγ = Σ dy ⊙ x̂`` and ``dβ = Σ dy`` over ``axes`` (all but the channel axis)."""
+    grads = {}
+    if "scale" in params:
+        grads["scale"] = jnp.sum(dy * xhat, axis=axes)
+    if "bias" in params:
+        grads["bias"] = jnp.sum(dy, axis=axes)
+    return grads
+
+
+def _check_options(name: str, epsilon: float, momentum: float | None = None) -> None:
+    if not isinstance(epsilon, numbers.Real) or epsilon <= 0:
+        raise ValueError(f"{name}: epsilon must be > 0, got {epsilon!r}")
+    if momentum is not None and (not isinstance(momentum, numbers.Real)
+                                 or not 0 <= momentum < 1):
+        raise ValueError(f"{name}: momentum is the share of the running statistics kept per "
+                         f"step, in [0, 1); got {momentum!r}")
+
+
+def BatchNorm(
+    *,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+) -> Layer:
+    """Batch normalization over every axis but the last (channels): the batch of (N, C), or
+    the batch and spatial axes of NHWC images.
+
+    Args:
+      momentum: the share of the running statistics kept at each training step (Flax's and
+        Haiku's convention, default 0.99).
+      epsilon: added to the variance.
+      use_scale: learn the per-channel scale ``γ`` (params ``"scale"``, init 1).
+      use_bias: learn the per-channel shift ``β`` (params ``"bias"``, init 0).
+      dtype: parameter and state dtype; default float32 (float64 with ``jax_enable_x64``).
+
+    Returns:
+      A `Layer` with state ``{"mean": (C,), "var": (C,)}`` (init 0 and 1).
+    """
+    _check_options("BatchNorm", epsilon, momentum)
+    name = f"BatchNorm(momentum={momentum})"
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # Deterministic initial values.
+        channels = _check_input(name, input_shape)
+        state = {"mean": jnp.zeros((channels,), param_dtype(dtype)),
+                 "var": jnp.ones((channels,), param_dtype(dtype))}
+        return tuple(input_shape), _affine_params(channels, use_scale, use_bias, dtype), state
+
+    def statistics(x, state, train):
+        """``(axes, mean, var)``: the batch's in training, the running ones otherwise."""
+        axes = tuple(range(x.ndim - 1))
+        if not train:
+            return axes, _channels(state["mean"], x.ndim), _channels(state["var"], x.ndim)
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        return axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key  # Deterministic.
+        _, mean, var = statistics(x, state, train)
+        y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
+        if not train:
+            return y, state
+        keep = jnp.asarray(momentum, x.dtype)
+        new_state = {name: keep * state[name] + (1 - keep) * jax.lax.stop_gradient(
+            batch.reshape(-1)) for name, batch in (("mean", mean), ("var", var))}
+        return y, new_state
+
+    def backward(params, state, x, y, dy, *, key=None, train=False):
+        del y, key  # Recomputed from x.
+        axes, mean, var = statistics(x, state, train)
+        inv_sigma = jax.lax.rsqrt(var + epsilon)
+        xhat = (x - mean) * inv_sigma
+        grads = _affine_grads(params, xhat, dy, axes)
+        gamma = _channels(params["scale"], x.ndim) if use_scale else jnp.ones((), x.dtype)
+        if not train:  # mu and sigma are constants
+            return grads, dy * gamma * inv_sigma
+        m = math.prod(x.shape[:-1])
+        sum_dy = jnp.sum(dy, axis=axes, keepdims=True)
+        sum_dy_xhat = jnp.sum(dy * xhat, axis=axes, keepdims=True)
+        dx = (gamma * inv_sigma) / m * (m * dy - sum_dy - xhat * sum_dy_xhat)
+        return grads, dx
+
+    return Layer(init, apply, backward, name=name)
+
+
+def _standardize(x, axes, epsilon):
+    """``(x̂, 1/σ)`` over ``axes`` (kept as size-1 axes, for broadcasting)."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    inv_sigma = jax.lax.rsqrt(var + epsilon)
+    return (x - mean) * inv_sigma, inv_sigma
+
+
+def _standardize_backward(dxhat, xhat, inv_sigma, axes):
+    """``dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))`` over the standardized ``axes``."""
+    return inv_sigma * (dxhat - jnp.mean(dxhat, axis=axes, keepdims=True)
+                        - xhat * jnp.mean(dxhat * xhat, axis=axes, keepdims=True))
+
+
+def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dtype,
+                      check=None) -> Layer:
+    """A stateless normalization over axes of each example: ``grouped(x)`` reshapes ``x`` so
+    that the standardized axes are ``axes``; ``ungrouped`` reshapes back."""
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key  # Deterministic initial values.
+        channels = _check_input(name, input_shape)
+        if check is not None:
+            check(input_shape)
+        return tuple(input_shape), _affine_params(channels, use_scale, use_bias, dtype)
+
+    def forward(x):
+        grouped_x, axes = grouped(x)
+        xhat, inv_sigma = _standardize(grouped_x, axes, epsilon)
+        return xhat, inv_sigma, axes
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train  # Deterministic, the same in both modes.
+        xhat, _, _ = forward(x)
+        return _scale_shift(params, ungrouped(xhat, x.shape))
+
+    def backward(params, x, y, dy, *, key=None, train=False):
+        del y, key, train
+        xhat, inv_sigma, axes = forward(x)
+        flat_xhat = ungrouped(xhat, x.shape)
+        grads = _affine_grads(params, flat_xhat, dy, tuple(range(x.ndim - 1)))
+        dxhat = dy * _channels(params["scale"], dy.ndim) if use_scale else dy
+        dx = _standardize_backward(grouped(dxhat)[0], xhat, inv_sigma, axes)
+        return grads, ungrouped(dx, x.shape)
+
+    return stateless(init, apply, backward, name=name)
+
+
+def LayerNorm(
+    *,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+) -> Layer:
+    """Layer normalization over the last (feature) axis of each example, as in Flax's
+    ``LayerNorm`` default; the same in training and evaluation, no state.
+
+    Args:
+      epsilon: added to the variance.
+      use_scale: learn the per-feature scale ``γ`` (params ``"scale"``, init 1).
+      use_bias: learn the per-feature shift ``β`` (params ``"bias"``, init 0).
+      dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
+    """
+    _check_options("LayerNorm", epsilon)
+    return _per_example_norm(
+        "LayerNorm()", lambda x: (x, (x.ndim - 1,)), lambda x, shape: x, epsilon, use_scale,
+        use_bias, dtype)
+
+
+def GroupNorm(
+    num_groups: int = 32,
+    *,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+) -> Layer:
+    """Group normalization: the channels (last axis) split into ``num_groups`` groups, each
+    standardized over its channels and the spatial axes of each example (Wu & He, 2018);
+    no state, the same in training and evaluation.
+
+    Args:
+      num_groups: groups of channels; must divide the number of channels.
+      epsilon: added to the variance.
+      use_scale: learn the per-channel scale ``γ`` (params ``"scale"``, init 1).
+      use_bias: learn the per-channel shift ``β`` (params ``"bias"``, init 0).
+      dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
+    """
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
+        raise ValueError(f"GroupNorm: num_groups must be a positive int, got {num_groups!r}")
+    _check_options("GroupNorm", epsilon)
+    name = f"GroupNorm({num_groups})"
+
+    def check(input_shape):
+        if input_shape[-1] % num_groups:
+            raise ShapeError(f"{name}: {num_groups} groups do not divide the "
+                             f"{input_shape[-1]} channels of shape {tuple(input_shape)}")
+
+    def grouped(x):
+        """(N, ..., C) -> (N, ..., G, C/G), standardized over all but N and G."""
+        shaped = x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+        return shaped, (*range(1, x.ndim - 1), x.ndim)
+
+    return _per_example_norm(name, grouped, lambda x, shape: x.reshape(shape), epsilon,
+                             use_scale, use_bias, dtype, check)

@@ -1,0 +1,193 @@
+"""Branches: parallel, FanOut, FanInSum, FanInConcat and Residual -- shapes, forward values,
+manual rules against jax.grad (float64, 1e-10), planted wrong rules, and the summary."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import (
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    FanInConcat,
+    FanInSum,
+    FanOut,
+    Flatten,
+    MaxPool2D,
+    Relu,
+    Residual,
+    ShapeError,
+    Tanh,
+    losses,
+    manual,
+    parallel,
+    serial,
+    summary,
+)
+
+RTOL = 1e-10
+
+
+def _conv(features, **kwargs):
+    return Conv2D(features, 3, use_bias=False, **kwargs)
+
+
+def _resnet_block(features, stride=1):
+    body = [_conv(features, stride=stride), BatchNorm(), Relu(), _conv(features), BatchNorm()]
+    if stride == 1:
+        return Residual(*body)
+    return Residual(*body, shortcut=serial(Conv2D(features, 1, stride=stride, use_bias=False),
+                                           BatchNorm()))
+
+
+NETS = {
+    "residual_cnn_batchnorm": (serial(
+        _conv(4), BatchNorm(), Relu(), _resnet_block(4), Relu(), _resnet_block(6, stride=2),
+        Relu(), Flatten(), Dense(3)), (6, 6, 2)),
+    "fanout_concat": (serial(
+        Dense(5), FanOut(3), parallel(Dense(4), serial(Tanh(), Dense(2)), Relu()),
+        FanInConcat(), Dense(3)), (4,)),
+    "nested_parallel": (serial(
+        FanOut(2), parallel(serial(Dense(4), FanOut(2), parallel(Tanh(), Dense(4)), FanInSum()),
+                            Dense(4)),
+        FanInConcat(axis=1), Tanh(), Dense(3)), (5,)),
+    "inception_like_cnn": (serial(
+        Conv2D(3, 3), FanOut(3), parallel(Conv2D(2, 1), Conv2D(2, 3), MaxPool2D(3, 1, "SAME")),
+        FanInConcat(axis=-1), AvgPool2D(2), Flatten(), Dense(3)), (6, 6, 2)),
+}
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("name", list(NETS))
+def test_manual_gradient_equals_jax_grad(name, batch, key):
+    net, shape = NETS[name]
+    x = jax.random.normal(key, (batch, *shape))
+    y = jnp.arange(batch) % 3
+    _, params, state = net.init(jax.random.key(1), (None, *shape))
+    loss = losses.softmax_cross_entropy
+    got = manual.grad(net, loss, params, state, x, y, train=True)
+    want = jax.grad(lambda p: loss(net.reference.apply(p, state, x, train=True)[0], y))(params)
+    leaves = jax.tree.leaves(want)
+    whole = max(float(jnp.max(jnp.abs(w))) for w in leaves)
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], leaves, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype == jnp.float64, path
+        # A bias before a BatchNorm has a zero gradient: its noise is measured against the
+        # whole gradient (there is none here: the convolutions before BatchNorm have no bias).
+        scale = max(float(jnp.max(jnp.abs(w))), whole * 1e-8)
+        assert float(jnp.max(jnp.abs(g - w))) <= RTOL * scale, path
+
+
+def test_check_passes_on_branching_nets(key):
+    """manual.check walks the recorded forward through tuple activations, layer by layer
+    (the MLP-shaped nets: the CNNs' gradients are compared above)."""
+    for net, shape in (NETS["fanout_concat"], NETS["nested_parallel"]):
+        x = jax.random.normal(key, (7, *shape))
+        _, params, state = net.init(jax.random.key(1), (None, *shape))
+        report = manual.check(net, losses.softmax_cross_entropy, params, state, x,
+                              jnp.arange(7) % 3, train=True, verbose=False)
+        assert report.worst_autodiff_rel < 1e-10
+
+
+def test_planted_wrong_fanout_rule_is_named(key):
+    """A fork whose rule keeps only its first branch's delta instead of the sum."""
+    fork = FanOut(2)
+    wrong = fork._replace(backward=lambda p, s, x, y, dy, **kw: ((), dy[0]))
+    net = serial(Dense(4), wrong, parallel(Dense(3), Dense(3)), FanInSum())
+    _, params, state = net.init(key, (None, 5))
+    x = jax.random.normal(key, (7, 5))
+    with pytest.raises(manual.GradientCheckError) as error:
+        manual.check(net, losses.softmax_cross_entropy, params, state, x, jnp.arange(7) % 3,
+                     verbose=False)
+    assert "layer rule layer 1 (FanOut(2))" in str(error.value)
+    assert "leaf [0]['w'] of layer 0 (Dense(4))" in str(error.value)
+
+
+def test_fan_rules_are_sum_copy_and_split(key):
+    x = jax.random.normal(key, (3, 4))
+    dys = (jnp.ones((3, 4)), 2 * jnp.ones((3, 4)))
+    _, dx = FanOut(2).backward((), (), x, (x, x), dys)
+    np.testing.assert_array_equal(dx, 3 * jnp.ones((3, 4)))
+    _, dxs = FanInSum().backward((), (), (x, x), 2 * x, x)
+    assert len(dxs) == 2 and all(d is x for d in dxs)
+    parts = (x, jnp.zeros((3, 2)))
+    y, _ = FanInConcat().apply((), (), parts)
+    _, (da, db) = FanInConcat().backward((), (), parts, y, y)
+    np.testing.assert_array_equal(da, x)
+    np.testing.assert_array_equal(db, jnp.zeros((3, 2)))
+
+
+def test_residual_is_x_plus_f_of_x(key):
+    block = Residual(Dense(4), Tanh())
+    _, params, state = block.init(key, (None, 4))
+    x = jax.random.normal(key, (5, 4))
+    body = params[1][0]
+    want = x + jnp.tanh(x @ body[0]["w"] + body[0]["b"][None, :])
+    np.testing.assert_allclose(block.apply(params, state, x)[0], want, rtol=1e-14)
+    projected = Residual(Dense(3), shortcut=Dense(3, use_bias=False))
+    _, params, state = projected.init(key, (None, 4))
+    shortcut_w = params[1][1]["w"]
+    body = params[1][0][0]
+    np.testing.assert_allclose(projected.apply(params, state, x)[0],
+                               x @ body["w"] + body["b"][None, :] + x @ shortcut_w, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "fragments"),
+    [
+        (serial(Dense(3), Residual(Dense(4))), (None, 5),
+         ["layer 1.2 (FanInSum())", "equal shape", "(None, 4)", "(None, 3)"]),
+        (serial(Dense(3), FanInSum()), (None, 5), ["layer 1 (FanInSum())", "tuple of branches"]),
+        (serial(FanOut(2), parallel(Dense(2), Dense(2), Dense(2))), (None, 5),
+         ["layer 1", "3 branches, got 2"]),
+        (serial(FanOut(2), Dense(2)), (None, 5), ["layer 1 (Dense(2))", "FanInSum"]),
+        (serial(FanOut(2), parallel(Conv2D(2, 3), MaxPool2D(2)), FanInConcat()),
+         (None, 3, 3, 2), ["layer 2 (FanInConcat(axis=-1))", "equal but along axis -1"]),
+        (serial(FanOut(2), parallel(Flatten(), Relu()), FanInConcat()), (None, 3, 3, 2),
+         ["layer 2 (FanInConcat(axis=-1))", "one rank"]),
+        (serial(FanOut(2), FanInConcat(axis=0)), (None, 5), ["batch axis"]),
+        (serial(Dense(2), parallel(Dense(2))), (None, 5), ["layer 1 (parallel(Dense(2)))",
+                                                             "single shape"]),
+    ],
+)
+def test_branch_shape_errors_name_the_layer(net, shape, fragments, key):
+    with pytest.raises(ShapeError) as error:
+        net.init(key, shape)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_combinators_reject_non_layers():
+    with pytest.raises(TypeError, match=r"parallel: argument 1 is not a Layer.*Relu\(\)"):
+        parallel(Dense(2), Relu)
+    with pytest.raises(TypeError, match="Residual: argument 0"):
+        Residual(3)
+    with pytest.raises(ValueError, match="FanOut: num"):
+        FanOut(0)
+
+
+def test_summary_shows_branches_indented():
+    net, shape = NETS["residual_cnn_batchnorm"]
+    text = summary(net, (None, *shape))
+    lines = text.splitlines()
+    heading = next(line for line in lines if line.startswith("3 ") and "Residual" in line)
+    assert "(None, 6, 6, 4)" in heading
+    fork = next(line for line in lines if line.startswith("3.0 "))
+    assert "  FanOut(2)" in fork and "(None, 6, 6, 4), (None, 6, 6, 4)" in fork
+    assert any(line.startswith("5.1.1.0 ") and "    Conv2D(6, (1, 1)" in line for line in lines)
+    _, params, state = net.init(jax.random.key(0), (None, *shape))
+    assert f"total params: {sum(p.size for p in jax.tree.leaves(params)):,}" in text
+    assert f"state (not trained): {sum(s.size for s in jax.tree.leaves(state)):,}" in text
+
+
+def test_branching_net_jits_and_vmaps_over_params(key):
+    net, shape = NETS["fanout_concat"]
+    x = jax.random.normal(key, (4, *shape))
+    _, params, state = net.init(key, (None, *shape))
+    eager = net.apply(params, state, x)[0]
+    np.testing.assert_allclose(jax.jit(net.apply)(params, state, x)[0], eager, rtol=1e-14)
+    stacked = jax.vmap(lambda k: net.init(k, (None, *shape))[1])(jax.random.split(key, 3))
+    ensemble = jax.vmap(lambda p: net.apply(p, state, x)[0])(stacked)
+    first = jax.tree.map(lambda leaf: leaf[0], stacked)
+    np.testing.assert_allclose(ensemble[0], net.apply(first, state, x)[0], rtol=1e-13)

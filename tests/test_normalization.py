@@ -1,0 +1,198 @@
+"""BatchNorm (with running statistics), LayerNorm and GroupNorm: values against hand
+computations, manual rules against jax.grad, state through training steps and vmapped trials."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxnn import (
+    BatchNorm,
+    Dense,
+    GroupNorm,
+    LayerNorm,
+    Relu,
+    ShapeError,
+    losses,
+    manual,
+    serial,
+)
+from jaxnn.train import make_step
+
+CASES = [
+    (BatchNorm(), (5,)),
+    (BatchNorm(momentum=0.9), (4, 3, 6)),
+    (BatchNorm(use_scale=False), (3, 3, 2)),
+    (LayerNorm(), (5,)),
+    (LayerNorm(use_bias=False), (3, 3, 4)),
+    (GroupNorm(2), (3, 3, 4)),
+    (GroupNorm(3), (6,)),
+]
+
+
+def _perturbed(params, key):
+    """Params away from their init (scale 1, bias 0), so every term of a rule matters."""
+    return jax.tree.map(lambda p: p + 0.5 * jax.random.normal(key, p.shape, p.dtype), params)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize(("layer", "shape"), CASES, ids=lambda c: str(c))
+def test_rule_equals_vjp_of_apply(layer, shape, batch, train, key):
+    _, params, state = layer.init(key, (None, *shape))
+    params = _perturbed(params, jax.random.key(1))
+    state = jax.tree.map(lambda s: s + 0.3, state)  # running statistics not at their init
+    x = 2 * jax.random.normal(jax.random.key(2), (batch, *shape)) + 1
+    y, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, train=train)[0], params, x)
+    dy = jax.random.normal(jax.random.key(3), y.shape)
+    want = vjp(dy)
+    got = layer.backward(params, state, x, y, dy, train=train)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape and g.dtype == jnp.float64
+        scale = float(jnp.max(jnp.abs(w)))
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-10 * max(scale, 1e-300)
+
+
+def test_batchnorm_train_normalizes_with_batch_statistics_and_eval_with_running(key):
+    layer = BatchNorm(momentum=0.8)
+    _, params, state = layer.init(key, (None, 2, 2, 3))
+    params = _perturbed(params, key)
+    x = np.asarray(jax.random.normal(key, (4, 2, 2, 3))) * 3 + 2
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    y, new_state = layer.apply(params, state, jnp.asarray(x), train=True)
+    scale, bias = np.asarray(params["scale"]), np.asarray(params["bias"])
+    np.testing.assert_allclose(y, scale * (x - mean) / np.sqrt(var + 1e-5) + bias, rtol=1e-12)
+    np.testing.assert_allclose(new_state["mean"], 0.8 * 0 + 0.2 * mean, rtol=1e-12)
+    np.testing.assert_allclose(new_state["var"], 0.8 * 1 + 0.2 * var, rtol=1e-12)
+    # Eval mode: the running statistics, by hand; the state comes back unchanged.
+    y_eval, same = layer.apply(params, new_state, jnp.asarray(x))
+    running_mean, running_var = np.asarray(new_state["mean"]), np.asarray(new_state["var"])
+    np.testing.assert_allclose(
+        y_eval, scale * (x - running_mean) / np.sqrt(running_var + 1e-5) + bias, rtol=1e-12)
+    assert same is new_state
+
+
+def test_running_statistics_after_training_steps_equal_a_numpy_ema(key):
+    """BatchNorm first, so its inputs are the data: the state after N steps of training is
+    the exponential moving average of the minibatches' statistics."""
+    net = serial(BatchNorm(momentum=0.9), Dense(3))
+    _, params, state = net.init(key, (None, 4))
+    opt = optax.sgd(0.1)
+    step = jax.jit(make_step(net, losses.softmax_cross_entropy, opt))
+    opt_state = opt.init(params)
+    batches = np.asarray(jax.random.normal(key, (6, 8, 4))) * np.array([1, 2, 3, 4]) + 5
+    mean, var = np.zeros(4), np.ones(4)
+    for xb in batches:
+        params, state, opt_state, _, _ = step(params, state, opt_state, jnp.asarray(xb),
+                                              jnp.arange(8) % 3)
+        mean = 0.9 * mean + 0.1 * xb.mean(axis=0)
+        var = 0.9 * var + 0.1 * xb.var(axis=0)
+    np.testing.assert_allclose(state[0]["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(state[0]["var"], var, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backprop", ["autodiff", "manual"])
+def test_vmapped_trials_each_keep_their_own_statistics(backprop, key):
+    """Three trials (learning rates) of a net whose BatchNorm sees trained features:
+    vmapped, each trial's params and state equal its solo run's."""
+    net = serial(Dense(6), BatchNorm(momentum=0.5), Relu(), Dense(3))
+    _, params, state = net.init(key, (None, 4))
+    xs = jax.random.normal(key, (5, 8, 4))
+    ys = jnp.arange(8) % 3
+
+    def run(rate):
+        opt = optax.sgd(rate)
+        step = make_step(net, losses.softmax_cross_entropy, opt, backprop=backprop)
+
+        def body(carry, xb):
+            p, s, o = carry
+            p, s, o, _, _ = step(p, s, o, xb, ys)
+            return (p, s, o), None
+
+        (p, s, _), _ = jax.lax.scan(body, (params, state, opt.init(params)), xs)
+        return p, s
+
+    rates = jnp.asarray([0.01, 0.3, 1.0])
+    vmapped = jax.jit(jax.vmap(run))(rates)
+    statistics = [float(vmapped[1][1]["mean"][i, 0]) for i in range(3)]
+    assert len(set(statistics)) == 3  # the trials' statistics really differ
+    for trial in range(3):
+        alone = jax.jit(run)(rates[trial])
+        for got, want in zip(jax.tree.leaves(vmapped), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_allclose(got[trial], want, rtol=1e-10, atol=1e-14)
+
+
+def test_planted_wrong_batchnorm_rule_is_named(key):
+    """The classic slip: forgetting that the batch mean depends on x (no Σdy term)."""
+    norm = BatchNorm()
+
+    def backward(params, state, x, y, dy, **kw):
+        grads, dx = norm.backward(params, state, x, y, dy, **kw)
+        return grads, dx + jnp.mean(dy, axis=0, keepdims=True) * params["scale"][None, :] / (
+            jnp.sqrt(jnp.var(x, axis=0, keepdims=True) + 1e-5))
+
+    net = serial(Dense(5), norm._replace(backward=backward), Relu(), Dense(3))
+    _, params, state = net.init(key, (None, 4))
+    x = jax.random.normal(key, (7, 4))
+    with pytest.raises(manual.GradientCheckError) as error:
+        manual.check(net, losses.softmax_cross_entropy, params, state, x, jnp.arange(7) % 3,
+                     train=True, verbose=False)
+    assert "layer rule layer 1 (BatchNorm(momentum=0.99))" in str(error.value)
+
+
+def test_normalizations_in_a_net_check_in_both_modes(key):
+    net = serial(Dense(6, use_bias=False), BatchNorm(), Relu(), Dense(6), GroupNorm(2), Relu(),
+                 LayerNorm(), Dense(3))
+    _, params, state = net.init(key, (None, 4))
+    params = _perturbed(params, jax.random.key(1))
+    x = jax.random.normal(key, (7, 4))
+    for train in (True, False):
+        report = manual.check(net, losses.softmax_cross_entropy, params, state, x,
+                              jnp.arange(7) % 3, train=train, verbose=False)
+        assert report.worst_autodiff_rel < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize(("layer", "shape"), CASES, ids=lambda c: str(c))
+def test_jit_vmap_and_dtype(layer, shape, dtype, key):
+    _, params, state = layer.init(key, (None, *shape))
+    params, state = jax.tree.map(lambda a: a.astype(dtype), (params, state))
+    x = jax.random.normal(key, (4, *shape), dtype)
+    eager, new_state = layer.apply(params, state, x, train=True)
+    assert eager.dtype == dtype
+    assert all(s.dtype == dtype for s in jax.tree.leaves(new_state))
+    jitted = jax.jit(lambda p, s, xx: layer.apply(p, s, xx, train=True))(params, state, x)
+    eps = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(jitted[0], eager, rtol=0, atol=64 * eps * float(
+        jnp.max(jnp.abs(eager))))
+    # vmap over stacked params (an ensemble of 3) and over examples (eval mode).
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a + 1, a - 1]), params)
+    ensemble = jax.vmap(lambda p: layer.apply(p, state, x, train=True)[0])(stacked)
+    np.testing.assert_allclose(ensemble[0], eager, rtol=0,
+                               atol=64 * eps * float(jnp.max(jnp.abs(eager))))
+    evaluated = layer.apply(params, state, x)[0]
+    per_example = jax.vmap(lambda xi: layer.apply(params, state, xi[None])[0][0])(x)
+    np.testing.assert_allclose(per_example, evaluated, rtol=0,
+                               atol=64 * eps * float(jnp.max(jnp.abs(evaluated))))
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "fragment"),
+    [(GroupNorm(3), (None, 4, 4, 8), "3 groups do not divide the 8 channels"),
+     (BatchNorm(), (None,), "rank >= 2"),
+     (LayerNorm(), (None, None), "known number of channels")],
+)
+def test_shape_errors(layer, shape, fragment, key):
+    with pytest.raises(ShapeError, match=fragment):
+        layer.init(key, shape)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [(lambda: BatchNorm(momentum=1.0), "momentum"), (lambda: LayerNorm(epsilon=0), "epsilon"),
+     (lambda: GroupNorm(0), "num_groups")],
+)
+def test_bad_arguments(make, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        make()
