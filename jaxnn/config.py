@@ -66,9 +66,9 @@ class OptimizerConfig:
     """An optax optimizer: sgd, momentum, nesterov, adam, adamw or rmsprop."""
 
     name: str = "momentum"
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     momentum: float = 0.9  # momentum, nesterov, rmsprop
-    weight_decay: float = 1e-4  # decoupled for adamw, an L2 gradient term otherwise
+    weight_decay: float = 3e-3  # decoupled for adamw, an L2 gradient term otherwise
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -92,7 +92,7 @@ class ScheduleConfig:
 class TrainingConfig:
     """The training loop."""
 
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 64
     seed: int = 0
     precision: str = "float32"  # or "float64": data, parameters, optimizer and loss

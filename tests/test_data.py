@@ -135,7 +135,7 @@ def test_regression_run_on_synthetic_curve(tmp_path):
     cfg = config.from_dict({
         "data": {"name": "regression", "num_examples": 400},
         "model": {"hidden": [32], "activation": "tanh", "loss": "mse"},
-        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "optimizer": {"name": "adam", "learning_rate": 0.01, "weight_decay": 1e-4},
         "training": {"epochs": 30, "batch_size": 32, "progress": False},
         "output": {"plots": False}})
     summary = run.train_and_evaluate(cfg, tmp_path)
