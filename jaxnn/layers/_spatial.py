@@ -8,11 +8,14 @@ textbooks when ``lo = hi = P`` and the division is exact).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnn.layer import Shape, ShapeError
+from jaxnn import initializers
+from jaxnn.layer import Shape, ShapeError, param_dtype
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -141,3 +144,36 @@ def crop(x, pads: Pairs):
     """Removes spatial padding ``pads`` from an NHWC array."""
     (top, bottom), (left, right) = pads
     return x[:, top : x.shape[1] - bottom, left : x.shape[2] - right, :]
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+class ConvArguments(NamedTuple):
+    """A 2-D convolution's checked arguments: windows, strides, padding, initializers."""
+
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    padding: Padding
+    w_init: initializers.Initializer
+    b_init: initializers.Initializer
+
+
+def conv_arguments(layer, features, kernel_size, stride, padding, w_init, b_init):
+    """Checks a 2-D convolution's constructor arguments, raising ValueError naming ``layer``
+    and quoting the bad value."""
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"{layer}: features must be a positive int, got {features!r}")
+    return ConvArguments(pair(kernel_size, "kernel_size", layer), pair(stride, "stride", layer),
+                         check_padding(padding, layer), initializers.get(w_init),
+                         initializers.get(b_init))
+
+
+def conv_params(key, args: ConvArguments, in_channels, features, use_bias, dtype) -> dict:
+    """``{"w": HWIO kernel, "b": (features,)}`` (no ``"b"`` without bias)."""
+    w_key, b_key = jax.random.split(key)
+    dtype = param_dtype(dtype)
+    params = {"w": args.w_init(w_key, (*args.window, in_channels, features), dtype)}
+    if use_bias:
+        params["b"] = args.b_init(b_key, (features,), dtype)
+    return params

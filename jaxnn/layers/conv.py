@@ -36,7 +36,7 @@ from jaxnn.layer import (
 )
 from jaxnn.layers import _spatial, _winograd
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+_NHWC = _spatial.NHWC
 
 
 def _filter_gradient(x, dy, window, strides, pads, out_hw):
@@ -87,13 +87,9 @@ def Conv2D(
     Returns:
       A `Layer` with params ``{"w": (kh, kw, in, features), "b": (features,)}``.
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"Conv2D: features must be a positive int, got {features!r}")
-    window = _spatial.pair(kernel_size, "kernel_size", "Conv2D")
-    strides = _spatial.pair(stride, "stride", "Conv2D")
-    padding = _spatial.check_padding(padding, "Conv2D")
-    w_initializer = initializers.get(w_init)
-    b_initializer = initializers.get(b_init)
+    args = _spatial.conv_arguments("Conv2D", features, kernel_size, stride, padding, w_init,
+                                   b_init)
+    window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2D({features}, {window}, stride={strides}, padding={padding!r})"
 
     def pads_for(in_hw):
@@ -101,11 +97,7 @@ def Conv2D(
 
     def init(key: jax.Array, input_shape: Shape):
         _, out_hw = _spatial.infer_nhwc(name, input_shape, window, strides, padding)
-        w_key, b_key = jax.random.split(key)
-        dtype_ = param_dtype(dtype)
-        params = {"w": w_initializer(w_key, (*window, input_shape[3], features), dtype_)}
-        if use_bias:
-            params["b"] = b_initializer(b_key, (features,), dtype_)
+        params = _spatial.conv_params(key, args, input_shape[3], features, use_bias, dtype)
         return (input_shape[0], *out_hw, features), params
 
     def winograd(x):

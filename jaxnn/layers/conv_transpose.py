@@ -36,13 +36,12 @@ from jaxnn.layer import (
     Shape,
     ShapeError,
     check_rank,
-    param_dtype,
     stateless,
     with_rule_gradient,
 )
 from jaxnn.layers import _spatial
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+_NHWC = _spatial.NHWC
 
 
 def transpose_pads(k: int, s: int, padding: str) -> tuple[int, int]:
@@ -92,13 +91,9 @@ def Conv2DTranspose(
       ValueError: for a non-positive ``features``, kernel size or stride, an unknown
         padding or initializer.
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"Conv2DTranspose: features must be a positive int, got {features!r}")
-    window = _spatial.pair(kernel_size, "kernel_size", "Conv2DTranspose")
-    strides = _spatial.pair(stride, "stride", "Conv2DTranspose")
-    padding = _spatial.check_padding(padding, "Conv2DTranspose")
-    w_initializer = initializers.get(w_init)
-    b_initializer = initializers.get(b_init)
+    args = _spatial.conv_arguments("Conv2DTranspose", features, kernel_size, stride, padding,
+                                   w_init, b_init)
+    window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2DTranspose({features}, {window}, stride={strides}, padding={padding!r})"
     if isinstance(padding, str):
         pads = tuple(transpose_pads(k, s, padding) for k, s in zip(window, strides, strict=True))
@@ -121,11 +116,7 @@ def Conv2DTranspose(
                 f"{padded} (input {in_hw}, stride {strides}, padding {pads})"
             )
         out_hw = tuple(p - k + 1 for p, k in zip(padded, window, strict=True))
-        w_key, b_key = jax.random.split(key)
-        dtype_ = param_dtype(dtype)
-        params = {"w": w_initializer(w_key, (*window, input_shape[3], features), dtype_)}
-        if use_bias:
-            params["b"] = b_initializer(b_key, (features,), dtype_)
+        params = _spatial.conv_params(key, args, input_shape[3], features, use_bias, dtype)
         return (input_shape[0], *out_hw, features), params
 
     def apply(params, x, *, key=None, train=False):
