@@ -205,8 +205,7 @@ def _finite_differences(loss_of_leaves, leaves, index, max_elements, rng):
         moved[index] = (flat + delta).reshape(leaf.shape)
         return loss_of_leaves(moved)
 
-    plus = jax.vmap(loss_at)(basis)
-    minus = jax.vmap(loss_at)(-basis)
+    plus, minus = jnp.split(jax.jit(jax.vmap(loss_at))(jnp.concatenate([basis, -basis])), 2)
     return chosen, (plus - minus) / (2 * step)
 
 
@@ -271,7 +270,8 @@ def check(
     fd_rtol = default_fd_rtol if fd_rtol is None else fd_rtol
     rng = np.random.default_rng(seed)
 
-    manual = grad(net, loss, params, state, x, y, key=key, train=train)
+    # Compiled, each check as one program: op-by-op dispatch of a CNN's rules is far slower.
+    manual = jax.jit(lambda p: grad(net, loss, p, state, x, y, key=key, train=train))(params)
     leaves, treedef = jax.tree.flatten(params)
 
     reference = net.reference  # plain forwards: jax.grad independent of the manual rules
@@ -305,22 +305,33 @@ def check(
 
     layer_errors = []
     for leaf in trace(net, params, state, x, key=key, train=train)[2].leaves():
-        layer_y, vjp = jax.vjp(
-            lambda p, xx, leaf=leaf: leaf.layer.reference.apply(
-                p, leaf.state, xx, key=leaf.key, train=train)[0], leaf.params, leaf.x)
-        cotangent = jax.tree.map(
-            lambda part: jnp.asarray(rng.standard_normal(part.shape), part.dtype), layer_y)
-        want_dparams, want_dx = vjp(cotangent)
-        got_dparams, got_dx = leaf.layer.backward(leaf.params, leaf.state, leaf.x, layer_y,
-                                                  cotangent, key=leaf.key, train=train)
-        layer_errors.append(LayerError(leaf.label, _tree_relative(got_dparams, want_dparams),
-                                       _tree_relative(got_dx, want_dx)))
+        layer_errors.append(_check_layer_rule(leaf, train, rng))
 
     report = CheckReport(tuple(leaf_errors), tuple(layer_errors))
     if verbose:
         print(report.table())
     _raise_if_exceeded(report, rtol, fd_rtol)
     return report
+
+
+def _check_layer_rule(leaf, train: bool, rng: np.random.Generator) -> LayerError:
+    """One leaf layer's rule against `jax.vjp` of its plain forward, at a random cotangent."""
+    def forward(p, xx):
+        return leaf.layer.reference.apply(p, leaf.state, xx, key=leaf.key, train=train)[0]
+
+    def both(p, xx, cotangent):
+        layer_y, vjp = jax.vjp(forward, p, xx)
+        got = leaf.layer.backward(p, leaf.state, xx, layer_y, cotangent, key=leaf.key,
+                                  train=train)
+        return got, vjp(cotangent)
+
+    shapes = jax.eval_shape(forward, leaf.params, leaf.x)
+    cotangent = jax.tree.map(
+        lambda part: jnp.asarray(rng.standard_normal(part.shape), part.dtype), shapes)
+    (got_dparams, got_dx), (want_dparams, want_dx) = jax.jit(both)(leaf.params, leaf.x,
+                                                                    cotangent)
+    return LayerError(leaf.label, _tree_relative(got_dparams, want_dparams),
+                      _tree_relative(got_dx, want_dx))
 
 
 def _raise_if_exceeded(report: CheckReport, rtol: float, fd_rtol: float) -> None:

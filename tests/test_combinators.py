@@ -67,8 +67,9 @@ def test_manual_gradient_equals_jax_grad(name, batch, key):
     y = jnp.arange(batch) % 3
     _, params, state = net.init(jax.random.key(1), (None, *shape))
     loss = losses.softmax_cross_entropy
-    got = manual.grad(net, loss, params, state, x, y, train=True)
-    want = jax.grad(lambda p: loss(net.reference.apply(p, state, x, train=True)[0], y))(params)
+    got = jax.jit(lambda p: manual.grad(net, loss, p, state, x, y, train=True))(params)
+    want = jax.jit(jax.grad(
+        lambda p: loss(net.reference.apply(p, state, x, train=True)[0], y)))(params)
     leaves = jax.tree.leaves(want)
     whole = max(float(jnp.max(jnp.abs(w))) for w in leaves)
     for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], leaves, strict=True):

@@ -379,14 +379,19 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
     jaxpr = str(jax.make_jaxpr(_leaf(layer))(params, x))
     assert ("conv_general_dilated" in jaxpr) == (jax.default_backend() != "cpu")
 
-    y, rule_vjp = jax.vjp(_leaf(layer), params, x)  # jax.grad runs the rule on CPU
-    _, autodiff = jax.vjp(_leaf(layer.reference), params, x)  # JAX through F(2x2, 3x3)
-    want, direct = jax.vjp(_direct_conv(padding, hw), params, x)
+    @jax.jit  # One program: op-by-op dispatch of F(2x2, 3x3)'s many small ops is slow.
+    def outputs_and_gradients(params, x):
+        y, rule_vjp = jax.vjp(_leaf(layer), params, x)  # jax.grad runs the rule on CPU
+        _, autodiff = jax.vjp(_leaf(layer.reference), params, x)  # JAX through F(2x2, 3x3)
+        want, direct = jax.vjp(_direct_conv(padding, hw), params, x)
+        cotangent = jax.random.normal(jax.random.key(1), y.shape)
+        rule = layer.backward(params, (), x, y, cotangent)
+        return y, want, direct(cotangent), (rule_vjp(cotangent), autodiff(cotangent), rule)
+
+    y, want, direct, all_grads = outputs_and_gradients(params, x)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-    cotangent = jax.random.normal(jax.random.key(1), y.shape)
-    expected = jax.tree.leaves(direct(cotangent))
-    rule = layer.backward(params, (), x, y, cotangent)
-    for grads in (rule_vjp(cotangent), autodiff(cotangent), rule):
+    expected = jax.tree.leaves(direct)
+    for grads in all_grads:
         for got, wanted in zip(jax.tree.leaves(grads), expected, strict=True):
             np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12)
 
@@ -413,7 +418,8 @@ def test_winograd_conv2d_float32_rounding(key):
     layer = Conv2D(64, 3, dtype=jnp.float32)
     x = jax.random.normal(key, (4, 14, 14, 32), jnp.float32)
     _, params, _ = layer.init(key, (None, 14, 14, 32))
-    got, want = _leaf(layer)(params, x), _direct_conv("SAME", (14, 14))(params, x)
+    got = jax.jit(_leaf(layer))(params, x)
+    want = jax.jit(_direct_conv("SAME", (14, 14)))(params, x)
     assert_close(got, want)
 
 
@@ -427,9 +433,11 @@ def test_winograd_conv2d_under_vmap_equals_each_alone(key):
     x = jax.random.normal(jax.random.key(1), (4, 6, 6, 2))
     vmapped = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(net.apply(p, state, x)[0] ** 2))))(
         params)
+    reference_grad = jax.jit(jax.grad(
+        lambda p: jnp.sum(net.reference.apply(p, state, x)[0] ** 2)))
     for trial in range(3):
         alone = jax.tree.map(lambda leaf, t=trial: leaf[t], params)
-        want = jax.grad(lambda p: jnp.sum(net.reference.apply(p, state, x)[0] ** 2))(alone)
+        want = reference_grad(alone)
         got = jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -461,16 +469,21 @@ def test_dense_float32_gradients_through_a_transposed_copy(bias, key):
     direction = jax.tree.map(jnp.ones_like, point)
 
     def derivatives(f):
-        gradient = jax.grad(f, argnums=(0, 1))
-        return (f(*point), gradient(*point), jax.jvp(f, point, direction)[1],
-                jax.jvp(gradient, point, direction)[1],
-                jax.hessian(f, argnums=(0, 1))(*point))
+        @jax.jit  # One program: the Hessian's ops one by one are slow to dispatch.
+        def all_of_them(point, direction):
+            gradient = jax.grad(f, argnums=(0, 1))
+            return (f(*point), gradient(*point), jax.jvp(f, point, direction)[1],
+                    jax.jvp(gradient, point, direction)[1],
+                    jax.hessian(f, argnums=(0, 1))(*point))
+
+        return all_of_them(point, direction)
 
     assert_close(derivatives(fast), derivatives(plain))
     stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, 2 * leaf, -leaf]), params)
-    vmapped = jax.vmap(jax.grad(fast), in_axes=(0, None))(stacked, x)
+    vmapped = jax.jit(jax.vmap(jax.grad(fast), in_axes=(0, None)))(stacked, x)
+    plain_grad = jax.jit(jax.grad(plain))
     for trial in range(3):
-        alone = jax.grad(plain)(jax.tree.map(lambda leaf, t=trial: leaf[t], stacked), x)
+        alone = plain_grad(jax.tree.map(lambda leaf, t=trial: leaf[t], stacked), x)
         assert_close(jax.tree.map(lambda leaf, t=trial: leaf[t], vmapped), alone)
     dy = jax.random.normal(jax.random.key(1), (5, 6), jnp.float32)
     rule, rule_dx = layer.backward(params, (), x, _leaf(layer)(params, x), dy)

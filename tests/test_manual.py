@@ -61,10 +61,11 @@ def _head(loss):
 
 def assert_manual_equals_autodiff(net, loss, x, y, *, key=None, train=False, rtol=RTOL):
     _, params, state = net.init(jax.random.key(42), (None, *x.shape[1:]))
-    got = manual.grad(net, loss, params, state, x, y, key=key, train=train)
+    # Each side compiled as one program (op-by-op dispatch of a CNN is far slower).
+    got = jax.jit(lambda p: manual.grad(net, loss, p, state, x, y, key=key, train=train))(params)
     # The reference forward: jax.grad by JAX itself, not through any layer's own rule.
-    want = jax.grad(lambda p: loss(net.reference.apply(p, state, x, key=key, train=train)[0],
-                                   y))(params)
+    want = jax.jit(jax.grad(
+        lambda p: loss(net.reference.apply(p, state, x, key=key, train=train)[0], y)))(params)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
                             jax.tree.leaves(want), strict=True):
@@ -141,7 +142,8 @@ def test_fast_cpu_gradient_equals_the_reference(name, key):
     x = jax.random.normal(key, (7, 9, 8, 2))
     y = _targets(losses.softmax_cross_entropy, 7, key)
     _, params, state = net.init(key, (None, 9, 8, 2))
-    grads = [jax.grad(lambda p, f=f: losses.softmax_cross_entropy(f(p, state, x)[0], y))(params)
+    grads = [jax.jit(jax.grad(
+        lambda p, f=f: losses.softmax_cross_entropy(f(p, state, x)[0], y)))(params)
              for f in (net.apply, net.reference.apply)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
