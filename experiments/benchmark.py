@@ -4,6 +4,9 @@ Workloads (SGD with momentum 0.9, softmax cross-entropy):
   A: MLP 784-512-512-10, ReLU, float32, batch 128.
   B: CNN on 28x28x1: Conv 3x3x32 SAME, ReLU, MaxPool 2, Conv 3x3x64 SAME, ReLU, MaxPool 2,
      Flatten, Dense 10; float32, batch 128.
+  E: residual CNN with BatchNorm in training mode on 32x32x3 (`resnet_contenders`: a stem,
+     3 stages of 2 residual blocks with 16/32/64 channels, global average pooling, Dense 10);
+     float32, batch 128.
   D (run when a GPU is present, or with --only D): MLP 4096-4096-4096-4096-10, ReLU, batch
      4096, bfloat16 compute with float32 master weights, put beside a bfloat16 matmul's
      FLOP/s measured in the same run.
@@ -15,7 +18,7 @@ the first call (trace + compile) separately, and ratios to raw JAX; then jaxnn's
 each contender taken round by round (`jaxnn.benchmarking.paired_ratio`). Workload A is
 also put beside a plain float32 matmul's GFLOP/s measured in the same run.
 
-Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D] [--default-malloc]
+Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D|E] [--default-malloc]
 (malloc is tuned for the whole process, every contender alike, unless --default-malloc:
 `jaxnn.host.retain_freed_memory`)
 """
@@ -31,14 +34,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import resnet_contenders
 
 import jaxnn
 from jaxnn import benchmarking
 from jaxnn.train import make_step
 
-BATCH = {"A": 128, "B": 128, "D": 4096}
+BATCH = {"A": 128, "B": 128, "D": 4096, "E": 128}
 MLP_SIZES = {"A": (784, 512, 512, 10), "D": (4096, 4096, 4096, 4096, 10)}
 LR, MOMENTUM = 0.01, 0.9
+
+
+def input_shape(workload):
+    """The shape of one batch of the workload's inputs."""
+    if workload in MLP_SIZES:
+        return (BATCH[workload], MLP_SIZES[workload][0])
+    return (BATCH[workload], *((32, 32, 3) if workload == "E" else (28, 28, 1)))
 
 
 def compute_dtype(workload):
@@ -79,6 +90,8 @@ def _optax_step(forward, params, x, y):
 
 
 def jaxnn_net(workload):
+    if workload == "E":
+        return resnet_contenders.jaxnn_net()
     if workload in MLP_SIZES:
         hidden = MLP_SIZES[workload][1:-1]
         return jaxnn.serial(*[layer for width in hidden
@@ -101,6 +114,8 @@ def contender_jaxnn(workload, x, y, backprop="autodiff"):
 
 
 def contender_raw(workload, x, y):
+    if workload == "E":
+        return resnet_contenders.raw(x, y)
     keys = iter(jax.random.split(jax.random.key(0), 8))
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -138,6 +153,8 @@ def contender_raw(workload, x, y):
 
 
 def contender_linen(workload, x, y):
+    if workload == "E":
+        return resnet_contenders.linen(x, y)
     import flax.linen as nn
 
     class Model(nn.Module):
@@ -156,6 +173,8 @@ def contender_linen(workload, x, y):
 
 
 def contender_nnx(workload, x, y):
+    if workload == "E":
+        return resnet_contenders.nnx(x, y)
     from flax import nnx
 
     class Model(nnx.Module):
@@ -190,6 +209,8 @@ def contender_nnx(workload, x, y):
 
 
 def contender_equinox(workload, x, y):
+    if workload == "E":
+        return resnet_contenders.equinox(x, y)
     import equinox as eqx
 
     keys = jax.random.split(jax.random.key(0), 4)
@@ -227,6 +248,8 @@ def contender_equinox(workload, x, y):
 
 
 def contender_haiku(workload, x, y):
+    if workload == "E":
+        return resnet_contenders.haiku(x, y)
     import haiku as hk
 
     def net(h):
@@ -268,7 +291,7 @@ def contender_torch(workload, x, y):
         model = torch.nn.Sequential(*layers[:-1])
         tx = torch.tensor(np.asarray(x))
     else:
-        model = torch.nn.Sequential(
+        model = resnet_contenders.torch_model() if workload == "E" else torch.nn.Sequential(
             torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
@@ -320,18 +343,17 @@ def step_flops(workload: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     benchmarking.add_timing_flags(parser)
-    parser.add_argument("--only", choices=["A", "B", "D"])
+    parser.add_argument("--only", choices=["A", "B", "D", "E"])
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
     on_gpu = jax.devices()[0].platform == "gpu"
     print(f"devices: {jax.devices()}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}; "
           f"{host_line}")
-    workloads = [args.only] if args.only else ["A", "B"] + (["D"] if on_gpu else [])
+    workloads = [args.only] if args.only else ["A", "B", "E"] + (["D"] if on_gpu else [])
     for workload in workloads:
         batch = BATCH[workload]
-        shape = (batch, MLP_SIZES[workload][0]) if workload in MLP_SIZES else (batch, 28, 28, 1)
-        x = jax.random.normal(jax.random.key(2), shape)
+        x = jax.random.normal(jax.random.key(2), input_shape(workload))
         y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
         contenders = {"raw JAX": contender_raw(workload, x, y),
                       "jaxnn (jax.grad)": contender_jaxnn(workload, x, y),

@@ -1,11 +1,11 @@
 """Where one train step's time goes: the XLA operations of a jitted step, slowest first.
 
-Runs workload A or B of `benchmark.py` (jaxnn's `jax.grad` step) a few times under
+Runs workload A, B or E of `benchmark.py` (jaxnn's `jax.grad` step) a few times under
 `jax.profiler`, reads the Perfetto trace it writes and prints each compiled operation's mean
 milliseconds per step with the HLO instruction's shape and source op, so that a slow
 lowering (a copy, a convolution, a reduction) can be named.
 
-Run: python experiments/profile_step.py [--workload B] [--backprop autodiff|manual] [--steps 5]
+Run: python experiments/profile_step.py [--workload A|B|E] [--backprop autodiff|manual] [--steps 5]
      [--top 25] [--default-malloc]
 """
 
@@ -59,7 +59,7 @@ def describe(hlo_text: str, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=["A", "B"], default="B")
+    parser.add_argument("--workload", choices=["A", "B", "E"], default="B")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--backprop", choices=["autodiff", "manual"], default="autodiff",
@@ -67,10 +67,8 @@ def main() -> None:
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
-    batch = benchmark.BATCH[args.workload]
-    shape = (batch, 784) if args.workload == "A" else (batch, 28, 28, 1)
-    x = jax.random.normal(jax.random.key(2), shape)
-    y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
+    x = jax.random.normal(jax.random.key(2), benchmark.input_shape(args.workload))
+    y = jax.random.randint(jax.random.key(3), (x.shape[0],), 0, 10)
     step, step_args = benchmark.contender_jaxnn(args.workload, x, y, args.backprop)
     hlo_text = step.lower(*step_args).compile().as_text()
     totals = op_times(step, step_args, args.steps)
