@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from jaxnn import config as config_lib
+from jaxnn import rundir
 from jaxnn.checkpoint import CheckpointError
 from jaxnn.config import Config, ConfigError
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 DEFAULT_SOURCE = "<default config (= configs/mlp_digits.toml)>"
 
 
@@ -29,22 +30,31 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
 
 
 def _workdir(config: Config, path: str | None) -> str:
+    """A new, unique ``OUTPUT_DIR/NAME-TIME[-N]`` directory."""
     stem = os.path.splitext(os.path.basename(path))[0] if path else "mlp_digits"
-    return os.path.join(config.output.dir, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return rundir.create(config.output.dir, stem)
+
+
+def _directory(args: argparse.Namespace, stored: str):
+    """``(config, workdir, created)`` of a command: the stored config of ``--resume DIR``, or
+    the given config in ``--workdir`` or a new directory (``created``)."""
+    if args.resume:
+        if args.config:
+            raise ConfigError(args.config, "", f"give either a config or --resume {args.resume}")
+        return config_lib.load_for_resume(os.path.join(args.resume, stored), args.set), \
+            args.resume, False
+    config = load_config(args.config, args.set)
+    if args.workdir:
+        return config, args.workdir, False
+    return config, _workdir(config, args.config), True
 
 
 def _train(args: argparse.Namespace) -> int:
     from jaxnn import run
 
-    if args.resume:
-        if args.config:
-            raise ConfigError(args.config, "", "give either a config or --resume RUN_DIR")
-        config = config_lib.load(os.path.join(args.resume, run.CONFIG), args.set)
-        workdir = args.resume
-    else:
-        config = load_config(args.config, args.set)
-        workdir = args.workdir or _workdir(config, args.config)
-    summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))
+    config, workdir, created = _directory(args, run.CONFIG)
+    with rundir.guarded(workdir, "train", created=created):
+        summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))
     accuracy = summary["test_accuracy"]
     print(f"run directory: {workdir}")
     print(f"status: {summary['status']}  epochs: {summary['epochs_run']}  "
@@ -62,20 +72,15 @@ def _train(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from jaxnn import run, sweep
 
-    if args.resume:
-        if args.config:
-            raise ConfigError(args.config, "", "give either a config or --resume SWEEP_DIR")
-        config = config_lib.load(os.path.join(args.resume, "sweep.toml"), args.set)
-        workdir = args.resume
-    else:
-        config = load_config(args.config, args.set)
-        workdir = args.workdir or _workdir(config, args.config)
-    run.enable_precision(config)
-    dataset = run.prepare(config)
     if args.plan:
-        print(sweep.make_plan(config, dataset).describe())
+        config = (config_lib.load(os.path.join(args.resume, sweep.SWEEP_CONFIG), args.set)
+                  if args.resume else load_config(args.config, args.set))
+        run.enable_precision(config)
+        print(sweep.make_plan(config, run.prepare(config)).describe())
         return 0
-    result = sweep.run_sweep(config, workdir, resume=bool(args.resume), dataset=dataset)
+    config, workdir, created = _directory(args, sweep.SWEEP_CONFIG)
+    with rundir.guarded(workdir, "sweep", created=created):
+        result = sweep.run_sweep(config, workdir, resume=bool(args.resume))
     print(result["table"])
     print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
           f"{result['wall_time_s']:.1f} s)")
@@ -145,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:
         print(f"jaxnn: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except rundir.Interrupted as interrupted:
+        print(f"jaxnn: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("jaxnn: interrupted before anything was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def console_main() -> None:

@@ -53,6 +53,7 @@ class DataConfig:
     features: tuple[str, ...] = ()  # npz: one array name; csv: columns (empty: all but label)
     label: str = ""  # npz array / csv column of labels (default "y" / "label")
     task: str = "classification"  # or "regression" (npz, csv)
+    num_classes: int = 0  # npz, csv classification: labels in [0, num_classes); 0: inferred
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
     standardize: bool = True
@@ -225,6 +226,7 @@ def _check_values(config: Config) -> None:
     require(0 <= data.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
     require(0 <= data.test_fraction < 1, "data.test_fraction", "must be in [0, 1)")
     require(data.limit >= 0, "data.limit", "must be >= 0")
+    require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
     if data.name in ("mnist", "fashion_mnist", "npz", "csv"):
         require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
         require(os.path.exists(data_path(config)), "data.path", f"{data.path!r} not found")
@@ -300,6 +302,38 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "", f"not valid TOML: {error}") from None
     return from_dict(apply_overrides(raw, list(overrides or []), source), source)
+
+
+# Keys a resumed run or sweep may change: none of them changes what is trained.
+RESUMABLE = ("training.progress", "output.plots", "output.checkpoint", "output.dir")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and prefix == "":  # sections; deeper tables stay whole
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def load_for_resume(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """The config stored in a run or sweep directory, with the overrides that do not change
+    what was trained (`RESUMABLE`).
+
+    Raises:
+      ConfigError: naming the first override that would change the model, data, optimizer,
+        schedule, training or sweep of the stored run, before anything is written.
+    """
+    stored = _flat(to_dict(load(path)))
+    config = load(path, overrides)
+    for key, value in _flat(to_dict(config)).items():
+        if key not in RESUMABLE and stored.get(key) != value:
+            raise ConfigError(os.fspath(path), key, (
+                f"a resumed run keeps what it was trained with ({stored.get(key)!r}, not "
+                f"{value!r}); start a new run to change it"))
+    return config
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -13,10 +13,14 @@ import gzip
 import math
 import os
 import struct
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+MAX_CLASSES = 100_000  # an inferred class count above this is taken for a bad label
 
 
 class DataError(ValueError):
@@ -204,10 +208,11 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
             return archive[features].astype(np.float64), archive[labels]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"{path}: cannot read npz: {error}") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: cannot read npz (truncated or not an npz file?): "
+                        f"{type(error).__name__}: {error}") from None
 
 
 def load_csv(
@@ -244,12 +249,48 @@ def load_csv(
     return x, y
 
 
-def as_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
-    """Integer class labels 0..k-1 and k, or a DataError naming ``source``."""
-    if not np.all(np.equal(np.mod(y, 1), 0)) or np.any(y < 0):
-        raise DataError(f"{source}: classification labels must be integers >= 0")
-    labels = y.astype(np.int32)
-    return labels, int(labels.max()) + 1
+def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndarray, int]:
+    """Integer class labels in ``[0, k)`` and ``k``: ``num_classes`` when declared (> 0), else
+    inferred as the largest label + 1, provided every class in between has an example.
+
+    Raises:
+      DataError: naming ``source`` and the first row at fault (a label that is not an
+        integer, negative, too large, or that leaves classes without examples).
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{source}: labels must be one integer per example, shape (n,); got "
+                        f"shape {y.shape}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(y) | (np.mod(y, 1) != 0) | (y < 0)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{source}: label {y[row].item()!r} at row {row}: classification "
+                        "labels are integers >= 0")
+    labels = y.astype(np.int64)
+    top = int(np.argmax(labels))
+    if num_classes:
+        if labels[top] >= num_classes:
+            raise DataError(f"{source}: label {labels[top]} at row {top} is not below the "
+                            f"{num_classes} classes")
+        return labels.astype(np.int32), num_classes
+    count = int(labels[top]) + 1
+    if count > MAX_CLASSES or len(np.unique(labels)) < count:
+        raise DataError(
+            f"{source}: label {labels[top]} at row {top} would make {count} classes, "
+            f"{count - len(np.unique(labels))} of them without an example; declare "
+            "data.num_classes if that is meant")
+    return labels.astype(np.int32), count
+
+
+def check_finite(array: np.ndarray, source: str, what: str) -> None:
+    """Refuses NaN and infinity, naming the first row that holds one."""
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        row = int(np.argmax(~np.all(np.isfinite(array.reshape(len(array), -1)), axis=1)))
+        value = array.reshape(len(array), -1)[row]
+        value = value[~np.isfinite(value)][0]
+        raise DataError(f"{source}: {what} at row {row} holds {value}; every value must be "
+                        "finite")
 
 
 # --- synthetic sets -----------------------------------------------------------------------
@@ -302,6 +343,8 @@ def load(config) -> Dataset:
     elif cfg.name in ("mnist", "fashion_mnist"):
         (x, y), test = load_idx_directory(path)
         num_classes = 10
+        y, _ = as_labels(y, f"{path}: train labels", num_classes)
+        test = (test[0], as_labels(test[1], f"{path}: t10k labels", num_classes)[0])
     elif cfg.name in SYNTHETIC:
         x, y = SYNTHETIC[cfg.name](n=cfg.num_examples, seed=cfg.seed)
         num_classes = 0 if cfg.name == "regression" else 2
@@ -310,14 +353,21 @@ def load(config) -> Dataset:
             if len(cfg.features) > 1:
                 raise DataError(
                     f"{path}: npz data takes one feature array name, got {cfg.features}")
+            default_label = "y"
             x, y = load_npz(path, cfg.features[0] if cfg.features else "x", cfg.label or "y")
         else:
+            default_label = "label"
             x, y = load_csv(path, cfg.features or None, cfg.label or "label")
+        if not len(x):
+            raise DataError(f"{path}: no examples")
         num_classes = 0
         if cfg.task == "classification":
-            y, num_classes = as_labels(y, path)
-        elif y.ndim == 1:
-            y = y[:, None]
+            y, num_classes = as_labels(y, f"{path}: {cfg.label or default_label}",
+                                       cfg.num_classes)
+        else:
+            y = y[:, None] if y.ndim == 1 else y
+            check_finite(y, path, f"target {cfg.label or default_label!r}")
+        check_finite(x, path, "features")
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
         if test is not None:

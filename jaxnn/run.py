@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import checkpoint, models, plots
+from jaxnn import checkpoint, jsonl, losses, models, plots, rundir
 from jaxnn import config as config_lib
 from jaxnn import data as data_lib
 from jaxnn.config import Config, ConfigError
+from jaxnn.rundir import RunError  # re-exported: jaxnn.run.RunError
 from jaxnn.train import Trainer, TrainState, default_hparams, make_train
 
 CHECKPOINT = "checkpoint.npz"
@@ -36,9 +37,6 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
 
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue (e.g. a run directory that is already taken)."""
 
 
 def enable_precision(config: Config) -> None:
@@ -62,8 +60,25 @@ def prepare(config: Config) -> data_lib.Dataset:
     if not models.uses_images(config.model):
         dataset = dataset.flat
     dataset = dataset.astype(np.dtype(config.training.precision))
-    models.check(config, dataset.input_shape, dataset.output_size)
+    check_against_data(config, dataset)
     return dataset
+
+
+def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
+    """What a config can get wrong about its data: the loss, the batch size, the layers'
+    shapes (a sweep checks each of its trials' configs with this).
+
+    Raises:
+      ConfigError: naming the file and key.
+    """
+    if config.model.loss not in losses.LOSSES:
+        raise ConfigError(config.source, "model.loss", f"unknown loss {config.model.loss!r}; "
+                          f"known: {', '.join(losses.LOSSES)}")
+    if config.training.batch_size > len(dataset.x_train):
+        raise ConfigError(config.source, "training.batch_size",
+                          f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "
+                          "training examples")
+    models.check(config, dataset.input_shape, dataset.output_size)
 
 
 def chunk_epochs(config: Config, steps_per_epoch: int) -> int:
@@ -78,21 +93,9 @@ def chunk_epochs(config: Config, steps_per_epoch: int) -> int:
     return max(d for d in range(1, min(target, epochs) + 1) if epochs % d == 0)
 
 
-def _append_lines(path: str, rows: list[dict]) -> None:
-    with open(path, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def read_metrics(workdir: str) -> list[dict]:
-    """The per-epoch metrics of a run directory."""
-    path = os.path.join(workdir, METRICS)
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The per-epoch metrics of a run directory (a line cut short by a kill is dropped)."""
+    return jsonl.read(os.path.join(workdir, METRICS))
 
 
 def _write_json_atomically(path: str, value: Any) -> None:
@@ -143,31 +146,55 @@ def train_and_evaluate(
     started = time.perf_counter()
     enable_precision(config)
     workdir = os.fspath(workdir)
-    ckpt_path = os.path.join(workdir, CHECKPOINT)
+    _check_directory(workdir, resume)
+    dataset = prepare(config)
+    trainer = make_train(config, dataset)
+    hparams = default_hparams(config, trainer.dtype)
+    with rundir.locked(workdir):
+        _check_directory(workdir, resume)  # again, now that no other process can write it
+        state = trainer.init(jax.random.key(config.training.seed), hparams)
+        best = {"val_loss": math.inf, "epoch": 0, "stopped": 0}
+        if resume:  # everything is checked before anything is rewritten
+            state, best = _restore(config, workdir, state, best)
+            jsonl.rewrite(os.path.join(workdir, METRICS),
+                          [r for r in read_metrics(workdir) if r["epoch"] <= int(state.epoch)])
+        else:
+            with open(os.path.join(workdir, CONFIG), "w") as handle:
+                handle.write(config_lib.dumps(config))
+        return _finish(config, dataset, trainer, state, hparams, workdir, best, started)
+
+
+def _check_directory(workdir: str, resume: bool) -> None:
+    """Refuses a new run in a directory that holds one, and a resume of nothing."""
+    if resume and not os.path.exists(os.path.join(workdir, CHECKPOINT)):
+        raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
     if not resume and any(os.path.exists(os.path.join(workdir, f))
                           for f in (CHECKPOINT, METRICS, SUMMARY)):
         raise RunError(f"{workdir} already holds a run; continue it with --resume or choose "
                        "another directory")
-    dataset = prepare(config)
-    trainer = make_train(config, dataset)
-    hparams = default_hparams(config, trainer.dtype)
-    key = jax.random.key(config.training.seed)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG), "w") as handle:
-        handle.write(config_lib.dumps(config))
 
-    state = trainer.init(key, hparams)
-    best = {"val_loss": math.inf, "epoch": 0, "stopped": 0}
-    if resume and os.path.exists(ckpt_path):
-        saved = checkpoint.load(ckpt_path, {"state": state, **_best_arrays(best)})
-        state = TrainState(*saved["state"])
-        best = {k: saved[k].item() for k in best}
-        rows = [r for r in read_metrics(workdir) if r["epoch"] <= int(state.epoch)]
-        with open(os.path.join(workdir, METRICS), "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
-    elif resume:
-        raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
 
+def _restore(config: Config, workdir: str, state: TrainState, best: dict):
+    """The checkpoint's training state and early-stopping record, range-checked."""
+    path = os.path.join(workdir, CHECKPOINT)
+    saved = checkpoint.load(path, {"state": state, **_best_arrays(best)})
+    state = TrainState(*saved["state"])
+    best = {k: saved[k].item() for k in best}
+    epoch, epochs = int(state.epoch), config.training.epochs
+    problems = [
+        (f"epoch {epoch} is outside [0, {epochs}] (training.epochs)", not 0 <= epoch <= epochs),
+        (f"best epoch {best['epoch']} is outside [0, {epoch}]", not 0 <= best["epoch"] <= epoch),
+        (f"stopped flag {best['stopped']} is not 0 or 1", best["stopped"] not in (0, 1)),
+        (f"best validation loss {best['val_loss']} is NaN", math.isnan(best["val_loss"])),
+    ]
+    for problem, bad in problems:
+        if bad:
+            raise checkpoint.CheckpointError(f"{path}: {problem}")
+    return state, best
+
+
+def _finish(config, dataset, trainer, state, hparams, workdir, best, started) -> dict:
+    """Trains the remaining epochs, evaluates on the test split, writes the summary and plots."""
     summary = _drive(config, trainer, state, hparams, workdir, best)
     test = trainer.evaluate(*summary.pop("model"), hparams, jnp.asarray(dataset.x_test),
                             jnp.asarray(dataset.y_test))
@@ -185,6 +212,21 @@ def train_and_evaluate(
     return summary
 
 
+def _divergence(bad: dict, rows: list[dict], kept_epoch: int) -> str:
+    """What a diverged run says: where the loss turned, its last finite value, which params
+    the test metrics are of."""
+    step = bad["nonfinite_step"]
+    last = bad["last_finite_loss"]
+    if not math.isfinite(last):  # the epoch's first step: the previous epoch's last loss
+        before = [r for r in rows if r["epoch"] < bad["epoch"]]
+        last = before[-1]["last_finite_loss"] if before else math.nan
+    kept = (f"the last finite epoch, {kept_epoch} (checkpointed)" if kept_epoch
+            else "the initial parameters (no epoch finished with a finite loss)")
+    return (f"loss became non-finite at step {step} (epoch {bad['epoch']}); last finite loss "
+            + (f"{last:.6g} at step {step - 1}" if math.isfinite(last) else "none")
+            + f"; test metrics are of {kept}")
+
+
 def _best_arrays(best: dict) -> dict:
     return {"val_loss": np.asarray(best["val_loss"], np.float64),
             "epoch": np.asarray(best["epoch"], np.int64),
@@ -192,49 +234,62 @@ def _best_arrays(best: dict) -> dict:
 
 
 def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
-    """Runs the remaining epochs in chunks; returns the partial summary with the params."""
+    """Runs the remaining epochs in chunks; returns the partial summary with the params.
+
+    A chunk whose loss turns non-finite is run again up to its last finite epoch, so that the
+    run keeps (and checkpoints) the last finite state and is evaluated on it.
+    """
     epochs, patience = config.training.epochs, config.training.patience
     chunk = chunk_epochs(config, trainer.steps_per_epoch)
-    compiled, compile_s, train_s, steps_done = {}, 0.0, 0.0, 0
+    compiled, times = {}, {"compile": 0.0, "train": 0.0, "steps": 0}
     status, message = ("early_stopped" if best["stopped"] else "completed"), ""
     bar = _progress(config, int(state.epoch))
+
+    def run(size, state):
+        if size not in compiled:
+            start = time.perf_counter()
+            compiled[size] = trainer.compile(state, hparams, size)
+            times["compile"] += time.perf_counter() - start
+        start = time.perf_counter()
+        new_state, metrics = compiled[size](state, hparams)
+        rows = _rows(metrics, int(state.epoch))
+        times["train"] += time.perf_counter() - start
+        return new_state, rows
+
+    def accept(new_state, rows):
+        nonlocal status
+        times["steps"] += len(rows) * trainer.steps_per_epoch
+        for row in rows:
+            if "val_loss" in row and row["val_loss"] < best["val_loss"]:
+                best["val_loss"], best["epoch"] = row["val_loss"], row["epoch"]
+            if patience and row["epoch"] - best["epoch"] >= patience:
+                best["stopped"], status = 1, "early_stopped"
+        jsonl.append(os.path.join(workdir, METRICS), rows)
+        if config.output.checkpoint:
+            checkpoint.save(os.path.join(workdir, CHECKPOINT),
+                            {"state": new_state, **_best_arrays(best)})
+        bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}",
+                        acc=f"{rows[-1]['train_accuracy']:.3f}",
+                        val_acc=f"{rows[-1].get('val_accuracy', float('nan')):.3f}")
+        bar.update(len(rows))
+        return new_state
+
     try:
         while int(state.epoch) < epochs and not best["stopped"]:
-            size = min(chunk, epochs - int(state.epoch))
-            if size not in compiled:
-                start = time.perf_counter()
-                compiled[size] = trainer.compile(state, hparams, size)
-                compile_s += time.perf_counter() - start
-            start = time.perf_counter()
-            new_state, metrics = compiled[size](state, hparams)
-            rows = _rows(metrics, int(state.epoch))
-            train_s += time.perf_counter() - start
+            new_state, rows = run(min(chunk, epochs - int(state.epoch)), state)
             bad = next((r for r in rows if r["nonfinite_step"] >= 0), None)
-            if bad is not None:
-                status = "diverged"
-                message = (f"loss became non-finite at step {bad['nonfinite_step']} (epoch "
-                           f"{bad['epoch']}); last finite loss {bad['last_finite_loss']:.6g}")
-                _append_lines(os.path.join(workdir, METRICS),
-                              [r for r in rows if r["epoch"] <= bad["epoch"]])
-                break
-            state = new_state
-            steps_done += size * trainer.steps_per_epoch
-            for row in rows:
-                if "val_loss" in row and row["val_loss"] < best["val_loss"]:
-                    best["val_loss"], best["epoch"] = row["val_loss"], row["epoch"]
-                if patience and row["epoch"] - best["epoch"] >= patience:
-                    best["stopped"], status = 1, "early_stopped"
-            _append_lines(os.path.join(workdir, METRICS), rows)
-            if config.output.checkpoint:
-                checkpoint.save(os.path.join(workdir, CHECKPOINT),
-                                {"state": state, **_best_arrays(best)})
-            last = rows[-1]
-            bar.set_postfix(loss=f"{last['train_loss']:.4f}",
-                            acc=f"{last['train_accuracy']:.3f}",
-                            val_acc=f"{last.get('val_accuracy', float('nan')):.3f}")
-            bar.update(size)
+            if bad is None:
+                state = accept(new_state, rows)
+                continue
+            finite = [r for r in rows if r["epoch"] < bad["epoch"]]
+            if finite:
+                state = accept(run(len(finite), state)[0], finite)
+            jsonl.append(os.path.join(workdir, METRICS), [bad])
+            status, message = "diverged", _divergence(bad, read_metrics(workdir), int(state.epoch))
+            break
     finally:
         bar.close()
+    compile_s, train_s, steps_done = times["compile"], times["train"], times["steps"]
     return {
         "status": status,
         "message": message or (f"stopped early at epoch {int(state.epoch)}: no better "

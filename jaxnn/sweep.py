@@ -30,6 +30,7 @@ reruns only unfinished chunks and ends with the same table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -47,7 +48,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
-from jaxnn import initializers, models
+from jaxnn import initializers, jsonl, models, rundir
 from jaxnn._table import format_table
 from jaxnn.config import Config, ConfigError
 from jaxnn.summary import param_count
@@ -71,6 +72,7 @@ STRUCTURAL = {
 }
 SPEC_KEYS = ("grid", "random", "count", "seed", "pack_widths", "trials_per_chunk", "metric")
 RESULTS = "results.jsonl"
+SWEEP_CONFIG = "sweep.toml"
 
 # Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
 # training FLOP/s for these small matmuls), measured by experiments/benchmark_sweep.py.
@@ -313,19 +315,46 @@ def _bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
     itemsize = np.dtype(cfg.training.precision).itemsize
     params = sum(r.params for r in table)
     activations = cfg.training.batch_size * sum(r.values_per_example for r in table)
+    # 5 x params: params, grads, updates and two optimizer moments; per-epoch metrics.
+    own = itemsize * (5 * params + 3 * activations) + 8 * 8 * cfg.training.epochs
+    return own + (_order_bytes(cfg, dataset) if own_seed else 0)
+
+
+def _order_bytes(cfg: Config, dataset) -> int:
+    """The minibatch order of every epoch (int32 indices): a trial's own when it sweeps the
+    seed, otherwise one shared by its chunk."""
     batches = len(dataset.x_train) // cfg.training.batch_size * cfg.training.batch_size
-    order = 4 * cfg.training.epochs * batches if own_seed else 0  # int32 indices
-    # 5 x params: params, grads, updates and two optimizer moments.
-    return itemsize * (5 * params + 3 * activations) + order
+    return 4 * cfg.training.epochs * batches
 
 
 def _memory_budget() -> int:
+    """Half the first device's memory (on CPU: of the host's RAM, at least 2 GiB)."""
     device = jax.devices()[0]
     try:
-        limit = device.memory_stats()["bytes_limit"]
-        return int(limit * 0.5)
+        return int(device.memory_stats()["bytes_limit"] * 0.5)
     except (AttributeError, KeyError, TypeError):
-        return 2 * 2**30
+        try:
+            return max(2 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):
+            return 2 * 2**30
+
+
+def _check_trials(config: Config, all_trials, dataset) -> None:
+    """Every trial's config against the data (batch size, layer shapes, loss), each distinct
+    structure once, so that no error waits until other trials have trained."""
+    from jaxnn import run
+
+    seen = set()
+    for trial in all_trials:
+        key = _structure(trial.config, pack=False)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            run.check_against_data(trial.config, dataset)
+        except ConfigError as error:
+            raise ConfigError(config.source, "sweep", f"trial {trial.values}: {error.key}: "
+                              f"{str(error).split(': ', 2)[-1]}") from None
 
 
 def make_plan(config: Config, dataset) -> Plan:
@@ -337,6 +366,7 @@ def make_plan(config: Config, dataset) -> Plan:
     """
     spec = _spec(config)
     all_trials = trials(config)
+    _check_trials(config, all_trials, dataset)
     backend = jax.default_backend()
     devices = jax.device_count()
     steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
@@ -362,8 +392,16 @@ def make_plan(config: Config, dataset) -> Plan:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
             own_seed = len({t.config.training.seed for t in part}) > 1
             per_trial = _bytes_per_trial(cfg, dataset, own_seed)
+            shared = 0 if own_seed else _order_bytes(cfg, dataset)
+            if per_trial + shared > _memory_budget():
+                raise ConfigError(config.source, "sweep", (
+                    f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
+                    f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
+                    f"~{_order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
+                    f"~{_memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
             sizes.append(per_trial)
-            cap = spec.get("trials_per_chunk") or max(1, _memory_budget() // per_trial)
+            cap = spec.get("trials_per_chunk") or max(
+                1, (_memory_budget() - shared) // per_trial)
             cap = max(devices, cap // devices * devices)
             count = math.ceil(len(part) / cap)
             size = math.ceil(len(part) / count)
@@ -614,18 +652,9 @@ def _result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
 
 
 def read_results(workdir: str) -> list[dict]:
-    """The trial results written so far (complete lines only)."""
-    path = os.path.join(workdir, RESULTS)
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # A line cut short by a kill: its chunk is rerun.
-    return rows
+    """The trial results written so far (a line cut short by a kill is dropped: its chunk is
+    rerun)."""
+    return jsonl.read(os.path.join(workdir, RESULTS))
 
 
 def run_sweep(
@@ -652,9 +681,9 @@ def run_sweep(
     Raises:
       ConfigError: for a bad sweep or config, before anything is compiled.
       jaxnn.run.RunError: when ``workdir`` holds another sweep or a finished one and
-        ``resume`` is False.
+        ``resume`` is False, or another process is writing it.
     """
-    from jaxnn import run, sweep_report
+    from jaxnn import run
 
     started = time.perf_counter()
     run.enable_precision(config)
@@ -662,25 +691,41 @@ def run_sweep(
     if dataset is None:
         dataset = run.prepare(config)
     plan = make_plan(config, dataset)
-    results_path = os.path.join(workdir, RESULTS)
-    if os.path.exists(results_path) and not resume:
-        raise run.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
-                           "choose another directory")
-    done = {row["trial"]: row for row in read_results(workdir)} if resume else {}
-    for index, row in done.items():
-        if index >= len(plan.trials) or row["values"] != plan.trials[index].values:
-            raise run.RunError(f"{results_path} was written by a different sweep (trial "
-                               f"{index} differs); use another directory")
     # With several hosts (jax.distributed), every host computes and the first one writes.
     writer = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if writer and (not resume or not done):
-        with open(results_path, "w"):
-            pass
-    if writer:
-        with open(os.path.join(workdir, "sweep.toml"), "w") as handle:
-            handle.write(config_lib.dumps(config))
+    with rundir.locked(workdir) if writer else contextlib.nullcontext():
+        done = _start(config, plan, workdir, resume, writer)
+        return _run_groups(config, plan, dataset, workdir, done, writer, return_params, started)
 
+
+def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
+    """Checks the sweep directory and returns the finished trials by index (resume); writes
+    the config and an empty results file for a new sweep."""
+    results_path = os.path.join(workdir, RESULTS)
+    if os.path.exists(results_path) and not resume:
+        raise rundir.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
+                           "choose another directory")
+    if resume and not os.path.exists(results_path):
+        raise rundir.RunError(f"{workdir}: nothing to resume ({RESULTS} not found)")
+    rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []
+    done = {row["trial"]: row for row in rows}
+    for index, row in done.items():
+        if index >= len(plan.trials) or row["values"] != plan.trials[index].values:
+            raise rundir.RunError(f"{results_path} was written by a different sweep (trial "
+                               f"{index} differs); use another directory")
+    if writer and not resume:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
+            handle.write(config_lib.dumps(config))
+        jsonl.rewrite(results_path, [])
+    return done
+
+
+def _run_groups(config, plan, dataset, workdir, done, writer, return_params, started) -> dict:
+    """Trains the unfinished chunks group by group, appending their rows; writes the report."""
+    from jaxnn import sweep_report
+
+    results_path = os.path.join(workdir, RESULTS)
     mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
     from tqdm.auto import tqdm
 
@@ -700,10 +745,7 @@ def run_sweep(
                 (metrics, test_metrics), params_of = program(chunk_trials, size)
                 rows = _result_rows(chunk_trials, metrics, test_metrics)
                 if writer:
-                    with open(results_path, "a") as handle:
-                        handle.writelines(json.dumps(row) + "\n" for row in rows)
-                        handle.flush()
-                        os.fsync(handle.fileno())
+                    jsonl.append(results_path, rows)
                 done.update({row["trial"]: row for row in rows})
                 if return_params:
                     for position, trial in enumerate(chunk_trials):

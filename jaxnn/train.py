@@ -343,7 +343,8 @@ def make_train(
             step, (params, model_state, opt_state), (jnp.arange(steps), batches))
         finite = jnp.isfinite(batch_losses)
         first_bad = jnp.argmin(finite)  # first False; 0 when all are finite
-        last_good = jnp.where(finite, jnp.arange(steps), -1).max()
+        # The loss just before the first non-finite one (the epoch's last when none is).
+        last_good = jnp.where(jnp.all(finite), steps - 1, first_bad - 1)
         metrics = {
             "train_loss": jnp.mean(batch_losses),
             "train_accuracy": jnp.mean(batch_accuracies),

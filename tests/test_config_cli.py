@@ -46,6 +46,7 @@ BAD_CONFIGS = [
     ('[model]\nactivation = "swish"\n', "model.activation", "unknown activation"),
     ("[training]\nbatch_size = 100000\n", "training.batch_size", "exceeds"),
     ("[model\nhidden = [3]\n", "", "not valid TOML"),
+    ('[model]\nloss = "hinge"\n', "model.loss", "unknown loss 'hinge'"),
 ]
 
 

@@ -1,0 +1,90 @@
+"""Run and sweep directories: created unique, written by one process at a time.
+
+`create` makes ``PARENT/STEM-YYYYmmdd-HHMMSS`` with `os.mkdir`, which fails when the name is
+taken, so two runs started in the same second get two directories (the second one gets a
+``-2`` suffix, and so on). `locked` holds an OS file lock (``fcntl.flock``) on ``.lock`` in the
+directory while a process writes it: a second writer gets a `RunError` naming the holder's
+PID. The OS drops the lock when its holder exits, however it exits, so a dead process's
+lock never blocks anyone (the PID left in the file is only informative).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+LOCK = ".lock"
+
+
+class RunError(Exception):
+    """A run or sweep directory that cannot be used (taken, busy, or holding another run)."""
+
+
+def create(parent: str | os.PathLike, stem: str) -> str:
+    """A new, empty directory ``parent/stem-<time>[-N]``, created atomically."""
+    parent = os.fspath(parent)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.join(parent, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    for attempt in range(1, 10_000):
+        path = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise RunError(f"{base}: no free directory name")
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Holds ``path``'s lock for the ``with`` block, creating ``path`` if needed.
+
+    Raises:
+      RunError: when another live process holds it, naming that process.
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    lock_path = os.path.join(path, LOCK)
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(f"{path} is in use by another jaxnn process (PID {holder}); wait for "
+                           "it to finish or stop it") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: what was written stays valid, and ``resume`` says how to go on."""
+
+    def __init__(self, path: str, command: str):
+        self.path = path
+        super().__init__(f"interrupted; {path} keeps what was finished: continue with "
+                         f"jaxnn {command} --resume {path}")
+
+
+@contextlib.contextmanager
+def guarded(path: str, command: str, *, created: bool) -> Iterator[None]:
+    """Runs a command's work on ``path``: a directory this command ``created`` is removed again
+    when the work fails before writing anything in it; Ctrl-C becomes `Interrupted`."""
+    try:
+        yield
+    except BaseException as error:
+        written = os.path.isdir(path) and set(os.listdir(path)) - {LOCK}
+        if created and os.path.isdir(path) and not written:
+            with contextlib.suppress(OSError):
+                if os.path.exists(os.path.join(path, LOCK)):
+                    os.remove(os.path.join(path, LOCK))
+                os.rmdir(path)
+        if isinstance(error, KeyboardInterrupt) and written:
+            raise Interrupted(path, command) from None
+        raise

@@ -1,0 +1,372 @@
+"""Nothing lost, nothing mixed, no traceback: run directories, locks, resume guards, data
+validation, cut JSON-lines files, diverged runs and checkpoint ranges (issue 19's
+reproductions, each asserting the new behaviour)."""
+
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnn import cli, jsonl, run, rundir
+from jaxnn import config as config_lib
+from jaxnn.train import default_hparams, make_train
+
+TINY = """
+[model]
+hidden = [8]
+[data]
+name = "digits"
+limit = 400
+[training]
+epochs = 2
+batch_size = 16
+progress = false
+[output]
+plots = false
+"""
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def digest(directory):
+    """Every file's bytes under ``directory`` (the lock file aside)."""
+    return {name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(directory)) if name != rundir.LOCK}
+
+
+def fails(capsys, argv, *fragments):
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("jaxnn: error: ") and "Traceback" not in err
+    assert err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+# --- 1. run directories are unique and locked ------------------------------------------------
+
+def test_directories_made_in_the_same_second_differ(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261129-120000")
+    made = [rundir.create(tmp_path, "run") for _ in range(3)]
+    assert [os.path.basename(m) for m in made] == [
+        "run-20261129-120000", "run-20261129-120000-2", "run-20261129-120000-3"]
+
+
+def test_a_locked_directory_names_its_holder_and_a_dead_holder_blocks_nobody(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jaxnn import rundir\n"
+         "with rundir.locked(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.RunError, match=f"in use by another jaxnn process "
+                                                  f"\\(PID {holder.pid}\\)"):
+            with rundir.locked(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with rundir.locked(tmp_path):  # the OS released the killed holder's lock
+        assert open(tmp_path / rundir.LOCK).read().strip() == str(os.getpid())
+
+
+def _jaxnn(*args):
+    return subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_trainings_started_together_get_two_directories(tmp_path):
+    config = write(tmp_path, TINY)
+    out = tmp_path / "runs"
+    processes = [_jaxnn("train", config, "--set", f"output.dir='{out}'", "--set",
+                        f"optimizer.learning_rate={lr}") for lr in (0.1, 0.001)]
+    results = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], results
+    runs = sorted(os.listdir(out))
+    assert len(runs) == 2
+    for name in runs:
+        assert len(run.read_metrics(str(out / name))) == 2  # nothing interleaved
+
+
+def test_concurrent_resumes_of_one_run_one_proceeds_the_other_exits_2(tmp_path):
+    config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 400\nchunk_epochs = 1"))
+    workdir = tmp_path / "run"
+    assert cli.main(["train", config, "--workdir", str(workdir),
+                     "--set", "training.epochs=400"]) == 0
+    state = checkpoint_state(workdir)
+    # Rewind to epoch 1 (keeping the rest) so that each resume has 399 epochs to train.
+    rows = run.read_metrics(str(workdir))
+    jsonl.rewrite(workdir / run.METRICS, rows[:1])
+    _rewind(workdir, state, epoch=1)
+    processes = [_jaxnn("train", "--resume", str(workdir)) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in processes]
+    codes = sorted(p.returncode for p in processes)
+    assert codes == [0, 2], results
+    loser = results[[p.returncode for p in processes].index(2)][1]
+    assert "in use by another jaxnn process" in loser and "Traceback" not in loser
+    epochs = [row["epoch"] for row in run.read_metrics(str(workdir))]
+    assert epochs == list(range(1, 401))  # no epoch twice
+
+
+def checkpoint_state(workdir):
+    with np.load(workdir / run.CHECKPOINT) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _rewind(workdir, arrays, *, epoch):
+    """The checkpoint with its epoch (and best epoch) set to ``epoch``, bytes otherwise kept."""
+    paths = [str(p) for p in arrays["__paths__"]]
+    changed = dict(arrays)
+    for index, path in enumerate(paths):
+        if path.endswith(".epoch") or path in ("['epoch']", "epoch"):
+            changed[f"leaf_{index}"] = np.asarray(epoch, arrays[f"leaf_{index}"].dtype)
+    np.savez(workdir / run.CHECKPOINT, **changed)
+    return paths
+
+
+# --- 2, 3, 8. resume validates everything before writing anything --------------------------
+
+@pytest.fixture
+def finished_run(tmp_path):
+    workdir = tmp_path / "run"
+    assert cli.main(["train", write(tmp_path, TINY), "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(finished_run, capsys):
+    before = digest(finished_run)
+    fails(capsys, ["train", "--resume", str(finished_run), "--set", "model.hidden=[32]"],
+          "model.hidden", "start a new run")
+    fails(capsys, ["train", "--resume", str(finished_run), "--set", "training.epochs=50"],
+          "training.epochs")
+    assert digest(finished_run) == before
+    assert cli.main(["train", "--resume", str(finished_run)]) == 0  # still resumable
+    assert cli.main(["train", "--resume", str(finished_run), "--set",
+                     "training.progress=false"]) == 0  # what does not change training
+
+
+def test_a_checkpoint_epoch_out_of_range_is_refused(finished_run, capsys):
+    paths = _rewind(finished_run, checkpoint_state(finished_run), epoch=-50)
+    assert any("epoch" in p for p in paths)
+    before = digest(finished_run)
+    fails(capsys, ["train", "--resume", str(finished_run)], "epoch -50 is outside [0, 2]")
+    assert digest(finished_run) == before
+
+
+def test_sweep_resume_cannot_change_what_its_trials_train(tmp_path, capsys):
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    capsys.readouterr()
+    before = digest(workdir)
+    fails(capsys, ["sweep", "--resume", str(workdir), "--set", "training.epochs=1"],
+          "training.epochs")
+    assert digest(workdir) == before
+
+
+# --- 6. a cut results.jsonl is repaired, not appended to ---------------------------------------
+
+def test_a_cut_results_file_is_repaired_on_resume(tmp_path, capsys):
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1, 0.3]}\n"
+                   "trials_per_chunk = 1\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    path = workdir / "results.jsonl"
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:1]) + lines[1][: len(lines[1]) // 2])  # cut mid-line
+    for _ in range(2):
+        assert cli.main(["sweep", "--resume", str(workdir)]) == 0
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert sorted(row["trial"] for row in rows) == [0, 1, 2]
+    assert [json.loads(line)["trial"] for line in path.read_bytes().splitlines()[:1]] == [
+        json.loads(lines[0])["trial"]]
+
+
+def test_jsonl_reader_drops_a_partial_line_and_repair_truncates_it(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert jsonl.read(path) == [{"a": 1}, {"a": 2}]
+    assert jsonl.repair(path) == [{"a": 1}, {"a": 2}]
+    jsonl.append(path, [{"a": 3}])
+    assert jsonl.read(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert jsonl.read(tmp_path / "missing.jsonl") == []
+
+
+# --- 4, 5, 10. data is validated before compiling, with the file and row named ----------------
+
+def _npz(tmp_path, x, y, name="data.npz"):
+    path = tmp_path / name
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+def _data_config(tmp_path, name, path, extra=""):
+    return write(tmp_path, TINY.replace('name = "digits"\nlimit = 400',
+                                        f'name = "{name}"\npath = "{path}"\n{extra}'),
+                 name="data.toml")
+
+
+def _features(n=40):
+    return np.random.default_rng(0).normal(size=(n, 3))
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    (lambda x, y: y.__setitem__(7, 1e9), ["label 1000000000 at row 7", "classes"]),
+    (lambda x, y: y.__setitem__(5, 2.5), ["label 2.5 at row 5"]),
+    (lambda x, y: y.__setitem__(3, -1), ["label -1.0 at row 3"]),
+    (lambda x, y: x.__setitem__((11, 2), np.nan), ["features at row 11 holds nan"]),
+    (lambda x, y: x.__setitem__((4, 0), np.inf), ["features at row 4 holds inf"]),
+])
+def test_bad_npz_values_are_refused_naming_the_row(tmp_path, capsys, change, fragments):
+    x, y = _features(), (np.arange(40) % 3).astype(np.float64)
+    change(x, y)
+    path = _npz(tmp_path, x, y)
+    fails(capsys, ["train", _data_config(tmp_path, "npz", path), "--workdir",
+                   str(tmp_path / "run")], path, *fragments)
+    assert not (tmp_path / "run").exists() or not digest(tmp_path / "run")
+
+
+def test_a_csv_label_beyond_the_others_or_the_declared_count_is_refused(tmp_path, capsys):
+    rows = ["a,b,label"] + [f"{i},{i % 5},{i % 3}" for i in range(30)]
+    rows[12] = "1,2,99"
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    fails(capsys, ["train", _data_config(tmp_path, "csv", path), "--workdir",
+                   str(tmp_path / "run")], "label 99 at row 11", "data.num_classes")
+    fails(capsys, ["train", _data_config(tmp_path, "csv", path, "num_classes = 3"),
+                   "--workdir", str(tmp_path / "run")], "label 99 at row 11", "3 classes")
+
+
+def test_idx_labels_outside_the_ten_classes_are_refused(tmp_path, capsys):
+    def idx(name, array, code):
+        header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+            f">{array.ndim}I", *array.shape)
+        (tmp_path / name).write_bytes(header + array.astype(np.uint8).tobytes())
+
+    images = np.zeros((20, 4, 4))
+    labels = np.arange(20) % 10
+    labels[6] = 200
+    for prefix in ("train", "t10k"):
+        idx(f"{prefix}-images-idx3-ubyte", images, 0x08)
+        idx(f"{prefix}-labels-idx1-ubyte", labels, 0x08)
+    fails(capsys, ["train", _data_config(tmp_path, "mnist", tmp_path), "--workdir",
+                   str(tmp_path / "run")], "train labels", "label 200 at row 6")
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "two_d_labels", "header_only"])
+def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
+    if case == "header_only":
+        path = tmp_path / "data.csv"
+        path.write_text("a,b,label\n")
+        name, fragment = "csv", "no examples"
+    else:
+        name = "npz"
+        x, y = _features(), np.arange(40) % 3
+        if case == "empty":
+            x, y = x[:0], y[:0]
+        if case == "two_d_labels":
+            y = np.stack([y, y], axis=1)
+        path = _npz(tmp_path, x, y)
+        if case == "truncated":
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+        fragment = {"truncated": "cannot read npz", "empty": "no examples",
+                    "two_d_labels": "shape (n,); got shape (40, 2)"}[case]
+    fails(capsys, ["train", _data_config(tmp_path, name, path), "--workdir",
+                   str(tmp_path / "run")], str(path), fragment)
+
+
+# --- 7. a diverged run keeps and reports its last finite state --------------------------------
+
+def test_a_diverged_run_keeps_its_last_finite_epoch(tmp_path, capsys):
+    config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 6"))
+    workdir = tmp_path / "run"
+    # Plain SGD at this rate grows the loss to ~1e36 within two epochs, then overflows (at
+    # step 40 of 17 per epoch, measured).
+    status = cli.main(["train", config, "--workdir", str(workdir), "--set",
+                       "optimizer.name='sgd'", "--set", "optimizer.learning_rate=5.0"])
+    out = capsys.readouterr().out
+    assert status == cli.EXIT_DIVERGED, out
+    summary = json.loads((workdir / run.SUMMARY).read_text())
+    kept = summary["epochs_run"]
+    rows = run.read_metrics(str(workdir))
+    assert [r["epoch"] for r in rows] == list(range(1, kept + 2))
+    assert all(r["nonfinite_step"] < 0 for r in rows[:-1]) and rows[-1]["nonfinite_step"] >= 0
+    last = float(summary["message"].split("last finite loss ")[1].split(" ")[0])
+    assert np.isfinite(last)
+    assert f"test metrics are of the last finite epoch, {kept}" in summary["message"] or (
+        kept == 0 and "initial parameters" in summary["message"])
+    assert kept >= 1, "pick a rate that diverges after the first epoch"
+    with np.load(workdir / run.CHECKPOINT) as archive:
+        paths = [str(p) for p in archive["__paths__"]]
+        epoch = next(int(archive[f"leaf_{i}"]) for i, p in enumerate(paths)
+                     if p.endswith(".epoch") or p.endswith("[4]"))
+    assert epoch == kept
+    assert np.isfinite(summary["test_loss"])
+
+
+def test_config_round_trip_keeps_num_classes(tmp_path):
+    config = config_lib.from_dict({"data": {"num_classes": 4}})
+    again = config_lib.load(write(tmp_path, config_lib.dumps(config)))
+    assert again.data.num_classes == 4
+
+
+
+# --- 9. every trial's errors come before anything trains; plans that cannot fit are refused ---
+
+def test_a_bad_trial_is_refused_before_any_trial_trains(tmp_path, capsys):
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {batch_size = [16, 100000]}\n")
+    workdir = tmp_path / "sweep"
+    fails(capsys, ["sweep", config, "--workdir", str(workdir)], "sweep: trial {'batch_size': "
+          "100000}: training.batch_size: 100000 exceeds the")
+    assert not workdir.exists()
+
+
+def test_a_plan_beyond_device_memory_is_refused(tmp_path, capsys):
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1, 0.2]}\n")
+    fails(capsys, ["sweep", config, "--plan", "--set", "training.epochs=1000000000"],
+          "minibatch order of 1000000000 epochs", "budget")
+
+
+# --- 10. Ctrl-C stops cleanly -------------------------------------------------------------------
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
+    config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 2000\nchunk_epochs = 1"))
+    workdir = tmp_path / "run"
+    process = _jaxnn("train", config, "--workdir", str(workdir))
+    deadline = time.monotonic() + 120
+    while len(run.read_metrics(str(workdir))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"jaxnn train --resume {workdir}" in err
+    epochs = [row["epoch"] for row in run.read_metrics(str(workdir))]
+    assert epochs == list(range(1, len(epochs) + 1))
+    saved = run._restore(config_lib.load(workdir / run.CONFIG), str(workdir),
+                         *_template(workdir))[0]
+    assert int(saved.epoch) in (len(epochs), len(epochs) - 1)
+
+
+def _template(workdir):
+    """A fresh training state and early-stopping record of the run's config (to restore into)."""
+    cfg = config_lib.load(workdir / run.CONFIG)
+    trainer = make_train(cfg, run.prepare(cfg))
+    state = trainer.init(jax.random.key(0), default_hparams(cfg, trainer.dtype))
+    return state, {"val_loss": float("inf"), "epoch": 0, "stopped": 0}
