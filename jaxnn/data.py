@@ -232,6 +232,8 @@ def load_csv(
             rows = list(reader)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a UTF-8 CSV file: {error}") from None
     if not header:
         raise DataError(f"{path}: empty CSV (a header row is expected)")
     header = [name.strip() for name in header]

@@ -58,7 +58,8 @@ def test_mnist_directory_config(tmp_path):
     cfg = config.from_dict({"data": {"name": "mnist", "path": str(directory)},
                             "model": {"layers": [{"type": "Conv2D", "features": 2},
                                                  {"type": "Flatten"},
-                                                 {"type": "Dense", "features": 10}]}})
+                                                 {"type": "Dense", "features": 10}]},
+                            "training": {"batch_size": 8}})
     dataset = run.prepare(cfg)
     assert dataset.x_train.shape[1:] == (28, 28, 1)
     assert len(dataset.x_test) == 10  # MNIST's own test split
