@@ -89,6 +89,23 @@ def _optax_step(forward, params, x, y):
     return step, (params, opt.init(params), x, y)
 
 
+def _stateful_optax_step(forward, params, state, x, y):
+    """A jitted SGD-momentum step for ``forward(params, state, x) -> (logits, state)``."""
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @jax.jit
+    def step(p, m, s, x, y):
+        def loss(q):
+            logits, new_m = forward(q, m, x)
+            return _sce(logits, y), new_m
+
+        (value, m), grads = jax.value_and_grad(loss, has_aux=True)(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), m, s, value
+
+    return step, (params, state, opt.init(params), x, y)
+
+
 def jaxnn_net(workload):
     if workload == "E":
         return resnet_contenders.jaxnn_net()
@@ -115,7 +132,7 @@ def contender_jaxnn(workload, x, y, backprop="autodiff"):
 
 def contender_raw(workload, x, y):
     if workload == "E":
-        return resnet_contenders.raw(x, y)
+        return _stateful_optax_step(*resnet_contenders.raw(), x, y)
     keys = iter(jax.random.split(jax.random.key(0), 8))
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -154,7 +171,7 @@ def contender_raw(workload, x, y):
 
 def contender_linen(workload, x, y):
     if workload == "E":
-        return resnet_contenders.linen(x, y)
+        return _stateful_optax_step(*resnet_contenders.linen(x), x, y)
     import flax.linen as nn
 
     class Model(nn.Module):
@@ -173,8 +190,6 @@ def contender_linen(workload, x, y):
 
 
 def contender_nnx(workload, x, y):
-    if workload == "E":
-        return resnet_contenders.nnx(x, y)
     from flax import nnx
 
     class Model(nnx.Module):
@@ -196,7 +211,7 @@ def contender_nnx(workload, x, y):
                     h = nnx.max_pool(h, (2, 2), (2, 2))
             return self.layers[-1](h.reshape(h.shape[0], -1)).astype(jnp.float32)
 
-    model = Model(nnx.Rngs(0))
+    model = resnet_contenders.nnx() if workload == "E" else Model(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
 
     @nnx.jit
@@ -210,7 +225,7 @@ def contender_nnx(workload, x, y):
 
 def contender_equinox(workload, x, y):
     if workload == "E":
-        return resnet_contenders.equinox(x, y)
+        return _equinox_stateful(*resnet_contenders.equinox(), x, y)
     import equinox as eqx
 
     keys = jax.random.split(jax.random.key(0), 4)
@@ -247,9 +262,28 @@ def contender_equinox(workload, x, y):
     return step, (model, opt.init(params), x, y)
 
 
+def _equinox_stateful(forward, model, state, x, y):
+    """An Equinox SGD-momentum step for ``forward(model, state, x) -> (logits, state)``."""
+    import equinox as eqx
+
+    opt = optax.sgd(LR, momentum=MOMENTUM)
+
+    @eqx.filter_jit
+    def step(m, opt_state, s, x, y):
+        def loss(q):
+            logits, new_s = forward(q, s, x)
+            return _sce(logits, y), new_s
+
+        (value, s), grads = eqx.filter_value_and_grad(loss, has_aux=True)(m)
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(m, eqx.is_array))
+        return eqx.apply_updates(m, updates), opt_state, s, value
+
+    return step, (model, opt.init(eqx.filter(model, eqx.is_array)), state, x, y)
+
+
 def contender_haiku(workload, x, y):
     if workload == "E":
-        return resnet_contenders.haiku(x, y)
+        return _stateful_optax_step(*resnet_contenders.haiku(x), x, y)
     import haiku as hk
 
     def net(h):

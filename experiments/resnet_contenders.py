@@ -15,7 +15,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxnn
 
@@ -24,7 +23,6 @@ BLOCKS_PER_STAGE = 2
 STEM = 16
 CLASSES = 10
 KEEP, EPSILON = 0.9, 1e-5  # BatchNorm: share of the running statistics kept per step
-LR, MOMENTUM = 0.01, 0.9
 
 
 def blocks():
@@ -35,27 +33,6 @@ def blocks():
             out.append((channels, width, stride if index == 0 else 1))
             channels = width
     return out
-
-
-def _sce(logits, y):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def _stateful_optax_step(forward, params, state, x, y):
-    """A jitted SGD-momentum step for ``forward(params, state, x) -> (logits, state)``."""
-    opt = optax.sgd(LR, momentum=MOMENTUM)
-
-    @jax.jit
-    def step(p, m, s, x, y):
-        def loss(q):
-            logits, new_m = forward(q, m, x)
-            return _sce(logits, y), new_m
-
-        (value, m), grads = jax.value_and_grad(loss, has_aux=True)(p)
-        updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), m, s, value
-
-    return step, (params, state, opt.init(params), x, y)
 
 
 def jaxnn_net():
@@ -72,7 +49,8 @@ def jaxnn_net():
     return jaxnn.serial(*layers, jaxnn.GlobalAvgPool(), jaxnn.Dense(CLASSES))
 
 
-def raw(x, y):
+def raw():
+    """``(forward, params, state)`` written with jax.lax and jax.numpy."""
     keys = iter(jax.random.split(jax.random.key(0), 32))
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -112,10 +90,11 @@ def raw(x, y):
             h = jax.nn.relu(r + shortcut)
         return h.mean(axis=(1, 2)) @ p["dense"]["w"] + p["dense"]["b"], new
 
-    return _stateful_optax_step(forward, params, state, x, y)
+    return forward, params, state
 
 
-def linen(x, y):
+def linen(x):
+    """``(forward, params, batch_stats)`` of a Flax Linen module."""
     import flax.linen as nn
 
     class Model(nn.Module):
@@ -141,10 +120,11 @@ def linen(x, y):
                                       mutable=["batch_stats"])
         return logits, updates["batch_stats"]
 
-    return _stateful_optax_step(forward, variables["params"], variables["batch_stats"], x, y)
+    return forward, variables["params"], variables["batch_stats"]
 
 
-def nnx(x, y):
+def nnx():
+    """A Flax NNX module in training mode (its BatchNorm statistics are mutable state)."""
     from flax import nnx
 
     class ConvBN(nnx.Module):
@@ -180,18 +160,12 @@ def nnx(x, y):
 
     model = Model(nnx.Rngs(0))
     model.train()  # BatchNorm with batch statistics, updating its running ones.
-    optimizer = nnx.Optimizer(model, optax.sgd(LR, momentum=MOMENTUM), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(lambda m: _sce(m(x), y))(model)
-        optimizer.update(model, grads)
-        return loss
-
-    return step, (model, optimizer, x, y)
+    return model
 
 
-def equinox(x, y):
+def equinox():
+    """``(forward, model, state)`` of Equinox modules: ``forward(model, state, x)`` vmaps one
+    CHW example's function over the batch axis named "batch" (BatchNorm's statistics)."""
     import equinox as eqx
 
     keys = iter(jax.random.split(jax.random.key(0), 32))
@@ -225,23 +199,15 @@ def equinox(x, y):
             h = jax.nn.relu(r + shortcut)
         return m["dense"](h.mean(axis=(1, 2))), s
 
-    opt = optax.sgd(LR, momentum=MOMENTUM)
+    def forward(m, s, x):
+        return jax.vmap(one, axis_name="batch", in_axes=(None, None, 0), out_axes=(0, None))(
+            m, s, x.transpose(0, 3, 1, 2))
 
-    @eqx.filter_jit
-    def step(m, opt_state, s, x, y):
-        def loss(q):
-            logits, new_s = jax.vmap(one, axis_name="batch", in_axes=(None, None, 0),
-                                     out_axes=(0, None))(q, s, x.transpose(0, 3, 1, 2))
-            return _sce(logits, y), new_s
-
-        (value, s), grads = eqx.filter_value_and_grad(loss, has_aux=True)(m)
-        updates, opt_state = opt.update(grads, opt_state, eqx.filter(m, eqx.is_array))
-        return eqx.apply_updates(m, updates), opt_state, s, value
-
-    return step, (model, opt.init(eqx.filter(model, eqx.is_array)), bn_state, x, y)
+    return forward, model, bn_state
 
 
-def haiku(x, y):
+def haiku(x):
+    """``(forward, params, state)`` of a Haiku ``transform_with_state``."""
     import haiku as hk
 
     def net(h):
@@ -257,10 +223,11 @@ def haiku(x, y):
 
     model = hk.without_apply_rng(hk.transform_with_state(net))
     params, state = model.init(jax.random.key(0), x)
-    return _stateful_optax_step(model.apply, params, state, x, y)
+    return model.apply, params, state
 
 
 def torch_model():
+    """A torch.nn.Module (NCHW), in training mode as built."""
     import torch
 
     def conv_bn(c_in, c_out, size=3, stride=1):

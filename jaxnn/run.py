@@ -11,6 +11,10 @@ A run directory holds:
   checkpoint.npz  the last good training state (params, optimizer state, key, epoch)
   summary.json    test loss/accuracy, wall time, steps/s, compile time, status
   loss.png, accuracy.png
+  .lock           held (flock) by the process writing the directory (`jaxnn.rundir`)
+
+Resuming checks everything (the checkpoint's leaves and ranges, the directory) before it
+rewrites anything; a run whose loss turns non-finite keeps its last finite epoch.
 """
 
 from __future__ import annotations

@@ -48,28 +48,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
-from jaxnn import initializers, jsonl, models, rundir
+from jaxnn import hyperparameters, initializers, jsonl, models, rundir
 from jaxnn._table import format_table
 from jaxnn.config import Config, ConfigError
 from jaxnn.summary import param_count
 from jaxnn.train import HPARAMS, Trainer, default_hparams, make_train, raw_key
 
-NUMERIC = {
-    "learning_rate": "optimizer.learning_rate",
-    "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay",
-    "dropout": "model.dropout",
-    "init_scale": "model.init_scale",
-    "seed": "training.seed",
-}
-STRUCTURAL = {
-    "width": "model.hidden",
-    "depth": "model.hidden",
-    "activation": "model.activation",
-    "batch_size": "training.batch_size",
-    "optimizer": "optimizer.name",
-    "schedule": "schedule.name",
-}
+# Names a sweep may vary, from the one table (`jaxnn.hyperparameters`): those that keep the
+# compiled program (traced leaves and the seed) and those that change it.
+NUMERIC = {h.name: h.key for h in hyperparameters.TABLE if h.kind != hyperparameters.STRUCTURAL}
+STRUCTURAL = {h.name: h.key for h in hyperparameters.TABLE
+              if h.kind == hyperparameters.STRUCTURAL}
 SPEC_KEYS = ("grid", "random", "count", "seed", "pack_widths", "trials_per_chunk", "metric")
 RESULTS = "results.jsonl"
 SWEEP_CONFIG = "sweep.toml"
@@ -199,7 +188,8 @@ def _draw(name: str, dist: Any, rng: np.random.Generator, source: str) -> Any:
     else:
         raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform "
                           "or choice")
-    return round(value) if name in ("seed", "width", "depth", "batch_size") else value
+    known = hyperparameters.BY_NAME.get(name)
+    return round(value) if known is not None and known.integer else value
 
 
 def _apply(base: Config, values: dict, where: str) -> Config:

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxnn import losses, manual, models, optim
+from jaxnn import hyperparameters, losses, manual, models, optim
 from jaxnn.config import Config, ConfigError
 from jaxnn.data import Dataset
 from jaxnn.layer import Layer
@@ -39,7 +39,7 @@ from jaxnn.layer import Layer
 # under standard promotion so that a user's (or the tests') strict promotion still holds
 # everywhere else.
 OPTAX_PROMOTION = functools.partial(jax.numpy_dtype_promotion, "standard")
-HPARAMS = ("learning_rate", "momentum", "weight_decay", "dropout", "init_scale")
+HPARAMS = hyperparameters.names(hyperparameters.TRACED)  # the traced leaves of ``hparams``
 EVAL_BATCH = 1024
 
 
@@ -111,14 +111,8 @@ class Trainer(NamedTuple):
 
 def default_hparams(config: Config, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
     """The config's numeric hyperparameters as scalar arrays (the leaves a sweep varies)."""
-    values = {
-        "learning_rate": config.optimizer.learning_rate,
-        "momentum": config.optimizer.momentum,
-        "weight_decay": config.optimizer.weight_decay,
-        "dropout": config.model.dropout,
-        "init_scale": config.model.init_scale,
-    }
-    return {name: jnp.asarray(value, dtype) for name, value in values.items()}
+    return {name: jnp.asarray(hyperparameters.config_value(config, name), dtype)
+            for name in HPARAMS}
 
 
 def raw_key(key: jax.Array) -> jax.Array:

@@ -251,3 +251,22 @@ print("RESULTS", json.dumps([r["val_loss"] for r in sharded["results"]]))
         line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
         outputs.append(json.loads(line.split(" ", 1)[1]))
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-9)
+
+
+def test_one_table_names_every_sweepable_value():
+    """Sweep names, the trainer's traced leaves and their defaults all come from
+    `jaxnn.hyperparameters.TABLE`, whose keys are real config keys."""
+    from jaxnn import hyperparameters
+
+    cfg = config.from_dict({"optimizer": {"learning_rate": 0.25, "weight_decay": 1e-3}})
+    for row in hyperparameters.TABLE:
+        section, key = row.key.split(".")
+        assert hasattr(getattr(cfg, section), key), row
+    defaults = default_hparams(cfg, jnp.float64)
+    assert tuple(defaults) == hyperparameters.names(hyperparameters.TRACED)
+    assert float(defaults["learning_rate"]) == 0.25 and float(defaults["weight_decay"]) == 1e-3
+    assert {**sweep.NUMERIC, **sweep.STRUCTURAL} == {h.name: h.key for h in
+                                                     hyperparameters.TABLE}
+    drawn = sweep.trials(config.from_dict({"sweep": {"random": {
+        "batch_size": {"distribution": "uniform", "low": 8, "high": 32}}, "count": 3}}))
+    assert all(isinstance(t.values["batch_size"], int) for t in drawn)  # integer rows round
