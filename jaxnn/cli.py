@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
+from jaxnn import compile_cache, rundir
 from jaxnn import config as config_lib
-from jaxnn import rundir
 from jaxnn.checkpoint import CheckpointError
 from jaxnn.config import Config, ConfigError
 
@@ -120,13 +120,23 @@ def parser() -> argparse.ArgumentParser:
                          help="override a config key, e.g. --set training.epochs=5")
         return sub
 
+    def with_cache(sub: argparse.ArgumentParser) -> None:
+        cache = sub.add_mutually_exclusive_group()
+        cache.add_argument("--compile-cache", metavar="DIR",
+                           help="XLA's compiled programs are kept here and reused by later runs "
+                           "(default: $JAXNN_COMPILE_CACHE or ~/.cache/jaxnn/xla)")
+        cache.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
+                           const=compile_cache.OFF, help="compile everything afresh")
+
     train = with_config("train", "Train a network from a config and write a run directory.")
+    with_cache(train)
     train.add_argument("--workdir", help="run directory (default: OUTPUT_DIR/NAME-TIME)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its last checkpoint")
     train.set_defaults(handler=_train)
     sweep = with_config("sweep", "Run a hyperparameter sweep ([sweep] section) as few "
                         "compiled programs.")
+    with_cache(sweep)
     sweep.add_argument("--plan", action="store_true",
                        help="print the groups, trials, programs and memory; run nothing")
     sweep.add_argument("--workdir", help="sweep directory (default: OUTPUT_DIR/NAME-TIME)")
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxnn.run import RunError
 
     args = parser().parse_args(argv)
+    if hasattr(args, "compile_cache"):
+        compile_cache.enable(args.compile_cache)
     try:
         return args.handler(args)
     except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:

@@ -111,6 +111,9 @@ def split(
     x_val, y_val, x_train, y_train = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
     if len(x_train) == 0:
         raise DataError(f"{name}: no training examples left after the splits")
+    if len(x_test) == 0:
+        raise DataError(f"{name}: the test split is empty ({len(x) + len(x_test)} examples, "
+                        f"test fraction {test_fraction}); a run reports test metrics")
     if standardize:
         mean = x_train.mean(axis=0, keepdims=True)
         std = x_train.std(axis=0, keepdims=True)

@@ -135,3 +135,25 @@ def test_cli_summary(capsys):
     assert cli.main(["summary", os.path.join(CONFIGS, "cnn_digits.toml")]) == 0
     out = capsys.readouterr().out
     assert "Conv2D(16" in out and "total params: 71,754" in out
+
+
+def test_a_second_run_of_a_config_compiles_nothing_new(tmp_path):
+    """`jaxnn train` keeps XLA's compiled programs in the persistent cache: the first run
+    fills it, a second run of the same config adds no entry (every program was a hit)."""
+    cache = tmp_path / "xla"
+    entries = []
+    for attempt in range(2):
+        subprocess.run([sys.executable, "-m", "jaxnn.cli", "train",
+                        os.path.join(CONFIGS, "tiny.toml"), "--workdir",
+                        str(tmp_path / f"run{attempt}"), "--compile-cache", str(cache)],
+                       check=True, capture_output=True)
+        entries.append(set(os.listdir(cache)))
+    assert entries[0] and entries[1] == entries[0]
+    # Another batch size compiles new programs: none is stored with the cache off, and
+    # they are stored once it is on (here from the environment).
+    for flags, grows in ((["--no-compile-cache"], False), ([], True)):
+        subprocess.run([sys.executable, "-m", "jaxnn.cli", "train",
+                        os.path.join(CONFIGS, "tiny.toml"), "--set", "training.batch_size=8",
+                        "--workdir", str(tmp_path / f"other{grows}"), *flags], check=True,
+                       capture_output=True, env={**os.environ, "JAXNN_COMPILE_CACHE": str(cache)})
+        assert (set(os.listdir(cache)) != entries[0]) == grows

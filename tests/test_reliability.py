@@ -268,12 +268,17 @@ def test_idx_labels_outside_the_ten_classes_are_refused(tmp_path, capsys):
                    str(tmp_path / "run")], "train labels", "label 200 at row 6")
 
 
-@pytest.mark.parametrize("case", ["truncated", "empty", "two_d_labels", "header_only"])
+@pytest.mark.parametrize("case", ["truncated", "empty", "two_d_labels", "header_only",
+                                  "no_test_split", "binary_csv"])
 def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
-    if case == "header_only":
+    if case in ("header_only", "no_test_split", "binary_csv"):
         path = tmp_path / "data.csv"
-        path.write_text("a,b,label\n")
-        name, fragment = "csv", "no examples"
+        path.write_text({"header_only": "a,b,label\n", "no_test_split": "a,b,label\n1,2,0\n",
+                         "binary_csv": ""}[case])
+        if case == "binary_csv":
+            path.write_bytes(b"\x80\x81,label\n")
+        name, fragment = "csv", {"header_only": "no examples", "binary_csv": "not a UTF-8 CSV",
+                                 "no_test_split": "the test split is empty"}[case]
     else:
         name = "npz"
         x, y = _features(), np.arange(40) % 3

@@ -1,0 +1,48 @@
+"""JAX's persistent compilation cache for the ``jaxnn`` command.
+
+A sweep is run again and again while a study is refined, and on CPU compiling its programs
+is a large share of its wall time. With the cache on, XLA stores every compiled program on
+disk, keyed by the program and the JAX version, backend and flags, so running the same
+config or sweep a second time compiles nothing new.
+
+Where: ``--compile-cache DIR``; else ``$JAXNN_COMPILE_CACHE``; else JAX's own
+``$JAX_COMPILATION_CACHE_DIR`` when set; else `default_directory` (``~/.cache/jaxnn/xla``,
+under ``$XDG_CACHE_HOME`` when set). ``--no-compile-cache`` or ``JAXNN_COMPILE_CACHE=off``
+turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+ENV = "JAXNN_COMPILE_CACHE"
+OFF = "off"
+
+
+def default_directory() -> str:
+    """``$XDG_CACHE_HOME/jaxnn/xla``, or ``~/.cache/jaxnn/xla``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxnn", "xla")
+
+
+def enable(directory: str | None = None) -> str | None:
+    """Turns the cache on (before anything is compiled); returns its directory, or None when
+    it is off.
+
+    Args:
+      directory: the cache directory, `OFF`, or None for the environment's or the default.
+    """
+    choice = directory or os.environ.get(ENV) or os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR") or default_directory()
+    if choice == OFF:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    os.makedirs(choice, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", choice)
+    # Every program, however small or quick: a sweep compiles many of both.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return choice
