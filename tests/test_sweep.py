@@ -13,6 +13,7 @@ import pytest
 from numerics import assert_close
 
 from jaxnn import cli, config, run, sweep
+from jaxnn.sweep import execute
 from jaxnn.train import default_hparams, make_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +99,7 @@ def test_auto_packing_splits_widths_by_the_cost_model(monkeypatch):
         total = 0.0
         for widths in runs:
             padded = [max(widths)] * len(cfg.model.hidden)
-            total += 1e-3 + len(widths) * steps * sweep._step_flops(
+            total += 1e-3 + len(widths) * steps * sweep.step_flops(
                 cfg, padded, 64, 10) / sweep.FLOPS_PER_SECOND[backend]
         return total
 
@@ -154,7 +155,7 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
 def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
     cfg = small_sweep("sweep.trials_per_chunk=1", "sweep.pack_widths=false")
     full = sweep.run_sweep(cfg, tmp_path / "full")
-    real, calls = sweep._result_rows, []
+    real, calls = execute.result_rows, []
 
     def die_on_third_chunk(*args):
         calls.append(1)
@@ -162,11 +163,11 @@ def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(sweep, "_result_rows", die_on_third_chunk)
+    monkeypatch.setattr(execute, "result_rows", die_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "part")
     assert len(sweep.read_results(str(tmp_path / "part"))) == 2
-    monkeypatch.setattr(sweep, "_result_rows", real)
+    monkeypatch.setattr(execute, "result_rows", real)
     with pytest.raises(run.RunError, match="already holds a sweep"):
         sweep.run_sweep(cfg, tmp_path / "part")
     resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)

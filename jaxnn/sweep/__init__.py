@@ -1,0 +1,53 @@
+"""Hyperparameter sweeps as few compiled programs as possible.
+
+A ``[sweep]`` section lists the values to try::
+
+    [sweep]
+    grid = {learning_rate = [0.01, 0.1, 1.0], width = [32, 128]}
+    random = {momentum = {distribution = "uniform", low = 0.5, high = 0.99}}
+    count = 4        # random draws per grid point
+    seed = 0         # seeds the random draws
+    pack_widths = "auto"
+
+Names are the numeric hyperparameters (`NUMERIC`: learning rate, momentum, weight decay,
+dropout, init scale, seed), the structural ones (`STRUCTURAL`: width, depth, activation,
+batch size, optimizer, schedule) or any config key as "section.key".
+
+Planning groups the trials by compiled structure: everything but the numeric
+hyperparameters. Inside a group the numeric ones are array leaves, vmapped in one program,
+and the trial axis is sharded over every device. With ``pack_widths``, trials that differ
+only in hidden width share a program: hidden layers are padded to the program's widest and
+the extra units masked (`jaxnn.train.make_train`); "auto" splits the widths into programs
+by a cost model. Every trial starts from the parameters it would draw alone (zero-padded
+when packed); as the initializers are shape-stable, those come from one draw at the sweep's
+widest widths, cropped and rescaled. That draw and the epochs' minibatch orders are made by a
+small program run once per chunk, so the training programs compile no random-number code
+(dropout's keys aside).
+Trials run in chunks that fit device memory; each chunk's results are appended to
+``results.jsonl`` (flushed and fsynced), so a killed sweep resumed with ``resume=True``
+reruns only unfinished chunks and ends with the same table.
+
+Modules, one concern each: `spec` (the ``[sweep]`` section and its trials), `plan` (programs
+and chunks), `packing` (widths sharing a program, its cost model), `programs` (the compiled
+programs), `execute` (running, streaming, resume) and `report` (table, CSV, best config,
+plots). This module only re-exports.
+"""
+
+from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, read_results, run_sweep
+from jaxnn.sweep.packing import (
+    COMPILE_SECONDS,
+    FLOPS_PER_SECOND,
+    step_flops,
+    trial_params_unpadded,
+)
+from jaxnn.sweep.plan import Group, Plan, make_plan
+from jaxnn.sweep.programs import compiler_options
+from jaxnn.sweep.report import best_config, param_counts, rank, swept_names, table, write_csv
+from jaxnn.sweep.spec import NUMERIC, SPEC_KEYS, STRUCTURAL, Trial, trials
+
+__all__ = [
+    "COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS", "SPEC_KEYS", "STRUCTURAL",
+    "SWEEP_CONFIG", "Group", "Plan", "Trial", "best_config", "compiler_options", "make_plan",
+    "param_counts", "rank", "read_results", "run_sweep", "step_flops", "swept_names", "table",
+    "trial_params_unpadded", "trials", "write_csv",
+]

@@ -1,0 +1,109 @@
+"""Width packing: trials that differ only in hidden width share one program, padded to its
+widest; the cost model that splits widths into programs; each trial's initial params
+cut from one draw at the widest widths."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import config as config_lib
+from jaxnn import initializers, models
+from jaxnn.config import Config
+from jaxnn.sweep.spec import Trial
+
+# Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
+# training FLOP/s for these small matmuls), measured by experiments/benchmark_sweep.py.
+COMPILE_SECONDS = {"cpu": 1.3, "gpu": 4.0, "tpu": 5.0}
+
+
+FLOPS_PER_SECOND = {"cpu": 1e11, "gpu": 2e12, "tpu": 2e12}
+
+
+def step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -> float:
+    sizes = [in_features, *widths, out]
+    macs = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 6.0 * cfg.training.batch_size * macs  # forward + backward
+
+
+def width_runs(group_trials, in_features, out, steps, backend, setting) -> list[list[Trial]]:
+    """Splits trials that differ only in hidden width into programs: runs of neighbouring
+    widths, each run padded to its widest.
+
+    ``setting`` True packs all widths into one program and False gives each width its own;
+    "auto" picks the split with the least modelled time (`COMPILE_SECONDS` per program plus
+    the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over the sorted widths.
+    """
+    by_width: dict[tuple[int, ...], list[Trial]] = {}
+    for trial in sorted(group_trials, key=lambda t: t.config.model.hidden):
+        by_width.setdefault(trial.config.model.hidden, []).append(trial)
+    widths = list(by_width)
+    if setting is True or setting is False:
+        return ([[t for w in widths for t in by_width[w]]] if setting
+                else [by_width[w] for w in widths])
+    compile_s, rate = COMPILE_SECONDS.get(backend, 1.0), FLOPS_PER_SECOND.get(backend, 3e10)
+    cfg = group_trials[0].config
+
+    def run_cost(first, last):  # widths[first:last] in one program
+        widest = max(max(w) for w in widths[first:last])
+        trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
+        padded = [widest] * len(cfg.model.hidden) if last - first > 1 else widths[first]
+        return compile_s + trials_in_run * steps * step_flops(cfg, padded, in_features,
+                                                               out) / rate
+
+    best = [(0.0, 0)] + [(math.inf, 0)] * len(widths)  # best[i]: (cost, start of last run)
+    for last in range(1, len(widths) + 1):
+        best[last] = min((best[first][0] + run_cost(first, last), first)
+                         for first in range(last))
+    runs, last = [], len(widths)
+    while last:
+        first = best[last][1]
+        runs.append([t for w in widths[first:last] for t in by_width[w]])
+        last = first
+    return runs[::-1]
+
+
+def hidden_structure(model: config_lib.ModelConfig) -> config_lib.ModelConfig:
+    """The MLP's structure with its widths and numeric values blanked (dropout only says
+    whether Dropout layers exist): trials that share it draw the same params up to width
+    and init scale, so one draw at the widest widths serves them all."""
+    return dataclasses.replace(model, hidden=(0,) * len(model.hidden), init_scale=1.0,
+                               dropout=0.5 if model.dropout > 0 else 0.0)
+
+
+def pad_to(leaf, shape):
+    return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape, strict=True)])
+
+
+def fit_widest(widest_params, init_scale, lone_shapes, target_shapes):
+    """A trial's own initial params from the widest draw: cropped to its own shapes,
+    rescaled to its own initializer's spread and init scale, zero-padded to the program's."""
+    w_init = initializers.get(models.MLP_W_INIT)
+
+    def fit(path, leaf, lone, target):
+        block = leaf[tuple(slice(0, n) for n in lone.shape)]
+        if path[-1] == jax.tree_util.DictKey("w"):
+            ratio = w_init.stddev(lone.shape) / w_init.stddev(leaf.shape)
+            block = block * jnp.asarray(ratio, block.dtype) * init_scale.astype(block.dtype)
+        return pad_to(block, target.shape)
+
+    return jax.tree_util.tree_map_with_path(fit, widest_params, lone_shapes, target_shapes)
+
+
+def own_param_shapes(trial: Trial, dataset) -> Any:
+    """The parameter shapes of a trial's network at its own width (no allocation)."""
+    net = models.build(trial.config.model, dataset.output_size)
+    return jax.eval_shape(lambda k: net.init(k, (None, *dataset.input_shape))[1],
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+
+def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:
+    """A packed trial's final parameters cropped to its own width."""
+    return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params,
+                        own_param_shapes(trial, dataset))

@@ -1,0 +1,191 @@
+"""Planning: trials grouped by compiled structure into programs and memory-sized chunks,
+every trial's config checked against the data first."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from jaxnn import config as config_lib
+from jaxnn import models
+from jaxnn.config import Config, ConfigError
+from jaxnn.sweep.packing import width_runs
+from jaxnn.sweep.spec import NUMERIC, Trial, spec_of, trials
+
+
+class Group(NamedTuple):
+    """Trials that share one compiled program.
+
+    Attributes:
+      trials: the trials, in sweep order.
+      config: the program's config (hidden widths padded to ``packed_width`` when packed).
+      packed_width: the padded hidden width when widths are packed, else None.
+      chunks: the trial indices run together, one chunk per call of the program.
+    """
+
+    trials: tuple[Trial, ...]
+    config: Config
+    packed_width: int | None
+    chunks: tuple[tuple[int, ...], ...]
+
+
+class Plan(NamedTuple):
+    """What a sweep will run: its trials, groups, and an estimate of the memory per trial."""
+
+    trials: tuple[Trial, ...]
+    groups: tuple[Group, ...]
+    metric: str
+    bytes_per_trial: int
+    devices: int
+
+    def describe(self) -> str:
+        """A printable account of the plan (`jaxnn sweep --plan`)."""
+        lines = [f"{len(self.trials)} trials in {len(self.groups)} compiled programs "
+                 f"({self.devices} device(s)); ranking by {self.metric}"]
+        for number, group in enumerate(self.groups):
+            cfg = group.config
+            widths = sorted({t.config.model.hidden for t in group.trials})
+            structure = (f"hidden={list(cfg.model.hidden)}" if not cfg.model.layers
+                         else f"{len(cfg.model.layers)} layers")
+            packed = f", widths {[list(w) for w in widths]} packed to {group.packed_width}" \
+                if group.packed_width else ""
+            lines.append(
+                f"  program {number}: {len(group.trials)} trials in {len(group.chunks)} "
+                f"chunk(s) of <= {max(len(c) for c in group.chunks)}; {structure}, "
+                f"{cfg.model.activation if not cfg.model.layers else ''} "
+                f"{cfg.optimizer.name}/{cfg.schedule.name}, batch {cfg.training.batch_size}"
+                f"{packed}")
+        per_chunk = max(len(c) for g in self.groups for c in g.chunks)
+        lines.append(f"memory: ~{self.bytes_per_trial / 2**20:.1f} MiB per trial, "
+                     f"~{per_chunk * self.bytes_per_trial / 2**20:.1f} MiB per chunk")
+        return "\n".join(lines)
+
+
+def structure(cfg: Config, pack: bool) -> str:
+    """The part of a config that shapes the compiled program (numeric values neutralised)."""
+    raw = config_lib.to_dict(cfg)
+    for section_key in NUMERIC.values():
+        section, key = section_key.split(".")
+        raw[section][key] = None
+    raw["model"]["dropout"] = cfg.model.dropout > 0  # Dropout layers exist or not.
+    if pack:
+        raw["model"]["hidden"] = len(cfg.model.hidden)  # depth only
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def packable(cfg: Config) -> bool:
+    return not cfg.model.layers and cfg.model.dropout == 0 and len(cfg.model.hidden) > 0
+
+
+def bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
+    """Device memory one trial of the program ``cfg`` needs, roughly; ``own_seed``: the
+    trial has its own minibatch order (the seed is swept), not one shared by its chunk."""
+    net = models.build(cfg.model, dataset.output_size)
+    from jaxnn.summary import rows
+
+    table = [row for row in rows(net, (None, *dataset.input_shape)) if row.leaf]
+    itemsize = np.dtype(cfg.training.precision).itemsize
+    params = sum(r.params for r in table)
+    activations = cfg.training.batch_size * sum(r.values_per_example for r in table)
+    # 5 x params: params, grads, updates and two optimizer moments; per-epoch metrics.
+    own = itemsize * (5 * params + 3 * activations) + 8 * 8 * cfg.training.epochs
+    return own + (order_bytes(cfg, dataset) if own_seed else 0)
+
+
+def order_bytes(cfg: Config, dataset) -> int:
+    """The minibatch order of every epoch (int32 indices): a trial's own when it sweeps the
+    seed, otherwise one shared by its chunk."""
+    batches = len(dataset.x_train) // cfg.training.batch_size * cfg.training.batch_size
+    return 4 * cfg.training.epochs * batches
+
+
+def memory_budget() -> int:
+    """Half the first device's memory (on CPU: of the host's RAM, at least 2 GiB)."""
+    device = jax.devices()[0]
+    try:
+        return int(device.memory_stats()["bytes_limit"] * 0.5)
+    except (AttributeError, KeyError, TypeError):
+        try:
+            return max(2 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):
+            return 2 * 2**30
+
+
+def check_trials(config: Config, all_trials, dataset) -> None:
+    """Every trial's config against the data (batch size, layer shapes, loss), each distinct
+    structure once, so that no error waits until other trials have trained."""
+    from jaxnn import run
+
+    seen = set()
+    for trial in all_trials:
+        key = structure(trial.config, pack=False)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            run.check_against_data(trial.config, dataset)
+        except ConfigError as error:
+            raise ConfigError(config.source, "sweep", f"trial {trial.values}: {error.key}: "
+                              f"{str(error).split(': ', 2)[-1]}") from None
+
+
+def make_plan(config: Config, dataset) -> Plan:
+    """Groups the sweep's trials into compiled programs and chunks.
+
+    Args:
+      config: the sweep config.
+      dataset: the prepared data (`jaxnn.run.prepare`), for shapes.
+    """
+    spec = spec_of(config)
+    all_trials = trials(config)
+    check_trials(config, all_trials, dataset)
+    backend = jax.default_backend()
+    devices = jax.device_count()
+    steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
+    in_features = math.prod(dataset.input_shape)
+    pack_setting = spec.get("pack_widths", "auto")
+    by_structure: dict[str, list[Trial]] = {}
+    for trial in all_trials:
+        pack = pack_setting is not False and packable(trial.config)
+        by_structure.setdefault(structure(trial.config, pack), []).append(trial)
+    groups, sizes = [], []
+    for members in by_structure.values():
+        if packable(members[0].config) and pack_setting is not False:
+            parts = width_runs(members, in_features, dataset.output_size, steps, backend,
+                                pack_setting)
+        else:  # The structure key kept the widths apart: one width per group already.
+            parts = [members]
+        for part in parts:
+            part_widths = {t.config.model.hidden for t in part}
+            packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
+                            else None)
+            cfg = part[0].config
+            if packed_width:
+                cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
+            own_seed = len({t.config.training.seed for t in part}) > 1
+            per_trial = bytes_per_trial(cfg, dataset, own_seed)
+            shared = 0 if own_seed else order_bytes(cfg, dataset)
+            if per_trial + shared > memory_budget():
+                raise ConfigError(config.source, "sweep", (
+                    f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
+                    f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
+                    f"~{order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
+                    f"~{memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
+            sizes.append(per_trial)
+            cap = spec.get("trials_per_chunk") or max(
+                1, (memory_budget() - shared) // per_trial)
+            cap = max(devices, cap // devices * devices)
+            count = math.ceil(len(part) / cap)
+            size = math.ceil(len(part) / count)
+            chunks = tuple(tuple(t.index for t in part[i:i + size])
+                           for i in range(0, len(part), size))
+            groups.append(Group(tuple(part), cfg, packed_width, chunks))
+    metric = spec.get("metric", "auto")
+    if metric == "auto":
+        metric = "val_accuracy" if dataset.num_classes else "val_loss"
+    return Plan(all_trials, tuple(groups), metric, max(sizes), devices)

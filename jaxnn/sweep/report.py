@@ -1,0 +1,120 @@
+"""The end of a sweep: ranking, the results table and CSV, ``best.toml`` and the plots."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Any
+
+from jaxnn import config as config_lib
+from jaxnn import plots
+from jaxnn._table import format_table
+from jaxnn.config import Config
+from jaxnn.summary import param_count
+from jaxnn.sweep.packing import own_param_shapes
+from jaxnn.sweep.plan import Plan
+
+
+def param_counts(plan: Plan, dataset) -> dict[int, int]:
+    """Each trial's own parameter count (for reports)."""
+    return {t.index: param_count(own_param_shapes(t, dataset)) for t in plan.trials}
+
+
+def best_config(plan: Plan, results: list[dict]) -> Config | None:
+    """The winning trial's config (sweep section removed), or None if every trial diverged."""
+    ranked = rank(plan, results)
+    if not ranked or ranked[0]["status"] != "completed":
+        return None
+    return dataclasses.replace(plan.trials[ranked[0]["trial"]].config, sweep={})
+
+
+def rank(plan: Plan, results: list[dict]) -> list[dict]:
+    """Results sorted best first by the plan's metric; diverged trials last."""
+    higher = plan.metric.endswith("accuracy")
+
+    def key(row):
+        value = row.get(plan.metric)
+        if value is None or row["status"] != "completed":
+            return (1, 0.0)
+        return (0, -value if higher else value)
+
+    return sorted(results, key=key)
+
+
+def swept_names(plan: Plan) -> list[str]:
+    """The swept hyperparameters' names, in the order the sweep names them."""
+    return list(dict.fromkeys(name for t in plan.trials for name in t.values))
+
+
+def table(plan: Plan, results: list[dict]) -> str:
+    """The printed results table, best first."""
+    names = swept_names(plan)
+    header = ["trial", *names, "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
+              "status"]
+
+    def fmt(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) \
+            else str(value)
+
+    rows = [[row["trial"], *[fmt(row["values"].get(n)) for n in names],
+             fmt(row.get("train_loss")), fmt(row.get("val_loss")), fmt(row.get("val_accuracy")),
+             fmt(row.get("test_loss")), fmt(row.get("test_accuracy")),
+             row["status"] + (f" @ step {row['diverged_step']}" if row["diverged_step"] is not None
+                              else "")]
+            for row in rank(plan, results)]
+    return format_table(header, rows)
+
+
+def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
+    """The results as CSV, best first."""
+    names = swept_names(plan)
+    fields = ["trial", *names, "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+              "test_loss", "test_accuracy", "status", "diverged_step"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for row in rank(plan, results):
+            writer.writerow([row["trial"], *[row["values"].get(n) for n in names],
+                             *[row.get(f) for f in fields[1 + len(names):]]])
+
+
+def write(config, plan, results: list[dict], workdir: str) -> dict[str, Any]:
+    """Writes ``results.csv``, ``table.txt``, ``best.toml`` and the figures.
+
+    Returns:
+      ``{"table": str, "best": row or None, "plots": [paths]}``.
+    """
+    text = table(plan, results)
+    with open(os.path.join(workdir, "table.txt"), "w") as handle:
+        handle.write(text + "\n")
+    write_csv(os.path.join(workdir, "results.csv"), plan, results)
+    best = best_config(plan, results)
+    best_row = rank(plan, results)[0] if best is not None else None
+    if best is not None:
+        with open(os.path.join(workdir, "best.toml"), "w") as handle:
+            handle.write(f"# Best of {len(results)} trials by {plan.metric}: trial "
+                         f"{best_row['trial']} {best_row['values']}\n")
+            handle.write(config_lib.dumps(best))
+    figures = figures_for(plan, results, workdir) if config.output.plots else []
+    return {"table": text, "best": best_row, "plots": figures}
+
+
+def figures_for(plan, results: list[dict], workdir: str) -> list[str]:
+    """Metric against learning rate per width, the rate x width heatmap, top loss curves."""
+    metric = plan.metric
+    swept = swept_names(plan)
+    written = []
+    if "learning_rate" in swept:
+        others = ["width"] if "width" in swept else [n for n in swept if n != "learning_rate"]
+        written.append(plots.metric_vs(results, "learning_rate", metric,
+                                       os.path.join(workdir, "metric_vs_lr.png"), series=others))
+    if {"learning_rate", "width"} <= set(swept):
+        written.append(plots.heatmap(results, "width", "learning_rate", metric,
+                                     os.path.join(workdir, "heatmap_lr_width.png")))
+    top = [r for r in rank(plan, results) if r["status"] == "completed"][:5]
+    if top:
+        written.append(plots.curves(top, "val_loss" if "val_loss" in top[0]["curves"]
+                                    else "train_loss", os.path.join(workdir, "top_curves.png"),
+                                    label_keys=swept, title="top trials"))
+    return written
