@@ -24,7 +24,7 @@ def gradient_norms(exp, activation):
     x = jnp.asarray(exp.dataset.x_train[:256], jnp.float32)
     y = jnp.asarray(exp.dataset.y_train[:256])
     loss = losses.get(cfg.model.loss)
-    grads = jax.grad(lambda p: loss(net.apply(p, state, x)[0], y))(params)
+    grads = jax.jit(jax.grad(lambda p: loss(net.apply(p, state, x)[0], y)))(params)
     return [float(jnp.linalg.norm(g["w"])) for g in grads if g]
 
 

@@ -263,6 +263,8 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
         integer, negative, too large, or that leaves classes without examples).
     """
     y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{source}: labels must be numbers, got dtype {y.dtype}")
     if y.ndim != 1:
         raise DataError(f"{source}: labels must be one integer per example, shape (n,); got "
                         f"shape {y.shape}")

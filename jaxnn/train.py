@@ -205,12 +205,18 @@ def init_model(net, key: jax.Array, input_shape, hparams: dict, dtype) -> tuple[
     return params, cast_floating(state, dtype)
 
 
+def default_network(config: Config, output_size: int) -> Callable[[dict], Layer]:
+    """``network(hparams)``: the config's net, its Dropout rate taken from ``hparams``."""
+    return lambda hparams: models.build(config.model, output_size,
+                                        dropout=hparams["dropout"], source=config.source)
+
+
 def make_train(
     config: Config,
     dataset: Dataset,
     *,
     mesh: Mesh | str | None = "auto",
-    masked_width: int | None = None,
+    network: Callable[[dict[str, jax.Array]], Layer] | None = None,
 ) -> Trainer:
     """Builds the compiled training program for ``config`` on ``dataset``.
 
@@ -219,10 +225,10 @@ def make_train(
       dataset: the data, already in the layout the network takes (see `jaxnn.run`).
       mesh: a 1-D device mesh whose axis shards each minibatch (data parallelism, params
         replicated); "auto" uses every device when there is more than one; None: no sharding.
-      masked_width: pack MLP trials of different hidden widths into one program: the config's
-        hidden layers have this (largest) width and ``hparams["width"]`` (an int array)
-        masks the units beyond each trial's own width, so they never touch the outputs or
-        the real units' gradients. Initial params then come from ``init(..., params=...)``.
+      network: ``network(hparams) -> Layer``, the net to train for these (traced)
+        hyperparameters; default: `default_network` of the config. A sweep that packs
+        several hidden widths into one program passes its masked net here
+        (`jaxnn.sweep.packing.masked_network`).
 
     Returns:
       A `Trainer`.
@@ -251,13 +257,7 @@ def make_train(
     output_size = dataset.output_size
     has_val = len(dataset.x_val) > 0
 
-    def net_for(hparams):
-        mask = None
-        if masked_width is not None:
-            width = hparams["width"]
-            mask = (jnp.arange(masked_width, dtype=width.dtype) < width).astype(dtype)
-        return models.build(config.model, output_size, dropout=hparams["dropout"],
-                            hidden_mask=mask, source=config.source)
+    net_for = network or default_network(config, output_size)
 
     def optimizer_for(hparams):
         return optim.optimizer(config.optimizer, config.schedule, hparams, steps, epochs)

@@ -17,7 +17,7 @@ Planning groups the trials by compiled structure: everything but the numeric
 hyperparameters. Inside a group the numeric ones are array leaves, vmapped in one program,
 and the trial axis is sharded over every device. With ``pack_widths``, trials that differ
 only in hidden width share a program: hidden layers are padded to the program's widest and
-the extra units masked (`jaxnn.train.make_train`); "auto" splits the widths into programs
+the extra units masked (`packing.masked_network`); "auto" splits the widths into programs
 by a cost model. Every trial starts from the parameters it would draw alone (zero-padded
 when packed); as the initializers are shape-stable, those come from one draw at the sweep's
 widest widths, cropped and rescaled. That draw and the epochs' minibatch orders are made by a

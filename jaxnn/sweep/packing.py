@@ -107,3 +107,20 @@ def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:
     """A packed trial's final parameters cropped to its own width."""
     return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params,
                         own_param_shapes(trial, dataset))
+
+
+def masked_network(config: Config, output_size: int, packed_width: int):
+    """``network(hparams)`` for a program that packs MLP trials of different hidden widths:
+    the config's hidden layers have ``packed_width`` units (the group's widest) and
+    ``hparams["width"]`` (one int per trial, vmapped) masks the units beyond each trial's own
+    width, so they never touch the outputs or the real units' gradients. Initial params come
+    from `fit_widest`, zero-padded."""
+    dtype = jnp.dtype(config.training.precision)
+
+    def network(hparams):
+        width = hparams["width"]
+        mask = (jnp.arange(packed_width, dtype=width.dtype) < width).astype(dtype)
+        return models.build(config.model, output_size, dropout=hparams["dropout"],
+                            hidden_mask=mask, source=config.source)
+
+    return network

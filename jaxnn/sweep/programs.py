@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
 from jaxnn import models
-from jaxnn.sweep.packing import fit_widest, hidden_structure
+from jaxnn.sweep.packing import fit_widest, hidden_structure, masked_network
 from jaxnn.sweep.plan import Group, Plan
 from jaxnn.sweep.spec import Trial
 from jaxnn.train import HPARAMS, Trainer, default_hparams, make_train, raw_key
@@ -100,8 +100,10 @@ class GroupProgram:
 
     def __init__(self, group: Group, dataset, mesh: Mesh | None, prologue: Prologue):
         self.group = group
-        self.trainer = trainer = make_train(group.config, dataset, mesh=None,
-                                            masked_width=group.packed_width)
+        self.trainer = trainer = make_train(
+            group.config, dataset, mesh=None,
+            network=masked_network(group.config, dataset.output_size, group.packed_width)
+            if group.packed_width else None)
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
