@@ -141,7 +141,7 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
                  "heatmap_lr_width.png", "top_curves.png"):
         assert (tmp_path / name).exists(), name
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("trial,learning_rate,width,train_loss")
+    assert lines[0].startswith("trial,learning_rate,width,epochs,train_loss")
     assert len(lines) == 5
     best = config.load(tmp_path / "best.toml")
     assert best.sweep == {}

@@ -42,12 +42,15 @@ from jaxnn.sweep.packing import (
 )
 from jaxnn.sweep.plan import Group, Plan, make_plan
 from jaxnn.sweep.programs import compiler_options
+from jaxnn.sweep.pruning import Pruning
 from jaxnn.sweep.report import best_config, param_counts, rank, swept_names, table, write_csv
-from jaxnn.sweep.spec import NUMERIC, SPEC_KEYS, STRUCTURAL, Trial, trials
+from jaxnn.sweep.search import STUDY_FILE
+from jaxnn.sweep.spec import NUMERIC, SEARCHES, SPEC_KEYS, STRUCTURAL, Trial, make_trial, trials
 
 __all__ = [
-    "COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS", "SPEC_KEYS", "STRUCTURAL",
-    "SWEEP_CONFIG", "Group", "Plan", "Trial", "best_config", "compiler_options", "make_plan",
-    "param_counts", "rank", "read_results", "run_sweep", "step_flops", "swept_names", "table",
+    "COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS", "SEARCHES", "SPEC_KEYS",
+    "STRUCTURAL", "STUDY_FILE", "SWEEP_CONFIG", "Group", "Plan", "Pruning", "Trial",
+    "best_config", "compiler_options", "make_plan", "make_trial", "param_counts", "rank",
+    "read_results", "run_sweep", "step_flops", "swept_names", "table",
     "trial_params_unpadded", "trials", "write_csv",
 ]

@@ -1,5 +1,6 @@
-"""Running a sweep: the directory (locked), streaming each chunk's rows to
-``results.jsonl``, resume, and the report at the end."""
+"""Running a sweep: the directory (locked), its batches of trials (the whole grid, or what an
+Optuna sampler asks), training each batch in segments between pruning rungs, streaming rows to
+``results.jsonl`` and the study, resume, and the report at the end."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from jax.sharding import Mesh
 from jaxnn import config as config_lib
 from jaxnn import jsonl, rundir
 from jaxnn.config import Config
-from jaxnn.sweep import report
-from jaxnn.sweep.plan import Plan, make_plan
+from jaxnn.sweep import pruning, report, search
+from jaxnn.sweep.plan import Group, Plan, make_plan, structure
 from jaxnn.sweep.programs import GroupProgram, Prologue
+from jaxnn.sweep.spec import make_trial
 
 RESULTS = "results.jsonl"
 
@@ -26,25 +28,34 @@ RESULTS = "results.jsonl"
 SWEEP_CONFIG = "sweep.toml"
 
 
+CURVES = ("train_loss", "val_loss", "val_accuracy")
+
+
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
 def result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
+    """The rows of trials that stopped: ``metrics`` per epoch trained so far (leading axes
+    trial, epoch), ``test_metrics`` after the last epoch, or None for trials pruned (or
+    diverged) before it."""
     rows = []
     for position, trial in enumerate(chunk_trials):
         bad = metrics["nonfinite_step"][position]
         diverged = bool(np.any(bad >= 0))
-        row = {"trial": trial.index, "values": trial.values,
-               "status": "diverged" if diverged else "completed",
-               "diverged_step": int(bad[bad >= 0][0]) if diverged else None}
+        status = ("diverged" if diverged else "completed" if test_metrics is not None
+                  else "pruned")
+        row = {"trial": trial.index, "values": trial.values, "status": status,
+               "diverged_step": int(bad[bad >= 0][0]) if diverged else None,
+               "epochs": len(bad)}
         for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             if name in metrics:
                 row[name] = None if diverged else _finite(metrics[name][position][-1])
         for name in ("loss", "accuracy"):
-            row[f"test_{name}"] = None if diverged else _finite(test_metrics[name][position])
+            row[f"test_{name}"] = (None if diverged or test_metrics is None
+                                   else _finite(test_metrics[name][position]))
         row["curves"] = {name: [_finite(v) for v in metrics[name][position]]
-                         for name in ("train_loss", "val_loss", "val_accuracy") if name in metrics}
+                         for name in CURVES if name in metrics}
         rows.append(row)
     return rows
 
@@ -63,18 +74,18 @@ def run_sweep(
     dataset=None,
     return_params: bool = False,
 ) -> dict[str, Any]:
-    """Runs a sweep and writes its results, table, best config and plots to ``workdir``.
+    """Runs a sweep and writes its results, study, table, best config and plots to ``workdir``.
 
     Args:
       config: a config with a ``[sweep]`` section.
       workdir: the sweep directory.
-      resume: skip the chunks whose trials ``results.jsonl`` already holds.
+      resume: skip the trials ``results.jsonl`` already holds.
       dataset: the prepared data (loaded from the config when None).
-      return_params: also return each trial's final parameters (tests use this).
+      return_params: also return each completed trial's final parameters (tests use this).
 
     Returns:
       ``{"results": [...], "best": {...}, "programs_compiled": n, "wall_time_s": ...,
-      "plan": Plan, ...}``.
+      "plan": Plan, "trial_epochs": n, ...}``.
 
     Raises:
       ConfigError: for a bad sweep or config, before anything is compiled.
@@ -93,7 +104,8 @@ def run_sweep(
     writer = jax.process_index() == 0
     with rundir.locked(workdir) if writer else contextlib.nullcontext():
         done = _start(config, plan, workdir, resume, writer)
-        return _run_groups(config, plan, dataset, workdir, done, writer, return_params, started)
+        sweep = _Sweep(config, plan, dataset, workdir, done, writer, return_params)
+        return sweep.run(resume, started)
 
 
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
@@ -102,15 +114,16 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     results_path = os.path.join(workdir, RESULTS)
     if os.path.exists(results_path) and not resume:
         raise rundir.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
-                           "choose another directory")
+                              "choose another directory")
     if resume and not os.path.exists(results_path):
         raise rundir.RunError(f"{workdir}: nothing to resume ({RESULTS} not found)")
     rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []
     done = {row["trial"]: row for row in rows}
+    total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for index, row in done.items():
-        if index >= len(plan.trials) or row["values"] != plan.trials[index].values:
+        if index >= total or (plan.trials and row["values"] != plan.trials[index].values):
             raise rundir.RunError(f"{results_path} was written by a different sweep (trial "
-                               f"{index} differs); use another directory")
+                                  f"{index} differs); use another directory")
     if writer and not resume:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
@@ -119,44 +132,169 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     return done
 
 
-def _run_groups(config, plan, dataset, workdir, done, writer, return_params, started) -> dict:
-    """Trains the unfinished chunks group by group, appending their rows; writes the report."""
-    results_path = os.path.join(workdir, RESULTS)
-    mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
-    from tqdm.auto import tqdm
+class _Sweep:
+    """One sweep's run: its batches, the compiled programs they share, and the rows."""
 
-    bar = tqdm(total=len(plan.trials), initial=len(done), unit="trial",
-               disable=not config.training.progress, leave=False, dynamic_ncols=True)
-    compiled, compile_s, params_out = 0, 0.0, {}
-    prologue = Prologue(plan, dataset)
-    try:
-        for group in plan.groups:
-            todo = [c for c in group.chunks if not all(i in done for i in c)]
-            if not todo:
+    def __init__(self, config, plan, dataset, workdir, done, writer, return_params):
+        self.config, self.plan, self.dataset = config, plan, dataset
+        self.workdir, self.done, self.writer = workdir, done, writer
+        self.results_path = os.path.join(workdir, RESULTS)
+        self.mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
+        self.prologue = Prologue(dataset)
+        self.programs: dict[tuple, GroupProgram] = {}
+        self.params: dict[int, Any] | None = {} if return_params else None
+        self.trial_epochs = 0
+        self.study = None
+        self.bar = None
+
+    def run(self, resume: bool, started: float) -> dict[str, Any]:
+        plan = self.plan
+        if self.writer:
+            self.study = search.open_study(plan.spec, self.workdir, plan.metric, resume)
+            search.record(self.study, self.done.values(), plan.space, plan.metric)
+        total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=len(self.done), unit="trial",
+                        disable=not self.config.training.progress, leave=False,
+                        dynamic_ncols=True)
+        try:
+            if plan.search == "grid":
+                self.train_batch(plan)
+            else:
+                self.search(total)
+        finally:
+            self.bar.close()
+        return self.summary(total, started)
+
+    def search(self, total: int) -> None:
+        """Asks the sampler for batches of trials and trains each batch; a resumed sweep
+        first reruns the trials its study asked for but never heard back about."""
+        size = self.plan.spec["batch"]
+        asked = search.running(self.study) if self.study is not None else {}
+        for first in range(0, total, size):
+            indices = range(first, min(first + size, total))
+            if all(i in self.done for i in indices):
                 continue
-            program = GroupProgram(group, dataset, mesh, prologue)
-            size = math.ceil(max(len(c) for c in group.chunks) / plan.devices) * plan.devices
-            for chunk in todo:
-                chunk_trials = [plan.trials[i] for i in chunk]
-                (metrics, test_metrics), params_of = program(chunk_trials, size)
-                rows = result_rows(chunk_trials, metrics, test_metrics)
-                if writer:
-                    jsonl.append(results_path, rows)
-                done.update({row["trial"]: row for row in rows})
-                if return_params:
-                    for position, trial in enumerate(chunk_trials):
-                        params_out[trial.index] = params_of(position)
-                bar.update(len(chunk))
-            compiled += len(program.compiled)
-            compile_s += program.compile_s
-    finally:
-        bar.close()
-    compile_s += prologue.compile_s
-    results = [done[t.index] for t in plan.trials]
-    written = report.write(config, plan, results, workdir) if writer else {
-        "table": report.table(plan, results), "best": None, "plots": []}
-    summary = {"results": results, "best": written["best"], "table": written["table"],
-               "programs_compiled": compiled, "compile_time_s": compile_s,
-               "wall_time_s": time.perf_counter() - started, "plots": written["plots"],
-               "params": params_out if return_params else None, "plan": plan}
-    return summary
+            batch = []
+            for index in indices:
+                values = (self.done[index]["values"] if index in self.done else asked.get(index)
+                          or search.ask(self.study, self.plan.space, index))
+                batch.append(make_trial(index, values, self.config))
+            self.train_batch(make_plan(self.config, self.dataset, batch))
+
+    def program(self, group: Group) -> GroupProgram:
+        key = (structure(group.config, pack=False), group.packed_width)
+        if key not in self.programs:
+            self.programs[key] = GroupProgram(group.config, group.packed_width, self.dataset,
+                                              self.mesh, self.prologue)
+        return self.programs[key]
+
+    def emit(self, rows: list[dict]) -> None:
+        """Streams finished trials: ``results.jsonl`` first (fsynced), then the study."""
+        if self.writer:
+            jsonl.append(self.results_path, rows)
+            search.record(self.study, rows, self.plan.space, self.plan.metric)
+        self.done.update({row["trial"]: row for row in rows})
+        self.bar.update(len(rows))
+
+    def train_batch(self, plan: Plan) -> None:
+        """Trains a batch's unfinished trials in segments between its pruning rungs; at each
+        rung, only each bracket's best continue (`jaxnn.sweep.pruning`)."""
+        self.prologue.widen([g.config.model for g in plan.groups])
+        prune = plan.pruning
+        bracket = {t.index: prune.bracket_of(p) for p, t in enumerate(plan.trials)} if prune \
+            else {}
+        rungs = {b: prune.rungs(b) for b in set(bracket.values())}
+        states = {t.index: None for t in plan.trials if t.index not in self.done}
+        history: dict[int, dict[str, np.ndarray]] = {}
+        start = 0
+        for stop in sorted({e for r in rungs.values() for e in r} | {
+                g.config.training.epochs for g in plan.groups}):
+            for group in plan.groups:
+                if group.config.training.epochs >= stop:
+                    self.segment(group, plan, states, history, start, stop)
+            for b, at in rungs.items():
+                if stop in at:
+                    self.rung(plan, [t for t in plan.trials if bracket[t.index] == b], stop,
+                              states, history)
+            start = stop
+
+    def segment(self, group: Group, plan: Plan, states: dict, history: dict, start: int,
+                stop: int) -> None:
+        """Trains the group's active trials from ``start`` to ``stop`` epochs, in as few
+        chunks as its chunk size allows; emits the rows of trials that finish or diverge."""
+        members = [t for t in group.trials if t.index in states]
+        if not members:
+            return
+        program = self.program(group)
+        cap = max(len(c) for c in group.chunks)
+        count = math.ceil(len(members) / cap)
+        per_chunk = math.ceil(len(members) / count)
+        size = math.ceil(per_chunk / plan.devices) * plan.devices
+        for offset in range(0, len(members), per_chunk):
+            chunk = members[offset:offset + per_chunk]
+            out = program(chunk, size, [states[t.index] for t in chunk] if start else None,
+                          start, stop)
+            self.trial_epochs += len(chunk) * (stop - start)
+            for position, trial in enumerate(chunk):
+                past = history.get(trial.index, {})
+                history[trial.index] = {name: np.concatenate([past[name], v[position]])
+                                        if name in past else v[position]
+                                        for name, v in out.metrics.items()}
+            metrics = {name: np.stack([history[t.index][name] for t in chunk])
+                       for name in out.metrics}
+            final = stop == group.config.training.epochs
+            stopped = [p for p, t in enumerate(chunk)
+                       if final or np.any(metrics["nonfinite_step"][p] >= 0)]
+            for position, trial in enumerate(chunk):
+                states[trial.index] = None if position in stopped else out.state_of(position)
+            if not stopped:
+                continue
+            rows = result_rows([chunk[p] for p in stopped],
+                               {k: v[stopped] for k, v in metrics.items()},
+                               {k: v[stopped] for k, v in out.test.items()} if final else None)
+            if final and self.params is not None:
+                for position in stopped:
+                    self.params[chunk[position].index] = out.state_of(position).params
+            for position in stopped:
+                del states[chunk[position].index]
+            self.emit(rows)
+
+    def rung(self, plan: Plan, members: list, stop: int, states: dict,
+             history: dict) -> None:
+        """Prunes the bracket ``members`` at epoch ``stop``: every trial that reached it
+        competes (those finished before a resume by their recorded curves)."""
+        metric = plan.metric
+        values = {}
+        for trial in members:
+            if trial.index in states:
+                values[trial.index] = _finite(history[trial.index][metric][stop - 1])
+            elif trial.index in self.done:
+                curve = self.done[trial.index]["curves"].get(metric, [])
+                if len(curve) >= stop:
+                    values[trial.index] = curve[stop - 1]
+        keep = pruning.survivors(values, plan.pruning.eta, metric.endswith("accuracy"))
+        losers = [t for t in members if t.index in states and t.index not in keep]
+        if not losers:
+            return
+        metrics = {name: np.stack([history[t.index][name] for t in losers])
+                   for name in history[losers[0].index]}
+        for trial in losers:
+            del states[trial.index]
+        self.emit(result_rows(losers, metrics, None))
+
+    def summary(self, total: int, started: float) -> dict[str, Any]:
+        plan = self.plan
+        results = [self.done[i] for i in range(total) if i in self.done]
+        compiled = sum(len(p.compiled) for p in self.programs.values())
+        compile_s = self.prologue.compile_s + sum(p.compile_s for p in self.programs.values())
+        if self.writer:
+            written = report.write(self.config, plan, results, self.workdir, self.study)
+        else:
+            written = {"table": report.table(plan, results), "best": None, "plots": []}
+        return {"results": results, "best": written["best"], "table": written["table"],
+                "programs_compiled": compiled, "compile_time_s": compile_s,
+                "wall_time_s": time.perf_counter() - started, "plots": written["plots"],
+                "params": self.params, "plan": plan, "trial_epochs": self.trial_epochs,
+                "study": self.study}

@@ -5,6 +5,7 @@ cut from one draw at the widest widths."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn import config as config_lib
 from jaxnn import initializers, models
@@ -77,30 +79,55 @@ def hidden_structure(model: config_lib.ModelConfig) -> config_lib.ModelConfig:
                                dropout=0.5 if model.dropout > 0 else 0.0)
 
 
-def pad_to(leaf, shape):
-    return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape, strict=True)])
-
-
-def fit_widest(widest_params, init_scale, lone_shapes, target_shapes):
-    """A trial's own initial params from the widest draw: cropped to its own shapes,
-    rescaled to its own initializer's spread and init scale, zero-padded to the program's."""
+def fit_inputs(lone_shapes: Any, widest_shapes: Any, dtype) -> tuple[Any, Any]:
+    """What `fit_widest` needs to know of one trial, as arrays (so that one compiled program
+    serves every mix of widths): each leaf's own shape and, for weights, the ratio of its own
+    initializer's standard deviation to the widest one's."""
     w_init = initializers.get(models.MLP_W_INIT)
 
-    def fit(path, leaf, lone, target):
-        block = leaf[tuple(slice(0, n) for n in lone.shape)]
-        if path[-1] == jax.tree_util.DictKey("w"):
-            ratio = w_init.stddev(lone.shape) / w_init.stddev(leaf.shape)
-            block = block * jnp.asarray(ratio, block.dtype) * init_scale.astype(block.dtype)
-        return pad_to(block, target.shape)
+    def ratio(path, lone, widest):
+        if path[-1] != jax.tree_util.DictKey("w"):
+            return np.ones((), dtype)
+        return np.asarray(w_init.stddev(lone.shape) / w_init.stddev(widest.shape), dtype)
 
-    return jax.tree_util.tree_map_with_path(fit, widest_params, lone_shapes, target_shapes)
+    dims = jax.tree.map(lambda s: np.asarray(s.shape, np.int32), lone_shapes)
+    return dims, jax.tree_util.tree_map_with_path(ratio, lone_shapes, widest_shapes)
+
+
+def fit_widest(widest_params, init_scale, lone_dims, ratios, target_shapes):
+    """A trial's own initial params from the widest draw: its own block (``lone_dims``, from
+    `fit_inputs`) rescaled to its own initializer's spread and init scale, zero beyond it,
+    in the program's shapes (``target_shapes``)."""
+
+    def fit(path, leaf, dims, ratio, target):
+        block = leaf[tuple(slice(0, n) for n in target.shape)]
+        inside = functools.reduce(jnp.logical_and, [
+            jax.lax.broadcasted_iota(jnp.int32, target.shape, axis) < dims[axis]
+            for axis in range(len(target.shape))], jnp.ones(target.shape, bool))
+        if path[-1] == jax.tree_util.DictKey("w"):
+            block = block * ratio.astype(block.dtype) * init_scale.astype(block.dtype)
+        return jnp.where(inside, block, jnp.zeros((), block.dtype))
+
+    return jax.tree_util.tree_map_with_path(fit, widest_params, lone_dims, ratios,
+                                            target_shapes)
+
+
+@functools.lru_cache(maxsize=256)
+def model_param_shapes(model: config_lib.ModelConfig, input_shape: tuple, output_size: int):
+    """The parameter shapes of a model's network (no allocation)."""
+    net = models.build(model, output_size)
+    return jax.eval_shape(lambda k: net.init(k, (None, *input_shape))[1],
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
 
 
 def own_param_shapes(trial: Trial, dataset) -> Any:
     """The parameter shapes of a trial's network at its own width (no allocation)."""
-    net = models.build(trial.config.model, dataset.output_size)
-    return jax.eval_shape(lambda k: net.init(k, (None, *dataset.input_shape))[1],
-                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+    args = (trial.config.model, tuple(dataset.input_shape), dataset.output_size)
+    try:
+        hash(args)
+    except TypeError:  # ``model.layers`` holds tables
+        return model_param_shapes.__wrapped__(*args)
+    return model_param_shapes(*args)
 
 
 def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -15,7 +16,8 @@ from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep.packing import width_runs
-from jaxnn.sweep.spec import NUMERIC, Trial, spec_of, trials
+from jaxnn.sweep.pruning import Pruning, from_spec
+from jaxnn.sweep.spec import NUMERIC, Trial, space_of, spec_of, trials
 
 
 class Group(NamedTuple):
@@ -35,18 +37,48 @@ class Group(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What a sweep will run: its trials, groups, and an estimate of the memory per trial."""
+    """What a sweep (or one batch of an adaptive search) will run.
+
+    Attributes:
+      trials: the trials (a grid search's all; an adaptive search's batch, or none before
+        the sampler asks).
+      groups: the trials grouped into compiled programs and chunks.
+      metric: the ranking metric, "val_accuracy" or "val_loss".
+      bytes_per_trial: device memory of one trial, estimated (the largest program's).
+      devices: the devices the trial axis is sharded over.
+      config: the sweep's config.
+      spec: the validated ``[sweep]`` section (`jaxnn.sweep.spec.spec_of`).
+      space: the search space, name -> `jaxnn.sweep.spec.Distribution`.
+      search: "grid", "random", "tpe", "cmaes" or "gp".
+      pruning: the early-stopping rule, or None.
+    """
 
     trials: tuple[Trial, ...]
     groups: tuple[Group, ...]
     metric: str
     bytes_per_trial: int
     devices: int
+    config: Config
+    spec: dict
+    space: dict
+    search: str
+    pruning: Pruning | None
 
     def describe(self) -> str:
         """A printable account of the plan (`jaxnn sweep --plan`)."""
+        prune = self.pruning
+        pruned = "" if prune is None else (
+            f"; {prune.method.replace('_', ' ')} (eta {prune.eta}), rungs at epochs "
+            + "; ".join(", ".join(map(str, prune.rungs(b))) or "none"
+                        for b in range(prune.brackets)))
+        if self.search != "grid" and not self.trials:
+            space = ", ".join(f"{name} ({d.kind}{', log' if d.log else ''})"
+                              for name, d in self.space.items())
+            return (f'search "{self.search}": {self.spec["trials"]} trials asked in batches of '
+                    f'{self.spec["batch"]}, each batch trained together; space: {space}; '
+                    f"ranking by {self.metric}{pruned}")
         lines = [f"{len(self.trials)} trials in {len(self.groups)} compiled programs "
-                 f"({self.devices} device(s)); ranking by {self.metric}"]
+                 f"({self.devices} device(s)); ranking by {self.metric}{pruned}"]
         for number, group in enumerate(self.groups):
             cfg = group.config
             widths = sorted({t.config.model.hidden for t in group.trials})
@@ -134,16 +166,57 @@ def check_trials(config: Config, all_trials, dataset) -> None:
                               f"{str(error).split(': ', 2)[-1]}") from None
 
 
-def make_plan(config: Config, dataset) -> Plan:
+def bucket(width: int) -> int:
+    """The padded width of an adaptive search's packed program: the next of 2**k and
+    1.5 * 2**k, so that the programs of later batches are reused (at most 1.5x the units)."""
+    size = 1
+    while size < width:
+        size = size * 3 // 2 if size >= 2 and size & (size - 1) == 0 else (
+            size + 1 if size < 2 else 2 ** size.bit_length())
+    return size
+
+
+def _pruning(config: Config, spec: dict, all_trials, dataset) -> Pruning | None:
+    """The validated ``[sweep.pruning]``; pruning needs validation data and one epoch count."""
+    if "pruning" not in spec:
+        return None
+    epochs = {t.config.training.epochs for t in all_trials} or {config.training.epochs}
+    if len(epochs) > 1:
+        raise ConfigError(config.source, "sweep.pruning", "trials of a pruned sweep train "
+                          f"the same epochs, got {sorted(epochs)}")
+    if len(dataset.x_val) == 0:
+        raise ConfigError(config.source, "sweep.pruning", "pruning ranks trials on the "
+                          "validation split; data.validation_fraction is 0")
+    return from_spec(spec["pruning"], epochs.pop(), config.source)
+
+
+def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> Plan:
     """Groups the sweep's trials into compiled programs and chunks.
 
     Args:
       config: the sweep config.
       dataset: the prepared data (`jaxnn.run.prepare`), for shapes.
+      batch: the trials of one batch of an adaptive search; None: a grid search's trials
+        (or, for an adaptive search, the plan before any trial is asked).
     """
     spec = spec_of(config)
-    all_trials = trials(config)
+    space = space_of(spec, config.source)
+    if spec["search"] != "grid":
+        from jaxnn.sweep.search import check_sampler
+
+        check_sampler(spec["search"], config.source)
+        if jax.process_count() > 1:
+            raise ConfigError(config.source, "sweep.search", "an adaptive search runs in one "
+                              'process; use search = "grid" with jax.distributed')
+    all_trials = tuple(batch) if batch is not None else trials(config)
     check_trials(config, all_trials, dataset)
+    prune = _pruning(config, spec, all_trials, dataset)
+    metric = spec.get("metric", "auto")
+    if metric == "auto":
+        metric = "val_accuracy" if dataset.num_classes else "val_loss"
+    if not all_trials:
+        return Plan((), (), metric, 0, jax.device_count(), config, spec, space,
+                    spec["search"], prune)
     backend = jax.default_backend()
     devices = jax.device_count()
     steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
@@ -164,6 +237,9 @@ def make_plan(config: Config, dataset) -> Plan:
             part_widths = {t.config.model.hidden for t in part}
             packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
                             else None)
+            if spec["search"] != "grid" and pack_setting is not False and packable(
+                    part[0].config):  # later batches reuse the programs
+                packed_width = bucket(max(max(w) for w in part_widths))
             cfg = part[0].config
             if packed_width:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
@@ -185,7 +261,5 @@ def make_plan(config: Config, dataset) -> Plan:
             chunks = tuple(tuple(t.index for t in part[i:i + size])
                            for i in range(0, len(part), size))
             groups.append(Group(tuple(part), cfg, packed_width, chunks))
-    metric = spec.get("metric", "auto")
-    if metric == "auto":
-        metric = "val_accuracy" if dataset.num_classes else "val_loss"
-    return Plan(all_trials, tuple(groups), metric, max(sizes), devices)
+    return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
+                spec["search"], prune)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +16,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
 from jaxnn import models
-from jaxnn.sweep.packing import fit_widest, hidden_structure, masked_network
-from jaxnn.sweep.plan import Group, Plan
+from jaxnn.config import Config
+from jaxnn.sweep.packing import (
+    fit_inputs,
+    fit_widest,
+    hidden_structure,
+    masked_network,
+    model_param_shapes,
+    own_param_shapes,
+)
 from jaxnn.sweep.spec import Trial
-from jaxnn.train import HPARAMS, Trainer, default_hparams, make_train, raw_key
+from jaxnn.train import HPARAMS, Trainer, TrainState, default_hparams, make_train, raw_key
 
 
 def compiler_options(run_once: bool = False) -> dict | None:
@@ -37,7 +43,7 @@ def compiler_options(run_once: bool = False) -> dict | None:
 
 
 class Prologue:
-    """What a chunk's trials draw before training, in one small program run once per chunk.
+    """What a chunk's trials draw before training, in one small program per shape.
 
     It holds the sweep's random-number code, which is slow to compile (the training programs
     get the results as arguments; only dropout draws in them), and it compiles at XLA's
@@ -47,22 +53,25 @@ class Prologue:
         alone is the top-left block of the widest draw from the same key, times the ratio
         of the two initializers' standard deviations (`fit_widest`). So one program per
         network depth serves every width.
-      - every epoch's minibatch order (`jaxnn.train.Trainer.batches`).
+      - the minibatch order of the epochs a segment trains (`jaxnn.train.Trainer.batches`).
     With one seed for the whole chunk, both are drawn once and shared by its trials.
     """
 
-    def __init__(self, plan: Plan, dataset):
+    def __init__(self, dataset):
         self.dataset = dataset
         self.input_shape = (None, *dataset.input_shape)
         self.widest: dict[Any, tuple[int, ...]] = {}
-        for trial in plan.trials:
-            model = trial.config.model
+        self.programs: dict[Any, Any] = {}
+        self.compile_s = 0.0
+
+    def widen(self, models_: Sequence[config_lib.ModelConfig]) -> None:
+        """Makes the widest draw at least as wide as each of ``models_`` (the programs'
+        padded models). Any widest draw gives every trial the same params."""
+        for model in models_:
             if not model.layers:
                 key = hidden_structure(model)
                 old = self.widest.get(key, model.hidden)
                 self.widest[key] = tuple(map(max, old, model.hidden))
-        self.programs: dict[Any, Any] = {}
-        self.compile_s = 0.0
 
     def widest_model(self, model: config_lib.ModelConfig) -> config_lib.ModelConfig | None:
         """The widest model of ``model``'s structure, or None for a ``model.layers`` net."""
@@ -71,140 +80,173 @@ class Prologue:
         return dataclasses.replace(model, hidden=self.widest[hidden_structure(model)])
 
     def __call__(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
-                 keys: jax.Array, shared_key: bool, dtype):
-        """``(widest params or None, minibatch indices)`` for ``keys`` (one key, or one per
-        trial); the params are before init scale, None for a ``model.layers`` net."""
-        widest = self.widest_model(model)
-        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype),
-                     trainer.epochs, trainer.steps_per_epoch, batch_size)
+                 keys: jax.Array, shared_key: bool, dtype, first_epoch: int, num_epochs: int):
+        """``(widest params or None, minibatch indices of epochs first_epoch ...)`` for
+        ``keys`` (one key, or one per trial); the params are before init scale, None for a
+        ``model.layers`` net or a segment that does not start at epoch 0."""
+        widest = self.widest_model(model) if first_epoch == 0 else None
+        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), num_epochs,
+                     trainer.steps_per_epoch, batch_size)
         if signature not in self.programs:
             net = None if widest is None else models.build(widest, self.dataset.output_size)
 
-            def one(key):
+            def one(key, first):
                 init_key, run_key = jax.random.split(key)  # as `Trainer.init` splits it
                 params = None
                 if net is not None:
                     _, params, _ = net.init(init_key, self.input_shape)
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
-                return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
+                return params, trainer.batches(raw_key(run_key), first, num_epochs)
 
             start = time.perf_counter()
-            self.programs[signature] = jax.jit(one if shared_key else jax.vmap(one)).lower(
-                keys).compile(compiler_options=compiler_options(run_once=True))
+            first = jnp.asarray(first_epoch, jnp.int32)
+            self.programs[signature] = jax.jit(
+                one if shared_key else jax.vmap(one, in_axes=(0, None))).lower(
+                keys, first).compile(compiler_options=compiler_options(run_once=True))
             self.compile_s += time.perf_counter() - start
-        return self.programs[signature](keys)
+        return self.programs[signature](keys, jnp.asarray(first_epoch, jnp.int32))
+
+
+class Segment(NamedTuple):
+    """What `GroupProgram` returns for a chunk's segment of epochs, host arrays in the
+    chunk's trial order: ``metrics`` per epoch (leading axes trial, epoch), ``test`` metrics
+    (after the last epoch, else None) and ``state_of(position)``, a trial's `TrainState`."""
+
+    metrics: dict
+    test: dict | None
+    state_of: Callable[[int], TrainState]
 
 
 class GroupProgram:
-    """One group's compiled, vmapped (and trial-sharded) program."""
+    """One group's compiled, vmapped (and trial-sharded) training program.
 
-    def __init__(self, group: Group, dataset, mesh: Mesh | None, prologue: Prologue):
-        self.group = group
+    A chunk trains in segments of epochs (one segment, unless the sweep prunes): the first
+    draws its initial state, the others continue from the states the previous one returned,
+    and the last evaluates on the test split. One program is compiled per kind of segment
+    and chunk size.
+    """
+
+    def __init__(self, config: Config, packed_width: int | None, dataset, mesh: Mesh | None,
+                 prologue: Prologue):
+        self.config = config
+        self.packed_width = packed_width
         self.trainer = trainer = make_train(
-            group.config, dataset, mesh=None,
-            network=masked_network(group.config, dataset.output_size, group.packed_width)
-            if group.packed_width else None)
+            config, dataset, mesh=None,
+            network=masked_network(config, dataset.output_size, packed_width)
+            if packed_width else None)
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
         self.compiled: dict[tuple, Any] = {}
         self.compile_s = 0.0
-        input_shape = (None, *dataset.input_shape)
+        self.target = model_param_shapes(config.model, tuple(dataset.input_shape),
+                                         dataset.output_size) if not config.model.layers \
+            else None
 
-        def one_trial(key, hparams, params0, batches, data, x_test, y_test):
-            state = trainer.init(key, hparams, params=params0)
-            state, metrics = trainer.run_epochs(state, hparams, trainer.epochs, data, batches)
-            return state.params, metrics, trainer.evaluate(state.params, state.model_state,
-                                                           hparams, x_test, y_test)
-
-        def shapes_at(hidden):
-            net = models.build(dataclasses.replace(group.config.model, hidden=hidden),
-                               dataset.output_size)
-            return jax.eval_shape(lambda: net.init(jax.random.key(0), input_shape)[1])
-
-        def program(layout, shared_key):
-            """The chunk program; ``layout`` lists (hidden, count) runs of the sorted chunk.
-            With ``shared_key`` every trial has the same seed and ``keys`` is that one key
-            (and ``widest`` and ``batches`` one draw, from `Prologue`): the data order is
-            then shared, not per trial. ``widest`` is None for ``model.layers`` nets, which
-            draw their own params."""
+        def program(shared_key: bool, first: bool, final: bool, num_epochs: int):
+            """The segment program. With ``shared_key`` every trial has the same seed and
+            ``keys`` is that one key (and ``widest`` and ``batches`` one draw, from
+            `Prologue`). ``start`` is the states to continue from, or for a first segment
+            ``(widest, lone_dims, ratios)``: the widest draw (None for ``model.layers``
+            nets, which draw their own params) and what `fit_widest` needs per trial."""
             key_axis = None if shared_key else 0
 
-            def run_chunk(keys, hparams, widest, batches, data, x_test, y_test):
+            def begin(key, hparams, widest, lone_dims, ratios):
                 params0 = None
                 if widest is not None:
-                    target = shapes_at(group.config.model.hidden)
-                    parts, start = [], 0
-                    for hidden, count in layout:
-                        part = slice(start, start + count)
-                        fit = functools.partial(fit_widest, lone_shapes=shapes_at(hidden),
-                                                target_shapes=target)
-                        parts.append(jax.vmap(fit, in_axes=(key_axis, 0))(
-                            widest if shared_key else jax.tree.map(lambda v, p=part: v[p],
-                                                                   widest),
-                            hparams["init_scale"][part]))
-                        start += count
-                    params0 = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-                return jax.vmap(one_trial,
-                                in_axes=(key_axis, 0, 0, key_axis, None, None, None))(
-                    keys, hparams, params0, batches, data, x_test, y_test)
+                    params0 = fit_widest(widest, hparams["init_scale"], lone_dims, ratios,
+                                         self.target)
+                return trainer.init(key, hparams, params=params0)
+
+            def segment(state, hparams, batches, data, x_test, y_test):
+                state, metrics = trainer.run_epochs(state, hparams, num_epochs, data, batches)
+                test = (trainer.evaluate(state.params, state.model_state, hparams, x_test,
+                                         y_test) if final else None)
+                return state, metrics, test
+
+            def run_chunk(keys, hparams, start, batches, data, x_test, y_test):
+                if first:
+                    widest, lone_dims, ratios = start
+                    start = jax.vmap(begin, in_axes=(key_axis, 0, key_axis, 0, 0))(
+                        keys, hparams, widest, lone_dims, ratios)
+                return jax.vmap(segment, in_axes=(0, 0, key_axis, None, None, None))(
+                    start, hparams, batches, data, x_test, y_test)
 
             return jax.jit(run_chunk)
 
         self.program = program
 
-    def __call__(self, chunk_trials: Sequence[Trial], size: int):
-        """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one).
+    def _fit_inputs(self, trials: Sequence[Trial], widest_model) -> tuple[Any, Any]:
+        widest = model_param_shapes(widest_model, tuple(self.dataset.input_shape),
+                                    self.dataset.output_size)
+        per_trial = [fit_inputs(own_param_shapes(t, self.dataset), widest, self.trainer.dtype)
+                     for t in trials]
+        return jax.tree.map(lambda *xs: np.stack(xs), *per_trial)
 
-        Returns the host metrics in ``chunk_trials`` order, and ``params_of(position)``: the
-        trained params (host arrays) of ``chunk_trials[position]``.
-        """
+    def __call__(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
+                 stop_epoch: int) -> Segment:
+        """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one) from epoch
+        ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0, else from
+        ``states`` (one `TrainState` per trial, host arrays)."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
-        # Sorted by width, so that each width's initial draw is one static slice.
-        order = sorted(range(size), key=lambda i: padded[i].config.model.hidden)
-        ordered = [padded[i] for i in order]
-        layout = tuple((hidden, len(list(run))) for hidden, run in
-                       itertools.groupby(t.config.model.hidden for t in ordered))
         dtype = self.trainer.dtype
-        seeds = {t.config.training.seed for t in ordered}
+        first, final = first_epoch == 0, stop_epoch == self.trainer.epochs
+        seeds = {t.config.training.seed for t in padded}
         shared_key = len(seeds) == 1
         keys = (jax.random.key(seeds.pop()) if shared_key else
-                jnp.stack([jax.random.key(t.config.training.seed) for t in ordered]))
-        per_trial = [default_hparams(t.config, dtype) for t in ordered]
+                jnp.stack([jax.random.key(t.config.training.seed) for t in padded]))
+        per_trial = [default_hparams(t.config, dtype) for t in padded]
         hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
-        if self.group.packed_width:
-            hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in ordered],
+        if self.packed_width:
+            hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
                                            jnp.int32)
+        sharding = None
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
             keys = jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec())
                                   if shared_key else sharding)
             hparams = jax.device_put(hparams, sharding)
-        widest, batches = self.prologue(self.group.config.model, self.trainer,
-                                        self.group.config.training.batch_size, keys,
-                                        shared_key, dtype)
-        args = [keys, hparams, widest, batches]
+        widest, batches = self.prologue(self.config.model, self.trainer,
+                                        self.config.training.batch_size, keys, shared_key,
+                                        dtype, first_epoch, stop_epoch - first_epoch)
+        if first:
+            fit = ((None, None) if widest is None else
+                   self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
+            start = (widest, *fit)
+        else:
+            padded_states = list(states) + [states[-1]] * (size - len(states))
+            start = jax.tree.map(lambda *xs: np.stack(xs), *padded_states)
+            start = jax.device_put(start, sharding) if sharding is not None else start
+        args = [keys, hparams, start, batches]
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
-        signature = (layout, shared_key)
+        signature = (shared_key, first, final, stop_epoch - first_epoch, size)
         if signature not in self.compiled:
-            start = time.perf_counter()
-            self.compiled[signature] = self.program(*signature).lower(*args, *test).compile(
-                compiler_options=compiler_options())
-            self.compile_s += time.perf_counter() - start
-        params, metrics, test_metrics = self.compiled[signature](*args, *test)
-        back = np.argsort(order)[: len(chunk_trials)]
+            began = time.perf_counter()
+            self.compiled[signature] = self.program(*signature[:4]).lower(
+                *args, *test).compile(compiler_options=compiler_options())
+            self.compile_s += time.perf_counter() - began
+        state, metrics, test_metrics = self.compiled[signature](*args, *test)
+        count = len(chunk_trials)
         if jax.process_count() > 1:  # Trials sharded over hosts: gather every host's rows.
             from jax.experimental import multihost_utils
 
             metrics, test_metrics = multihost_utils.process_allgather(
                 (metrics, test_metrics), tiled=True)
-        metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[back],
+        metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[:count],
                                              jax.device_get((metrics, test_metrics)))
         # Copied to the host once, on demand: indexing on the device would compile gathers.
-        host_params = functools.cache(lambda: jax.device_get(params))
+        host_state = functools.cache(lambda: _gathered(state))
 
-        def params_of(position):
-            return jax.tree.map(lambda p: p[back[position]], host_params())
+        def state_of(position):
+            return jax.tree.map(lambda v: v[position], host_state())
 
-        return (metrics, test_metrics), params_of
+        return Segment(metrics, test_metrics, state_of)
+
+
+def _gathered(tree):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)

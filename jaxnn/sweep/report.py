@@ -14,6 +14,7 @@ from jaxnn.config import Config
 from jaxnn.summary import param_count
 from jaxnn.sweep.packing import own_param_shapes
 from jaxnn.sweep.plan import Plan
+from jaxnn.sweep.spec import make_trial
 
 
 def param_counts(plan: Plan, dataset) -> dict[int, int]:
@@ -22,46 +23,57 @@ def param_counts(plan: Plan, dataset) -> dict[int, int]:
 
 
 def best_config(plan: Plan, results: list[dict]) -> Config | None:
-    """The winning trial's config (sweep section removed), or None if every trial diverged."""
+    """The winning trial's config (sweep section removed), or None if no trial completed."""
     ranked = rank(plan, results)
     if not ranked or ranked[0]["status"] != "completed":
         return None
-    return dataclasses.replace(plan.trials[ranked[0]["trial"]].config, sweep={})
+    best = make_trial(ranked[0]["trial"], ranked[0]["values"], plan.config)
+    return dataclasses.replace(best.config, sweep={})
 
 
 def rank(plan: Plan, results: list[dict]) -> list[dict]:
-    """Results sorted best first by the plan's metric; diverged trials last."""
+    """Results sorted best first by the plan's metric: completed trials, then pruned ones
+    (the longest trained first), then diverged ones."""
     higher = plan.metric.endswith("accuracy")
 
     def key(row):
         value = row.get(plan.metric)
-        if value is None or row["status"] != "completed":
-            return (1, 0.0)
-        return (0, -value if higher else value)
+        order = {"completed": 0, "pruned": 1}.get(row["status"], 2)
+        if value is None or order == 2:
+            return (2, 0, 0.0, row["trial"])
+        return (order, -row.get("epochs", 0), -value if higher else value, row["trial"])
 
     return sorted(results, key=key)
 
 
 def swept_names(plan: Plan) -> list[str]:
     """The swept hyperparameters' names, in the order the sweep names them."""
-    return list(dict.fromkeys(name for t in plan.trials for name in t.values))
+    return list(plan.space)
+
+
+def status(row: dict) -> str:
+    """``completed``, ``pruned @ epoch n`` or ``diverged @ step n``."""
+    if row["status"] == "pruned":
+        return f"pruned @ epoch {row['epochs']}"
+    if row["diverged_step"] is not None:
+        return f"diverged @ step {row['diverged_step']}"
+    return row["status"]
 
 
 def table(plan: Plan, results: list[dict]) -> str:
     """The printed results table, best first."""
     names = swept_names(plan)
-    header = ["trial", *names, "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
-              "status"]
+    header = ["trial", *names, "epochs", "train_loss", "val_loss", "val_acc", "test_loss",
+              "test_acc", "status"]
 
     def fmt(value, digits=4):
         return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) \
             else str(value)
 
     rows = [[row["trial"], *[fmt(row["values"].get(n)) for n in names],
+             row.get("epochs", "-"),
              fmt(row.get("train_loss")), fmt(row.get("val_loss")), fmt(row.get("val_accuracy")),
-             fmt(row.get("test_loss")), fmt(row.get("test_accuracy")),
-             row["status"] + (f" @ step {row['diverged_step']}" if row["diverged_step"] is not None
-                              else "")]
+             fmt(row.get("test_loss")), fmt(row.get("test_accuracy")), status(row)]
             for row in rank(plan, results)]
     return format_table(header, rows)
 
@@ -69,8 +81,8 @@ def table(plan: Plan, results: list[dict]) -> str:
 def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
     """The results as CSV, best first."""
     names = swept_names(plan)
-    fields = ["trial", *names, "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-              "test_loss", "test_accuracy", "status", "diverged_step"]
+    fields = ["trial", *names, "epochs", "train_loss", "train_accuracy", "val_loss",
+              "val_accuracy", "test_loss", "test_accuracy", "status", "diverged_step"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields)
@@ -79,8 +91,9 @@ def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
                              *[row.get(f) for f in fields[1 + len(names):]]])
 
 
-def write(config, plan, results: list[dict], workdir: str) -> dict[str, Any]:
-    """Writes ``results.csv``, ``table.txt``, ``best.toml`` and the figures.
+def write(config, plan, results: list[dict], workdir: str, study=None) -> dict[str, Any]:
+    """Writes ``results.csv``, ``table.txt``, ``best.toml`` and the figures (with a
+    ``study``, also Optuna's plots of the search).
 
     Returns:
       ``{"table": str, "best": row or None, "plots": [paths]}``.
@@ -96,7 +109,11 @@ def write(config, plan, results: list[dict], workdir: str) -> dict[str, Any]:
             handle.write(f"# Best of {len(results)} trials by {plan.metric}: trial "
                          f"{best_row['trial']} {best_row['values']}\n")
             handle.write(config_lib.dumps(best))
-    figures = figures_for(plan, results, workdir) if config.output.plots else []
+    figures = []
+    if config.output.plots:
+        figures = figures_for(plan, results, workdir)
+        if study is not None:
+            figures += search_figures(study, plan, workdir)
     return {"table": text, "best": best_row, "plots": figures}
 
 
@@ -117,4 +134,38 @@ def figures_for(plan, results: list[dict], workdir: str) -> list[str]:
         written.append(plots.curves(top, "val_loss" if "val_loss" in top[0]["curves"]
                                     else "train_loss", os.path.join(workdir, "top_curves.png"),
                                     label_keys=swept, title="top trials"))
+    return written
+
+
+def search_figures(study, plan: Plan, workdir: str) -> list[str]:
+    """Optuna's matplotlib plots of the study: the optimization history, the parallel
+    coordinates of the params, their importances (with two params or more) and, for a pruned
+    sweep, every trial's intermediate values."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plt = plots.pyplot()
+    complete = [t for t in study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    wanted = []
+    if complete:
+        wanted += [("search_history.png", optuna_plots.plot_optimization_history),
+                   ("search_parallel_coordinates.png", optuna_plots.plot_parallel_coordinate)]
+    if len(complete) >= 2 and len(plan.space) >= 2:
+        wanted.append(("search_importances.png", optuna_plots.plot_param_importances))
+    if plan.pruning is not None:
+        wanted.append(("search_intermediate_values.png", optuna_plots.plot_intermediate_values))
+    written = []
+    for name, draw in wanted:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks these plots experimental
+            axes = draw(study)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(8, 5)
+        path = os.path.join(workdir, name)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
     return written

@@ -21,7 +21,13 @@ STRUCTURAL = {h.name: h.key for h in hyperparameters.TABLE
               if h.kind == hyperparameters.STRUCTURAL}
 
 
-SPEC_KEYS = ("grid", "random", "count", "seed", "pack_widths", "trials_per_chunk", "metric")
+SPEC_KEYS = ("grid", "random", "count", "seed", "pack_widths", "trials_per_chunk", "metric",
+             "search", "trials", "batch", "pruning", "storage")
+
+
+# "grid" runs the grid (times ``count`` random draws per point); the others ask an Optuna
+# sampler for ``trials`` trials, ``batch`` at a time.
+SEARCHES = ("grid", "random", "tpe", "cmaes", "gp")
 
 
 class Trial(NamedTuple):
@@ -32,7 +38,19 @@ class Trial(NamedTuple):
     config: Config
 
 
+class Distribution(NamedTuple):
+    """Where a swept value comes from: "choice" (``values``), or "uniform" or "int" between
+    ``low`` and ``high`` (inclusive for "int"), on a log scale when ``log``."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple = ()
+    log: bool = False
+
+
 def spec_of(config: Config) -> dict:
+    """The validated ``[sweep]`` section."""
     spec = dict(config.sweep)
     source = config.source
     if not spec:
@@ -54,20 +72,45 @@ def spec_of(config: Config) -> dict:
             raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
     if not spec.get("grid") and not spec.get("random"):
         raise ConfigError(source, "sweep", "needs a grid or a random table")
-    for key in ("count", "seed", "trials_per_chunk"):
+    for key in ("count", "seed", "trials_per_chunk", "trials", "batch"):
         value = spec.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(source, f"sweep.{key}", f"expected an int >= 0, got {value!r}")
-    if spec.get("random") and spec.get("count", 0) < 1:
-        raise ConfigError(source, "sweep.count", "random search needs count >= 1")
+    search = spec.setdefault("search", "grid")
+    if search not in SEARCHES:
+        raise ConfigError(source, "sweep.search", f"{search!r} is not one of "
+                          f"{', '.join(SEARCHES)}")
+    if search == "grid":
+        for key in ("trials", "batch"):
+            if key in spec:
+                raise ConfigError(source, f"sweep.{key}", "a grid search runs its grid (times "
+                                  "count random draws); trials and batch are for search = "
+                                  '"random", "tpe", "cmaes" or "gp"')
+        if spec.get("random") and spec.get("count", 0) < 1:
+            raise ConfigError(source, "sweep.count", "random search needs count >= 1")
+    else:
+        if "count" in spec:
+            raise ConfigError(source, "sweep.count", f'search = "{search}" asks for '
+                              "trials (the total), not count")
+        if spec.get("trials", 0) < 1:
+            raise ConfigError(source, "sweep.trials", f'search = "{search}" needs '
+                              "trials >= 1 (the total number of trials)")
+        spec.setdefault("batch", min(spec["trials"], 16))
+        if not 1 <= spec["batch"] <= spec["trials"]:
+            raise ConfigError(source, "sweep.batch", f"expected 1 <= batch <= trials "
+                              f"({spec['trials']}), got {spec['batch']}")
     if spec.get("pack_widths", "auto") not in ("auto", True, False):
         raise ConfigError(source, "sweep.pack_widths", 'expected "auto", true or false')
     if spec.get("metric", "auto") not in ("auto", "val_accuracy", "val_loss"):
         raise ConfigError(source, "sweep.metric", 'expected "val_accuracy" or "val_loss"')
+    if not isinstance(spec.get("storage", ""), str):
+        raise ConfigError(source, "sweep.storage", "expected an Optuna storage URL such as "
+                          '"sqlite:///study.db"')
+    space_of(spec, source)
     return spec
 
 
-def _draw(name: str, dist: Any, rng: np.random.Generator, source: str) -> Any:
+def _distribution(name: str, dist: Any, source: str) -> Distribution:
     key = f"sweep.random.{name}"
     if isinstance(dist, list):
         dist = {"distribution": "choice", "values": dist}
@@ -79,22 +122,48 @@ def _draw(name: str, dist: Any, rng: np.random.Generator, source: str) -> Any:
         values = dist.get("values")
         if not isinstance(values, list) or not values:
             raise ConfigError(source, key, "choice needs a non-empty values list")
-        return values[int(rng.integers(len(values)))]
+        return Distribution("choice", values=tuple(values))
     low, high = dist.get("low"), dist.get("high")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) \
             or not low < high:
         raise ConfigError(source, key, f"needs numbers low < high, got {low!r}, {high!r}")
-    if kind == "uniform":
-        value = float(rng.uniform(low, high))
-    elif kind == "log_uniform":
-        if low <= 0:
-            raise ConfigError(source, key, "log_uniform needs low > 0")
-        value = float(math.exp(rng.uniform(math.log(low), math.log(high))))
-    else:
-        raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform "
-                          "or choice")
     known = hyperparameters.BY_NAME.get(name)
-    return round(value) if known is not None and known.integer else value
+    if kind == "int" or (kind in ("uniform", "log_uniform") and known is not None
+                         and known.integer):
+        if kind == "int" and not all(isinstance(v, int) for v in (low, high)):
+            raise ConfigError(source, key, f"int needs integer bounds, got {low!r}, {high!r}")
+        log = kind == "log_uniform" or bool(dist.get("log", False))
+        if log and low <= 0:
+            raise ConfigError(source, key, "a log scale needs low > 0")
+        return Distribution("int", math.ceil(low), math.floor(high), log=log)
+    if kind not in ("uniform", "log_uniform"):
+        raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform, "
+                          "int or choice")
+    if kind == "log_uniform" and low <= 0:
+        raise ConfigError(source, key, "log_uniform needs low > 0")
+    return Distribution("uniform", float(low), float(high), log=kind == "log_uniform")
+
+
+def space_of(spec: dict, source: str) -> dict[str, Distribution]:
+    """The search space: the grid's values as choices, then the random table's
+    distributions."""
+    space = {name: Distribution("choice", values=tuple(values))
+             for name, values in spec.get("grid", {}).items()}
+    for name, dist in spec.get("random", {}).items():
+        if name in space:
+            raise ConfigError(source, f"sweep.random.{name}", "also in the grid")
+        space[name] = _distribution(name, dist, source)
+    return space
+
+
+def _draw(dist: Distribution, rng: np.random.Generator) -> Any:
+    if dist.kind == "choice":
+        return dist.values[int(rng.integers(len(dist.values)))]
+    low, high = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low,
+                                                                              dist.high)
+    value = float(rng.uniform(low, high))
+    value = math.exp(value) if dist.log else value
+    return min(max(round(value), dist.low), dist.high) if dist.kind == "int" else value
 
 
 def _apply(base: Config, values: dict, where: str) -> Config:
@@ -122,18 +191,25 @@ def _apply(base: Config, values: dict, where: str) -> Config:
                           f"{str(error).split(': ', 2)[-1]}") from None
 
 
+def make_trial(index: int, values: dict, config: Config) -> Trial:
+    """The trial that sets ``values`` (name -> value) on the sweep's base config."""
+    return Trial(index, values, _apply(config, values, "sweep"))
+
+
 def trials(config: Config) -> tuple[Trial, ...]:
-    """Every trial of the config's sweep, in a fixed order (grid product x random draws)."""
+    """Every trial of a grid search, in a fixed order (grid product x random draws); an
+    adaptive search has none in advance (its sampler asks for them, `jaxnn.sweep.search`)."""
     spec = spec_of(config)
+    if spec["search"] != "grid":
+        return ()
+    space = space_of(spec, config.source)
     grid = spec.get("grid", {})
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     rng = np.random.default_rng(spec.get("seed", 0))
-    random = spec.get("random", {})
+    random = [name for name in space if name not in grid]
     result = []
     for point in points:
         for _ in range(spec.get("count", 1) if random else 1):
-            values = {**point, **{name: _draw(name, dist, rng, config.source)
-                                  for name, dist in random.items()}}
-            result.append(Trial(len(result), values,
-                                _apply(config, values, "sweep")))
+            values = {**point, **{name: _draw(space[name], rng) for name in random}}
+            result.append(make_trial(len(result), values, config))
     return tuple(result)

@@ -1,0 +1,164 @@
+"""The Optuna study of a sweep: its sampler, its storage, and every trial's record.
+
+Optuna does what it does well here -- the samplers (TPE, CMA-ES, Gaussian process, random),
+the study record, its storage and its dashboard -- and jaxnn trains: a batch of trials asked
+together trains together, vmapped, in one program. ``results.jsonl`` stays jaxnn's own
+record; every row written there is then recorded in the study (`record`), so the two agree
+(a resumed sweep first records the rows the study missed).
+
+Each study trial carries the jaxnn trial index (user attribute ``"trial"``), its params, the
+validation metric per epoch as intermediate values (step = epoch), and its state: COMPLETE
+(with the final value), PRUNED (user attribute ``"pruned_epoch"``) or FAIL (diverged,
+``"diverged_step"``).
+
+The storage is a journal file in the sweep directory by default (`STUDY_FILE`; open it with
+``optuna-dashboard DIR/study.journal`` or ``optuna.load_study``), or any Optuna storage URL
+given as ``[sweep] storage``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jaxnn import rundir
+from jaxnn.config import ConfigError
+from jaxnn.sweep.spec import Distribution
+
+STUDY_FILE = "study.journal"
+
+
+def check_sampler(search: str, source: str) -> None:
+    """Refuses, naming ``sweep.search``, a sampler whose optional packages are missing."""
+    needs = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}.get(search, ())
+    import importlib.util
+
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(source, "sweep.search", f'search = "{search}" needs Optuna\'s '
+                          f"optional {' and '.join(missing)} (pip install {' '.join(missing)})")
+
+
+def _quiet():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def distribution(dist: Distribution):
+    """The Optuna distribution of a search-space entry."""
+    optuna = _quiet()
+    if dist.kind == "choice":
+        return optuna.distributions.CategoricalDistribution(list(dist.values))
+    if dist.kind == "int":
+        return optuna.distributions.IntDistribution(int(dist.low), int(dist.high), log=dist.log)
+    return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
+
+
+def sampler(search: str, seed: int):
+    """The Optuna sampler of ``[sweep] search``. TPE asks with ``constant_liar``: trials asked
+    while others of the batch are still running are steered away from them, so a batch does
+    not collapse onto one point."""
+    optuna = _quiet()
+    samplers = optuna.samplers
+    if search == "tpe":
+        return samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if search == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if search == "gp":
+        return samplers.GPSampler(seed=seed)
+    return samplers.RandomSampler(seed=seed)
+
+
+def storage_of(spec: Mapping[str, Any], workdir: str):
+    """The study's storage: ``[sweep] storage`` (a URL) or a journal file in ``workdir``."""
+    optuna = _quiet()
+    if spec.get("storage"):
+        return spec["storage"]
+    journal = optuna.storages.journal
+    return journal.JournalStorage(journal.JournalFileBackend(os.path.join(workdir, STUDY_FILE)))
+
+
+def open_study(spec: Mapping[str, Any], workdir: str, metric: str, resume: bool):
+    """Creates the sweep's study (named after its directory), or loads it to resume.
+
+    Raises:
+      RunError: a new sweep whose study name the storage already holds.
+    """
+    optuna = _quiet()
+    name = os.path.basename(os.path.normpath(workdir))
+    storage = storage_of(spec, workdir)
+    direction = "maximize" if metric.endswith("accuracy") else "minimize"
+    chosen = sampler(spec["search"], spec.get("seed", 0))
+    if resume:
+        try:
+            return optuna.load_study(study_name=name, storage=storage, sampler=chosen)
+        except KeyError:
+            pass  # killed before the study was created
+    try:
+        return optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                   sampler=chosen)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise rundir.RunError(f"the study storage already holds a study named {name!r}; "
+                              "resume that sweep or choose another directory") from None
+
+
+def by_index(study) -> dict[int, Any]:
+    """The study's trials by jaxnn trial index."""
+    return {t.user_attrs["trial"]: t for t in study.get_trials(deepcopy=False)
+            if "trial" in t.user_attrs}
+
+
+def ask(study, space: Mapping[str, Distribution], index: int) -> dict:
+    """Asks the sampler for trial ``index``'s values (recorded as RUNNING)."""
+    trial = study.ask({name: distribution(d) for name, d in space.items()})
+    trial.set_user_attr("trial", index)
+    return dict(trial.params)
+
+
+def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metric: str) -> None:
+    """Records finished trials (rows of ``results.jsonl``) in the study: a trial it asked is
+    told its outcome; a grid trial, or one it lost, is added whole."""
+    optuna = _quiet()
+    state_of = {"completed": optuna.trial.TrialState.COMPLETE,
+                "pruned": optuna.trial.TrialState.PRUNED,
+                "diverged": optuna.trial.TrialState.FAIL}
+    known = by_index(study)
+    for row in rows:
+        curve = row["curves"].get(metric, [])
+        intermediate = {epoch: value for epoch, value in enumerate(curve, 1)
+                        if value is not None}
+        state = state_of[row["status"]]
+        value = row.get(metric) if row["status"] == "completed" else None
+        attrs = {"trial": row["trial"], "epochs": row["epochs"]}
+        if row["status"] == "pruned":
+            attrs["pruned_epoch"] = row["epochs"]
+        if row["status"] == "diverged":
+            attrs["diverged_step"] = row["diverged_step"]
+        existing = known.get(row["trial"])
+        if existing is None:
+            study.add_trial(optuna.trial.create_trial(
+                params=row["values"],
+                distributions={name: distribution(space[name]) for name in row["values"]},
+                value=value, intermediate_values=intermediate, user_attrs=attrs, state=state))
+        elif existing.state == optuna.trial.TrialState.RUNNING:
+            live = optuna.trial.Trial(study, existing._trial_id)
+            for epoch, metric_value in intermediate.items():
+                if epoch not in existing.intermediate_values:
+                    live.report(metric_value, epoch)
+            for key, attr in attrs.items():
+                live.set_user_attr(key, attr)
+            study.tell(live, value if state == optuna.trial.TrialState.COMPLETE else None,
+                       state=state)
+
+
+def running(study) -> dict[int, dict]:
+    """Trials the study asked for but never heard back about (a killed sweep's last batch),
+    by jaxnn index: ``{index: values}``."""
+    optuna = _quiet()
+    return {index: dict(t.params) for index, t in by_index(study).items()
+            if t.state == optuna.trial.TrialState.RUNNING}
