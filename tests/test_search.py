@@ -1,0 +1,229 @@
+"""Sweeps that search: Optuna samplers asked in batches, the study record, successive halving
+and Hyperband inside the vmapped sweep, and their resume."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optuna
+import pytest
+
+from jaxnn import cli, config, run, sweep
+from jaxnn.sweep import execute, pruning, search
+from jaxnn.sweep import spec as spec_lib
+from jaxnn.train import default_hparams, make_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.toml")
+SPACE = ("sweep.random={learning_rate = {distribution = 'log_uniform', low = 0.01, "
+         "high = 1.0}, width = {distribution = 'int', low = 3, high = 12}}")
+
+
+def tiny(*overrides):
+    return config.load(TINY, ["output.plots=false", "training.precision='float64'",
+                              "model.hidden=[6]", "training.epochs=9", *overrides])
+
+
+def halving_grid(*overrides):
+    return tiny("sweep.grid={learning_rate = [0.01, 0.05, 0.2, 0.6], width = [4, 9]}",
+                "sweep.pruning={eta = 3, min_epochs = 1}", "sweep.pack_widths=true",
+                *overrides)
+
+
+def load(workdir):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        os.path.join(workdir, sweep.STUDY_FILE)))
+    return optuna.load_study(study_name=os.path.basename(workdir), storage=storage)
+
+
+def test_rungs_and_brackets():
+    sha = pruning.from_spec({"eta": 3, "min_epochs": 5}, 40, "c.toml")
+    assert sha.rungs(0) == (5, 15) and sha.brackets == 1
+    band = pruning.from_spec({"method": "hyperband", "eta": 3, "min_epochs": 1}, 9, "c.toml")
+    assert [band.rungs(b) for b in range(band.brackets)] == [(1, 3), (3,), ()]
+    assert [band.bracket_of(p) for p in range(5)] == [0, 1, 2, 0, 1]
+    # The best 1/eta of those that reached the rung; a diverged trial (None) never survives.
+    assert pruning.survivors({0: 0.5, 1: 0.9, 2: None, 3: 0.7, 4: 0.1, 5: 0.2}, 3,
+                             higher=True) == {1, 3}
+    assert pruning.survivors({0: 0.5, 1: 0.9, 2: 0.3}, 3, higher=False) == {2}
+
+
+def test_survivors_equal_lone_training_and_pruning_disturbs_nobody(tmp_path):
+    """A survivor of successive halving ends with exactly the params of its lone run
+    (float64); every pruned trial's curve is its lone run's, up to the epoch it stopped."""
+    cfg = halving_grid()
+    out = sweep.run_sweep(cfg, tmp_path / "halving", return_params=True)
+    by_status = {}
+    for row in out["results"]:
+        by_status.setdefault(row["status"], []).append(row)
+    # 8 trials: 8 reach epoch 1, 2 continue to 3, and the best 1 of those 2 to the end.
+    assert [r["epochs"] for r in by_status["pruned"]].count(1) == 6
+    assert [r["epochs"] for r in by_status["pruned"]].count(3) == 1
+    assert len(by_status["completed"]) == 1
+    assert out["trial_epochs"] == 8 * 1 + 2 * 2 + 1 * 6
+    dataset = run.prepare(cfg)
+    for row in out["results"]:
+        trial = sweep.make_trial(row["trial"], row["values"], cfg)
+        trainer = make_train(trial.config, dataset, mesh=None)
+        final, metrics = trainer(jax.random.key(trial.config.training.seed),
+                                 default_hparams(trial.config, jnp.float64))
+        np.testing.assert_allclose(row["curves"]["val_loss"],
+                                   metrics["val_loss"][:row["epochs"]], rtol=1e-9)
+        if row["status"] == "completed":
+            got = sweep.trial_params_unpadded(out["params"][row["trial"]], trial, dataset)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(final.params), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_finished_sweep_is_a_loadable_study(tmp_path):
+    """``optuna.load_study`` returns every trial with the state, params and intermediate
+    values of ``results.jsonl``."""
+    workdir = str(tmp_path / "study")
+    out = sweep.run_sweep(halving_grid("model.activation='relu'", "training.precision='float32'",
+                                       "sweep.grid={learning_rate = [0.05, 0.2, 1e12], "
+                                       "width = [4, 9]}"), workdir)
+    rows = {r["trial"]: r for r in sweep.read_results(workdir)}
+    trials = load(workdir).get_trials()
+    assert sorted(t.user_attrs["trial"] for t in trials) == sorted(rows) == list(range(6))
+    states = {"completed": optuna.trial.TrialState.COMPLETE,
+              "pruned": optuna.trial.TrialState.PRUNED,
+              "diverged": optuna.trial.TrialState.FAIL}
+    seen = set()
+    for trial in trials:
+        row = rows[trial.user_attrs["trial"]]
+        seen.add(row["status"])
+        assert trial.state == states[row["status"]]
+        assert trial.params == row["values"]
+        curve = row["curves"]["val_accuracy"]
+        assert trial.intermediate_values == {e: v for e, v in enumerate(curve, 1)
+                                             if v is not None}
+        if row["status"] == "completed":
+            assert trial.value == row["val_accuracy"]
+        if row["status"] == "pruned":
+            assert trial.user_attrs["pruned_epoch"] == row["epochs"]
+        if row["status"] == "diverged":
+            assert trial.user_attrs["diverged_step"] == row["diverged_step"]
+    assert seen == {"completed", "pruned", "diverged"}
+    assert "pruned @ epoch 1" in out["table"] and "diverged @ step" in out["table"]
+
+
+def test_resumed_halving_sweep_ends_with_the_same_table(tmp_path, monkeypatch):
+    cfg = halving_grid("sweep.trials_per_chunk=2")
+    full = sweep.run_sweep(cfg, tmp_path / "full")
+    real, calls = execute.result_rows, []
+
+    def die_on_third_call(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(execute, "result_rows", die_on_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path / "part")
+    written = sweep.read_results(str(tmp_path / "part"))
+    assert 0 < len(written) < 8
+    monkeypatch.setattr(execute, "result_rows", real)
+    resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    assert resumed["table"] == full["table"]
+    rows = sweep.read_results(str(tmp_path / "part"))
+    assert sorted(r["trial"] for r in rows) == list(range(8))  # none lost, none twice
+    assert len(load(str(tmp_path / "part")).get_trials()) == 8
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes"])
+def test_adaptive_search_runs_batches_and_records_them(tmp_path, sampler):
+    cfg = tiny(f"sweep.search='{sampler}'", "sweep.trials=6", "sweep.batch=3", "sweep.seed=1",
+               SPACE)
+    out = sweep.run_sweep(cfg, tmp_path / sampler)
+    assert [r["trial"] for r in out["results"]] == list(range(6))
+    values = [tuple(r["values"].values()) for r in out["results"]]
+    assert len(set(values)) == 6
+    for row in out["results"]:
+        assert 0.01 <= row["values"]["learning_rate"] <= 1.0
+        assert 3 <= row["values"]["width"] <= 12 and isinstance(row["values"]["width"], int)
+        assert row["status"] == "completed"
+    # Widths are packed to a bucket, so the second batch reuses the first one's programs.
+    assert out["programs_compiled"] <= 2
+    study = load(str(tmp_path / sampler))
+    assert len(study.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_batch_does_not_collapse_onto_one_point():
+    """TPE asks a batch while its trials are running (constant liar): all distinct, even
+    after the completed trials point at one region."""
+    spec = spec_lib.spec_of(tiny("sweep.search='tpe'", "sweep.trials=40", SPACE))
+    study = optuna.create_study(direction="maximize", sampler=search.sampler("tpe", 0))
+    space = spec_lib.space_of(spec, "c.toml")
+    for index in range(12):
+        values = search.ask(study, space, index)
+        study.tell(study.trials[-1].number, -abs(np.log(values["learning_rate"] / 0.1)))
+    batch = [search.ask(study, space, 12 + i) for i in range(8)]
+    assert len({v["learning_rate"] for v in batch}) == 8
+
+
+def test_killed_adaptive_search_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
+    cfg = tiny("sweep.search='tpe'", "sweep.trials=6", "sweep.batch=3", SPACE,
+               "sweep.pruning={eta = 3, min_epochs = 3}")
+    workdir = tmp_path / "tpe"
+    real, calls = execute.result_rows, []
+
+    def die_in_the_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 4:  # batch 1: rung 3, end; batch 2: rung 3, then killed
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(execute, "result_rows", die_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, workdir)
+    before = {r["trial"]: r for r in sweep.read_results(str(workdir))}
+    asked = {t.user_attrs["trial"]: t.params for t in load(str(workdir)).trials}
+    assert set(before) < set(asked) == set(range(6))
+    monkeypatch.setattr(execute, "result_rows", real)
+    out = sweep.run_sweep(cfg, workdir, resume=True)
+    rows = sweep.read_results(str(workdir))
+    assert sorted(r["trial"] for r in rows) == list(range(6))
+    for row in rows:  # the killed batch reran with the values its study had asked for
+        assert row["values"] == asked[row["trial"]]
+        if row["trial"] in before:
+            assert row == before[row["trial"]]
+    study = load(str(workdir))
+    assert len(study.trials) == 6
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(out["results"]) == 6
+
+
+def test_hyperband_brackets_prune_at_their_own_rungs(tmp_path):
+    cfg = tiny("sweep.search='random'", "sweep.trials=6", "sweep.batch=6", SPACE,
+               "sweep.pruning={method = 'hyperband', eta = 3, min_epochs = 1}")
+    out = sweep.run_sweep(cfg, tmp_path / "band")
+    epochs = {r["trial"]: r["epochs"] for r in out["results"]}
+    # Brackets 0, 1, 2 get trials (0, 3), (1, 4), (2, 5): rungs (1, 3), (3,) and none.
+    assert sorted([epochs[0], epochs[3]]) == [1, 9]
+    assert sorted([epochs[1], epochs[4]]) == [3, 9]
+    assert epochs[2] == epochs[5] == 9
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("sweep.search='bayes'", "sweep.search"),
+    ("sweep.search='tpe'", "sweep.trials"),
+    (("sweep.search='tpe'", "sweep.trials=4", "sweep.batch=5"), "sweep.batch"),
+    ("sweep.trials=4", "sweep.trials"),
+    ("sweep.pruning={eta = 1}", "sweep.pruning.eta"),
+    ("sweep.pruning={min_epochs = 9}", "sweep.pruning.min_epochs"),
+    ("sweep.pruning={rate = 2}", "sweep.pruning.rate"),
+    ("sweep.pruning={method = 'median'}", "sweep.pruning.method"),
+    (("sweep.pruning={}", "data.validation_fraction=0.0"), "sweep.pruning"),
+    (("sweep.count=1", "sweep.random={width = {distribution = 'int', low = 2.5, high = 9}}"),
+     "sweep.random.width"),
+])
+def test_bad_search_config_named(tmp_path, capsys, override, key):
+    path = tmp_path / "s.toml"
+    overrides = override if isinstance(override, tuple) else (override,)
+    path.write_text(config.dumps(tiny("sweep.grid={learning_rate = [0.1, 0.2]}", *overrides)))
+    assert cli.main(["sweep", str(path), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxnn: error: {path}: {key}")
