@@ -171,7 +171,7 @@ class _Sweep:
         """Asks the sampler for batches of trials and trains each batch; a resumed sweep
         first reruns the trials its study asked for but never heard back about."""
         size = self.plan.spec["batch"]
-        asked = search.running(self.study) if self.study is not None else {}
+        asked = search.running(self.study, self.plan.space) if self.study is not None else {}
         for first in range(0, total, size):
             indices = range(first, min(first + size, total))
             if all(i in self.done for i in indices):

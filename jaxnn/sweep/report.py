@@ -112,7 +112,7 @@ def write(config, plan, results: list[dict], workdir: str, study=None) -> dict[s
     figures = []
     if config.output.plots:
         figures = figures_for(plan, results, workdir)
-        if study is not None:
+        if study is not None and (plan.search != "grid" or plan.pruning is not None):
             figures += search_figures(study, plan, workdir)
     return {"table": text, "best": best_row, "plots": figures}
 

@@ -18,6 +18,7 @@ given as ``[sweep] storage``.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -49,11 +50,35 @@ def _quiet():
     return optuna
 
 
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _encoded(dist: Distribution) -> bool:
+    """Whether the study stores this choice's values as JSON text: Optuna's storages take
+    None, bool, int, float and str, and a grid may list layer tables."""
+    return dist.kind == "choice" and not all(_plain(v) for v in dist.values)
+
+
+def to_study(values: Mapping[str, Any], space: Mapping[str, Distribution]) -> dict:
+    """A trial's values as study params."""
+    return {name: json.dumps(value, sort_keys=True) if _encoded(space[name]) else value
+            for name, value in values.items()}
+
+
+def from_study(params: Mapping[str, Any], space: Mapping[str, Distribution]) -> dict:
+    """Study params as a trial's values."""
+    return {name: json.loads(value) if _encoded(space[name]) else value
+            for name, value in params.items()}
+
+
 def distribution(dist: Distribution):
     """The Optuna distribution of a search-space entry."""
     optuna = _quiet()
     if dist.kind == "choice":
-        return optuna.distributions.CategoricalDistribution(list(dist.values))
+        return optuna.distributions.CategoricalDistribution(
+            [json.dumps(v, sort_keys=True) for v in dist.values] if _encoded(dist)
+            else list(dist.values))
     if dist.kind == "int":
         return optuna.distributions.IntDistribution(int(dist.low), int(dist.high), log=dist.log)
     return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
@@ -117,7 +142,7 @@ def ask(study, space: Mapping[str, Distribution], index: int) -> dict:
     """Asks the sampler for trial ``index``'s values (recorded as RUNNING)."""
     trial = study.ask({name: distribution(d) for name, d in space.items()})
     trial.set_user_attr("trial", index)
-    return dict(trial.params)
+    return from_study(trial.params, space)
 
 
 def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metric: str) -> None:
@@ -142,7 +167,7 @@ def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metri
         existing = known.get(row["trial"])
         if existing is None:
             study.add_trial(optuna.trial.create_trial(
-                params=row["values"],
+                params=to_study(row["values"], space),
                 distributions={name: distribution(space[name]) for name in row["values"]},
                 value=value, intermediate_values=intermediate, user_attrs=attrs, state=state))
         elif existing.state == optuna.trial.TrialState.RUNNING:
@@ -156,9 +181,9 @@ def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metri
                        state=state)
 
 
-def running(study) -> dict[int, dict]:
+def running(study, space: Mapping[str, Distribution]) -> dict[int, dict]:
     """Trials the study asked for but never heard back about (a killed sweep's last batch),
     by jaxnn index: ``{index: values}``."""
     optuna = _quiet()
-    return {index: dict(t.params) for index, t in by_index(study).items()
+    return {index: from_study(t.params, space) for index, t in by_index(study).items()
             if t.state == optuna.trial.TrialState.RUNNING}
