@@ -25,15 +25,34 @@ class Hyperparameter(NamedTuple):
 
     Attributes:
       name: the name sweeps use (``[sweep] grid = {learning_rate = [...]}``).
-      key: the config key it sets, ``"section.key"``.
+      key: the config key it sets, ``"section.key"``; its default is that key's
+        (`default`).
       kind: `TRACED`, `SEED` or `STRUCTURAL` (see the module docstring).
-      integer: whether its values are integers (random draws are rounded).
+      dtype: "float", "int" (random draws are rounded) or "str". Traced values become
+        arrays of the run's floating dtype.
     """
 
     name: str
     key: str
     kind: str
-    integer: bool = False
+    dtype: str = "float"
+
+    @property
+    def integer(self) -> bool:
+        """Whether its values are integers."""
+        return self.dtype == "int"
+
+    @property
+    def default(self) -> Any:
+        """The value a config that does not set it gets (the config key's default)."""
+        import dataclasses
+
+        from jaxnn import config
+
+        section, key = self.key.split(".")
+        fields = {f.name: f for f in dataclasses.fields(getattr(config.Config(), section))}
+        field = fields[key]
+        return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 TABLE: tuple[Hyperparameter, ...] = (
@@ -42,13 +61,13 @@ TABLE: tuple[Hyperparameter, ...] = (
     Hyperparameter("weight_decay", "optimizer.weight_decay", TRACED),
     Hyperparameter("dropout", "model.dropout", TRACED),
     Hyperparameter("init_scale", "model.init_scale", TRACED),
-    Hyperparameter("seed", "training.seed", SEED, integer=True),
-    Hyperparameter("width", "model.hidden", STRUCTURAL, integer=True),
-    Hyperparameter("depth", "model.hidden", STRUCTURAL, integer=True),
-    Hyperparameter("activation", "model.activation", STRUCTURAL),
-    Hyperparameter("batch_size", "training.batch_size", STRUCTURAL, integer=True),
-    Hyperparameter("optimizer", "optimizer.name", STRUCTURAL),
-    Hyperparameter("schedule", "schedule.name", STRUCTURAL),
+    Hyperparameter("seed", "training.seed", SEED, "int"),
+    Hyperparameter("width", "model.hidden", STRUCTURAL, "int"),
+    Hyperparameter("depth", "model.hidden", STRUCTURAL, "int"),
+    Hyperparameter("activation", "model.activation", STRUCTURAL, "str"),
+    Hyperparameter("batch_size", "training.batch_size", STRUCTURAL, "int"),
+    Hyperparameter("optimizer", "optimizer.name", STRUCTURAL, "str"),
+    Hyperparameter("schedule", "schedule.name", STRUCTURAL, "str"),
 )
 BY_NAME = {h.name: h for h in TABLE}
 

@@ -211,6 +211,169 @@ def default_network(config: Config, output_size: int) -> Callable[[dict], Layer]
                                         dropout=hparams["dropout"], source=config.source)
 
 
+class _Setup(NamedTuple):
+    """What the training functions below share, fixed when `make_train` builds a trainer."""
+
+    net_for: Callable[[dict], Layer]  # network(hparams)
+    loss: losses.Loss
+    optimizer_config: Any  # (OptimizerConfig, ScheduleConfig)
+    backprop: str
+    dtype: Any
+    compute_dtype: Any
+    input_shape: tuple
+    n_train: int
+    batch_size: int
+    steps: int
+    epochs: int
+    classification: bool
+    has_val: bool
+    mesh: Mesh | None
+
+
+def _optimizer(setup: _Setup, hparams: dict) -> optax.GradientTransformation:
+    optimizer_cfg, schedule_cfg = setup.optimizer_config
+    return optim.optimizer(optimizer_cfg, schedule_cfg, hparams, setup.steps, setup.epochs)
+
+
+def _metrics(setup: _Setup, pred: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The loss and (for classification; else NaN) the accuracy of a batch's predictions."""
+    value = setup.loss.value(pred, y)
+    if not setup.classification:
+        return value, jnp.full((), jnp.nan, value.dtype)
+    hits = jnp.argmax(pred, axis=-1).astype(y.dtype) == y
+    return value, jnp.mean(hits.astype(value.dtype))
+
+
+def _evaluate(setup: _Setup, params, model_state, hparams, x, y) -> dict[str, jax.Array]:
+    """Loss and accuracy on ``(x, y)`` in eval mode, in chunks of `EVAL_BATCH` examples."""
+    net, compute_dtype = setup.net_for(hparams), setup.compute_dtype
+    if compute_dtype is not None:  # Cast once, not per evaluation chunk.
+        params, model_state = cast_floating((params, model_state), compute_dtype)
+
+    def forward(xb):
+        if compute_dtype is None:
+            return net.apply(params, model_state, xb)[0]
+        return net.apply(params, model_state, xb.astype(compute_dtype))[0].astype(setup.dtype)
+
+    n = len(x)
+    if n <= EVAL_BATCH:  # One pass: no loop to compile.
+        value, accuracy = _metrics(setup, forward(x), y)
+        return {"loss": value, "accuracy": accuracy}
+    chunks = math.ceil(n / EVAL_BATCH)
+    size = math.ceil(n / chunks)
+    padded = jnp.pad(x, ((0, chunks * size - n), *[(0, 0)] * (x.ndim - 1)))
+    pred = jax.lax.map(forward, padded.reshape(chunks, size, *x.shape[1:]))
+    value, accuracy = _metrics(setup, pred.reshape(chunks * size, -1)[:n], y)
+    return {"loss": value, "accuracy": accuracy}
+
+
+def _init(setup: _Setup, key, hparams, params=None) -> TrainState:
+    init_key, run_key = jax.random.split(key)
+    drawn, model_state = init_model(setup.net_for(hparams), init_key, setup.input_shape,
+                                    hparams, setup.dtype)
+    params = drawn if params is None else params
+    with OPTAX_PROMOTION():
+        opt_state = _optimizer(setup, hparams).init(params)
+    return TrainState(params, model_state, opt_state, raw_key(run_key),
+                      jnp.zeros((), jnp.int32))
+
+
+def _epoch_batches(setup: _Setup, epoch_key) -> jax.Array:
+    order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), setup.n_train)
+    return order[: setup.steps * setup.batch_size].reshape(setup.steps, setup.batch_size)
+
+
+def _batches(setup: _Setup, key, first_epoch, num_epochs: int) -> jax.Array:
+    epochs_done = jnp.asarray(first_epoch, jnp.int32) + jnp.arange(num_epochs, dtype=jnp.int32)
+    return jax.vmap(lambda epoch: _epoch_batches(setup, jax.random.fold_in(key, epoch)))(
+        epochs_done)
+
+
+def _one_epoch(setup: _Setup, hparams, data, carry, batches=None):
+    """One epoch of minibatch steps (a `jax.lax.scan`), then its metrics."""
+    x_train, y_train, x_val, y_val = data
+    params, model_state, opt_state, key, epoch = carry
+    train_step = make_step(setup.net_for(hparams), setup.loss, _optimizer(setup, hparams),
+                           backprop=setup.backprop, compute_dtype=setup.compute_dtype)
+    epoch_key = jax.random.fold_in(key, epoch)
+    if batches is None:
+        batches = _epoch_batches(setup, epoch_key)
+
+    def step(carry, inputs):
+        params, model_state, opt_state = carry
+        index, batch = inputs
+        xb, yb = x_train[batch], y_train[batch]
+        if setup.mesh is not None:
+            xb, yb = (jax.lax.with_sharding_constraint(
+                a, NamedSharding(setup.mesh, PartitionSpec("data"))) for a in (xb, yb))
+        dropout_key = jax.random.fold_in(epoch_key, index + 1)
+        params, model_state, opt_state, value, pred = train_step(
+            params, model_state, opt_state, xb, yb, dropout_key)
+        _, accuracy = _metrics(setup, pred, yb)
+        return (params, model_state, opt_state), (value, accuracy)
+
+    (params, model_state, opt_state), (batch_losses, batch_accuracies) = jax.lax.scan(
+        step, (params, model_state, opt_state), (jnp.arange(setup.steps), batches))
+    metrics = _epoch_metrics(setup, epoch, batch_losses, batch_accuracies)
+    if setup.has_val:
+        val = _evaluate(setup, params, model_state, hparams, x_val, y_val)
+        metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
+    return (params, model_state, opt_state, key, epoch + 1), metrics
+
+
+def _epoch_metrics(setup: _Setup, epoch, batch_losses, batch_accuracies) -> dict:
+    """Training metrics of an epoch, with the first non-finite step (-1 if none) and the
+    loss just before it (the epoch's last when none is)."""
+    steps = setup.steps
+    finite = jnp.isfinite(batch_losses)
+    first_bad = jnp.argmin(finite)  # first False; 0 when all are finite
+    last_good = jnp.where(jnp.all(finite), steps - 1, first_bad - 1)
+    return {
+        "train_loss": jnp.mean(batch_losses),
+        "train_accuracy": jnp.mean(batch_accuracies),
+        "nonfinite_step": jnp.where(jnp.all(finite), -1,
+                                    epoch * steps + first_bad.astype(epoch.dtype)),
+        "last_finite_loss": jnp.where(last_good >= 0, batch_losses[last_good], jnp.nan),
+    }
+
+
+def _run(setup: _Setup, state, hparams, data, num_epochs: int, batches):
+    shape = (num_epochs, setup.steps, setup.batch_size)
+    if batches is not None and batches.shape != shape:
+        raise ValueError(f"batches has shape {batches.shape}; {num_epochs} epochs need "
+                         f"{shape}")
+    # Without ``batches`` the scan has no inputs and each epoch draws its own order.
+    carry, metrics = jax.lax.scan(lambda c, b: _one_epoch(setup, hparams, data, c, b),
+                                  tuple(state), batches, length=num_epochs)
+    return TrainState(*carry), metrics
+
+
+def _setup(config: Config, dataset: Dataset, mesh, network) -> _Setup:
+    """Validates what the config asks of the data and fixes the training setup."""
+    dtype = jnp.dtype(config.training.precision)
+    if jnp.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
+        raise ConfigError(config.source, "training.precision",
+                          "float64 needs jax_enable_x64 (jaxnn.run enables it)")
+    batch_size, n_train = config.training.batch_size, len(dataset.x_train)
+    if batch_size > n_train:
+        raise ConfigError(config.source, "training.batch_size",
+                          f"{batch_size} exceeds the {n_train} training examples")
+    return _Setup(
+        net_for=network or default_network(config, dataset.output_size),
+        loss=losses.get(config.model.loss),
+        optimizer_config=(config.optimizer, config.schedule),
+        backprop=config.training.backprop,
+        dtype=dtype,
+        compute_dtype=(jnp.dtype(config.training.compute_dtype)
+                       if config.training.compute_dtype else None),
+        input_shape=(None, *dataset.input_shape),
+        n_train=n_train, batch_size=batch_size, steps=n_train // batch_size,
+        epochs=config.training.epochs,
+        classification=dataset.num_classes > 0,
+        has_val=len(dataset.x_val) > 0,
+        mesh=_data_mesh(batch_size) if mesh == "auto" else mesh)
+
+
 def make_train(
     config: Config,
     dataset: Dataset,
@@ -237,133 +400,12 @@ def make_train(
       ConfigError: when the batch size exceeds the training set or does not split over the
         devices.
     """
-    dtype = jnp.dtype(config.training.precision)
-    if jnp.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
-        raise ConfigError(config.source, "training.precision",
-                          "float64 needs jax_enable_x64 (jaxnn.run enables it)")
-    compute_dtype = (jnp.dtype(config.training.compute_dtype)
-                     if config.training.compute_dtype else None)
-    batch_size = config.training.batch_size
-    n_train = len(dataset.x_train)
-    if batch_size > n_train:
-        raise ConfigError(config.source, "training.batch_size",
-                          f"{batch_size} exceeds the {n_train} training examples")
-    steps = n_train // batch_size
-    epochs = config.training.epochs
-    mesh = _data_mesh(batch_size) if mesh == "auto" else mesh
-    loss = losses.get(config.model.loss)
-    classification = dataset.num_classes > 0
-    input_shape = (None, *dataset.input_shape)
-    output_size = dataset.output_size
-    has_val = len(dataset.x_val) > 0
-
-    net_for = network or default_network(config, output_size)
-
-    def optimizer_for(hparams):
-        return optim.optimizer(config.optimizer, config.schedule, hparams, steps, epochs)
-
-    def metrics_of(pred, y):
-        value = loss.value(pred, y)
-        if not classification:
-            return value, jnp.full((), jnp.nan, value.dtype)
-        hits = jnp.argmax(pred, axis=-1).astype(y.dtype) == y
-        return value, jnp.mean(hits.astype(value.dtype))
-
-    def evaluate(params, model_state, hparams, x, y):
-        net = net_for(hparams)
-        n = len(x)
-        # Cast once, not per evaluation chunk.
-        if compute_dtype is not None:
-            params, model_state = cast_floating((params, model_state), compute_dtype)
-
-        def forward(xb):
-            if compute_dtype is None:
-                return net.apply(params, model_state, xb)[0]
-            return net.apply(params, model_state, xb.astype(compute_dtype))[0].astype(dtype)
-
-        if n <= EVAL_BATCH:  # One pass: no loop to compile.
-            value, accuracy = metrics_of(forward(x), y)
-            return {"loss": value, "accuracy": accuracy}
-        chunks = math.ceil(n / EVAL_BATCH)
-        size = math.ceil(n / chunks)
-        padded = jnp.pad(x, ((0, chunks * size - n), *[(0, 0)] * (x.ndim - 1)))
-        pred = jax.lax.map(forward,
-                           padded.reshape(chunks, size, *x.shape[1:]))
-        value, accuracy = metrics_of(pred.reshape(chunks * size, -1)[:n], y)
-        return {"loss": value, "accuracy": accuracy}
-
-    def init(key, hparams, params=None):
-        init_key, run_key = jax.random.split(key)
-        drawn, model_state = init_model(net_for(hparams), init_key, input_shape, hparams, dtype)
-        params = drawn if params is None else params
-        with OPTAX_PROMOTION():
-            opt_state = optimizer_for(hparams).init(params)
-        return TrainState(params, model_state, opt_state, raw_key(run_key),
-                          jnp.zeros((), jnp.int32))
-
-    def epoch_batches(epoch_key):
-        order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
-        return order[: steps * batch_size].reshape(steps, batch_size)
-
-    def batches_for(key, first_epoch, num_epochs):
-        epochs_done = jnp.asarray(first_epoch, jnp.int32) + jnp.arange(num_epochs,
-                                                                       dtype=jnp.int32)
-        return jax.vmap(lambda epoch: epoch_batches(jax.random.fold_in(key, epoch)))(
-            epochs_done)
-
-    def one_epoch(hparams, data, carry, batches=None):
-        x_train, y_train, x_val, y_val = data
-        params, model_state, opt_state, key, epoch = carry
-        train_step = make_step(net_for(hparams), loss, optimizer_for(hparams),
-                               backprop=config.training.backprop, compute_dtype=compute_dtype)
-        epoch_key = jax.random.fold_in(key, epoch)
-        if batches is None:
-            batches = epoch_batches(epoch_key)
-
-        def step(carry, inputs):
-            params, model_state, opt_state = carry
-            index, batch = inputs
-            xb, yb = x_train[batch], y_train[batch]
-            if mesh is not None:
-                xb, yb = (jax.lax.with_sharding_constraint(
-                    a, NamedSharding(mesh, PartitionSpec("data"))) for a in (xb, yb))
-            dropout_key = jax.random.fold_in(epoch_key, index + 1)
-            params, model_state, opt_state, value, pred = train_step(
-                params, model_state, opt_state, xb, yb, dropout_key)
-            _, accuracy = metrics_of(pred, yb)
-            return (params, model_state, opt_state), (value, accuracy)
-
-        (params, model_state, opt_state), (batch_losses, batch_accuracies) = jax.lax.scan(
-            step, (params, model_state, opt_state), (jnp.arange(steps), batches))
-        finite = jnp.isfinite(batch_losses)
-        first_bad = jnp.argmin(finite)  # first False; 0 when all are finite
-        # The loss just before the first non-finite one (the epoch's last when none is).
-        last_good = jnp.where(jnp.all(finite), steps - 1, first_bad - 1)
-        metrics = {
-            "train_loss": jnp.mean(batch_losses),
-            "train_accuracy": jnp.mean(batch_accuracies),
-            "nonfinite_step": jnp.where(jnp.all(finite), -1,
-                                        epoch * steps + first_bad.astype(epoch.dtype)),
-            "last_finite_loss": jnp.where(last_good >= 0, batch_losses[last_good], jnp.nan),
-        }
-        if has_val:
-            val = evaluate(params, model_state, hparams, x_val, y_val)
-            metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
-        return (params, model_state, opt_state, key, epoch + 1), metrics
-
-    def run_impl(state, hparams, data, num_epochs, batches):
-        if batches is not None and batches.shape != (num_epochs, steps, batch_size):
-            raise ValueError(f"batches has shape {batches.shape}; {num_epochs} epochs need "
-                             f"{(num_epochs, steps, batch_size)}")
-        # Without ``batches`` the scan has no inputs and each epoch draws its own order.
-        carry, metrics = jax.lax.scan(lambda c, b: one_epoch(hparams, data, c, b),
-                                      tuple(state), batches, length=num_epochs)
-        return TrainState(*carry), metrics
-
-    run_jit = jax.jit(run_impl, static_argnums=3)
-    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    setup = _setup(config, dataset, mesh, network)
+    run_jit = jax.jit(functools.partial(_run, setup), static_argnums=3)
+    replicated = (NamedSharding(setup.mesh, PartitionSpec()) if setup.mesh is not None
+                  else None)
     device_data = tuple(
-        jax.device_put(jnp.asarray(a, dtype if a.dtype.kind == "f" else None), replicated)
+        jax.device_put(jnp.asarray(a, setup.dtype if a.dtype.kind == "f" else None), replicated)
         for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
 
     def run_epochs(state, hparams, num_epochs, data=None, batches=None):
@@ -374,5 +416,7 @@ def make_train(
         compiled = run_jit.lower(state, hparams, device_data, int(num_epochs), None).compile()
         return lambda state, hparams: compiled(state, hparams, device_data, None)
 
-    return Trainer(init, run_epochs, batches_for, device_data, compile_epochs,
-                   jax.jit(evaluate), epochs, steps, dtype)
+    return Trainer(functools.partial(_init, setup), run_epochs,
+                   functools.partial(_batches, setup), device_data, compile_epochs,
+                   jax.jit(functools.partial(_evaluate, setup)), setup.epochs, setup.steps,
+                   setup.dtype)
