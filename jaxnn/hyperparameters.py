@@ -59,6 +59,7 @@ TABLE: tuple[Hyperparameter, ...] = (
     Hyperparameter("learning_rate", "optimizer.learning_rate", TRACED),
     Hyperparameter("momentum", "optimizer.momentum", TRACED),
     Hyperparameter("weight_decay", "optimizer.weight_decay", TRACED),
+    Hyperparameter("b1", "optimizer.b1", TRACED),
     Hyperparameter("dropout", "model.dropout", TRACED),
     Hyperparameter("init_scale", "model.init_scale", TRACED),
     Hyperparameter("seed", "training.seed", SEED, "int"),

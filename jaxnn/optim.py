@@ -67,13 +67,13 @@ def optimizer(
     name = cfg.name
     if name == "adamw":
         return optax.inject_hyperparams(optax.adamw)(
-            learning_rate=lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=decay)
+            learning_rate=lr, b1=hparams["b1"], b2=cfg.b2, eps=cfg.eps, weight_decay=decay)
     if name in ("sgd", "momentum", "nesterov"):
         base = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))(
             learning_rate=lr, momentum=None if name == "sgd" else momentum,
             nesterov=name == "nesterov")
     elif name == "adam":
-        base = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=cfg.b1, b2=cfg.b2,
+        base = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=hparams["b1"], b2=cfg.b2,
                                                     eps=cfg.eps)
     elif name == "rmsprop":
         base = optax.inject_hyperparams(optax.rmsprop)(learning_rate=lr, decay=cfg.decay,

@@ -228,6 +228,8 @@ def test_cli_plan_and_run(tmp_path, capsys):
 
 
 def test_sharded_trials_equal_unsharded():
+    """Trials sharded over 4 devices, widths packed, pruned by successive halving: the same
+    as on one device."""
     script = f"""
 import jax, numpy as np, tempfile
 jax.config.update("jax_enable_x64", True)
@@ -235,11 +237,13 @@ from jaxnn import config, sweep
 assert jax.device_count() == 4
 cfg = config.load({TINY!r}, ["output.plots=false", "training.epochs=2",
     "training.precision='float64'", "model.hidden=[6, 6]",
-    "sweep.grid={{learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}}"])
+    "sweep.grid={{learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}}",
+    "sweep.pruning={{eta = 3, min_epochs = 1}}"])
 sharded = sweep.run_sweep(cfg, tempfile.mkdtemp())
 print("programs", sharded["programs_compiled"])
 import json
-print("RESULTS", json.dumps([r["val_loss"] for r in sharded["results"]]))
+print("RESULTS", json.dumps([[r["status"], r["epochs"], r["val_loss"]]
+                             for r in sharded["results"]]))
 """
     outputs = []
     for devices in (4, 1):
@@ -251,7 +255,12 @@ print("RESULTS", json.dumps([r["val_loss"] for r in sharded["results"]]))
         assert result.returncode == 0, result.stderr[-3000:]
         line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
         outputs.append(json.loads(line.split(" ", 1)[1]))
-    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-9)
+    # Successive halving: 10 trials (padded to 12 over 4 devices) to a rung at epoch 1, the
+    # best 3 on to the end (padded to 4).
+    assert [row[:2] for row in outputs[0]] == [row[:2] for row in outputs[1]]
+    assert sorted(row[1] for row in outputs[0]) == [1] * 7 + [2] * 3
+    np.testing.assert_allclose([row[2] for row in outputs[0]], [row[2] for row in outputs[1]],
+                               rtol=1e-9)
 
 
 def test_one_table_names_every_sweepable_value():
@@ -271,3 +280,20 @@ def test_one_table_names_every_sweepable_value():
     drawn = sweep.trials(config.from_dict({"sweep": {"random": {
         "batch_size": {"distribution": "uniform", "low": 8, "high": 32}}, "count": 3}}))
     assert all(isinstance(t.values["batch_size"], int) for t in drawn)  # integer rows round
+
+
+def test_adam_b1_is_traced_and_swept_in_one_program(tmp_path):
+    """b1 became sweepable with a row of the table and one line of `jaxnn.optim`."""
+    cfg = small_sweep("optimizer.name='adam'", grid="{b1 = [0.5, 0.9], learning_rate = [0.01]}")
+    out = sweep.run_sweep(cfg, tmp_path)
+    assert out["programs_compiled"] == 1
+    dataset = run.prepare(cfg)
+    losses = []
+    for row in out["results"]:
+        alone = sweep.make_trial(row["trial"], row["values"], cfg).config
+        assert alone.optimizer.b1 == row["values"]["b1"]
+        _, metrics = make_train(alone, dataset, mesh=None)(
+            jax.random.key(0), default_hparams(alone, jnp.float64))
+        assert row["val_loss"] == pytest.approx(float(metrics["val_loss"][-1]), rel=1e-9)
+        losses.append(row["val_loss"])
+    assert losses[0] != losses[1]

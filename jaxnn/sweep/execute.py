@@ -18,6 +18,7 @@ from jaxnn import config as config_lib
 from jaxnn import jsonl, rundir
 from jaxnn.config import Config
 from jaxnn.sweep import pruning, report, search
+from jaxnn.sweep.packing import reuse_size
 from jaxnn.sweep.plan import Group, Plan, make_plan, structure
 from jaxnn.sweep.programs import GroupProgram, Prologue
 from jaxnn.sweep.spec import make_trial
@@ -232,6 +233,10 @@ class _Sweep:
         count = math.ceil(len(members) / cap)
         per_chunk = math.ceil(len(members) / count)
         size = math.ceil(per_chunk / plan.devices) * plan.devices
+        if not start == 0 < stop == group.config.training.epochs:  # a segment program
+            size = reuse_size(program.segment_sizes(), size, stop - start, group.config,
+                              math.prod(self.dataset.input_shape), self.dataset.output_size,
+                              program.trainer.steps_per_epoch, jax.default_backend())
         for offset in range(0, len(members), per_chunk):
             chunk = members[offset:offset + per_chunk]
             out = program(chunk, size, [states[t.index] for t in chunk] if start else None,

@@ -34,6 +34,19 @@ def step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -
     return 6.0 * cfg.training.batch_size * macs  # forward + backward
 
 
+def reuse_size(compiled: Sequence[int], needed: int, epochs: int, cfg: Config,
+               in_features: int, out: int, steps_per_epoch: int, backend: str) -> int:
+    """The chunk size to train ``needed`` trials for ``epochs`` epochs: the smallest size a
+    program is already compiled for when padding to it costs less than compiling another
+    (`COMPILE_SECONDS` against the padded trials' FLOPs), else ``needed``."""
+    bigger = [size for size in compiled if size >= needed]
+    if not bigger:
+        return needed
+    seconds = (min(bigger) - needed) * epochs * steps_per_epoch * step_flops(
+        cfg, cfg.model.hidden, in_features, out) / FLOPS_PER_SECOND.get(backend, 3e10)
+    return min(bigger) if seconds <= COMPILE_SECONDS.get(backend, 1.0) else needed
+
+
 def width_runs(group_trials, in_features, out, steps, backend, setting) -> list[list[Trial]]:
     """Splits trials that differ only in hidden width into programs: runs of neighbouring
     widths, each run padded to its widest.

@@ -80,31 +80,29 @@ class Prologue:
         return dataclasses.replace(model, hidden=self.widest[hidden_structure(model)])
 
     def __call__(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
-                 keys: jax.Array, shared_key: bool, dtype, first_epoch: int, num_epochs: int):
-        """``(widest params or None, minibatch indices of epochs first_epoch ...)`` for
-        ``keys`` (one key, or one per trial); the params are before init scale, None for a
-        ``model.layers`` net or a segment that does not start at epoch 0."""
-        widest = self.widest_model(model) if first_epoch == 0 else None
-        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), num_epochs,
+                 keys: jax.Array, shared_key: bool, dtype, with_params: bool):
+        """``(widest params or None, minibatch indices of every epoch)`` for ``keys`` (one
+        key, or one per trial); the params are before init scale, None for a
+        ``model.layers`` net or without ``with_params``."""
+        widest = self.widest_model(model) if with_params else None
+        signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), trainer.epochs,
                      trainer.steps_per_epoch, batch_size)
         if signature not in self.programs:
             net = None if widest is None else models.build(widest, self.dataset.output_size)
 
-            def one(key, first):
+            def one(key):
                 init_key, run_key = jax.random.split(key)  # as `Trainer.init` splits it
                 params = None
                 if net is not None:
                     _, params, _ = net.init(init_key, self.input_shape)
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
-                return params, trainer.batches(raw_key(run_key), first, num_epochs)
+                return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
             start = time.perf_counter()
-            first = jnp.asarray(first_epoch, jnp.int32)
-            self.programs[signature] = jax.jit(
-                one if shared_key else jax.vmap(one, in_axes=(0, None))).lower(
-                keys, first).compile(compiler_options=compiler_options(run_once=True))
+            self.programs[signature] = jax.jit(one if shared_key else jax.vmap(one)).lower(
+                keys).compile(compiler_options=compiler_options(run_once=True))
             self.compile_s += time.perf_counter() - start
-        return self.programs[signature](keys, jnp.asarray(first_epoch, jnp.int32))
+        return self.programs[signature](keys)
 
 
 class Segment(NamedTuple):
@@ -118,12 +116,13 @@ class Segment(NamedTuple):
 
 
 class GroupProgram:
-    """One group's compiled, vmapped (and trial-sharded) training program.
+    """One group's compiled, vmapped (and trial-sharded) training programs.
 
-    A chunk trains in segments of epochs (one segment, unless the sweep prunes): the first
-    draws its initial state, the others continue from the states the previous one returned,
-    and the last evaluates on the test split. One program is compiled per kind of segment
-    and chunk size.
+    A chunk that trains every epoch at once (a sweep without pruning) runs one program:
+    initial state, all epochs, test metrics. A pruned sweep trains in segments between its
+    rungs: a small program draws the initial states, and one segment program per chunk size
+    trains from any epoch to any later one (the bounds are arguments, so every segment of a
+    size shares it) and evaluates on the test split at its end.
     """
 
     def __init__(self, config: Config, packed_width: int | None, dataset, mesh: Mesh | None,
@@ -142,37 +141,52 @@ class GroupProgram:
         self.target = model_param_shapes(config.model, tuple(dataset.input_shape),
                                          dataset.output_size) if not config.model.layers \
             else None
+        epochs = trainer.epochs
 
-        def program(shared_key: bool, first: bool, final: bool, num_epochs: int):
-            """The segment program. With ``shared_key`` every trial has the same seed and
-            ``keys`` is that one key (and ``widest`` and ``batches`` one draw, from
-            `Prologue`). ``start`` is the states to continue from, or for a first segment
-            ``(widest, lone_dims, ratios)``: the widest draw (None for ``model.layers``
-            nets, which draw their own params) and what `fit_widest` needs per trial."""
-            key_axis = None if shared_key else 0
+        def begin(key, hparams, widest, lone_dims, ratios):
+            """A trial's initial state; its params from the widest draw (None for
+            ``model.layers`` nets, which draw their own)."""
+            params0 = None
+            if widest is not None:
+                params0 = fit_widest(widest, hparams["init_scale"], lone_dims, ratios,
+                                     self.target)
+            return trainer.init(key, hparams, params=params0)
 
-            def begin(key, hparams, widest, lone_dims, ratios):
-                params0 = None
-                if widest is not None:
-                    params0 = fit_widest(widest, hparams["init_scale"], lone_dims, ratios,
-                                         self.target)
-                return trainer.init(key, hparams, params=params0)
+        def whole(key, hparams, widest, lone_dims, ratios, batches, data, x_test, y_test):
+            state = begin(key, hparams, widest, lone_dims, ratios)
+            state, metrics = trainer.run_epochs(state, hparams, epochs, data, batches)
+            return state, metrics, trainer.evaluate(state.params, state.model_state, hparams,
+                                                    x_test, y_test)
 
-            def segment(state, hparams, batches, data, x_test, y_test):
-                state, metrics = trainer.run_epochs(state, hparams, num_epochs, data, batches)
-                test = (trainer.evaluate(state.params, state.model_state, hparams, x_test,
-                                         y_test) if final else None)
-                return state, metrics, test
+        def segment(state, hparams, batches, start, stop, data, x_test, y_test):
+            """Epochs ``start`` to ``stop`` (traced), one compiled epoch in a loop; the
+            metrics land in an every-epoch buffer."""
+            def epoch(e, carry):
+                state, buffer = carry
+                state, metrics = trainer.run_epochs(
+                    state, hparams, 1, data, jax.lax.dynamic_slice_in_dim(batches, e, 1))
+                return state, jax.tree.map(
+                    lambda b, m: jax.lax.dynamic_update_slice_in_dim(b, m, e, 0), buffer,
+                    metrics)
 
-            def run_chunk(keys, hparams, start, batches, data, x_test, y_test):
-                if first:
-                    widest, lone_dims, ratios = start
-                    start = jax.vmap(begin, in_axes=(key_axis, 0, key_axis, 0, 0))(
-                        keys, hparams, widest, lone_dims, ratios)
-                return jax.vmap(segment, in_axes=(0, 0, key_axis, None, None, None))(
-                    start, hparams, batches, data, x_test, y_test)
+            shapes = jax.eval_shape(lambda: trainer.run_epochs(state, hparams, 1, data,
+                                                               batches[:1])[1])
+            buffer = jax.tree.map(lambda s: jnp.zeros((epochs, *s.shape[1:]), s.dtype),
+                                  shapes)
+            state, buffer = jax.lax.fori_loop(start, stop, epoch, (state, buffer))
+            return state, buffer, trainer.evaluate(state.params, state.model_state, hparams,
+                                                   x_test, y_test)
 
-            return jax.jit(run_chunk)
+        def program(kind: str, shared_key: bool):
+            """``kind``: "whole", "init" or "segment". With ``shared_key`` every trial has
+            the same seed: ``keys`` is that one key, and ``widest`` and ``batches`` one draw
+            (from `Prologue`)."""
+            k = None if shared_key else 0
+            if kind == "init":
+                return jax.jit(jax.vmap(begin, in_axes=(k, 0, k, 0, 0)))
+            if kind == "whole":
+                return jax.jit(jax.vmap(whole, in_axes=(k, 0, k, 0, 0, k, None, None, None)))
+            return jax.jit(jax.vmap(segment, in_axes=(0, 0, k, None, None, None, None, None)))
 
         self.program = program
 
@@ -183,14 +197,26 @@ class GroupProgram:
                      for t in trials]
         return jax.tree.map(lambda *xs: np.stack(xs), *per_trial)
 
+    def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
+        signature = (kind, shared_key, size)
+        if signature not in self.compiled:
+            began = time.perf_counter()
+            self.compiled[signature] = self.program(kind, shared_key).lower(*args).compile(
+                compiler_options=compiler_options(run_once=kind == "init"))
+            self.compile_s += time.perf_counter() - began
+        return self.compiled[signature](*args)
+
+    def segment_sizes(self) -> list[int]:
+        """The chunk sizes a segment program is compiled for."""
+        return sorted(size for kind, _, size in self.compiled if kind == "segment")
+
     def __call__(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
                  stop_epoch: int) -> Segment:
         """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one) from epoch
         ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0, else from
         ``states`` (one `TrainState` per trial, host arrays)."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
-        dtype = self.trainer.dtype
-        first, final = first_epoch == 0, stop_epoch == self.trainer.epochs
+        dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = {t.config.training.seed for t in padded}
         shared_key = len(seeds) == 1
         keys = (jax.random.key(seeds.pop()) if shared_key else
@@ -208,25 +234,27 @@ class GroupProgram:
             hparams = jax.device_put(hparams, sharding)
         widest, batches = self.prologue(self.config.model, self.trainer,
                                         self.config.training.batch_size, keys, shared_key,
-                                        dtype, first_epoch, stop_epoch - first_epoch)
-        if first:
-            fit = ((None, None) if widest is None else
-                   self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
-            start = (widest, *fit)
-        else:
-            padded_states = list(states) + [states[-1]] * (size - len(states))
-            start = jax.tree.map(lambda *xs: np.stack(xs), *padded_states)
-            start = jax.device_put(start, sharding) if sharding is not None else start
-        args = [keys, hparams, start, batches]
+                                        dtype, with_params=first_epoch == 0)
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
-        signature = (shared_key, first, final, stop_epoch - first_epoch, size)
-        if signature not in self.compiled:
-            began = time.perf_counter()
-            self.compiled[signature] = self.program(*signature[:4]).lower(
-                *args, *test).compile(compiler_options=compiler_options())
-            self.compile_s += time.perf_counter() - began
-        state, metrics, test_metrics = self.compiled[signature](*args, *test)
+        if first_epoch == 0:
+            fit = ((None, None) if widest is None else
+                   self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
+            begin_args = (keys, hparams, widest, *fit)
+        if first_epoch == 0 and stop_epoch == epochs:
+            state, metrics, test_metrics = self._run("whole", shared_key, size,
+                                                     (*begin_args, batches, *test))
+        else:
+            if first_epoch == 0:
+                start = self._run("init", shared_key, size, begin_args)
+            else:
+                padded_states = list(states) + [states[-1]] * (size - len(states))
+                start = jax.tree.map(lambda *xs: np.stack(xs), *padded_states)
+            # One layout for every call: states split over the trial axis.
+            start = jax.device_put(start, sharding) if sharding is not None else start
+            bounds = (jnp.asarray(first_epoch, jnp.int32), jnp.asarray(stop_epoch, jnp.int32))
+            state, metrics, test_metrics = self._run("segment", shared_key, size,
+                                                     (start, hparams, batches, *bounds, *test))
         count = len(chunk_trials)
         if jax.process_count() > 1:  # Trials sharded over hosts: gather every host's rows.
             from jax.experimental import multihost_utils
@@ -235,13 +263,15 @@ class GroupProgram:
                 (metrics, test_metrics), tiled=True)
         metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[:count],
                                              jax.device_get((metrics, test_metrics)))
+        if metrics["train_loss"].shape[1] != stop_epoch - first_epoch:  # an every-epoch buffer
+            metrics = {k: v[:, first_epoch:stop_epoch] for k, v in metrics.items()}
         # Copied to the host once, on demand: indexing on the device would compile gathers.
         host_state = functools.cache(lambda: _gathered(state))
 
         def state_of(position):
             return jax.tree.map(lambda v: v[position], host_state())
 
-        return Segment(metrics, test_metrics, state_of)
+        return Segment(metrics, test_metrics if stop_epoch == epochs else None, state_of)
 
 
 def _gathered(tree):
