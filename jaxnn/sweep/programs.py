@@ -138,6 +138,8 @@ class GroupProgram:
         self.prologue = prologue
         self.compiled: dict[tuple, Any] = {}
         self.compile_s = 0.0
+        # With one seed, every trial's minibatch order is one draw, kept for later segments.
+        self.shared_batches: dict[int, jax.Array] = {}
         self.target = model_param_shapes(config.model, tuple(dataset.input_shape),
                                          dataset.output_size) if not config.model.layers \
             else None
@@ -219,7 +221,7 @@ class GroupProgram:
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = {t.config.training.seed for t in padded}
         shared_key = len(seeds) == 1
-        keys = (jax.random.key(seeds.pop()) if shared_key else
+        keys = (jax.random.key(next(iter(seeds))) if shared_key else
                 jnp.stack([jax.random.key(t.config.training.seed) for t in padded]))
         per_trial = [default_hparams(t.config, dtype) for t in padded]
         hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
@@ -232,9 +234,15 @@ class GroupProgram:
             keys = jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec())
                                   if shared_key else sharding)
             hparams = jax.device_put(hparams, sharding)
-        widest, batches = self.prologue(self.config.model, self.trainer,
-                                        self.config.training.batch_size, keys, shared_key,
-                                        dtype, with_params=first_epoch == 0)
+        shared_seed = next(iter(seeds)) if shared_key else None
+        if first_epoch > 0 and shared_seed in self.shared_batches:
+            widest, batches = None, self.shared_batches[shared_seed]  # drawn by segment 1
+        else:
+            widest, batches = self.prologue(self.config.model, self.trainer,
+                                            self.config.training.batch_size, keys, shared_key,
+                                            dtype, with_params=first_epoch == 0)
+            if shared_key:
+                self.shared_batches[shared_seed] = batches
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
         if first_epoch == 0:
