@@ -83,10 +83,10 @@ def _sweep(args: argparse.Namespace) -> int:
         result = sweep.run_sweep(config, workdir, resume=bool(args.resume))
     print(result["table"])
     print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
-          f"{result['wall_time_s']:.1f} s)")
+          f"{result['trial_epochs']} trial-epochs, {result['wall_time_s']:.1f} s)")
     best = result["best"]
     if best is None:
-        print("every trial diverged: no best.toml")
+        print("no trial completed (every one diverged): no best.toml")
     else:
         print(f"best: trial {best['trial']} {best['values']} -> {workdir}/best.toml "
               f"(jaxnn train {workdir}/best.toml)")

@@ -198,13 +198,33 @@ def test_killed_adaptive_search_resumes_without_losing_or_repeating(tmp_path, mo
 
 def test_hyperband_brackets_prune_at_their_own_rungs(tmp_path):
     cfg = tiny("sweep.search='random'", "sweep.trials=6", "sweep.batch=6", SPACE,
-               "sweep.pruning={method = 'hyperband', eta = 3, min_epochs = 1}")
+               "sweep.pruning={method = 'hyperband', eta = 3, min_epochs = 1}",
+               "output.plots=true")
     out = sweep.run_sweep(cfg, tmp_path / "band")
     epochs = {r["trial"]: r["epochs"] for r in out["results"]}
     # Brackets 0, 1, 2 get trials (0, 3), (1, 4), (2, 5): rungs (1, 3), (3,) and none.
     assert sorted([epochs[0], epochs[3]]) == [1, 9]
     assert sorted([epochs[1], epochs[4]]) == [3, 9]
     assert epochs[2] == epochs[5] == 9
+    assert out["trial_epochs"] == sum(epochs.values())
+    for name in ("search_history", "search_parallel_coordinates", "search_importances",
+                 "search_intermediate_values"):
+        assert (tmp_path / "band" / f"{name}.png").stat().st_size > 0, name
+
+
+def test_study_in_a_storage_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    cfg = tiny("sweep.grid={learning_rate = [0.05, 0.2]}", f"sweep.storage='{url}'",
+               "training.epochs=2")
+    sweep.run_sweep(cfg, tmp_path / "first")
+    study = optuna.load_study(study_name="first", storage=url)
+    assert [t.params["learning_rate"] for t in study.trials] == [0.05, 0.2]
+    assert not (tmp_path / "first" / sweep.STUDY_FILE).exists()
+    # A second sweep of that name in the same storage is refused; another name is not.
+    with pytest.raises(run.RunError, match="already holds a study named 'first'"):
+        sweep.run_sweep(cfg, tmp_path / "other" / "first")
+    sweep.run_sweep(cfg, tmp_path / "second")
+    assert len(optuna.get_all_study_names(url)) == 2
 
 
 @pytest.mark.parametrize(("override", "key"), [

@@ -10,7 +10,7 @@ A ``[sweep]`` section lists the values to try::
     pack_widths = "auto"
 
 Names are the numeric hyperparameters (`NUMERIC`: learning rate, momentum, weight decay,
-dropout, init scale, seed), the structural ones (`STRUCTURAL`: width, depth, activation,
+Adam's b1, dropout, init scale, seed), the structural ones (`STRUCTURAL`: width, depth, activation,
 batch size, optimizer, schedule) or any config key as "section.key".
 
 Planning groups the trials by compiled structure: everything but the numeric
@@ -25,11 +25,18 @@ small program run once per chunk, so the training programs compile no random-num
 (dropout's keys aside).
 Trials run in chunks that fit device memory; each chunk's results are appended to
 ``results.jsonl`` (flushed and fsynced), so a killed sweep resumed with ``resume=True``
-reruns only unfinished chunks and ends with the same table.
+reruns only unfinished trials and ends with the same table.
 
-Modules, one concern each: `spec` (the ``[sweep]`` section and its trials), `plan` (programs
-and chunks), `packing` (widths sharing a program, its cost model), `programs` (the compiled
-programs), `execute` (running, streaming, resume) and `report` (table, CSV, best config,
+``search = "random" | "tpe" | "cmaes" | "gp"`` asks an Optuna sampler for ``trials`` trials,
+``batch`` at a time; each batch is planned and trained like a grid, and later batches reuse
+the compiled programs (packed widths are padded to a few sizes). Every sweep is an Optuna
+study (`search`). ``[sweep.pruning]`` stops losing trials at rungs (`pruning`): the batch
+trains in segments between rungs, survivors continuing from their exact state.
+
+Modules, one concern each: `spec` (the ``[sweep]`` section, its search space and trials),
+`plan` (programs and chunks), `packing` (widths sharing a program, cost models), `programs`
+(the compiled programs), `pruning` (rungs, brackets, survivors), `search` (the Optuna study
+and samplers), `execute` (running, streaming, resume) and `report` (table, CSV, best config,
 plots). This module only re-exports.
 """
 
