@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optuna
 import pytest
+from interrupts import interrupt_on_call
 
 from jaxnn import cli, config, run, sweep
 from jaxnn.sweep import execute, pruning, search
@@ -111,15 +112,7 @@ def test_finished_sweep_is_a_loadable_study(tmp_path):
 def test_resumed_halving_sweep_ends_with_the_same_table(tmp_path, monkeypatch):
     cfg = halving_grid("sweep.trials_per_chunk=2")
     full = sweep.run_sweep(cfg, tmp_path / "full")
-    real, calls = execute.result_rows, []
-
-    def die_on_third_call(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(execute, "result_rows", die_on_third_call)
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 3)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "part")
     written = sweep.read_results(str(tmp_path / "part"))
@@ -168,15 +161,8 @@ def test_killed_adaptive_search_resumes_without_losing_or_repeating(tmp_path, mo
     cfg = tiny("sweep.search='tpe'", "sweep.trials=6", "sweep.batch=3", SPACE,
                "sweep.pruning={eta = 3, min_epochs = 3}")
     workdir = tmp_path / "tpe"
-    real, calls = execute.result_rows, []
-
-    def die_in_the_second_batch(*args):
-        calls.append(1)
-        if len(calls) == 4:  # batch 1: rung 3, end; batch 2: rung 3, then killed
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(execute, "result_rows", die_in_the_second_batch)
+    # Batch 1 writes rows at its rung (epoch 3) and at the end; batch 2 at its rung, then dies.
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 4)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, workdir)
     before = {r["trial"]: r for r in sweep.read_results(str(workdir))}

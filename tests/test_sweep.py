@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from interrupts import interrupt_on_call
 from numerics import assert_close
 
 from jaxnn import cli, config, run, sweep
@@ -155,15 +156,7 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
 def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
     cfg = small_sweep("sweep.trials_per_chunk=1", "sweep.pack_widths=false")
     full = sweep.run_sweep(cfg, tmp_path / "full")
-    real, calls = execute.result_rows, []
-
-    def die_on_third_chunk(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(execute, "result_rows", die_on_third_chunk)
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 3)  # the third chunk
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "part")
     assert len(sweep.read_results(str(tmp_path / "part"))) == 2
