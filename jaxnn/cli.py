@@ -69,8 +69,37 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
+def _join(args: argparse.Namespace) -> None:
+    """Joins JAX's distributed runtime (`jax.distributed.initialize`) before anything touches
+    a device: the coordinator address, process count and id come from the flags, else from
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, else from the
+    cluster (SLURM, Open MPI, ...), as JAX detects it."""
+    import jax
+
+    from jaxnn.run import RunError
+
+    if not (args.workdir or args.resume):
+        raise RunError("--distributed needs --workdir DIR (or --resume DIR), one directory "
+                       "that process 0 writes and every process names alike")
+
+    def number(flag, variable):
+        value = flag if flag is not None else os.environ.get(variable)
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            raise RunError(f"{variable}={value!r} is not a whole number") from None
+
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=number(args.num_processes, "JAX_NUM_PROCESSES"),
+        process_id=number(args.process_id, "JAX_PROCESS_ID"))
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from jaxnn import run, sweep
+
+    if args.distributed:
+        _join(args)
 
     if args.plan:
         config = (config_lib.load(os.path.join(args.resume, sweep.SWEEP_CONFIG), args.set)
@@ -81,6 +110,13 @@ def _sweep(args: argparse.Namespace) -> int:
     config, workdir, created = _directory(args, sweep.SWEEP_CONFIG)
     with rundir.guarded(workdir, "sweep", created=created):
         result = sweep.run_sweep(config, workdir, resume=bool(args.resume))
+    if args.distributed:
+        import jax
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxnn sweep: written")
+        if jax.process_index() != 0:
+            return 0  # process 0 wrote the results and reports them
     print(result["table"])
     print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
           f"{result['trial_epochs']} trial-epochs, {result['wall_time_s']:.1f} s)")
@@ -142,6 +178,17 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workdir", help="sweep directory (default: OUTPUT_DIR/NAME-TIME)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR",
                        help="continue a killed sweep, skipping finished trials")
+    spmd = sweep.add_argument_group(
+        "several processes", "Run the same command in every process: the trial axis is sharded "
+        "over every process's devices (jax.distributed) and process 0 writes.")
+    spmd.add_argument("--distributed", action="store_true",
+                      help="join JAX's distributed runtime first (needs --workdir)")
+    spmd.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="process 0's address (default: $JAX_COORDINATOR_ADDRESS)")
+    spmd.add_argument("--num-processes", type=int, metavar="N",
+                      help="number of processes (default: $JAX_NUM_PROCESSES)")
+    spmd.add_argument("--process-id", type=int, metavar="I",
+                      help="this process, 0 ... N-1 (default: $JAX_PROCESS_ID)")
     sweep.set_defaults(handler=_sweep)
     summary = with_config("summary", "Print the network's layers, shapes and parameter counts.")
     summary.set_defaults(handler=_summary)

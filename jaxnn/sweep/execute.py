@@ -125,6 +125,10 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
         if index >= total or (plan.trials and row["values"] != plan.trials[index].values):
             raise rundir.RunError(f"{results_path} was written by a different sweep (trial "
                                   f"{index} differs); use another directory")
+    if jax.process_count() > 1:  # every process checked the directory before one writes
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxnn sweep: directory checked")
     if writer and not resume:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:

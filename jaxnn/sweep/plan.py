@@ -137,11 +137,11 @@ def order_bytes(cfg: Config, dataset) -> int:
 
 
 def memory_budget() -> int:
-    """Half the first device's memory (on CPU: of the host's RAM, at least 2 GiB)."""
-    device = jax.devices()[0]
+    """Half the first local device's memory (on CPU: of the host's RAM, at least 2 GiB)."""
+    device = jax.local_devices()[0]
     try:
         return int(device.memory_stats()["bytes_limit"] * 0.5)
-    except (AttributeError, KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError, jax.errors.JaxRuntimeError):
         try:
             return max(2 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
         except (ValueError, OSError, AttributeError):

@@ -228,12 +228,15 @@ class GroupProgram:
         if self.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
                                            jnp.int32)
-        sharding = None
+        sharding = replicated = None
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
-            keys = jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec())
-                                  if shared_key else sharding)
-            hparams = jax.device_put(hparams, sharding)
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            keys = _put(keys, replicated if shared_key else sharding)
+            hparams = _put(hparams, sharding)
+        # With several processes every argument is a global array; one process places the
+        # rest itself.
+        spread = jax.process_count() > 1
         shared_seed = next(iter(seeds)) if shared_key else None
         if first_epoch > 0 and shared_seed in self.shared_batches:
             widest, batches = None, self.shared_batches[shared_seed]  # drawn by segment 1
@@ -245,10 +248,11 @@ class GroupProgram:
                 self.shared_batches[shared_seed] = batches
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
+        test = _put(test, replicated) if spread else test
         if first_epoch == 0:
             fit = ((None, None) if widest is None else
                    self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
-            begin_args = (keys, hparams, widest, *fit)
+            begin_args = (keys, hparams, widest, *(_put(fit, sharding) if spread else fit))
         if first_epoch == 0 and stop_epoch == epochs:
             state, metrics, test_metrics = self._run("whole", shared_key, size,
                                                      (*begin_args, batches, *test))
@@ -259,8 +263,9 @@ class GroupProgram:
                 padded_states = list(states) + [states[-1]] * (size - len(states))
                 start = jax.tree.map(lambda *xs: np.stack(xs), *padded_states)
             # One layout for every call: states split over the trial axis.
-            start = jax.device_put(start, sharding) if sharding is not None else start
-            bounds = (jnp.asarray(first_epoch, jnp.int32), jnp.asarray(stop_epoch, jnp.int32))
+            start = _put(start, sharding)
+            bounds = (np.int32(first_epoch), np.int32(stop_epoch))
+            bounds = _put(bounds, replicated) if spread else bounds
             state, metrics, test_metrics = self._run("segment", shared_key, size,
                                                      (start, hparams, batches, *bounds, *test))
         count = len(chunk_trials)
@@ -280,6 +285,25 @@ class GroupProgram:
             return jax.tree.map(lambda v: v[position], host_state())
 
         return Segment(metrics, test_metrics if stop_epoch == epochs else None, state_of)
+
+
+def _put(tree, sharding):
+    """``tree`` laid out by ``sharding`` (None: as it is). With several processes (each
+    holding the same host values), as global arrays built from each process's part."""
+    if sharding is None:
+        return tree
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(value):
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return jax.device_put(value, sharding)
+        if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(value)))
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 def _gathered(tree):

@@ -1,0 +1,80 @@
+"""A sweep over two processes joined by `jax.distributed` on this machine (loopback, gloo
+collectives on CPU) equals the one-process sweep, and only process 0 writes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from jaxnn import cli, config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.toml")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "results.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+@pytest.mark.parametrize("devices_per_process", [1, 2])
+def test_two_processes_equal_one(tmp_path, devices_per_process):
+    path = tmp_path / "sweep.toml"
+    path.write_text(config.dumps(config.load(TINY, [
+        "output.plots=false", "training.epochs=2", "training.precision='float64'",
+        "training.progress=false", "model.hidden=[6, 6]",
+        "sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}",
+        "sweep.pruning={eta = 3, min_epochs = 1}"])))
+    port = free_port()
+    command = [sys.executable, "-m", "jaxnn.cli", "sweep", str(path), "--no-compile-cache",
+               "--workdir", str(tmp_path / "multi"), "--distributed"]
+    processes = []
+    for process_id in (0, 1):
+        cwd = tmp_path / f"cwd{process_id}"
+        cwd.mkdir()
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+               "JAX_PROCESS_ID": str(process_id), "PYTHONPATH": ROOT}
+        processes.append(subprocess.Popen(command, cwd=cwd, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = []
+    for process in processes:
+        try:
+            out, err = process.communicate(timeout=300)
+        finally:
+            for other in processes:
+                if other.poll() is None and process.returncode is None:
+                    other.kill()
+        assert process.returncode == 0, err[-3000:]
+        outputs.append(out)
+    assert "best: trial" in outputs[0]  # process 0 reports, process 1 does not
+    assert "best: trial" not in outputs[1] and "sweep directory" not in outputs[1]
+    assert not os.listdir(tmp_path / "cwd0") and not os.listdir(tmp_path / "cwd1")
+    assert cli.main(["sweep", str(path), "--no-compile-cache",
+                     "--workdir", str(tmp_path / "single")]) == 0
+    multi, single = rows(tmp_path / "multi"), rows(tmp_path / "single")
+    assert sorted(r["trial"] for r in multi) == list(range(10))  # each once: one writer
+    by_trial = {r["trial"]: r for r in single}
+    for row in multi:
+        alone = by_trial[row["trial"]]
+        assert (row["status"], row["epochs"]) == (alone["status"], alone["epochs"])
+        assert row["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-9)
+        assert row["curves"]["val_loss"] == pytest.approx(alone["curves"]["val_loss"],
+                                                          rel=1e-9)
+    assert (tmp_path / "multi" / "table.txt").read_text() == \
+        (tmp_path / "single" / "table.txt").read_text()
+
+
+def test_distributed_needs_a_shared_directory(capsys):
+    assert cli.main(["sweep", TINY, "--distributed"]) == 2
+    assert "--distributed needs --workdir" in capsys.readouterr().err
