@@ -237,7 +237,8 @@ class _Sweep:
         count = math.ceil(len(members) / cap)
         per_chunk = math.ceil(len(members) / count)
         size = math.ceil(per_chunk / plan.devices) * plan.devices
-        if not start == 0 < stop == group.config.training.epochs:  # a segment program
+        final = stop == group.config.training.epochs
+        if not (start == 0 and final):  # a segment program, whose sizes may be reused
             size = reuse_size(program.segment_sizes(), size, stop - start, group.config,
                               math.prod(self.dataset.input_shape), self.dataset.output_size,
                               program.trainer.steps_per_epoch, jax.default_backend())
@@ -253,11 +254,11 @@ class _Sweep:
                                         for name, v in out.metrics.items()}
             metrics = {name: np.stack([history[t.index][name] for t in chunk])
                        for name in out.metrics}
-            final = stop == group.config.training.epochs
             stopped = [p for p, t in enumerate(chunk)
                        if final or np.any(metrics["nonfinite_step"][p] >= 0)]
             for position, trial in enumerate(chunk):
-                states[trial.index] = None if position in stopped else out.state_of(position)
+                if position not in stopped:
+                    states[trial.index] = out.state_of(position)
             if not stopped:
                 continue
             rows = result_rows([chunk[p] for p in stopped],
