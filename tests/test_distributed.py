@@ -26,14 +26,20 @@ def rows(workdir):
         return [json.loads(line) for line in handle]
 
 
-@pytest.mark.parametrize("devices_per_process", [1, 2])
-def test_two_processes_equal_one(tmp_path, devices_per_process):
+GRID = ("sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}",)
+# Process 0 asks the sampler; the others take its answer.
+TPE = ("sweep.search='tpe'", "sweep.trials=10", "sweep.batch=5",
+       "sweep.random={learning_rate = {distribution = 'log_uniform', low = 0.01, high = 1.0}, "
+       "width = {distribution = 'int', low = 3, high = 12}}")
+
+
+@pytest.mark.parametrize(("devices_per_process", "search"), [(1, GRID), (2, GRID), (1, TPE)])
+def test_two_processes_equal_one(tmp_path, devices_per_process, search):
     path = tmp_path / "sweep.toml"
     path.write_text(config.dumps(config.load(TINY, [
         "output.plots=false", "training.epochs=2", "training.precision='float64'",
         "training.progress=false", "model.hidden=[6, 6]",
-        "sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}",
-        "sweep.pruning={eta = 3, min_epochs = 1}"])))
+        "sweep.pruning={eta = 3, min_epochs = 1}", *search])))
     port = free_port()
     command = [sys.executable, "-m", "jaxnn.cli", "sweep", str(path), "--no-compile-cache",
                "--workdir", str(tmp_path / "multi"), "--distributed"]
@@ -67,7 +73,8 @@ def test_two_processes_equal_one(tmp_path, devices_per_process):
     by_trial = {r["trial"]: r for r in single}
     for row in multi:
         alone = by_trial[row["trial"]]
-        assert (row["status"], row["epochs"]) == (alone["status"], alone["epochs"])
+        assert (row["values"], row["status"], row["epochs"]) == \
+            (alone["values"], alone["status"], alone["epochs"])
         assert row["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-9)
         assert row["curves"]["val_loss"] == pytest.approx(alone["curves"]["val_loss"],
                                                           rel=1e-9)

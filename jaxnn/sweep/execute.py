@@ -137,6 +137,23 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     return done
 
 
+def _from_process_0(value: Any) -> Any:
+    """Process 0's ``value`` (JSON-able) in every process (itself in one process)."""
+    if jax.process_count() == 1:
+        return value
+    import json
+
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8) if value is not None else \
+        np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+    padded = np.zeros(size, np.uint8)
+    padded[:len(text)] = text[:size]
+    shared = multihost_utils.broadcast_one_to_all(padded)
+    return json.loads(np.asarray(shared, np.uint8).tobytes().decode())
+
+
 class _Sweep:
     """One sweep's run: its batches, the compiled programs they share, and the rows."""
 
@@ -181,11 +198,12 @@ class _Sweep:
             indices = range(first, min(first + size, total))
             if all(i in self.done for i in indices):
                 continue
-            batch = []
-            for index in indices:
-                values = (self.done[index]["values"] if index in self.done else asked.get(index)
-                          or search.ask(self.study, self.plan.space, index))
-                batch.append(make_trial(index, values, self.config))
+            values = None
+            if self.writer:  # process 0 asks; the others take its answer
+                values = [self.done[i]["values"] if i in self.done else asked.get(i)
+                          or search.ask(self.study, self.plan.space, i) for i in indices]
+            values = _from_process_0(values)
+            batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
             self.train_batch(make_plan(self.config, self.dataset, batch))
 
     def program(self, group: Group) -> GroupProgram:

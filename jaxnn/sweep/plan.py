@@ -205,9 +205,6 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
         from jaxnn.sweep.search import check_sampler
 
         check_sampler(spec["search"], config.source)
-        if jax.process_count() > 1:
-            raise ConfigError(config.source, "sweep.search", "an adaptive search runs in one "
-                              'process; use search = "grid" with jax.distributed')
     all_trials = tuple(batch) if batch is not None else trials(config)
     check_trials(config, all_trials, dataset)
     prune = _pruning(config, spec, all_trials, dataset)
