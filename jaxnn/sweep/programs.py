@@ -253,7 +253,8 @@ class GroupProgram:
             fit = ((None, None) if widest is None else
                    self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
             begin_args = (keys, hparams, widest, *(_put(fit, sharding) if spread else fit))
-        if first_epoch == 0 and stop_epoch == epochs:
+        whole = first_epoch == 0 and stop_epoch == epochs
+        if whole:
             state, metrics, test_metrics = self._run("whole", shared_key, size,
                                                      (*begin_args, batches, *test))
         else:
@@ -269,14 +270,9 @@ class GroupProgram:
             state, metrics, test_metrics = self._run("segment", shared_key, size,
                                                      (start, hparams, batches, *bounds, *test))
         count = len(chunk_trials)
-        if jax.process_count() > 1:  # Trials sharded over hosts: gather every host's rows.
-            from jax.experimental import multihost_utils
-
-            metrics, test_metrics = multihost_utils.process_allgather(
-                (metrics, test_metrics), tiled=True)
         metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[:count],
-                                             jax.device_get((metrics, test_metrics)))
-        if metrics["train_loss"].shape[1] != stop_epoch - first_epoch:  # an every-epoch buffer
+                                             _gathered((metrics, test_metrics)))
+        if not whole:  # the segment program fills an every-epoch buffer
             metrics = {k: v[:, first_epoch:stop_epoch] for k, v in metrics.items()}
         # Copied to the host once, on demand: indexing on the device would compile gathers.
         host_state = functools.cache(lambda: _gathered(state))
@@ -307,6 +303,7 @@ def _put(tree, sharding):
 
 
 def _gathered(tree):
+    """``tree`` on the host, whole: with several processes, every process's part."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
