@@ -105,8 +105,20 @@ def run_sweep(
     writer = jax.process_index() == 0
     with rundir.locked(workdir) if writer else contextlib.nullcontext():
         done = _start(config, plan, workdir, resume, writer)
-        sweep = _Sweep(config, plan, dataset, workdir, done, writer, return_params)
-        return sweep.run(resume, started)
+        study = None
+        if writer:
+            study = search.open_study(plan.spec, workdir, plan.metric, resume)
+            search.record(study, done.values(), plan.space, plan.metric)
+        results_path = os.path.join(workdir, RESULTS)
+
+        def record(rows: list[dict]) -> None:  # results.jsonl first (fsynced), then the study
+            if writer:
+                jsonl.append(results_path, rows)
+                search.record(study, rows, plan.space, plan.metric)
+
+        sweep = Sweep(config, plan, dataset, done, record, return_params)
+        sweep.run(study)
+        return sweep.summary(workdir if writer else None, study, started)
 
 
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
@@ -154,54 +166,54 @@ def _from_process_0(value: Any) -> Any:
     return json.loads(np.asarray(shared, np.uint8).tobytes().decode())
 
 
-class _Sweep:
-    """One sweep's run: its batches, the compiled programs they share, and the rows."""
+class Sweep:
+    """One sweep's training: its batches, the compiled programs they share, and the rows of
+    finished trials, handed to ``record`` (rows -> None) as they finish."""
 
-    def __init__(self, config, plan, dataset, workdir, done, writer, return_params):
+    def __init__(self, config, plan, dataset, done: dict, record, return_params=False):
         self.config, self.plan, self.dataset = config, plan, dataset
-        self.workdir, self.done, self.writer = workdir, done, writer
-        self.results_path = os.path.join(workdir, RESULTS)
+        self.done, self.record = done, record
         self.mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
         self.prologue = Prologue(dataset)
         self.programs: dict[tuple, GroupProgram] = {}
         self.params: dict[int, Any] | None = {} if return_params else None
         self.trial_epochs = 0
-        self.study = None
-        self.bar = None
-
-    def run(self, resume: bool, started: float) -> dict[str, Any]:
-        plan = self.plan
-        if self.writer:
-            self.study = search.open_study(plan.spec, self.workdir, plan.metric, resume)
-            search.record(self.study, self.done.values(), plan.space, plan.metric)
-        total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
+        self.total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=len(self.done), unit="trial",
-                        disable=not self.config.training.progress, leave=False,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=self.total, initial=len(done), unit="trial",
+                        disable=not config.training.progress, leave=False, dynamic_ncols=True)
+
+    def run(self, study) -> None:
+        """Trains every unfinished trial: the grid, or the batches a sampler asks for
+        (``study``: the sweep's study in process 0, None in the others)."""
         try:
-            if plan.search == "grid":
-                self.train_batch(plan)
+            if self.plan.search == "grid" and "batch" not in self.plan.spec:
+                self.train_batch(self.plan)
+            elif self.plan.search == "grid":  # in batches of ``batch`` trials, in order
+                size, trials = self.plan.spec["batch"], self.plan.trials
+                for first in range(0, len(trials), size):
+                    batch = [t for t in trials[first:first + size] if t.index not in self.done]
+                    if batch:
+                        self.train_batch(make_plan(self.config, self.dataset, batch))
             else:
-                self.search(total)
+                self.search(study)
         finally:
             self.bar.close()
-        return self.summary(total, started)
 
-    def search(self, total: int) -> None:
+    def search(self, study) -> None:
         """Asks the sampler for batches of trials and trains each batch; a resumed sweep
         first reruns the trials its study asked for but never heard back about."""
-        size = self.plan.spec["batch"]
-        asked = search.running(self.study, self.plan.space) if self.study is not None else {}
+        size, total = self.plan.spec["batch"], self.total
+        asked = search.running(study, self.plan.space) if study is not None else {}
         for first in range(0, total, size):
             indices = range(first, min(first + size, total))
             if all(i in self.done for i in indices):
                 continue
             values = None
-            if self.writer:  # process 0 asks; the others take its answer
+            if study is not None:  # process 0 asks; the others take its answer
                 values = [self.done[i]["values"] if i in self.done else asked.get(i)
-                          or search.ask(self.study, self.plan.space, i) for i in indices]
+                          or search.ask(study, self.plan.space, i) for i in indices]
             values = _from_process_0(values)
             batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
             self.train_batch(make_plan(self.config, self.dataset, batch))
@@ -214,10 +226,8 @@ class _Sweep:
         return self.programs[key]
 
     def emit(self, rows: list[dict]) -> None:
-        """Streams finished trials: ``results.jsonl`` first (fsynced), then the study."""
-        if self.writer:
-            jsonl.append(self.results_path, rows)
-            search.record(self.study, rows, self.plan.space, self.plan.metric)
+        """Streams finished trials to ``record``."""
+        self.record(rows)
         self.done.update({row["trial"]: row for row in rows})
         self.bar.update(len(rows))
 
@@ -312,17 +322,18 @@ class _Sweep:
             del states[trial.index]
         self.emit(result_rows(losers, metrics, None))
 
-    def summary(self, total: int, started: float) -> dict[str, Any]:
+    def summary(self, workdir: str | None, study, started: float) -> dict[str, Any]:
+        """The run's figures; with a ``workdir``, the report written there."""
         plan = self.plan
-        results = [self.done[i] for i in range(total) if i in self.done]
+        results = [self.done[i] for i in range(self.total) if i in self.done]
         compiled = sum(len(p.compiled) for p in self.programs.values())
         compile_s = self.prologue.compile_s + sum(p.compile_s for p in self.programs.values())
-        if self.writer:
-            written = report.write(self.config, plan, results, self.workdir, self.study)
+        if workdir is not None:
+            written = report.write(self.config, plan, results, workdir, study)
         else:
             written = {"table": report.table(plan, results), "best": None, "plots": []}
         return {"results": results, "best": written["best"], "table": written["table"],
                 "programs_compiled": compiled, "compile_time_s": compile_s,
                 "wall_time_s": time.perf_counter() - started, "plots": written["plots"],
                 "params": self.params, "plan": plan, "trial_epochs": self.trial_epochs,
-                "study": self.study}
+                "study": study}

@@ -145,40 +145,59 @@ def ask(study, space: Mapping[str, Distribution], index: int) -> dict:
     return from_study(trial.params, space)
 
 
+def _outcome(row: dict, metric: str):
+    """A row's study record: ``(state, value, intermediate values, user attributes)``."""
+    optuna = _quiet()
+    state = {"completed": optuna.trial.TrialState.COMPLETE,
+             "pruned": optuna.trial.TrialState.PRUNED,
+             "diverged": optuna.trial.TrialState.FAIL}[row["status"]]
+    curve = row["curves"].get(metric, [])
+    intermediate = {epoch: value for epoch, value in enumerate(curve, 1) if value is not None}
+    attrs = {"trial": row["trial"], "epochs": row["epochs"]}
+    if row["status"] == "pruned":
+        attrs["pruned_epoch"] = row["epochs"]
+    if row["status"] == "diverged":
+        attrs["diverged_step"] = row["diverged_step"]
+    value = row.get(metric) if row["status"] == "completed" else None
+    return state, value, intermediate, attrs
+
+
+def tell(study, trial_id: int, row: dict, metric: str,
+         attrs: Mapping[str, Any] | None = None) -> None:
+    """Tells the running trial ``trial_id`` its row's outcome (with ``attrs`` added to its
+    user attributes).
+
+    Raises:
+      optuna.exceptions.UpdateFinishedTrialError: the trial has already finished (a worker
+        judged its heartbeat stale).
+    """
+    optuna = _quiet()
+    state, value, intermediate, own = _outcome(row, metric)
+    live = optuna.trial.Trial(study, trial_id)
+    known = live.storage.get_trial(trial_id).intermediate_values
+    for epoch, metric_value in intermediate.items():
+        if epoch not in known:
+            live.report(metric_value, epoch)
+    for key, attr in {**own, **(attrs or {})}.items():
+        live.set_user_attr(key, attr)
+    study.tell(live, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+
 def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metric: str) -> None:
     """Records finished trials (rows of ``results.jsonl``) in the study: a trial it asked is
     told its outcome; a grid trial, or one it lost, is added whole."""
     optuna = _quiet()
-    state_of = {"completed": optuna.trial.TrialState.COMPLETE,
-                "pruned": optuna.trial.TrialState.PRUNED,
-                "diverged": optuna.trial.TrialState.FAIL}
     known = by_index(study)
     for row in rows:
-        curve = row["curves"].get(metric, [])
-        intermediate = {epoch: value for epoch, value in enumerate(curve, 1)
-                        if value is not None}
-        state = state_of[row["status"]]
-        value = row.get(metric) if row["status"] == "completed" else None
-        attrs = {"trial": row["trial"], "epochs": row["epochs"]}
-        if row["status"] == "pruned":
-            attrs["pruned_epoch"] = row["epochs"]
-        if row["status"] == "diverged":
-            attrs["diverged_step"] = row["diverged_step"]
         existing = known.get(row["trial"])
         if existing is None:
+            state, value, intermediate, attrs = _outcome(row, metric)
             study.add_trial(optuna.trial.create_trial(
                 params=to_study(row["values"], space),
                 distributions={name: distribution(space[name]) for name in row["values"]},
                 value=value, intermediate_values=intermediate, user_attrs=attrs, state=state))
         elif existing.state == optuna.trial.TrialState.RUNNING:
-            live = optuna.trial.Trial(study, existing._trial_id)
-            for epoch, metric_value in intermediate.items():
-                if epoch not in existing.intermediate_values:
-                    live.report(metric_value, epoch)
-            for key, attr in attrs.items():
-                live.set_user_attr(key, attr)
-            study.tell(live, value if state == optuna.trial.TrialState.COMPLETE else None,
-                       state=state)
+            tell(study, existing._trial_id, row, metric)
 
 
 def running(study, space: Mapping[str, Distribution]) -> dict[int, dict]:

@@ -81,11 +81,12 @@ def spec_of(config: Config) -> dict:
         raise ConfigError(source, "sweep.search", f"{search!r} is not one of "
                           f"{', '.join(SEARCHES)}")
     if search == "grid":
-        for key in ("trials", "batch"):
-            if key in spec:
-                raise ConfigError(source, f"sweep.{key}", "a grid search runs its grid (times "
-                                  "count random draws); trials and batch are for search = "
-                                  '"random", "tpe", "cmaes" or "gp"')
+        if "trials" in spec:
+            raise ConfigError(source, "sweep.trials", "a grid search runs its grid (times "
+                              'count random draws); trials is for search = "random", "tpe", '
+                              '"cmaes" or "gp"')
+        if spec.get("batch", 1) < 1:
+            raise ConfigError(source, "sweep.batch", f"expected batch >= 1, got {spec['batch']}")
         if spec.get("random") and spec.get("count", 0) < 1:
             raise ConfigError(source, "sweep.count", "random search needs count >= 1")
     else:
