@@ -95,9 +95,57 @@ def _join(args: argparse.Namespace) -> None:
         process_id=number(args.process_id, "JAX_PROCESS_ID"))
 
 
+def _shared(args: argparse.Namespace) -> int:
+    """A worker on a shared study, or (``--report``) the study's report."""
+    from jaxnn.run import RunError
+    from jaxnn.sweep import workers
+
+    if not (args.storage and args.study):
+        raise RunError("--storage URL and --study NAME go together (a worker, or --report)")
+    taken = [flag for flag, given in (("--resume", args.resume), ("--plan", args.plan),
+                                      ("--distributed", args.distributed)) if given]
+    if taken:
+        raise RunError(f"{taken[0]} does not go with --storage/--study: a worker resumes "
+                       "by itself (the study is the record)")
+    if args.report:
+        if args.config:
+            raise ConfigError(args.config, "", "--report takes the sweep's config from the "
+                              "study; give no config")
+        result = workers.write_report(args.storage, args.study, args.workdir)
+        print(result["table"])
+        print(f"\nreport directory: {result['workdir']}  ({len(result['results'])} of "
+              f"{result['budget']} trials of study {args.study!r} finished)")
+        _print_best(result, result["workdir"])
+        return 0
+    if args.workdir:
+        raise RunError("a worker writes only to the study; write its report with "
+                       "jaxnn sweep --report --storage URL --study NAME --workdir DIR")
+    config = load_config(args.config, args.set)
+    result = workers.run_worker(config, args.storage, args.study,
+                                **({"heartbeat": args.heartbeat} if args.heartbeat else {}))
+    print(f"worker {workers.worker_name()}: trained {len(result['trained'])} trials; study "
+          f"{args.study!r}: {result['done']} of {result['budget']} finished "
+          f"({result['wall_time_s']:.1f} s)")
+    print(f"report: jaxnn sweep --report --storage {args.storage} --study {args.study}")
+    return 0
+
+
+def _print_best(result: dict, workdir: str) -> None:
+    best = result["best"]
+    if best is None:
+        print("no trial completed (every one diverged): no best.toml")
+    else:
+        print(f"best: trial {best['trial']} {best['values']} -> {workdir}/best.toml "
+              f"(jaxnn train {workdir}/best.toml)")
+    if result["plots"]:
+        print("plots: " + ", ".join(result["plots"]))
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from jaxnn import run, sweep
 
+    if args.storage or args.study or args.report:
+        return _shared(args)
     if args.distributed:
         _join(args)
 
@@ -120,14 +168,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(result["table"])
     print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
           f"{result['trial_epochs']} trial-epochs, {result['wall_time_s']:.1f} s)")
-    best = result["best"]
-    if best is None:
-        print("no trial completed (every one diverged): no best.toml")
-    else:
-        print(f"best: trial {best['trial']} {best['values']} -> {workdir}/best.toml "
-              f"(jaxnn train {workdir}/best.toml)")
-    if result["plots"]:
-        print("plots: " + ", ".join(result["plots"]))
+    _print_best(result, workdir)
     return 0
 
 
@@ -189,6 +230,19 @@ def parser() -> argparse.ArgumentParser:
                       help="number of processes (default: $JAX_NUM_PROCESSES)")
     spmd.add_argument("--process-id", type=int, metavar="I",
                       help="this process, 0 ... N-1 (default: $JAX_PROCESS_ID)")
+    shared = sweep.add_argument_group(
+        "workers on a shared study", "Any number of workers, anywhere, train one sweep "
+        "through an Optuna study in a shared storage; a killed worker's trials are retried.")
+    shared.add_argument("--storage", metavar="URL",
+                        help="the study's storage: a database URL (postgresql://..., "
+                        "sqlite:///...) or a journal file path on a shared file system")
+    shared.add_argument("--study", metavar="NAME", help="the study's name")
+    shared.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                        help="a worker's heartbeat interval; a trial whose worker has missed "
+                        "a few is given to another (default: 10)")
+    shared.add_argument("--report", action="store_true",
+                        help="write the study's table, CSV, best.toml and plots (to --workdir "
+                        "or a new directory) instead of working")
     sweep.set_defaults(handler=_sweep)
     summary = with_config("summary", "Print the network's layers, shapes and parameter counts.")
     summary.set_defaults(handler=_summary)

@@ -2,8 +2,11 @@
 
 import contextlib
 import io
+import os
 import pathlib
 import re
+
+import pytest
 
 README = pathlib.Path(__file__).parents[1] / "README.md"
 
@@ -60,3 +63,32 @@ def test_sweep_example_is_valid():
     trials = sweep.trials(cfg)
     assert len(trials) == 4 * 3 * 4
     assert {t.config.model.hidden for t in trials} == {(16, 16), (64, 64), (256, 256)}
+
+
+@pytest.mark.parametrize("marker", ["--distributed", "--storage"])
+def test_multi_process_recipes_run_as_written(tmp_path, marker):
+    """The README's several-processes and shared-study recipes, run as written on a small
+    sweep (its config path, and the coordinator port, swapped for this test's)."""
+    import socket
+    import subprocess
+
+    from jaxnn import config
+
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+                 if marker in b)
+    small = tmp_path / "sweep.toml"
+    small.write_text(config.dumps(config.load(README.parent / "configs" / "tiny.toml", [
+        "output.plots=false", "training.epochs=2",
+        "sweep.grid={learning_rate = [0.05, 0.2], width = [4, 9]}"])))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = block.replace("configs/sweep_lr_width.toml", str(small)).replace(
+        "127.0.0.1:12345", f"127.0.0.1:{port}")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(README.parent)}
+    done = subprocess.run(["bash", "-euc", script], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    workdir = tmp_path / "runs" / ("shared" if marker == "--distributed" else "lr_width")
+    rows = (workdir / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and (workdir / "best.toml").exists()

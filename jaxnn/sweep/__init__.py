@@ -28,16 +28,18 @@ Trials run in chunks that fit device memory; each chunk's results are appended t
 reruns only unfinished trials and ends with the same table.
 
 ``search = "random" | "tpe" | "cmaes" | "gp"`` asks an Optuna sampler for ``trials`` trials,
-``batch`` at a time; each batch is planned and trained like a grid, and later batches reuse
-the compiled programs (packed widths are padded to a few sizes). Every sweep is an Optuna
-study (`search`). ``[sweep.pruning]`` stops losing trials at rungs (`pruning`): the batch
-trains in segments between rungs, survivors continuing from their exact state.
+``batch`` at a time (a grid with ``batch`` trains in batches of that size, in order); each
+batch is planned and trained like a grid, and later batches reuse the compiled programs
+(packed widths are padded to a few sizes). Every sweep is an Optuna study (`search`); many
+worker processes can share one (`workers`). ``[sweep.pruning]`` stops losing trials at
+rungs (`pruning`): the batch trains in segments between rungs, survivors continuing from
+their exact state.
 
 Modules, one concern each: `spec` (the ``[sweep]`` section, its search space and trials),
 `plan` (programs and chunks), `packing` (widths sharing a program, cost models), `programs`
 (the compiled programs), `pruning` (rungs, brackets, survivors), `search` (the Optuna study
-and samplers), `execute` (running, streaming, resume) and `report` (table, CSV, best config,
-plots). This module only re-exports.
+and samplers), `execute` (running, streaming, resume), `report` (table, CSV, best config,
+plots) and `workers` (many processes on one shared study). This module only re-exports.
 """
 
 from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, read_results, run_sweep
@@ -53,11 +55,12 @@ from jaxnn.sweep.pruning import Pruning
 from jaxnn.sweep.report import best_config, param_counts, rank, swept_names, table, write_csv
 from jaxnn.sweep.search import STUDY_FILE
 from jaxnn.sweep.spec import NUMERIC, SEARCHES, SPEC_KEYS, STRUCTURAL, Trial, make_trial, trials
+from jaxnn.sweep.workers import run_worker, write_report
 
 __all__ = [
     "COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS", "SEARCHES", "SPEC_KEYS",
     "STRUCTURAL", "STUDY_FILE", "SWEEP_CONFIG", "Group", "Plan", "Pruning", "Trial",
     "best_config", "compiler_options", "make_plan", "make_trial", "param_counts", "rank",
-    "read_results", "run_sweep", "step_flops", "swept_names", "table",
-    "trial_params_unpadded", "trials", "write_csv",
+    "read_results", "run_sweep", "run_worker", "step_flops", "swept_names", "table",
+    "trial_params_unpadded", "trials", "write_csv", "write_report",
 ]

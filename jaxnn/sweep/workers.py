@@ -1,0 +1,409 @@
+"""Workers on one shared Optuna study: ``jaxnn sweep CONFIG --storage URL --study NAME``.
+
+Any number of worker processes, on one machine or many, train one sweep together through a
+study in a shared storage -- a relational database (``postgresql://...``, ``mysql://...``,
+``sqlite:///...``) or Optuna's journal file on a shared file system (any other path).
+
+The study holds the whole sweep: its config (user attribute ``"jaxnn_config"``) and its trial
+budget -- the grid's trials, or ``[sweep] trials`` -- as one WAITING trial per budget slot
+(user attribute ``"trial"``: the slot), enqueued by the worker that creates the study. A
+worker claims up to ``[sweep] batch`` waiting slots at a time with the storage's atomic
+WAITING -> RUNNING change (what Optuna's ``enqueue_trial`` relies on), so no slot is claimed
+twice; it asks the sampler for their values (a grid slot's are fixed), trains them vmapped
+like any batch, and tells the study each trial's outcome with its results row (user
+attribute ``"row"``). Pruning rungs compare the trials of one worker's batch.
+
+While a worker trains, a thread records its claimed trials' heartbeats. Before claiming, a
+worker fails the trials whose heartbeat is older than the grace period -- a killed worker's
+-- (`optuna.storages.fail_stale_trials`), and Optuna's retry callback enqueues each again
+with the same slot and values; a worker stops when no slot is waiting or running. Optuna's
+relational storage has heartbeats; for the journal file, which has none, `LeasedJournal`
+keeps them in a system attribute.
+
+``jaxnn sweep --report --storage URL --study NAME`` writes the study's table, CSV,
+``best.toml`` and plots (`write_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import socket
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from jaxnn import config as config_lib
+from jaxnn import jsonl, rundir
+from jaxnn.config import Config
+from jaxnn.sweep import report, search
+from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, Sweep
+from jaxnn.sweep.plan import make_plan
+from jaxnn.sweep.spec import make_trial
+
+CONFIG_ATTR = "jaxnn_config"
+BUDGET_ATTR = "jaxnn_budget"  # set last by the study's creator: the study is ready
+HEARTBEAT_ATTR = "jaxnn_heartbeat"
+HEARTBEAT_S = 10
+GRACE_BEATS = 3  # a trial is stale after this many heartbeat intervals without one
+MAX_RETRIES = 3  # a slot whose worker died this often is left FAIL (it may be what kills them)
+READY_TIMEOUT_S = 120
+
+
+def _optuna():
+    return search._quiet()
+
+
+def _retry_callback():
+    optuna = _optuna()
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback  # Optuna < 4.9
+    return retry(max_retry=MAX_RETRIES)
+
+
+@functools.cache
+def _leased_journal():
+    """The class of Optuna's journal-file storage with heartbeats (built on first use, as
+    Optuna is imported lazily)."""
+    optuna = _optuna()
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    journal = optuna.storages.journal
+
+    class LeasedJournal(journal.JournalStorage, BaseHeartbeat):
+        """A journal file whose running trials have heartbeats, so `fail_stale_trials` works
+        on it as on a relational storage. A beat is the trial's system attribute
+        ``HEARTBEAT_ATTR`` (seconds since the epoch: workers on several machines need
+        synchronized clocks); a running trial is stale when neither its last beat nor its
+        start is within ``grace`` seconds."""
+
+        def __init__(self, path: str, interval: int, grace: int, callback):
+            super().__init__(journal.JournalFileBackend(path))
+            self.jaxnn_lease = (interval, grace, callback)
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            grace, now, stale = self.jaxnn_lease[1], time.time(), []
+            for trial in self.get_all_trials(study_id, deepcopy=False,
+                                             states=(optuna.trial.TrialState.RUNNING,)):
+                started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+                if now - max(trial.system_attrs.get(HEARTBEAT_ATTR, 0.0), started) > grace:
+                    stale.append(trial._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int:
+            return self.jaxnn_lease[0]
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self.jaxnn_lease[2]
+
+        get_failed_trial_callback = get_heartbeat_stale_trial_callback  # Optuna < 4.9
+
+    return LeasedJournal
+
+
+def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
+    """The shared storage at ``url`` (a database URL, else a journal file path, its
+    directory made if missing), with heartbeats every ``heartbeat`` seconds (None: none, to
+    read it).
+
+    Raises:
+      RunError: the storage cannot be opened (a missing driver, an unreachable server, a
+        journal file to read that does not exist).
+    """
+    optuna = _optuna()
+    try:
+        if "://" not in url:
+            if heartbeat is None:
+                if not os.path.exists(url):
+                    raise FileNotFoundError(f"no journal file {url}")
+                journal = optuna.storages.journal
+                return journal.JournalStorage(journal.JournalFileBackend(url))
+            os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
+            return _leased_journal()(url, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url)
+        callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
+                    inspect.signature(optuna.storages.RDBStorage).parameters
+                    else "failed_trial_callback")  # Optuna < 4.9
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
+                                          grace_period=GRACE_BEATS * heartbeat,
+                                          **{callback: _retry_callback()})
+    except ImportError as error:  # the database's driver
+        raise rundir.RunError(f"--storage {url}: {error} (for PostgreSQL: pip install "
+                              "'jaxnn[postgres]')") from None
+    except Exception as error:  # OSError, or the database's own errors
+        raise rundir.RunError(f"--storage {url}: cannot open it: "
+                              f"{str(error).splitlines()[0]}") from None
+
+
+def _comparable(config: Config) -> dict:
+    """What workers must agree on: the config but its output and progress settings."""
+    values = config_lib.to_dict(config)
+    values.pop("output", None)
+    values.get("training", {}).pop("progress", None)
+    return values
+
+
+def study_config(study, source: str) -> Config:
+    """The sweep config the study was created with."""
+    return config_lib.from_dict(tomllib.loads(study.user_attrs[CONFIG_ATTR]), source)
+
+
+def _create(storage, name: str, config: Config, plan):
+    """Creates the study with its config and one WAITING trial per budget slot; None when
+    another worker created it first."""
+    optuna = _optuna()
+    direction = "maximize" if plan.metric.endswith("accuracy") else "minimize"
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                    sampler=_sampler(plan))
+    except optuna.exceptions.DuplicatedStudyError:
+        return None
+    study.set_user_attr(CONFIG_ATTR, config_lib.dumps(config))
+    budget = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
+    for slot in range(budget):
+        values = plan.trials[slot].values if plan.search == "grid" else {}
+        study.enqueue_trial(search.to_study(values, plan.space), user_attrs={"trial": slot})
+    study.set_user_attr(BUDGET_ATTR, budget)
+    return study
+
+
+def _sampler(plan):
+    # Unseeded: workers given the same seed would ask for the same values.
+    return search.sampler(plan.search, None)
+
+
+def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, mine, theirs)`` for every key where two nested dicts differ."""
+    found = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def join(storage, name: str, config: Config, plan):
+    """The shared study ``name``, created with the sweep's budget by the first worker.
+
+    Raises:
+      RunError: the study was created for another config, or never became ready.
+    """
+    optuna = _optuna()
+    study = _create(storage, name, config, plan)
+    if study is not None:
+        return study
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(plan))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while BUDGET_ATTR not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise rundir.RunError(f"study {name!r} has no trial budget: its creator died "
+                                  "while enqueueing it; delete it or use another name")
+        time.sleep(0.2)
+    differences = _differences(_comparable(config),
+                               _comparable(study_config(study, f"study {name!r}")))
+    if differences:
+        key, mine, theirs = differences[0]
+        raise rundir.RunError(f"{config.source}: {key} = {mine!r}, but study {name!r} was "
+                              f"created with {theirs!r}; every worker of a study runs the "
+                              "same sweep")
+    return study
+
+
+def worker_name() -> str:
+    """``host:pid``, recorded on the trials this process claims."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Claim(NamedTuple):
+    """A budget slot this worker holds: the study trial and the jaxnn trial it trains."""
+
+    trial_id: int
+    slot: int
+    values: dict
+
+
+def _suggest(trial, name: str, dist) -> Any:
+    """The trial's value for a search-space entry: fixed (a grid slot or a retry), or the
+    sampler's."""
+    optuna_dist = search.distribution(dist)
+    if dist.kind == "choice":
+        return trial.suggest_categorical(name, optuna_dist.choices)
+    if dist.kind == "int":
+        return trial.suggest_int(name, optuna_dist.low, optuna_dist.high, log=dist.log)
+    return trial.suggest_float(name, optuna_dist.low, optuna_dist.high, log=dist.log)
+
+
+def claim(study, storage, space, count: int) -> list[Claim]:
+    """Fails stale trials (and enqueues their retries), then claims up to ``count`` waiting
+    slots, oldest first, recording a first heartbeat for each."""
+    optuna = _optuna()
+    optuna.storages.fail_stale_trials(study)
+    claimed = []
+    for waiting in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if len(claimed) == count:
+            break
+        try:
+            if not storage.set_trial_state_values(waiting._trial_id,
+                                                  optuna.trial.TrialState.RUNNING):
+                continue  # another worker claimed it first
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.record_heartbeat(waiting._trial_id)
+        trial = optuna.trial.Trial(study, waiting._trial_id)
+        values = {name: _suggest(trial, name, dist) for name, dist in space.items()}
+        trial.set_user_attr("worker", worker_name())
+        claimed.append(Claim(waiting._trial_id, waiting.user_attrs["trial"],
+                             search.from_study(values, space)))
+    return claimed
+
+
+@contextlib.contextmanager
+def beating(storage, held: dict[int, Claim], interval: float) -> Iterator[None]:
+    """Records the heartbeat of every trial in ``held`` (which shrinks as trials are told)
+    every ``interval`` seconds, in a thread, for the ``with`` block."""
+    optuna = _optuna()
+    stop, lock = threading.Event(), threading.Lock()
+
+    def beat():
+        while not stop.wait(interval):
+            with lock:
+                ids = [c.trial_id for c in held.values()]
+            for trial_id in ids:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name="jaxnn heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _busy(study) -> bool:
+    """Whether any trial is still waiting or running (a worker's, alive or not yet stale)."""
+    optuna = _optuna()
+    states = optuna.trial.TrialState
+    return bool(study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)))
+
+
+def _release(study, storage, held: dict[int, Claim]) -> None:
+    """Gives back the trials of an interrupted worker at once: failed, and enqueued again."""
+    optuna = _optuna()
+    for claimed in held.values():
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(claimed.trial_id, optuna.trial.TrialState.FAIL):
+                _retry_callback()(study, storage.get_trial(claimed.trial_id))
+    held.clear()
+
+
+def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEAT_S,
+               dataset=None) -> dict[str, Any]:
+    """Works on the shared study ``name`` at ``url`` until no trial is waiting or running.
+
+    Returns:
+      ``{"trained": rows this worker told, "done": finished slots, "budget": n,
+      "wall_time_s": ...}``.
+
+    Raises:
+      ConfigError: for a bad sweep or config, before anything is compiled.
+      RunError: the study belongs to another config.
+    """
+    from jaxnn import run
+
+    started = time.perf_counter()
+    run.enable_precision(config)
+    dataset = dataset if dataset is not None else run.prepare(config)
+    plan = make_plan(config, dataset)
+    storage = open_storage(url, heartbeat)
+    study = join(storage, name, config, plan)
+    held: dict[int, Claim] = {}
+    trained: list[dict] = []
+
+    def record(rows: list[dict]) -> None:
+        optuna = _optuna()
+        for row in rows:
+            claimed = held.pop(row["trial"])
+            try:
+                search.tell(study, claimed.trial_id, row, plan.metric, {"row": row})
+                trained.append(row)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # judged stale meanwhile: its retry reports it
+
+    sweep = Sweep(config, plan, dataset, {}, record)
+    try:
+        while True:
+            batch = claim(study, storage, plan.space,
+                          plan.spec.get("batch", min(len(plan.trials), 16)))
+            if not batch:
+                if not _busy(study):
+                    break
+                time.sleep(heartbeat)  # others are training; retry what goes stale
+                continue
+            held.update({c.slot: c for c in batch})
+            with beating(storage, held, heartbeat):
+                sweep.train_batch(make_plan(config, dataset, [
+                    make_trial(c.slot, c.values, config) for c in batch]))
+    finally:
+        sweep.bar.close()
+        _release(study, storage, held)
+    return {"trained": trained, "done": len(final_rows(study)),
+            "budget": study.user_attrs[BUDGET_ATTR],
+            "wall_time_s": time.perf_counter() - started}
+
+
+def final_rows(study) -> list[dict]:
+    """The study's results rows, one per finished slot, by slot: each slot's latest trial
+    whose state matches its row (a stale trial failed under a worker is not one)."""
+    optuna = _optuna()
+    states = optuna.trial.TrialState
+    state_of = {"completed": states.COMPLETE, "pruned": states.PRUNED, "diverged": states.FAIL}
+    rows = {}
+    for trial in study.get_trials(deepcopy=False):
+        row = trial.user_attrs.get("row")
+        if row is not None and trial.state == state_of[row["status"]]:
+            rows[row["trial"]] = row
+    return [rows[slot] for slot in sorted(rows)]
+
+
+def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, Any]:
+    """Writes the shared study's report to ``workdir`` (None: a new directory under the
+    config's output directory): ``results.jsonl`` (its rows), ``sweep.toml``, the table,
+    CSV, ``best.toml`` and plots.
+
+    Raises:
+      RunError: no study ``name`` at ``url``.
+    """
+    from jaxnn import run
+
+    optuna = _optuna()
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, None))
+    except KeyError:
+        raise rundir.RunError(f"{url} holds no study named {name!r}") from None
+    if CONFIG_ATTR not in study.user_attrs:
+        raise rundir.RunError(f"study {name!r} in {url} was not made by jaxnn sweep --study")
+    config = study_config(study, f"study {name!r}")
+    run.enable_precision(config)
+    plan = make_plan(config, run.prepare(config))
+    rows = final_rows(study)
+    if workdir is None:
+        workdir = rundir.create(config.output.dir, name)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
+        handle.write(config_lib.dumps(config))
+    jsonl.rewrite(os.path.join(workdir, RESULTS), rows)
+    written = report.write(config, plan, rows, workdir, study)
+    return {**written, "results": rows, "budget": study.user_attrs.get(BUDGET_ATTR),
+            "study": study, "workdir": workdir}

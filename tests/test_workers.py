@@ -1,0 +1,100 @@
+"""Workers on one shared Optuna study (`jaxnn.sweep.workers`): budget slots claimed once,
+stale trials retried, a worker killed with SIGKILL losing nothing, and the study's report."""
+
+import importlib.util
+import os
+import pathlib
+
+import optuna
+import pytest
+
+from jaxnn import cli, config, run, sweep
+from jaxnn.sweep import make_plan, workers
+
+SCENARIO_PATH = pathlib.Path(__file__).parents[1] / "experiments" / "shared_study.py"
+_spec = importlib.util.spec_from_file_location("shared_study", SCENARIO_PATH)
+scenario = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(scenario)
+
+TPE = ("sweep.search='tpe'", "sweep.trials=6", "sweep.batch=3", "sweep.grid={width = [4, 9]}",
+       "sweep.random={learning_rate = {distribution = 'log_uniform', low = 0.01, high = 1.0}}")
+
+
+def setup(tmp_path, *overrides):
+    cfg = config.load(scenario.sweep_config(str(tmp_path / "sweep.toml"),
+                                            [*scenario.SWEEP, *overrides]))
+    run.enable_precision(cfg)
+    plan = make_plan(cfg, run.prepare(cfg))
+    storage = workers.open_storage(str(tmp_path / "study.journal"), heartbeat=1)
+    return cfg, plan, storage
+
+
+def test_slots_are_claimed_once_in_order_until_the_budget_is_spent(tmp_path):
+    cfg, plan, storage = setup(tmp_path)
+    study = workers.join(storage, "s", cfg, plan)
+    assert workers.join(storage, "s", cfg, plan) is not study  # a second worker joins it
+    first = workers.claim(study, storage, plan.space, 3)
+    rest = workers.claim(study, storage, plan.space, 10)
+    assert [c.slot for c in first + rest] == list(range(8))
+    assert all(c.values == plan.trials[c.slot].values for c in first + rest)
+    assert workers.claim(study, storage, plan.space, 10) == []
+
+
+def test_a_stale_trial_is_retried_with_its_slot_and_values(tmp_path, monkeypatch):
+    cfg, plan, storage = setup(tmp_path, *TPE)
+    study = workers.join(storage, "s", cfg, plan)
+    held = workers.claim(study, storage, plan.space, 3)
+    assert len({c.values["learning_rate"] for c in held}) == 3  # asked of the sampler
+    later = workers.time.time() + 60  # no heartbeat for a minute: the worker died
+    monkeypatch.setattr(workers.time, "time", lambda: later)
+    again = workers.claim(study, storage, plan.space, 6)
+    assert [c.slot for c in again] == [3, 4, 5, 0, 1, 2]  # fresh slots first, then retries
+    assert [c.values for c in again[3:]] == [c.values for c in held]
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.FAIL) == 3
+
+
+def test_a_worker_with_another_config_is_refused(tmp_path, capsys):
+    path = scenario.sweep_config(str(tmp_path / "a.toml"))
+    storage = str(tmp_path / "study.journal")
+    cfg = config.load(path)
+    run.enable_precision(cfg)
+    workers.join(workers.open_storage(storage), "s", cfg, make_plan(cfg, run.prepare(cfg)))
+    other = scenario.sweep_config(str(tmp_path / "b.toml"), [*scenario.SWEEP,
+                                                             "training.epochs=7"])
+    assert cli.main(["sweep", other, "--storage", storage, "--study", "s"]) == 2
+    err = capsys.readouterr().err
+    assert "training.epochs = 7" in err and "created with 6" in err and "b.toml" in err
+    assert cli.main(["sweep", "--report", "--storage", storage, "--study", "t"]) == 2
+    assert "holds no study named 't'" in capsys.readouterr().err
+    assert cli.main(["sweep", path, "--storage", storage]) == 2
+    assert "--study NAME go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_one_killed_lose_nothing_and_report_as_one(tmp_path, kind):
+    """Two `jaxnn sweep --storage` processes at once; the first is SIGKILLed while it holds
+    trials: every slot ends finished exactly once, the dead worker's trials are failed as
+    stale and retried, and the report equals one worker's (float64, 1e-9)."""
+    storage = (str(tmp_path / "study.journal") if kind == "journal"
+               else f"sqlite:///{tmp_path / 'study.db'}")
+    path = scenario.sweep_config(str(tmp_path / "sweep.toml"))
+    killed = scenario.kill_one_of_two(path, storage, "shared")
+    audit = scenario.audit(storage, "shared")
+    assert killed["killed_slots"] and set(killed["killed_slots"]) <= set(audit["stale"])
+    assert audit["states"] == {"COMPLETE": 8, "FAIL": len(audit["stale"])}
+    assert "trained" in killed["survivor"]
+    workers.run_worker(config.load(path), storage, "alone", heartbeat=1)
+    shared = workers.write_report(storage, "shared", str(tmp_path / "shared"))
+    alone = workers.write_report(storage, "alone", str(tmp_path / "alone"))
+    assert shared["table"] == alone["table"]
+    # ... and a one-process sweep's (a grid with ``batch`` trains in batches, in order).
+    local = sweep.run_sweep(config.load(path), tmp_path / "local")
+    assert local["table"] == alone["table"]
+    by_slot = {row["trial"]: row for row in alone["results"]}
+    for row in shared["results"]:
+        twin = by_slot[row["trial"]]
+        assert (row["values"], row["status"]) == (twin["values"], twin["status"])
+        assert row["curves"]["val_loss"] == pytest.approx(twin["curves"]["val_loss"], rel=1e-9)
+        assert row["test_loss"] == pytest.approx(twin["test_loss"], rel=1e-9)
+    assert os.path.exists(tmp_path / "shared" / "best.toml")
