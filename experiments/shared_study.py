@@ -131,11 +131,40 @@ def audit(storage: str, study: str) -> dict:
     return {"budget": budget, "states": states, "stale": sorted(stale)}
 
 
+def wall_times(config_path: str, storage: str, repeats: int) -> dict[str, list[float]]:
+    """Seconds for the sweep as one ``jaxnn sweep`` process (no study sharing), one worker,
+    and two workers at once, alternated ``repeats`` times, compiling everything afresh."""
+    times: dict[str, list[float]] = {"one process": [], "1 worker": [], "2 workers": []}
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    base = [sys.executable, "-m", "jaxnn.cli", "sweep", config_path, "--no-compile-cache"]
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory() as scratch:
+            for name, commands in (
+                    ("one process", [[*base, "--workdir", os.path.join(scratch, "local")]]),
+                    ("1 worker", [[*base, "--storage", storage, "--study", f"one-{repeat}"]]),
+                    ("2 workers", [[*base, "--storage", storage, "--study", f"two-{repeat}"]] * 2)):
+                started = time.perf_counter()
+                for process in [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL)
+                                for c in commands]:
+                    assert process.wait() == 0, name
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True, help="a database URL or a journal path")
     parser.add_argument("--heartbeat", type=int, default=1)
+    parser.add_argument("--wall-times", metavar="CONFIG",
+                        help="instead: time CONFIG's sweep in one process, one worker and two")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.wall_times:
+        times = wall_times(args.wall_times, args.storage, args.repeats)
+        for name, seconds in times.items():
+            print(f"{name}: median {sorted(seconds)[len(seconds) // 2]:.1f} s "
+                  f"({', '.join(f'{s:.1f}' for s in seconds)})")
+        return times
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory() as scratch:
         config_path = sweep_config(os.path.join(scratch, "sweep.toml"))

@@ -349,7 +349,7 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
             if not batch:
                 if not _busy(study):
                     break
-                time.sleep(heartbeat)  # others are training; retry what goes stale
+                time.sleep(min(heartbeat, 1))  # others train: wait for them, or their retries
                 continue
             held.update({c.slot: c for c in batch})
             with beating(storage, held, heartbeat):
