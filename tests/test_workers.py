@@ -98,3 +98,24 @@ def test_two_workers_one_killed_lose_nothing_and_report_as_one(tmp_path, kind):
         assert row["curves"]["val_loss"] == pytest.approx(twin["curves"]["val_loss"], rel=1e-9)
         assert row["test_loss"] == pytest.approx(twin["test_loss"], rel=1e-9)
     assert os.path.exists(tmp_path / "shared" / "best.toml")
+
+
+def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypatch):
+    """Ctrl-C in a worker: its claimed trials are failed and enqueued again right away (not
+    after the grace period), and the next worker finishes the study with nothing lost."""
+    path = scenario.sweep_config(str(tmp_path / "sweep.toml"))
+    storage = str(tmp_path / "study.journal")
+
+    def interrupted(self, plan):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(workers.Sweep, "train_batch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            workers.run_worker(config.load(path), storage, "s", heartbeat=60)
+    study = optuna.load_study(study_name="s", storage=workers.open_storage(storage, None))
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert states.count("FAIL") == 2 and states.count("WAITING") == 8  # 6 fresh, 2 retries
+    result = workers.run_worker(config.load(path), storage, "s", heartbeat=60)
+    assert len(result["trained"]) == 8 and result["done"] == 8
+    assert scenario.audit(storage, "s")["stale"] == [0, 1]
