@@ -121,8 +121,13 @@ def _shared(args: argparse.Namespace) -> int:
         raise RunError("a worker writes only to the study; write its report with "
                        "jaxnn sweep --report --storage URL --study NAME --workdir DIR")
     config = load_config(args.config, args.set)
-    result = workers.run_worker(config, args.storage, args.study,
-                                **({"heartbeat": args.heartbeat} if args.heartbeat else {}))
+    try:
+        result = workers.run_worker(config, args.storage, args.study,
+                                    **({"heartbeat": args.heartbeat} if args.heartbeat else {}))
+    except KeyboardInterrupt:
+        print(f"jaxnn: interrupted; study {args.study!r} keeps every finished trial, and this "
+              "worker's unfinished ones wait for the next worker", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"worker {workers.worker_name()}: trained {len(result['trained'])} trials; study "
           f"{args.study!r}: {result['done']} of {result['budget']} finished "
           f"({result['wall_time_s']:.1f} s)")

@@ -15,6 +15,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controlling process: wo
     os.environ["JAXNN_TESTS_OWN_CACHE"] = "1"
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite compiles thousands of small programs and runs each once or twice: most of its
+# time is LLVM optimizing machine code. Without those passes it takes ~40% less time. What
+# the tests check is unchanged: XLA's operations keep their semantics (no fast math), and
+# float32 tolerances come from the dtype's eps, not from one code generator's rounding.
+# Benchmarks and users run at XLA's default level. Workers and the jaxnn processes tests
+# start inherit the flags; a test that sets XLA_FLAGS itself appends to them.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                        "--xla_backend_optimization_level=0",
+                                        "--xla_llvm_disable_expensive_passes=true"]).strip()
 
 import jax  # after the environment it reads
 import pytest

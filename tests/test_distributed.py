@@ -48,7 +48,8 @@ def test_two_processes_equal_one(tmp_path, devices_per_process, search):
         cwd = tmp_path / f"cwd{process_id}"
         cwd.mkdir()
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+               + f" --xla_force_host_platform_device_count={devices_per_process}",
                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                "JAX_PROCESS_ID": str(process_id), "PYTHONPATH": ROOT}
         processes.append(subprocess.Popen(command, cwd=cwd, env=env, text=True,

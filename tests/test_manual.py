@@ -59,25 +59,40 @@ def _head(loss):
     return [Sigmoid()] if loss.name == "binary_cross_entropy" else []
 
 
-def assert_manual_equals_autodiff(net, loss, x, y, *, key=None, train=False, rtol=RTOL):
-    _, params, state = net.init(jax.random.key(42), (None, *x.shape[1:]))
-    # Each side compiled as one program (op-by-op dispatch of a CNN is far slower).
-    got = jax.jit(lambda p: manual.grad(net, loss, p, state, x, y, key=key, train=train))(params)
-    # The reference forward: jax.grad by JAX itself, not through any layer's own rule.
-    want = jax.jit(jax.grad(
-        lambda p: loss(net.reference.apply(p, state, x, key=key, train=train)[0], y)))(params)
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
-                            jax.tree.leaves(want), strict=True):
-        assert g.shape == w.shape and g.dtype == w.dtype == jnp.float64, path
-        scale = float(jnp.max(jnp.abs(w)))
-        error = float(jnp.max(jnp.abs(g - w)))
-        assert error <= rtol * scale, (path, error, scale)
+def assert_manual_equals_autodiff(cases, *, key=None, train=False, rtol=RTOL):
+    """For each ``(net, loss, x, y)`` of ``cases``: the manual gradient equals jax.grad of
+    the reference forward, leaf by leaf, within ``rtol`` of the leaf's largest entry."""
+    cases = list(cases)
+    inits = [net.init(jax.random.key(42), (None, *x.shape[1:]))[1:] for net, _, x, _ in cases]
+
+    # Every case's two sides compiled as one program: a test compiles once, not twice per
+    # case (op-by-op dispatch of a CNN is far slower still).
+    def both(all_params):
+        grads = []
+        for (net, loss, x, y), (_, state), params in zip(cases, inits, all_params, strict=True):
+            got = manual.grad(net, loss, params, state, x, y, key=key, train=train)
+            # The reference forward: jax.grad by JAX itself, not through any layer's own rule.
+            want = jax.grad(lambda p, net=net, loss=loss, x=x, y=y, state=state: loss(
+                net.reference.apply(p, state, x, key=key, train=train)[0], y))(params)
+            grads.append((got, want))
+        return grads
+
+    results = jax.jit(both)([params for params, _ in inits])
+    for (net, loss, x, _), (got, want) in zip(cases, results, strict=True):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                                jax.tree.leaves(want), strict=True):
+            where = (net.name, loss.name, x.shape, jax.tree_util.keystr(path))
+            assert g.shape == w.shape and g.dtype == w.dtype == jnp.float64, where
+            scale = float(jnp.max(jnp.abs(w)))
+            error = float(jnp.max(jnp.abs(g - w)))
+            assert error <= rtol * scale, (*where, error, scale)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 5])
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a().name)
 def test_mlp_every_activation_loss_and_batch(depth, activation, key):
+    cases = []
     for loss in losses.LOSSES.values():
         for batch in (1, 7):
             layers = []
@@ -86,8 +101,8 @@ def test_mlp_every_activation_loss_and_batch(depth, activation, key):
             # The output activation is exercised with MSE (the seeds' delta^L = (a - y) g'(z)).
             layers += [Dense(OUT)] + ([activation()] if loss is losses.mse else _head(loss))
             x = jax.random.normal(key, (batch, 4))
-            y = _targets(loss, batch, jax.random.key(batch))
-            assert_manual_equals_autodiff(serial(*layers), loss, x, y)
+            cases.append((serial(*layers), loss, x, _targets(loss, batch, jax.random.key(batch))))
+    assert_manual_equals_autodiff(cases)
 
 
 WIDE = _winograd.MIN_CHANNELS
@@ -128,10 +143,9 @@ CNN_CASES = [(name, losses.softmax_cross_entropy) for name in CNNS] + [
 @pytest.mark.parametrize(("name", "loss"), CNN_CASES,
                          ids=lambda case: getattr(case, "name", case))
 def test_cnn_every_loss_and_batch(name, loss, key):
-    for batch in (1, 7):
-        net = serial(*CNNS[name](), Dense(OUT), *_head(loss))
-        x = jax.random.normal(key, (batch, 9, 8, 2))
-        assert_manual_equals_autodiff(net, loss, x, _targets(loss, batch, key))
+    net = serial(*CNNS[name](), Dense(OUT), *_head(loss))
+    assert_manual_equals_autodiff([(net, loss, jax.random.normal(key, (batch, 9, 8, 2)),
+                                    _targets(loss, batch, key)) for batch in (1, 7)])
 
 
 @pytest.mark.parametrize("name", list(CNNS))
@@ -160,17 +174,16 @@ SEQUENCE_NETS = {
 @pytest.mark.parametrize("name", list(SEQUENCE_NETS))
 @pytest.mark.parametrize("loss", list(losses.LOSSES.values()), ids=lambda loss: loss.name)
 def test_conv1d_every_loss_and_batch(name, loss, key):
-    for batch in (1, 7):
-        net = serial(*SEQUENCE_NETS[name](), Dense(OUT), *_head(loss))
-        x = jax.random.normal(key, (batch, 9, 2))
-        assert_manual_equals_autodiff(net, loss, x, _targets(loss, batch, key))
+    net = serial(*SEQUENCE_NETS[name](), Dense(OUT), *_head(loss))
+    assert_manual_equals_autodiff([(net, loss, jax.random.normal(key, (batch, 9, 2)),
+                                    _targets(loss, batch, key)) for batch in (1, 7)])
 
 
 def test_dropout_rule_uses_the_forward_mask(key):
     net = serial(Dense(8), Relu(), Dropout(0.4), Dense(OUT))
     x = jax.random.normal(key, (7, 4))
     y = _targets(losses.mse, 7, key)
-    assert_manual_equals_autodiff(net, losses.mse, x, y, key=jax.random.key(3), train=True)
+    assert_manual_equals_autodiff([(net, losses.mse, x, y)], key=jax.random.key(3), train=True)
 
 
 def test_max_pool_ties_go_where_jax_grad_sends_them(key):

@@ -85,8 +85,11 @@ def test_a_locked_directory_names_its_holder_and_a_dead_holder_blocks_nobody(tmp
 
 
 def _jaxnn(*args):
+    # Ctrl-C reaches the child even when this suite runs as a shell's background job (which
+    # starts with SIGINT ignored, and a Python that inherits that never sees KeyboardInterrupt).
     return subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_two_trainings_started_together_get_two_directories(tmp_path):

@@ -218,6 +218,7 @@ def test_study_in_a_storage_url(tmp_path):
     ("sweep.search='tpe'", "sweep.trials"),
     (("sweep.search='tpe'", "sweep.trials=4", "sweep.batch=5"), "sweep.batch"),
     ("sweep.trials=4", "sweep.trials"),
+    ("sweep.batch=0", "sweep.batch"),
     ("sweep.pruning={eta = 1}", "sweep.pruning.eta"),
     ("sweep.pruning={min_epochs = 9}", "sweep.pruning.min_epochs"),
     ("sweep.pruning={rate = 2}", "sweep.pruning.rate"),

@@ -241,7 +241,8 @@ print("RESULTS", json.dumps([[r["status"], r["epochs"], r["val_loss"]]
     outputs = []
     for devices in (4, 1):
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+               + f" --xla_force_host_platform_device_count={devices}"}
         code = script if devices == 4 else script.replace("== 4", "== 1")
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                 text=True, timeout=300)

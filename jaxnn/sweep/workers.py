@@ -270,17 +270,15 @@ def claim(study, storage, space, count: int) -> list[Claim]:
 @contextlib.contextmanager
 def beating(storage, held: dict[int, Claim], interval: float) -> Iterator[None]:
     """Records the heartbeat of every trial in ``held`` (which shrinks as trials are told)
-    every ``interval`` seconds, in a thread, for the ``with`` block."""
-    optuna = _optuna()
-    stop, lock = threading.Event(), threading.Lock()
+    every ``interval`` seconds, in a thread, for the ``with`` block. A beat that fails (a
+    busy database) is retried at the next interval."""
+    stop = threading.Event()
 
     def beat():
         while not stop.wait(interval):
-            with lock:
-                ids = [c.trial_id for c in held.values()]
-            for trial_id in ids:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    storage.record_heartbeat(trial_id)
+            for claimed in tuple(held.values()):  # a copy: the worker pops told trials
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(claimed.trial_id)
 
     thread = threading.Thread(target=beat, name="jaxnn heartbeat", daemon=True)
     thread.start()
