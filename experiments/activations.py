@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from jaxnn import experiment, losses, models, plots
 from jaxnn.train import default_hparams, init_model
 
-QUICK = ["training.epochs=3", "data.limit=500", "model.hidden=[16, 16, 16, 16]"]
+QUICK = ["training.epochs=3", "data.limit=500", "model.hidden=[16, 16, 16, 16]",
+         "sweep.grid.activation=['sigmoid', 'relu']"]
 
 
 def gradient_norms(exp, activation):

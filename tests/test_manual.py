@@ -89,7 +89,9 @@ def assert_manual_equals_autodiff(cases, *, key=None, train=False, rtol=RTOL):
             assert error <= rtol * scale, (*where, error, scale)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 5])
+# Depth 1 seeds the output layer alone; depth 3 also carries a delta through two hidden
+# layers (hidden to hidden and hidden to output), which is every step a deeper net repeats.
+@pytest.mark.parametrize("depth", [1, 3])
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a().name)
 def test_mlp_every_activation_loss_and_batch(depth, activation, key):
     cases = []

@@ -85,11 +85,15 @@ def test_a_locked_directory_names_its_holder_and_a_dead_holder_blocks_nobody(tmp
 
 
 def _jaxnn(*args):
-    # Ctrl-C reaches the child even when this suite runs as a shell's background job (which
-    # starts with SIGINT ignored, and a Python that inherits that never sees KeyboardInterrupt).
-    return subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C reaches the child even when this suite runs as a shell's background job: that
+    # starts with SIGINT ignored, and a child inherits an ignored signal (a handled one is
+    # reset to the default at exec, where Python installs its KeyboardInterrupt).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_two_trainings_started_together_get_two_directories(tmp_path):
