@@ -9,7 +9,8 @@ import statistics
 from jaxnn import experiment, plots
 
 QUICK = ["sweep.grid.seed=[0]", "training.epochs=3", "data.limit=500",
-         "schedule.boundaries=[1.0, 2.0]", "schedule.decay_epochs=1.0"]
+         "sweep.grid.schedule=['constant', 'step']", "schedule.boundaries=[1.0, 2.0]",
+         "schedule.decay_epochs=1.0"]
 
 
 def main(argv=None):
