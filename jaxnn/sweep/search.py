@@ -145,12 +145,16 @@ def ask(study, space: Mapping[str, Distribution], index: int) -> dict:
     return from_study(trial.params, space)
 
 
+def trial_state(status: str):
+    """The study state of a row's status: COMPLETE, PRUNED or FAIL (diverged)."""
+    states = _quiet().trial.TrialState
+    return {"completed": states.COMPLETE, "pruned": states.PRUNED,
+            "diverged": states.FAIL}[status]
+
+
 def _outcome(row: dict, metric: str):
     """A row's study record: ``(state, value, intermediate values, user attributes)``."""
-    optuna = _quiet()
-    state = {"completed": optuna.trial.TrialState.COMPLETE,
-             "pruned": optuna.trial.TrialState.PRUNED,
-             "diverged": optuna.trial.TrialState.FAIL}[row["status"]]
+    state = trial_state(row["status"])
     curve = row["curves"].get(metric, [])
     intermediate = {epoch: value for epoch, value in enumerate(curve, 1) if value is not None}
     attrs = {"trial": row["trial"], "epochs": row["epochs"]}

@@ -364,13 +364,10 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
 def final_rows(study) -> list[dict]:
     """The study's results rows, one per finished slot, by slot: each slot's latest trial
     whose state matches its row (a stale trial failed under a worker is not one)."""
-    optuna = _optuna()
-    states = optuna.trial.TrialState
-    state_of = {"completed": states.COMPLETE, "pruned": states.PRUNED, "diverged": states.FAIL}
     rows = {}
     for trial in study.get_trials(deepcopy=False):
         row = trial.user_attrs.get("row")
-        if row is not None and trial.state == state_of[row["status"]]:
+        if row is not None and trial.state == search.trial_state(row["status"]):
             rows[row["trial"]] = row
     return [rows[slot] for slot in sorted(rows)]
 
