@@ -78,13 +78,17 @@ def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=Fal
     ``loss_dtype``: when given, the output is cast to it before the loss (mixed precision:
     a bfloat16 network, a float32 loss); the returned output is the cast one.
     """
-    pred, new_state, tape = trace(net, params, state, x, key=key, train=train)
-    net_dtype = pred.dtype
-    if loss_dtype is not None:
-        pred = pred.astype(loss_dtype)
-    dy = loss.grad(pred, y).astype(net_dtype)
-    grads, _ = pullback(tape, dy)
-    return loss.value(pred, y), grads, pred, new_state
+    @jax.jit  # called eagerly, one program rather than one per operation
+    def run(params, state, x, y, key):
+        pred, new_state, tape = trace(net, params, state, x, key=key, train=train)
+        net_dtype = pred.dtype
+        if loss_dtype is not None:
+            pred = pred.astype(loss_dtype)
+        dy = loss.grad(pred, y).astype(net_dtype)
+        grads, _ = pullback(tape, dy)
+        return loss.value(pred, y), grads, pred, new_state
+
+    return run(params, state, x, y, key)
 
 
 def grad(
@@ -190,23 +194,28 @@ def _owner(net: Layer, path) -> str:
     return f"layer {'.'.join(indices)} ({layer.name})" if indices else layer.name
 
 
-def _finite_differences(loss_of_leaves, leaves, index, max_elements, rng):
-    """Central differences of the loss at up to ``max_elements`` entries of leaf ``index``."""
+def _sample(size: int, max_elements: int, rng: np.random.Generator) -> np.ndarray:
+    """The flat indices of a leaf at which finite differences are taken."""
+    if size <= max_elements:
+        return np.arange(size)
+    return np.sort(rng.choice(size, max_elements, replace=False))
+
+
+def _finite_differences(loss_of_leaves, leaves, index, chosen):
+    """Central differences of the loss at the entries ``chosen`` of leaf ``index``."""
     leaf = leaves[index]
-    size = leaf.size
-    chosen = np.arange(size) if size <= max_elements else np.sort(
-        rng.choice(size, max_elements, replace=False))
     flat = leaf.reshape(-1)
     step = float(jnp.finfo(leaf.dtype).eps) ** (1 / 3) * jnp.maximum(1.0, jnp.abs(flat[chosen]))
-    basis = jnp.zeros((len(chosen), size), leaf.dtype).at[np.arange(len(chosen)), chosen].set(step)
+    basis = jnp.zeros((len(chosen), leaf.size), leaf.dtype).at[np.arange(len(chosen)),
+                                                               chosen].set(step)
 
     def loss_at(delta):
         moved = list(leaves)
         moved[index] = (flat + delta).reshape(leaf.shape)
         return loss_of_leaves(moved)
 
-    plus, minus = jnp.split(jax.jit(jax.vmap(loss_at))(jnp.concatenate([basis, -basis])), 2)
-    return chosen, (plus - minus) / (2 * step)
+    plus, minus = jnp.split(jax.vmap(loss_at)(jnp.concatenate([basis, -basis])), 2)
+    return (plus - minus) / (2 * step)
 
 
 def _default_tolerances(params) -> tuple[float, float]:
@@ -270,42 +279,53 @@ def check(
     fd_rtol = default_fd_rtol if fd_rtol is None else fd_rtol
     rng = np.random.default_rng(seed)
 
-    # Compiled, each check as one program: op-by-op dispatch of a CNN's rules is far slower.
-    manual = jax.jit(lambda p: grad(net, loss, p, state, x, y, key=key, train=train))(params)
     leaves, treedef = jax.tree.flatten(params)
-
+    chosen = [_sample(leaf.size, fd_elements, rng) for leaf in leaves]
     reference = net.reference  # plain forwards: jax.grad independent of the manual rules
+    labels = []
 
-    @jax.jit
-    def loss_of_leaves(flat_leaves):
-        tree = jax.tree.unflatten(treedef, flat_leaves)
-        return loss.value(reference.apply(tree, state, x, key=key, train=train)[0], y)
+    def measure(leaves, state, x, y, key):  # one program: op by op, a check takes seconds
+        def loss_of_leaves(flat_leaves):
+            tree = jax.tree.unflatten(treedef, flat_leaves)
+            return loss.value(reference.apply(tree, state, x, key=key, train=train)[0], y)
 
-    autodiff = jax.tree.unflatten(treedef, jax.grad(loss_of_leaves)(leaves))
+        params = jax.tree.unflatten(treedef, leaves)
+        manual = grad(net, loss, params, state, x, y, key=key, train=train)
+        autodiff = jax.grad(loss_of_leaves)(leaves)
+        fd = [_finite_differences(loss_of_leaves, leaves, index, indices)
+              for index, indices in enumerate(chosen)]
+        tape = trace(net, params, state, x, key=key, train=train)[2]
+        rules = []
+        for leaf in tape.leaves():
+            labels.append(leaf.label)
+            rules.append(_layer_rule(leaf, train, rng))
+        return manual, autodiff, fd, rules
+
+    manual, autodiff, fd, rules = jax.device_get(jax.jit(measure)(leaves, state, x, y, key))
     manual_paths = jax.tree_util.tree_flatten_with_path(manual)[0]
-    whole_scale = max((float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(autodiff)
-                       if leaf.size), default=0.0)
+    whole_scale = max((float(np.max(np.abs(leaf))) for leaf in autodiff if leaf.size),
+                      default=0.0)
     leaf_errors = []
-    for index, ((path, manual_leaf), autodiff_leaf) in enumerate(
-            zip(manual_paths, jax.tree.leaves(autodiff), strict=True)):
+    for (path, manual_leaf), autodiff_leaf, indices, fd_values in zip(
+            manual_paths, autodiff, chosen, fd, strict=True):
         if manual_leaf.shape != autodiff_leaf.shape:
             raise GradientCheckError(
                 f"manual gradient of {_describe(path)} ({_owner(net, path)}) has shape "
                 f"{manual_leaf.shape}, the parameter {autodiff_leaf.shape}")
         # A leaf whose gradient is zero up to rounding (a bias before a BatchNorm) is
         # measured on the scale of the whole gradient: beside it, both are noise.
-        scale = float(jnp.max(jnp.abs(autodiff_leaf))) if autodiff_leaf.size else 0.0
+        scale = float(np.max(np.abs(autodiff_leaf))) if autodiff_leaf.size else 0.0
         if scale <= float(jnp.finfo(autodiff_leaf.dtype).eps) ** 0.5 * whole_scale:
             scale = whole_scale
         auto_abs, auto_rel = _relative(manual_leaf, autodiff_leaf, scale)
-        chosen, fd = _finite_differences(loss_of_leaves, leaves, index, fd_elements, rng)
-        fd_abs, fd_rel = _relative(np.asarray(manual_leaf).reshape(-1)[chosen], fd, scale)
+        fd_abs, fd_rel = _relative(manual_leaf.reshape(-1)[indices], fd_values, scale)
         leaf_errors.append(LeafError(_describe(path), _owner(net, path), auto_abs, auto_rel,
-                                     fd_abs, fd_rel, len(chosen)))
-
-    layer_errors = []
-    for leaf in trace(net, params, state, x, key=key, train=train)[2].leaves():
-        layer_errors.append(_check_layer_rule(leaf, train, rng))
+                                     fd_abs, fd_rel, len(indices)))
+    layer_errors = [
+        LayerError(label, _tree_relative(got_dparams, want_dparams),
+                   _tree_relative(got_dx, want_dx))
+        for label, ((got_dparams, got_dx), (want_dparams, want_dx)) in zip(
+            labels, rules, strict=True)]
 
     report = CheckReport(tuple(leaf_errors), tuple(layer_errors))
     if verbose:
@@ -314,24 +334,18 @@ def check(
     return report
 
 
-def _check_layer_rule(leaf, train: bool, rng: np.random.Generator) -> LayerError:
-    """One leaf layer's rule against `jax.vjp` of its plain forward, at a random cotangent."""
+def _layer_rule(leaf, train: bool, rng: np.random.Generator):
+    """One leaf layer's rule and `jax.vjp` of its plain forward, at a random cotangent:
+    ``((dparams, dx) by the rule, (dparams, dx) by jax.vjp)``."""
     def forward(p, xx):
         return leaf.layer.reference.apply(p, leaf.state, xx, key=leaf.key, train=train)[0]
 
-    def both(p, xx, cotangent):
-        layer_y, vjp = jax.vjp(forward, p, xx)
-        got = leaf.layer.backward(p, leaf.state, xx, layer_y, cotangent, key=leaf.key,
-                                  train=train)
-        return got, vjp(cotangent)
-
-    shapes = jax.eval_shape(forward, leaf.params, leaf.x)
+    layer_y, vjp = jax.vjp(forward, leaf.params, leaf.x)
     cotangent = jax.tree.map(
-        lambda part: jnp.asarray(rng.standard_normal(part.shape), part.dtype), shapes)
-    (got_dparams, got_dx), (want_dparams, want_dx) = jax.jit(both)(leaf.params, leaf.x,
-                                                                    cotangent)
-    return LayerError(leaf.label, _tree_relative(got_dparams, want_dparams),
-                      _tree_relative(got_dx, want_dx))
+        lambda part: jnp.asarray(rng.standard_normal(part.shape), part.dtype), layer_y)
+    got = leaf.layer.backward(leaf.params, leaf.state, leaf.x, layer_y, cotangent,
+                              key=leaf.key, train=train)
+    return got, vjp(cotangent)
 
 
 def _raise_if_exceeded(report: CheckReport, rtol: float, fd_rtol: float) -> None:

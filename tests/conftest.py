@@ -44,8 +44,8 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         flags += OPTIONAL_FLAGS
     os.environ["XLA_FLAGS"] = " ".join(flags).strip()
 
-import jax  # after the environment it reads
-import pytest
+import jax  # noqa: E402 (after the environment it reads)
+import pytest  # noqa: E402
 
 # float64 is enabled so tests can claim exactness; float32 tests build float32 arrays and
 # parameters explicitly, and strict promotion turns any silent mixing into an error.
