@@ -12,7 +12,13 @@ momentum 0.9, batch 64, the config's epochs) on the same splits.
 
 The contenders run in a fresh random order each repeat (seeded), as in `benchmark.py`.
 
+With --scaling N...: the same grid cut or repeated over seeds to N trials, timed for jaxnn,
+(b), (c), (d) PyTorch's many-models-at-once way (`torch.func.stack_module_state` +
+`functional_call` + `torch.vmap`) and (e) an Equinox ensemble (vmapped `eqx.nn.MLP`s, one
+jitted program per width), with compile time apart where there is one.
+
 Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
+     python experiments/benchmark_sweep.py --scaling 1 8 32 128 512 --epochs 5 --plot FILE
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from jaxnn import config as config_lib
 CONFIG = "configs/sweep_lr_width.toml"
 
 
-def raw_jax_loop(cfg, dataset, trials) -> float:
-    """(b): one jitted run per trial, compiled once per width; returns seconds."""
+def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
+    """(b): one jitted run per trial, compiled once per width; returns (seconds, of which
+    compiling)."""
     x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
     n, batch, epochs = len(x), cfg.training.batch_size, cfg.training.epochs
     steps = n // batch
@@ -80,15 +87,17 @@ def raw_jax_loop(cfg, dataset, trials) -> float:
 
         return train
 
-    start = time.perf_counter()
+    start, compiling = time.perf_counter(), 0.0
     for trial in trials:
         width = trial.config.model.hidden[0]
+        key = jax.random.key(trial.config.training.seed)
+        lr = jnp.float32(trial.config.optimizer.learning_rate)
         if width not in programs:
-            programs[width] = make(width)
-        out = programs[width](jax.random.key(trial.config.training.seed),
-                              jnp.float32(trial.config.optimizer.learning_rate))
-        jax.block_until_ready(out)
-    return time.perf_counter() - start
+            compile_start = time.perf_counter()
+            programs[width] = make(width).lower(key, lr).compile()
+            compiling += time.perf_counter() - compile_start
+        jax.block_until_ready(programs[width](key, lr))
+    return time.perf_counter() - start, compiling
 
 
 def torch_loop(cfg, dataset, trials) -> float | None:
@@ -122,6 +131,109 @@ def torch_loop(cfg, dataset, trials) -> float | None:
     return time.perf_counter() - start
 
 
+def _by_width(trials) -> dict[int, list]:
+    groups: dict[int, list] = {}
+    for trial in trials:
+        groups.setdefault(trial.config.model.hidden[0], []).append(trial)
+    return groups
+
+
+def torch_func_vmap(cfg, dataset, trials) -> float | None:
+    """(d): PyTorch's way of training many models at once: per width, the trials' models
+    stacked (`torch.func.stack_module_state`), their gradients by `torch.vmap` of
+    `torch.func.grad` over `functional_call`, SGD with momentum applied to the stacked
+    tensors; each trial draws its own minibatch order. None when torch is not installed."""
+    try:
+        import torch
+        from torch.func import functional_call, grad, stack_module_state
+    except ImportError:
+        return None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor(dataset.x_train, dtype=torch.float32, device=device)
+    y = torch.tensor(dataset.y_train, dtype=torch.long, device=device)
+    n, batch = len(x), cfg.training.batch_size
+
+    def mlp(width):
+        return torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.ReLU(),
+                                   torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                   torch.nn.Linear(width, 10))
+
+    start = time.perf_counter()
+    for width, group in _by_width(trials).items():
+        count = len(group)
+        params, buffers = stack_module_state([mlp(width).to(device) for _ in group])
+        params = {k: v.detach() for k, v in params.items()}
+        momenta = {k: torch.zeros_like(v) for k, v in params.items()}
+        lr = torch.tensor([t.config.optimizer.learning_rate for t in group], device=device)
+        base = mlp(width).to("meta")
+
+        def loss(p, b, xb, yb, base=base):
+            return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+        grads_of = torch.vmap(grad(loss))
+        for _ in range(cfg.training.epochs):
+            orders = torch.argsort(torch.rand(count, n, device=device), dim=1)
+            for i in range(n // batch):
+                idx = orders[:, i * batch:(i + 1) * batch]
+                grads = grads_of(params, buffers, x[idx], y[idx])
+                with torch.no_grad():
+                    for k, g in grads.items():
+                        momenta[k].mul_(0.9).add_(g)
+                        params[k].sub_(lr.view(-1, *[1] * (g.dim() - 1)) * momenta[k])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def equinox_ensemble(cfg, dataset, trials) -> tuple[float, float] | None:
+    """(e): an Equinox ensemble: per width, one jitted `jax.vmap` over the trials of a run
+    that builds an `eqx.nn.MLP` and trains its arrays (`eqx.partition`) with optax SGD with
+    momentum, `lax.scan` over epochs and steps; each trial draws its own minibatch order. Returns
+    (seconds, of which compiling), or None when Equinox is not installed."""
+    try:
+        import equinox as eqx
+    except ImportError:
+        return None
+    x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
+    n, batch, epochs = len(x), cfg.training.batch_size, cfg.training.epochs
+    steps = n // batch
+
+    def make(width):
+        def one_trial(key, lr):
+            model = eqx.nn.MLP(x.shape[1], 10, width, 2, activation=jax.nn.relu, key=key)
+            params, static = eqx.partition(model, eqx.is_array)
+            opt = optax.sgd(lr, momentum=0.9)
+
+            def loss_fn(p, xb, yb):
+                logits = jax.vmap(eqx.combine(p, static))(xb)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+            def epoch(carry, epoch_index):
+                order = jax.random.permutation(jax.random.fold_in(key, epoch_index), n)
+
+                def step(carry, idx):
+                    p, state = carry
+                    grads = jax.grad(loss_fn)(p, x[idx], y[idx])
+                    updates, state = opt.update(grads, state, p)
+                    return (optax.apply_updates(p, updates), state), None
+
+                return jax.lax.scan(step, carry, order[: steps * batch].reshape(steps, batch))
+
+            return jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(epochs))[0][0]
+
+        return jax.jit(jax.vmap(one_trial))
+
+    start, compiling = time.perf_counter(), 0.0
+    for width, group in _by_width(trials).items():
+        keys = jnp.stack([jax.random.key(t.config.training.seed) for t in group])
+        lrs = jnp.asarray([t.config.optimizer.learning_rate for t in group], jnp.float32)
+        compile_start = time.perf_counter()
+        program = make(width).lower(keys, lrs).compile()
+        compiling += time.perf_counter() - compile_start
+        jax.block_until_ready(program(keys, lrs))
+    return time.perf_counter() - start, compiling
+
+
 def jaxnn_sweep(cfg, dataset) -> tuple[float, int, float]:
     """(a): wall seconds, training programs compiled, and seconds spent compiling."""
     start = time.perf_counter()
@@ -129,11 +241,105 @@ def jaxnn_sweep(cfg, dataset) -> tuple[float, int, float]:
     return time.perf_counter() - start, out["programs_compiled"], out["compile_time_s"]
 
 
+def scaling_grid(count: int, lrs: list[float], widths: list[int]) -> dict[str, list]:
+    """The learning-rate x width x seed grid of ``count`` trials: 1 trial; a few learning
+    rates (evenly spread) x every width; or every rate x every width x seeds."""
+    if count == 1:
+        return {"learning_rate": [lrs[len(lrs) // 2]], "width": [widths[len(widths) // 2]]}
+    rates = count // len(widths)
+    if rates * len(widths) == count and rates <= len(lrs):
+        return {"learning_rate": [lrs[i * len(lrs) // rates] for i in range(rates)],
+                "width": widths}
+    seeds = count // (len(lrs) * len(widths))
+    if seeds * len(lrs) * len(widths) != count:
+        raise SystemExit(f"--scaling {count}: not 1, a multiple of {len(widths)} up to "
+                         f"{len(lrs) * len(widths)}, or a multiple of {len(lrs) * len(widths)}")
+    return {"learning_rate": lrs, "width": widths, "seed": list(range(seeds))}
+
+
+SCALING_CONTENDERS = {  # name -> fn(cfg, dataset, trials) -> (seconds, compiling s) or None
+    "jaxnn": lambda cfg, dataset, trials: jaxnn_sweep(cfg, dataset)[::2],
+    "raw JAX loop": raw_jax_loop,
+    "PyTorch loop": lambda cfg, dataset, trials: (torch_loop(cfg, dataset, trials), 0.0),
+    "torch.func vmap": lambda cfg, dataset, trials: (
+        torch_func_vmap(cfg, dataset, trials), 0.0),
+    "Equinox ensemble": equinox_ensemble,
+}
+
+
+def scaling(args, base) -> None:
+    """Wall time against the number of trials, every contender in the same run."""
+    lrs, widths = base.sweep["grid"]["learning_rate"], base.sweep["grid"]["width"]
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    shuffler = random.Random(0)
+    for count in args.scaling:
+        cfg = base.replace(sweep={**base.sweep, "grid": scaling_grid(count, lrs, widths)})
+        dataset = run.prepare(cfg)
+        plan = sweep.make_plan(cfg, dataset)
+        trials = plan.trials
+        print(f"N = {len(trials)}: {len(plan.groups)} jaxnn program(s)", flush=True)
+        for _ in range(args.repeats):
+            order = list(SCALING_CONTENDERS)
+            shuffler.shuffle(order)
+            for name in order:
+                seconds, compiling = SCALING_CONTENDERS[name](cfg, dataset, trials)
+                if seconds is not None:
+                    times.setdefault((name, count), []).append((seconds, compiling))
+    rows = scaling_rows(times, args.scaling)
+    print(rows)
+    if args.plot:
+        plot_scaling(times, args.scaling, args.plot)
+        print(f"plot: {args.plot}")
+
+
+def scaling_rows(times, counts) -> str:
+    """A Markdown table: per N and contender, median wall time with and without compiling,
+    trials per second, and the raw-JAX loop's time over this one (compile included)."""
+    lines = ["| N | contender | wall s (compile incl.) | compile excl. | trials/s | "
+             "raw JAX loop / this |", "|---:|---|---:|---:|---:|---:|"]
+    for count in counts:
+        base = statistics.median(t for t, _ in times[("raw JAX loop", count)])
+        for name in SCALING_CONTENDERS:
+            if (name, count) not in times:
+                continue
+            samples = times[(name, count)]
+            wall = statistics.median(t for t, _ in samples)
+            excl = statistics.median(t - c for t, c in samples)
+            lines.append(f"| {count} | {name} | {wall:.2f} [{min(t for t, _ in samples):.2f}, "
+                         f"{max(t for t, _ in samples):.2f}] | {excl:.2f} | "
+                         f"{count / wall:.1f} | {base / wall:.2f}x |")
+    return "\n".join(lines)
+
+
+def plot_scaling(times, counts, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name in SCALING_CONTENDERS:
+        present = [c for c in counts if (name, c) in times]
+        ax.plot(present, [statistics.median(t for t, _ in times[(name, c)]) for c in present],
+                marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="trials (N)",
+           ylabel="wall seconds, compile included (median)",
+           title="Sweep time against the number of trials")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
+    parser.add_argument("--scaling", type=int, nargs="+", metavar="N",
+                        help="time every contender at these trial counts (e.g. 1 8 32 128 "
+                             "512: learning rate x width x seed)")
+    parser.add_argument("--plot", help="with --scaling: write the time-vs-N plot here")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
@@ -142,6 +348,10 @@ def main() -> None:
     if args.epochs:
         overrides.append(f"training.epochs={args.epochs}")
     cfg = config_lib.load(CONFIG, overrides)
+    if args.scaling:
+        print(f"{jax.devices()[0].platform}: {cfg.training.epochs} epochs, widths "
+              f"{args.widths}, {args.repeats} repeats in a fresh random order; {host_line}")
+        return scaling(args, cfg)
     dataset = run.prepare(cfg)
     plan = sweep.make_plan(cfg, dataset)
     programs = [sorted({t.config.model.hidden[0] for t in g.trials}) for g in plan.groups]
@@ -153,7 +363,7 @@ def main() -> None:
     contenders = {  # key -> function returning (seconds, programs compiled, compile seconds)
         "planner": lambda: jaxnn_sweep(cfg, dataset),
         **{f"pack={k}": (lambda v=v: jaxnn_sweep(v, dataset)) for k, v in forced.items()},
-        "raw JAX loop": lambda: (raw_jax_loop(cfg, dataset, plan.trials), None, None),
+        "raw JAX loop": lambda: (raw_jax_loop(cfg, dataset, plan.trials)[0], None, None),
         "PyTorch loop": lambda: (torch_loop(cfg, dataset, plan.trials), None, None),
     }
     names: dict[str, str] = {}

@@ -48,3 +48,22 @@ def test_timing_flags_default_per_script():
     args = parser.parse_args([])
     assert (args.rounds, args.calls) == (21, 10)
     assert parser.parse_args(["--rounds", "3", "--calls", "2"]).rounds == 3
+
+
+def test_scaling_grids_hold_exactly_n_trials():
+    import importlib.util
+    import math
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "benchmark_sweep.py"
+    spec = importlib.util.spec_from_file_location("benchmark_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lrs, widths = [0.001 * 2**i for i in range(8)], [16, 32, 64, 128]
+    for count in (1, 8, 32, 128, 512):
+        grid = module.scaling_grid(count, lrs, widths)
+        assert math.prod(len(v) for v in grid.values()) == count
+        assert set(grid["width"]) <= set(widths) and set(grid["learning_rate"]) <= set(lrs)
+    assert len(set(module.scaling_grid(8, lrs, widths)["learning_rate"])) == 2
+    with pytest.raises(SystemExit, match="--scaling 48"):
+        module.scaling_grid(48, lrs, widths)
