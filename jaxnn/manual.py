@@ -22,6 +22,7 @@ rule on CPU (`jaxnn.layer.with_rule_gradient`) are differentiated through their 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -78,7 +79,15 @@ def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=Fal
     ``loss_dtype``: when given, the output is cast to it before the loss (mixed precision:
     a bfloat16 network, a float32 loss); the returned output is the cast one.
     """
-    @jax.jit  # called eagerly, one program rather than one per operation
+    return _compiled_backprop(net, loss, train, loss_dtype)(params, state, x, y, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_backprop(net: Layer, loss: Loss, train: bool, loss_dtype):
+    """`value_grad_and_output` as one jitted function per network, loss and mode: called
+    eagerly, one compiled program (reused from call to call) rather than one per operation."""
+
+    @jax.jit
     def run(params, state, x, y, key):
         pred, new_state, tape = trace(net, params, state, x, key=key, train=train)
         net_dtype = pred.dtype
@@ -88,7 +97,7 @@ def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=Fal
         grads, _ = pullback(tape, dy)
         return loss.value(pred, y), grads, pred, new_state
 
-    return run(params, state, x, y, key)
+    return run
 
 
 def grad(

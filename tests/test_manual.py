@@ -260,6 +260,12 @@ def test_manual_grad_jits_and_vmaps(key):
     stacked = jax.vmap(lambda k: net.init(k, (None, 4))[1])(jax.random.split(key, 3))
     per_trial = jax.vmap(lambda p: manual.grad(net, losses.mse, p, state, x, y))(stacked)
     assert per_trial[0]["w"].shape == (3, 4, 6)
+    # Eager calls reuse one compiled program: a second call with new values compiles nothing.
+    compiled = manual._compiled_backprop(net, losses.mse, False, None)
+    before = compiled._cache_size()
+    again = manual.grad(net, losses.mse, params, state, x + 1, y)
+    assert compiled._cache_size() == before == 1
+    assert not np.allclose(again[0]["w"], eager[0]["w"])
 
 
 def _load_experiment(name):
