@@ -224,6 +224,7 @@ def test_study_in_a_storage_url(tmp_path):
     ("sweep.pruning={rate = 2}", "sweep.pruning.rate"),
     ("sweep.pruning={method = 'median'}", "sweep.pruning.method"),
     (("sweep.pruning={}", "data.validation_fraction=0.0"), "sweep.pruning"),
+    ("data.validation_fraction=0.0", "data.validation_fraction"),
     (("sweep.count=1", "sweep.random={width = {distribution = 'int', low = 2.5, high = 9}}"),
      "sweep.random.width"),
 ])

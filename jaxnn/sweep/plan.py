@@ -208,6 +208,9 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     all_trials = tuple(batch) if batch is not None else trials(config)
     check_trials(config, all_trials, dataset)
     prune = _pruning(config, spec, all_trials, dataset)
+    if len(dataset.x_val) == 0:
+        raise ConfigError(config.source, "data.validation_fraction", "a sweep ranks its "
+                          "trials on the validation split, and this one is empty (0)")
     metric = spec.get("metric", "auto")
     if metric == "auto":
         metric = "val_accuracy" if dataset.num_classes else "val_loss"
