@@ -100,6 +100,13 @@ def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
     return time.perf_counter() - start, compiling
 
 
+def _torch_mlp(torch, inputs: int, width: int):
+    """The benchmark MLP in PyTorch: inputs -> width -> width -> 10, ReLU."""
+    return torch.nn.Sequential(torch.nn.Linear(inputs, width), torch.nn.ReLU(),
+                               torch.nn.Linear(width, width), torch.nn.ReLU(),
+                               torch.nn.Linear(width, 10))
+
+
 def torch_loop(cfg, dataset, trials) -> float | None:
     """(c): PyTorch eager, one trial after another; None when torch is not installed."""
     try:
@@ -114,9 +121,7 @@ def torch_loop(cfg, dataset, trials) -> float | None:
     start = time.perf_counter()
     for trial in trials:
         width = trial.config.model.hidden[0]
-        model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.ReLU(),
-                                    torch.nn.Linear(width, width), torch.nn.ReLU(),
-                                    torch.nn.Linear(width, 10)).to(device)
+        model = _torch_mlp(torch, x.shape[1], width).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=trial.config.optimizer.learning_rate,
                               momentum=0.9)
         for _ in range(cfg.training.epochs):
@@ -153,19 +158,15 @@ def torch_func_vmap(cfg, dataset, trials) -> float | None:
     y = torch.tensor(dataset.y_train, dtype=torch.long, device=device)
     n, batch = len(x), cfg.training.batch_size
 
-    def mlp(width):
-        return torch.nn.Sequential(torch.nn.Linear(x.shape[1], width), torch.nn.ReLU(),
-                                   torch.nn.Linear(width, width), torch.nn.ReLU(),
-                                   torch.nn.Linear(width, 10))
-
     start = time.perf_counter()
     for width, group in _by_width(trials).items():
         count = len(group)
-        params, buffers = stack_module_state([mlp(width).to(device) for _ in group])
+        params, buffers = stack_module_state(
+            [_torch_mlp(torch, x.shape[1], width).to(device) for _ in group])
         params = {k: v.detach() for k, v in params.items()}
         momenta = {k: torch.zeros_like(v) for k, v in params.items()}
         lr = torch.tensor([t.config.optimizer.learning_rate for t in group], device=device)
-        base = mlp(width).to("meta")
+        base = _torch_mlp(torch, x.shape[1], width).to("meta")
 
         def loss(p, b, xb, yb, base=base):
             return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
