@@ -186,15 +186,15 @@ def torch_func_vmap(cfg, dataset, trials) -> float | None:
     return time.perf_counter() - start
 
 
-def equinox_ensemble(cfg, dataset, trials) -> tuple[float, float] | None:
+def equinox_ensemble(cfg, dataset, trials) -> tuple[float | None, float]:
     """(e): an Equinox ensemble: per width, one jitted `jax.vmap` over the trials of a run
     that builds an `eqx.nn.MLP` and trains its arrays (`eqx.partition`) with optax SGD with
     momentum, `lax.scan` over epochs and steps; each trial draws its own minibatch order. Returns
-    (seconds, of which compiling), or None when Equinox is not installed."""
+    (seconds, of which compiling); seconds is None when Equinox is not installed."""
     try:
         import equinox as eqx
     except ImportError:
-        return None
+        return None, 0.0
     x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
     n, batch, epochs = len(x), cfg.training.batch_size, cfg.training.epochs
     steps = n // batch

@@ -39,8 +39,8 @@ def step_flops(width: int) -> float:
 
 
 def trial_step(width: int):
-    """``step(params, opt_state, lr, x, y) -> (params, opt_state, loss)`` for one trial, and
-    one trial's initial ``(params, opt_state)`` drawn from ``key``."""
+    """``(init, step)`` for one trial: ``init(key) -> (params, opt_state)`` and
+    ``step(params, opt_state, lr, x, y) -> (params, opt_state, loss)``."""
     net = serial(Dense(width), Relu(), Dense(width), Relu(), Dense(CLASSES))
     _, _, no_state = net.init(jax.random.key(0), (None, INPUTS))  # () per layer
 
@@ -74,10 +74,10 @@ def contenders(width: int, counts: list[int]) -> dict:
     params, opt_state = jax.vmap(init)(keys)
     first = jax.tree.map(lambda a: a[0], (params, opt_state))
     out = {f"w{width} solo": (jax.jit(step), (*first, lrs[0], x[0], y[0]))}
+    shared = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None)))  # compiled per N
+    apart = jax.jit(jax.vmap(step))
     for count in counts:
         cut = jax.tree.map(lambda a, n=count: a[:n], (params, opt_state))
-        shared = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None)))
-        apart = jax.jit(jax.vmap(step))
         out[f"w{width} N={count} shared"] = (shared, (*cut, lrs[:count], x[0], y[0]))
         out[f"w{width} N={count} apart"] = (apart, (*cut, lrs[:count], x[:count], y[:count]))
     return out
