@@ -8,7 +8,7 @@ from typing import Any
 from jaxnn import combinators as C
 from jaxnn import layers as L
 from jaxnn.config import Config, ConfigError, ModelConfig
-from jaxnn.layer import Layer, ShapeError, stateless
+from jaxnn.layer import Layer, ShapeError
 from jaxnn.summary import shapes
 
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
@@ -62,26 +62,24 @@ def _tuples(value: Any) -> Any:
 MLP_W_INIT = "lecun_normal"
 
 
-def _masked(activation: Layer, mask: Any) -> Layer:
-    """``activation(x) * mask`` for a 0/1 unit mask (packed sweeps), with the same params
-    structure as the bare (stateless) activation; the rule masks ``dy`` before the
-    activation's rule."""
+def masked(layer: Layer, mask: Any) -> Layer:
+    """``layer`` with its output's last axis (units, channels) times a 0/1 ``mask``, for
+    packed sweeps: the same params and state; the rule masks ``dy`` before ``layer``'s own."""
 
-    def init(key, input_shape):
-        output_shape, params, _ = activation.init(key, input_shape)
-        return output_shape, params
+    def times_mask(y):
+        return y * mask.reshape((1,) * (y.ndim - 1) + mask.shape).astype(y.dtype)
 
-    def apply(params, x, *, key=None, train=False):
-        y, _ = activation.apply(params, (), x, key=key, train=train)
-        return y * mask[None, :].astype(y.dtype)
+    def apply(params, state, x, *, key=None, train=False):
+        y, state = layer.apply(params, state, x, key=key, train=train)
+        return times_mask(y), state
 
-    def backward(params, x, y, dy, *, key=None, train=False):
-        del y  # The activation's own output is recomputed below.
-        unmasked, _ = activation.apply(params, (), x, key=key, train=train)
-        masked_dy = dy * mask[None, :].astype(dy.dtype)
-        return activation.backward(params, (), x, unmasked, masked_dy, key=key, train=train)
+    def backward(params, state, x, y, dy, *, key=None, train=False):
+        del y  # The layer's own (unmasked) output is recomputed below.
+        unmasked, _ = layer.apply(params, state, x, key=key, train=train)
+        return layer.backward(params, state, x, unmasked, times_mask(dy), key=key, train=train)
 
-    return stateless(init, apply, backward, name=activation.name)
+    reference = None if layer.reference is layer else masked(layer.reference, mask)
+    return Layer(layer.init, apply, backward, name=layer.name, reference=reference)
 
 
 def build(
@@ -122,7 +120,7 @@ def _build(model, output_size, *, dropout=None, hidden_mask=None, source="<confi
                               f"{model.activation!r}; known: {', '.join(L.ACTIVATIONS)}")
         hidden = []
         for width in model.hidden:
-            act = activation() if hidden_mask is None else _masked(activation(), hidden_mask)
+            act = activation() if hidden_mask is None else masked(activation(), hidden_mask)
             hidden += [L.Dense(width, w_init=MLP_W_INIT), act]
             if model.dropout > 0:
                 hidden.append(L.Dropout(rate))

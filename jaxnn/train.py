@@ -198,11 +198,15 @@ def init_model(net, key: jax.Array, input_shape, hparams: dict, dtype) -> tuple[
     """``net``'s initial ``(params, state)`` in ``dtype``, weights ("w") scaled by the init
     scale."""
     _, params, state = net.init(key, input_shape)
-    scale = hparams["init_scale"].astype(dtype)
-    params = jax.tree_util.tree_map_with_path(
+    return scale_weights(params, hparams["init_scale"], dtype), cast_floating(state, dtype)
+
+
+def scale_weights(params: Any, scale: jax.Array, dtype) -> Any:
+    """``params`` in ``dtype``, the weights ("w") times the init ``scale``."""
+    scale = scale.astype(dtype)
+    return jax.tree_util.tree_map_with_path(
         lambda path, p: p.astype(dtype) * scale if path[-1] == jax.tree_util.DictKey("w")
         else p.astype(dtype), params)
-    return params, cast_floating(state, dtype)
 
 
 def default_network(config: Config, output_size: int) -> Callable[[dict], Layer]:

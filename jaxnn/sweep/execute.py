@@ -219,10 +219,10 @@ class Sweep:
             self.train_batch(make_plan(self.config, self.dataset, batch))
 
     def program(self, group: Group) -> GroupProgram:
-        key = (structure(group.config, pack=False), group.packed_width)
+        key = (structure(group.config, pack=False), group.packed_width, group.packed_layers)
         if key not in self.programs:
             self.programs[key] = GroupProgram(group.config, group.packed_width, self.dataset,
-                                              self.mesh, self.prologue)
+                                              self.mesh, self.prologue, group.packed_layers)
         return self.programs[key]
 
     def emit(self, rows: list[dict]) -> None:

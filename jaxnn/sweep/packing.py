@@ -18,6 +18,7 @@ import numpy as np
 from jaxnn import config as config_lib
 from jaxnn import initializers, models
 from jaxnn.config import Config
+from jaxnn.sweep import channels
 from jaxnn.sweep.spec import Trial
 
 # Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
@@ -47,30 +48,35 @@ def reuse_size(compiled: Sequence[int], needed: int, epochs: int, cfg: Config,
     return min(bigger) if seconds <= COMPILE_SECONDS.get(backend, 1.0) else needed
 
 
-def width_runs(group_trials, in_features, out, steps, backend, setting) -> list[list[Trial]]:
-    """Splits trials that differ only in hidden width into programs: runs of neighbouring
+def width_runs(group_trials, widths_of, flops_of, steps, backend, setting) -> list[list[Trial]]:
+    """Splits trials that differ only in their widths into programs: runs of neighbouring
     widths, each run padded to its widest.
 
-    ``setting`` True packs all widths into one program and False gives each width its own;
-    "auto" picks the split with the least modelled time (`COMPILE_SECONDS` per program plus
-    the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over the sorted widths.
+    Args:
+      group_trials: the trials.
+      widths_of: ``widths_of(trial)``, the trial's widths (a tuple: hidden layers' units,
+        or packed layers' channels).
+      flops_of: ``flops_of(widths)``, a training step's FLOPs at those widths.
+      steps: the training steps of a trial.
+      backend: the JAX backend, for the cost model.
+      setting: True packs all widths into one program and False gives each width its own;
+        "auto" picks the split with the least modelled time (`COMPILE_SECONDS` per program
+        plus the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over the sorted
+        widths.
     """
     by_width: dict[tuple[int, ...], list[Trial]] = {}
-    for trial in sorted(group_trials, key=lambda t: t.config.model.hidden):
-        by_width.setdefault(trial.config.model.hidden, []).append(trial)
+    for trial in sorted(group_trials, key=widths_of):
+        by_width.setdefault(widths_of(trial), []).append(trial)
     widths = list(by_width)
     if setting is True or setting is False:
         return ([[t for w in widths for t in by_width[w]]] if setting
                 else [by_width[w] for w in widths])
     compile_s, rate = COMPILE_SECONDS.get(backend, 1.0), FLOPS_PER_SECOND.get(backend, 3e10)
-    cfg = group_trials[0].config
 
     def run_cost(first, last):  # widths[first:last] in one program
-        widest = max(max(w) for w in widths[first:last])
+        padded = tuple(max(column) for column in zip(*widths[first:last], strict=True))
         trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
-        padded = [widest] * len(cfg.model.hidden) if last - first > 1 else widths[first]
-        return compile_s + trials_in_run * steps * step_flops(cfg, padded, in_features,
-                                                               out) / rate
+        return compile_s + trials_in_run * steps * flops_of(padded) / rate
 
     best = [(0.0, 0)] + [(math.inf, 0)] * len(widths)  # best[i]: (cost, start of last run)
     for last in range(1, len(widths) + 1):
@@ -144,7 +150,10 @@ def own_param_shapes(trial: Trial, dataset) -> Any:
 
 
 def trial_params_unpadded(params: Any, trial: Trial, dataset) -> Any:
-    """A packed trial's final parameters cropped to its own width."""
+    """A packed trial's final parameters cropped to its own widths or channels."""
+    if channels.walkable(trial.config):
+        return channels.crop_params(params, trial.config.model, dataset.input_shape,
+                                    dataset.output_size)
     return jax.tree.map(lambda p, s: p[tuple(slice(0, n) for n in s.shape)], params,
                         own_param_shapes(trial, dataset))
 

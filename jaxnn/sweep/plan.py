@@ -15,7 +15,8 @@ import numpy as np
 from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config, ConfigError
-from jaxnn.sweep.packing import width_runs
+from jaxnn.sweep import channels
+from jaxnn.sweep.packing import step_flops, width_runs
 from jaxnn.sweep.pruning import Pruning, from_spec
 from jaxnn.sweep.spec import NUMERIC, Trial, space_of, spec_of, trials
 
@@ -25,15 +26,18 @@ class Group(NamedTuple):
 
     Attributes:
       trials: the trials, in sweep order.
-      config: the program's config (hidden widths padded to ``packed_width`` when packed).
-      packed_width: the padded hidden width when widths are packed, else None.
+      config: the program's config (hidden widths padded to ``packed_width``, or packed
+        layers' features to the group's widest, when packed).
+      packed_width: the padded hidden width when MLP widths are packed, else None.
       chunks: the trial indices run together, one chunk per call of the program.
+      packed_layers: the ``model.layers`` whose features are packed (`channels`), or ().
     """
 
     trials: tuple[Trial, ...]
     config: Config
     packed_width: int | None
     chunks: tuple[tuple[int, ...], ...]
+    packed_layers: tuple[int, ...] = ()
 
 
 class Plan(NamedTuple):
@@ -86,6 +90,12 @@ class Plan(NamedTuple):
                          else f"{len(cfg.model.layers)} layers")
             packed = f", widths {[list(w) for w in widths]} packed to {group.packed_width}" \
                 if group.packed_width else ""
+            if group.packed_layers:
+                own = sorted({channels.features(t.config, group.packed_layers)
+                              for t in group.trials})
+                packed = (f", features of model.layers {list(group.packed_layers)} "
+                          f"{[list(w) for w in own]} packed to "
+                          f"{list(channels.features(cfg, group.packed_layers))}")
             lines.append(
                 f"  program {number}: {len(group.trials)} trials in {len(group.chunks)} "
                 f"chunk(s) of <= {max(len(c) for c in group.chunks)}; {structure}, "
@@ -98,8 +108,9 @@ class Plan(NamedTuple):
         return "\n".join(lines)
 
 
-def structure(cfg: Config, pack: bool) -> str:
-    """The part of a config that shapes the compiled program (numeric values neutralised)."""
+def structure(cfg: Config, pack: bool, packed_layers: Sequence[int] = ()) -> str:
+    """The part of a config that shapes the compiled program (numeric values neutralised;
+    with ``pack``, the MLP's widths; the features of ``packed_layers``)."""
     raw = config_lib.to_dict(cfg)
     for section_key in NUMERIC.values():
         section, key = section_key.split(".")
@@ -107,6 +118,7 @@ def structure(cfg: Config, pack: bool) -> str:
     raw["model"]["dropout"] = cfg.model.dropout > 0  # Dropout layers exist or not.
     if pack:
         raw["model"]["hidden"] = len(cfg.model.hidden)  # depth only
+    channels.blanked(raw["model"], packed_layers)
     return json.dumps(raw, sort_keys=True, default=str)
 
 
@@ -222,27 +234,49 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
     in_features = math.prod(dataset.input_shape)
     pack_setting = spec.get("pack_widths", "auto")
+    swept_layers = channels.swept_layers(list(space))
+
+    def packed_layers_of(cfg):  # the layers whose channels this sweep packs, or ()
+        packs = pack_setting is not False and channels.packable(cfg, swept_layers)
+        return swept_layers if packs else ()
+
     by_structure: dict[str, list[Trial]] = {}
     for trial in all_trials:
         pack = pack_setting is not False and packable(trial.config)
-        by_structure.setdefault(structure(trial.config, pack), []).append(trial)
+        by_structure.setdefault(structure(trial.config, pack, packed_layers_of(trial.config)),
+                                []).append(trial)
     groups, sizes = [], []
     for members in by_structure.values():
-        if packable(members[0].config) and pack_setting is not False:
-            parts = width_runs(members, in_features, dataset.output_size, steps, backend,
-                                pack_setting)
+        first = members[0].config
+        packed_layers = packed_layers_of(first)
+        if packable(first) and pack_setting is not False:
+            parts = width_runs(members, lambda t: t.config.model.hidden,
+                               lambda w, c=first: step_flops(c, w, in_features,
+                                                             dataset.output_size),
+                               steps, backend, pack_setting)
+        elif packed_layers:
+            parts = width_runs(members, lambda t: channels.features(t.config, swept_layers),
+                               channels.step_flops_of(first, swept_layers, dataset.input_shape,
+                                                      dataset.output_size),
+                               steps, backend, pack_setting)
         else:  # The structure key kept the widths apart: one width per group already.
             parts = [members]
         for part in parts:
             part_widths = {t.config.model.hidden for t in part}
             packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
                             else None)
-            if spec["search"] != "grid" and pack_setting is not False and packable(
-                    part[0].config):  # later batches reuse the programs
+            adaptive = spec["search"] != "grid"  # later batches reuse the programs
+            if adaptive and pack_setting is not False and packable(part[0].config):
                 packed_width = bucket(max(max(w) for w in part_widths))
             cfg = part[0].config
             if packed_width:
                 cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
+            own = {channels.features(t.config, packed_layers) for t in part}
+            part_packed = packed_layers if len(own) > 1 or adaptive else ()
+            if part_packed:
+                widest = [max(column) for column in zip(*own, strict=True)]
+                cfg = channels.with_features(cfg, part_packed,
+                                             [bucket(w) if adaptive else w for w in widest])
             own_seed = len({t.config.training.seed for t in part}) > 1
             per_trial = bytes_per_trial(cfg, dataset, own_seed)
             shared = 0 if own_seed else order_bytes(cfg, dataset)
@@ -260,6 +294,6 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
             size = math.ceil(len(part) / count)
             chunks = tuple(tuple(t.index for t in part[i:i + size])
                            for i in range(0, len(part), size))
-            groups.append(Group(tuple(part), cfg, packed_width, chunks))
+            groups.append(Group(tuple(part), cfg, packed_width, chunks, part_packed))
     return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
                 spec["search"], prune)

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config
+from jaxnn.sweep import channels
 from jaxnn.sweep.packing import (
     fit_inputs,
     fit_widest,
@@ -26,7 +27,15 @@ from jaxnn.sweep.packing import (
     own_param_shapes,
 )
 from jaxnn.sweep.spec import Trial
-from jaxnn.train import HPARAMS, Trainer, TrainState, default_hparams, make_train, raw_key
+from jaxnn.train import (
+    HPARAMS,
+    Trainer,
+    TrainState,
+    default_hparams,
+    make_train,
+    raw_key,
+    scale_weights,
+)
 
 
 def compiler_options(run_once: bool = False) -> dict | None:
@@ -55,6 +64,8 @@ class Prologue:
         network depth serves every width.
       - the minibatch order of the epochs a segment trains (`jaxnn.train.Trainer.batches`).
     With one seed for the whole chunk, both are drawn once and shared by its trials.
+      - the initial params of ``model.layers`` trials whose channels are packed, drawn at
+        each trial's own channels (`own_params`) and zero-padded by `channels.embed_params`.
     """
 
     def __init__(self, dataset):
@@ -105,6 +116,25 @@ class Prologue:
         return self.programs[signature](keys)
 
 
+    def own_params(self, model: config_lib.ModelConfig, seed: int, dtype) -> Any:
+        """The params a ``model.layers`` trial draws alone (before the init scale), as host
+        arrays; one small program per model."""
+        signature = ("own", channels.model_key(model), jnp.dtype(dtype))
+        if signature not in self.programs:
+            net = models.build(model, self.dataset.output_size)
+
+            def one(key):
+                init_key, _ = jax.random.split(key)  # as `Trainer.init` splits it
+                _, params, _ = net.init(init_key, self.input_shape)
+                return jax.tree.map(lambda p: p.astype(dtype), params)
+
+            start = time.perf_counter()
+            self.programs[signature] = jax.jit(one).lower(jax.random.key(0)).compile(
+                compiler_options=compiler_options(run_once=True))
+            self.compile_s += time.perf_counter() - start
+        return jax.device_get(self.programs[signature](jax.random.key(seed)))
+
+
 class Segment(NamedTuple):
     """What `GroupProgram` returns for a chunk's segment of epochs, host arrays in the
     chunk's trial order: ``metrics`` per epoch (leading axes trial, epoch), ``test`` metrics
@@ -126,13 +156,16 @@ class GroupProgram:
     """
 
     def __init__(self, config: Config, packed_width: int | None, dataset, mesh: Mesh | None,
-                 prologue: Prologue):
+                 prologue: Prologue, packed_layers: tuple[int, ...] = ()):
         self.config = config
         self.packed_width = packed_width
-        self.trainer = trainer = make_train(
-            config, dataset, mesh=None,
-            network=masked_network(config, dataset.output_size, packed_width)
-            if packed_width else None)
+        self.packed_layers = packed_layers
+        network = None
+        if packed_width:
+            network = masked_network(config, dataset.output_size, packed_width)
+        elif packed_layers:
+            network = channels.masked_network(config, dataset.output_size, packed_layers)
+        self.trainer = trainer = make_train(config, dataset, mesh=None, network=network)
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
@@ -145,17 +178,19 @@ class GroupProgram:
             else None
         epochs = trainer.epochs
 
-        def begin(key, hparams, widest, lone_dims, ratios):
-            """A trial's initial state; its params from the widest draw (None for
-            ``model.layers`` nets, which draw their own)."""
+        def begin(key, hparams, widest, own):
+            """A trial's initial state. Its params: from the widest draw, with ``own`` its
+            `fit_inputs` (an MLP); its own draw, zero-padded (packed channels); else (None,
+            None) and the trainer draws them."""
             params0 = None
             if widest is not None:
-                params0 = fit_widest(widest, hparams["init_scale"], lone_dims, ratios,
-                                     self.target)
+                params0 = fit_widest(widest, hparams["init_scale"], *own, self.target)
+            elif own is not None:
+                params0 = scale_weights(own, hparams["init_scale"], trainer.dtype)
             return trainer.init(key, hparams, params=params0)
 
-        def whole(key, hparams, widest, lone_dims, ratios, batches, data, x_test, y_test):
-            state = begin(key, hparams, widest, lone_dims, ratios)
+        def whole(key, hparams, widest, own, batches, data, x_test, y_test):
+            state = begin(key, hparams, widest, own)
             state, metrics = trainer.run_epochs(state, hparams, epochs, data, batches)
             return state, metrics, trainer.evaluate(state.params, state.model_state, hparams,
                                                     x_test, y_test)
@@ -185,9 +220,9 @@ class GroupProgram:
             (from `Prologue`)."""
             k = None if shared_key else 0
             if kind == "init":
-                return jax.jit(jax.vmap(begin, in_axes=(k, 0, k, 0, 0)))
+                return jax.jit(jax.vmap(begin, in_axes=(k, 0, k, 0)))
             if kind == "whole":
-                return jax.jit(jax.vmap(whole, in_axes=(k, 0, k, 0, 0, k, None, None, None)))
+                return jax.jit(jax.vmap(whole, in_axes=(k, 0, k, 0, k, None, None, None)))
             return jax.jit(jax.vmap(segment, in_axes=(0, 0, k, None, None, None, None, None)))
 
         self.program = program
@@ -198,6 +233,22 @@ class GroupProgram:
         per_trial = [fit_inputs(own_param_shapes(t, self.dataset), widest, self.trainer.dtype)
                      for t in trials]
         return jax.tree.map(lambda *xs: np.stack(xs), *per_trial)
+
+    def _own_params(self, trials: Sequence[Trial]) -> Any:
+        """Each trial's own initial params (packed channels), zero-padded and stacked."""
+        shape, size, dtype = self.dataset.input_shape, self.dataset.output_size, \
+            self.trainer.dtype
+        drawn = {}
+
+        def key(trial):
+            return channels.model_key(trial.config.model), trial.config.training.seed
+
+        for t in trials:
+            if key(t) not in drawn:
+                own = self.prologue.own_params(t.config.model, t.config.training.seed, dtype)
+                drawn[key(t)] = channels.embed_params(own, t.config.model, self.config.model,
+                                                      shape, size)
+        return jax.tree.map(lambda *xs: np.stack(xs), *[drawn[key(t)] for t in trials])
 
     def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
         signature = (kind, shared_key, size)
@@ -228,6 +279,9 @@ class GroupProgram:
         if self.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
                                            jnp.int32)
+        if self.packed_layers:
+            hparams["channels"] = jnp.asarray(
+                [channels.features(t.config, self.packed_layers) for t in padded], jnp.int32)
         sharding = replicated = None
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
@@ -250,9 +304,12 @@ class GroupProgram:
                 jnp.asarray(self.dataset.y_test))
         test = _put(test, replicated) if spread else test
         if first_epoch == 0:
-            fit = ((None, None) if widest is None else
-                   self._fit_inputs(padded, self.prologue.widest_model(self.config.model)))
-            begin_args = (keys, hparams, widest, *(_put(fit, sharding) if spread else fit))
+            own = None
+            if widest is not None:
+                own = self._fit_inputs(padded, self.prologue.widest_model(self.config.model))
+            elif self.packed_layers:
+                own = self._own_params(padded)
+            begin_args = (keys, hparams, widest, _put(own, sharding) if spread else own)
         whole = first_epoch == 0 and stop_epoch == epochs
         if whole:
             state, metrics, test_metrics = self._run("whole", shared_key, size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -63,10 +64,12 @@ def spec_of(config: Config) -> dict:
         if not isinstance(spec.get(table, {}), dict):
             raise ConfigError(source, f"sweep.{table}", "expected a table of name = values")
         for name in spec.get(table, {}):
-            if name not in NUMERIC and name not in STRUCTURAL and name.count(".") != 1:
+            if (name not in NUMERIC and name not in STRUCTURAL and name.count(".") != 1
+                    and layer_path(name) is None):
                 raise ConfigError(source, f"sweep.{table}.{name}", "unknown hyperparameter; "
-                                  f"use one of {', '.join([*NUMERIC, *STRUCTURAL])} or a "
-                                  "config key as \"section.key\"")
+                                  f"use one of {', '.join([*NUMERIC, *STRUCTURAL])}, a "
+                                  "config key as \"section.key\" or a layer's as "
+                                  "\"model.layers[i].key\"")
     for name, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
@@ -167,6 +170,31 @@ def _draw(dist: Distribution, rng: np.random.Generator) -> Any:
     return min(max(round(value), dist.low), dist.high) if dist.kind == "int" else value
 
 
+def layer_path(name: str) -> list[str | int] | None:
+    """A swept layer argument's path in the raw config: ``"model.layers[2].features"`` is
+    ``["model", "layers", 2, "features"]`` (nested tables too, as the config's error keys
+    name them: ``"model.layers[1].layers[0].features"``); None for any other name."""
+    if not re.fullmatch(r"model\.layers\[\d+\](?:\.\w+|\[\d+\])*\.\w+", name):
+        return None
+    return [int(index) if index else key for key, index in re.findall(r"(\w+)|\[(\d+)\]", name)]
+
+
+def _set_layer_value(raw: dict, name: str, value: Any, base: Config, where: str) -> None:
+    path = layer_path(name)
+    node: Any = raw
+    for depth, step in enumerate(path[:-1]):
+        inside = (isinstance(node, dict) and step in node if isinstance(step, str)
+                  else isinstance(node, list | tuple) and step < len(node))
+        if not inside:
+            at = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path[:depth + 1])
+            raise ConfigError(base.source, where, f"{name}: the config has no {at[1:]}")
+        node = node[step]
+    if not isinstance(node, dict):
+        raise ConfigError(base.source, where, f"{name}: {name.rsplit('.', 1)[0]} is not a "
+                          "layer table")
+    node[path[-1]] = value
+
+
 def _apply(base: Config, values: dict, where: str) -> Config:
     raw = config_lib.to_dict(base)
     raw["sweep"] = {}
@@ -180,6 +208,9 @@ def _apply(base: Config, values: dict, where: str) -> Config:
         model["hidden"] = [width] * values.get("depth", len(hidden))
     for name, value in values.items():
         if name in ("width", "depth"):
+            continue
+        if layer_path(name) is not None:
+            _set_layer_value(raw, name, value, base, where)
             continue
         section, key = (NUMERIC.get(name) or STRUCTURAL.get(name) or name).split(".")
         if section not in raw or section == "sweep":
