@@ -17,8 +17,13 @@ With --scaling N...: the same grid cut or repeated over seeds to N trials, timed
 `functional_call` + `torch.vmap`) and (e) an Equinox ensemble (vmapped `eqx.nn.MLP`s, one
 jitted program per width), with compile time apart where there is one.
 
+With --channels: the CNN of configs/cnn_digits.toml (without its Dropout) swept over its
+first convolution's channel counts {8, 16, 32} x 4 learning rates, 12 trials, timed for
+jaxnn as planned, with every count packed in one program, and with one program per count.
+
 Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
      python experiments/benchmark_sweep.py --scaling 1 8 32 128 512 --epochs 5 --plot FILE
+     python experiments/benchmark_sweep.py --channels --epochs 5
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from jaxnn import benchmarking, run, sweep
 from jaxnn import config as config_lib
 
 CONFIG = "configs/sweep_lr_width.toml"
+CNN_CONFIG = "configs/cnn_digits.toml"
 
 
 def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
@@ -332,6 +338,39 @@ def plot_scaling(times, counts, path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def channel_packing(args, host_line) -> None:
+    """The CNN channel-count sweep as planned, all packed and one program per count."""
+    base = config_lib.load(CNN_CONFIG, ["training.progress=false", "output.plots=false"]
+                           + ([f"training.epochs={args.epochs}"] if args.epochs else []))
+    layers = tuple(spec for spec in base.model.layers if spec["type"] != "Dropout")
+    base = base.replace(model={"layers": layers}, sweep={"grid": {
+        "model.layers[0].features": [8, 16, 32], "learning_rate": [3e-4, 1e-3, 3e-3, 1e-2]}})
+    dataset = run.prepare(base)
+    variants = {"planner": base, **{f"pack={k}": base.replace(sweep={
+        **base.sweep, "pack_widths": k}) for k in (True, False)}}
+    plans = {key: sweep.make_plan(cfg, dataset) for key, cfg in variants.items()}
+    print(f"{jax.devices()[0].platform}: 12 trials (channels of model.layers[0] x 4 learning "
+          f"rates), {base.training.epochs} epochs, {args.repeats} repeats in a fresh random "
+          f"order, compile included; {host_line}")
+    for key, plan in plans.items():
+        print(f"  {key}: " + "; ".join(
+            str(sorted({t.values['model.layers[0].features'] for t in g.trials}))
+            for g in plan.groups))
+    times: dict[str, list[tuple[float, float]]] = {}
+    order, shuffler = list(variants), random.Random(0)
+    for _ in range(args.repeats):
+        shuffler.shuffle(order)
+        for key in order:
+            seconds, _, compile_s = jaxnn_sweep(variants[key], dataset)
+            times.setdefault(key, []).append((seconds, compile_s))
+    print("| jaxnn | programs | wall s | compile s | training s |\n|---|---:|---:|---:|---:|")
+    for key, samples in times.items():
+        wall = statistics.median(s for s, _ in samples)
+        compiling = statistics.median(c for _, c in samples)
+        print(f"| {key} | {len(plans[key].groups)} | {wall:.2f} | {compiling:.2f} | "
+              f"{statistics.median(s - c for s, c in samples):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -341,9 +380,13 @@ def main() -> None:
                         help="time every contender at these trial counts (e.g. 1 8 32 128 "
                              "512: learning rate x width x seed)")
     parser.add_argument("--plot", help="with --scaling: write the time-vs-N plot here")
+    parser.add_argument("--channels", action="store_true",
+                        help="time the CNN channel-count sweep (packed, per count, planned)")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
+    if args.channels:
+        return channel_packing(args, host_line)
     overrides = ["training.progress=false", "output.plots=false",
                  f"sweep.grid.width={args.widths}"]
     if args.epochs:

@@ -11,7 +11,8 @@ A ``[sweep]`` section lists the values to try::
 
 Names are the numeric hyperparameters (`NUMERIC`: learning rate, momentum, weight decay,
 Adam's b1, dropout, init scale, seed), the structural ones (`STRUCTURAL`: width, depth, activation,
-batch size, optimizer, schedule) or any config key as "section.key".
+batch size, optimizer, schedule), any config key as "section.key" or a layer's argument as
+"model.layers[i].key" (nested: "model.layers[i].layers[j].key").
 
 Planning groups the trials by compiled structure: everything but the numeric
 hyperparameters. Inside a group the numeric ones are array leaves, vmapped in one program,
@@ -20,7 +21,9 @@ only in hidden width share a program: hidden layers are padded to the program's 
 the extra units masked (`packing.masked_network`); "auto" splits the widths into programs
 by a cost model. Every trial starts from the parameters it would draw alone (zero-padded
 when packed); as the initializers are shape-stable, those come from one draw at the sweep's
-widest widths, cropped and rescaled. That draw and the epochs' minibatch orders are made by a
+widest widths, cropped and rescaled. Trials of a ``model.layers`` CNN that differ only in
+the features of Dense or Conv layers ("model.layers[i].features") are packed the same way
+(`channels`), each drawing its own params, zero-padded. That draw and the epochs' minibatch orders are made by a
 small program run once per chunk, so the training programs compile no random-number code
 (dropout's keys aside).
 Trials run in chunks that fit device memory; each chunk's results are appended to
@@ -36,7 +39,8 @@ rungs (`pruning`): the batch trains in segments between rungs, survivors continu
 their exact state.
 
 Modules, one concern each: `spec` (the ``[sweep]`` section, its search space and trials),
-`plan` (programs and chunks), `packing` (widths sharing a program, cost models), `programs`
+`plan` (programs and chunks), `packing` (widths sharing a program, cost models), `channels`
+(channel counts of ``model.layers`` sharing a program), `programs`
 (the compiled programs), `pruning` (rungs, brackets, survivors), `search` (the Optuna study
 and samplers), `execute` (running, streaming, resume), `report` (table, CSV, best config,
 plots) and `workers` (many processes on one shared study). This module only re-exports.
