@@ -291,3 +291,40 @@ def test_adam_b1_is_traced_and_swept_in_one_program(tmp_path):
         assert row["val_loss"] == pytest.approx(float(metrics["val_loss"][-1]), rel=1e-9)
         losses.append(row["val_loss"])
     assert losses[0] != losses[1]
+
+
+def test_short_programs_compile_with_the_older_emitters(monkeypatch):
+    from jaxnn.sweep import programs
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    long = 2 * programs.OLDER_EMITTERS_BELOW * sweep.COMPILE_SECONDS["cpu"]
+    assert programs.compiler_options() == {"xla_backend_optimization_level": 1}
+    assert programs.compiler_options(training_seconds=long) == {
+        "xla_backend_optimization_level": 1}
+    assert programs.compiler_options(training_seconds=long / 4)[
+        "xla_cpu_use_fusion_emitters"] is False
+    assert programs.compiler_options(run_once=True) == {
+        "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def test_a_jaxlib_without_the_emitter_switch_compiles_without_it():
+    from jaxnn.sweep import programs
+
+    lowered = jax.jit(lambda x: x * 2).lower(jnp.ones(3))
+    switch = {"xla_cpu_use_fusion_emitters": False}
+    seen = []
+
+    class Lowered:  # refuses the switch as a jaxlib without it does
+        def compile(self, compiler_options=None):
+            seen.append(compiler_options)
+            if "xla_cpu_use_fusion_emitters" in (compiler_options or {}):
+                raise jax.errors.JaxRuntimeError(
+                    "INVALID_ARGUMENT: No such compile option: 'xla_cpu_use_fusion_emitters'")
+            return lowered.compile(compiler_options=compiler_options)
+
+    compiled = programs.compile_lowered(Lowered(), {"xla_backend_optimization_level": 1,
+                                                    **switch})
+    assert seen[-1] == {"xla_backend_optimization_level": 1}
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
+    with pytest.raises(jax.errors.JaxRuntimeError):  # other errors are not swallowed
+        programs.compile_lowered(lowered, {"xla_no_such_option": 1})

@@ -23,9 +23,9 @@ by a cost model. Every trial starts from the parameters it would draw alone (zer
 when packed); as the initializers are shape-stable, those come from one draw at the sweep's
 widest widths, cropped and rescaled. Trials of a ``model.layers`` CNN that differ only in
 the features of Dense or Conv layers ("model.layers[i].features") are packed the same way
-(`channels`), each drawing its own params, zero-padded. That draw and the epochs' minibatch orders are made by a
-small program run once per chunk, so the training programs compile no random-number code
-(dropout's keys aside).
+(`channels`), each drawing its own params, zero-padded. That draw and the epochs' minibatch
+orders are made by a small program run once per chunk, so the training programs compile no
+random-number code (dropout's keys aside).
 Trials run in chunks that fit device memory; each chunk's results are appended to
 ``results.jsonl`` (flushed and fsynced), so a killed sweep resumed with ``resume=True``
 reruns only unfinished trials and ends with the same table.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -19,12 +20,15 @@ from jaxnn import models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
 from jaxnn.sweep.packing import (
+    COMPILE_SECONDS,
+    FLOPS_PER_SECOND,
     fit_inputs,
     fit_widest,
     hidden_structure,
     masked_network,
     model_param_shapes,
     own_param_shapes,
+    step_flops,
 )
 from jaxnn.sweep.spec import Trial
 from jaxnn.train import (
@@ -37,18 +41,45 @@ from jaxnn.train import (
     scale_weights,
 )
 
+# XLA's CPU fusion emitters (MLIR) spend most of a sweep program's compile time compiling
+# its ~100-150 fusions. The older emitters compiled the digits MLP's and CNN's sweep
+# programs 27-34% faster, and those programs then trained 5-7% slower
+# (BENCHMARKS.md, "Compiling sweep programs"). So a program whose modelled training time is
+# under this many times its modelled compile time (`packing.COMPILE_SECONDS`) takes them.
+OLDER_EMITTERS_BELOW = 4.0
+_OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
 
-def compiler_options(run_once: bool = False) -> dict | None:
+
+def compiler_options(run_once: bool = False,
+                     training_seconds: float | None = None) -> dict | None:
     """XLA options for sweep programs on this backend.
 
     On CPU, backend optimisation level 1 compiles these training programs ~2x faster than
     the default with the same run time (measured by experiments/benchmark_sweep.py), and
     compilation dominates a CPU sweep. A program that runs once (the initial draw) takes
-    level 0: ~0.1 s less to compile for ~2 ms more to run.
+    level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program whose
+    ``training_seconds`` (modelled) are short, take the older fusion emitters
+    (`OLDER_EMITTERS_BELOW`).
     """
     if jax.default_backend() != "cpu":
         return None
-    return {"xla_backend_optimization_level": 0 if run_once else 1}
+    options = {"xla_backend_optimization_level": 0 if run_once else 1}
+    if run_once or (training_seconds is not None and training_seconds
+                    < OLDER_EMITTERS_BELOW * COMPILE_SECONDS["cpu"]):
+        options[_OLDER_EMITTERS] = False
+    return options
+
+
+def compile_lowered(lowered, options: dict | None):
+    """``lowered.compile(options)``; a jaxlib without the emitter switch compiles without
+    it."""
+    try:
+        return lowered.compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as error:
+        if not options or _OLDER_EMITTERS not in options or _OLDER_EMITTERS not in str(error):
+            raise
+        return lowered.compile(compiler_options={k: v for k, v in options.items()
+                                                 if k != _OLDER_EMITTERS})
 
 
 class Prologue:
@@ -110,8 +141,9 @@ class Prologue:
                 return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
             start = time.perf_counter()
-            self.programs[signature] = jax.jit(one if shared_key else jax.vmap(one)).lower(
-                keys).compile(compiler_options=compiler_options(run_once=True))
+            self.programs[signature] = compile_lowered(
+                jax.jit(one if shared_key else jax.vmap(one)).lower(keys),
+                compiler_options(run_once=True))
             self.compile_s += time.perf_counter() - start
         return self.programs[signature](keys)
 
@@ -129,8 +161,8 @@ class Prologue:
                 return jax.tree.map(lambda p: p.astype(dtype), params)
 
             start = time.perf_counter()
-            self.programs[signature] = jax.jit(one).lower(jax.random.key(0)).compile(
-                compiler_options=compiler_options(run_once=True))
+            self.programs[signature] = compile_lowered(jax.jit(one).lower(jax.random.key(0)),
+                                                       compiler_options(run_once=True))
             self.compile_s += time.perf_counter() - start
         return jax.device_get(self.programs[signature](jax.random.key(seed)))
 
@@ -166,6 +198,13 @@ class GroupProgram:
         elif packed_layers:
             network = channels.masked_network(config, dataset.output_size, packed_layers)
         self.trainer = trainer = make_train(config, dataset, mesh=None, network=network)
+        self.step_flops = None  # a training step's, for the compiler options; None: unknown
+        if not config.model.layers:
+            self.step_flops = step_flops(config, config.model.hidden,
+                                         math.prod(dataset.input_shape), dataset.output_size)
+        elif channels.walkable(config):
+            self.step_flops = channels.step_flops_of(config, (), dataset.input_shape,
+                                                     dataset.output_size)(())
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
@@ -254,8 +293,12 @@ class GroupProgram:
         signature = (kind, shared_key, size)
         if signature not in self.compiled:
             began = time.perf_counter()
-            self.compiled[signature] = self.program(kind, shared_key).lower(*args).compile(
-                compiler_options=compiler_options(run_once=kind == "init"))
+            seconds = None if self.step_flops is None else (
+                size * self.trainer.epochs * self.trainer.steps_per_epoch * self.step_flops
+                / FLOPS_PER_SECOND.get(jax.default_backend(), 3e10))
+            self.compiled[signature] = compile_lowered(
+                self.program(kind, shared_key).lower(*args),
+                compiler_options(run_once=kind == "init", training_seconds=seconds))
             self.compile_s += time.perf_counter() - began
         return self.compiled[signature](*args)
 
