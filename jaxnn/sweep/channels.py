@@ -101,10 +101,9 @@ def layer_shapes(model: config_lib.ModelConfig, input_shape: Sequence[int],
 
 
 def placements(own: config_lib.ModelConfig, padded: config_lib.ModelConfig,
-               input_shape: Sequence[int], output_size: int) -> tuple[Any, Any]:
-    """Where each element of a trial's own params and state sits in the padded network's:
-    trees shaped like its own params and state whose leaves are ``np.ix_`` index tuples
-    into the padded leaf.
+               input_shape: Sequence[int], output_size: int) -> Any:
+    """Where each element of a trial's own params sits in the padded network's: a tree
+    shaped like its own params whose leaves are `_Index`es into the padded leaf.
 
     Along the activations' last axis, own channel ``c`` sits at padded channel ``c``; after
     a Flatten of ``S`` positions of ``C`` padded channels, own feature ``s * c_own + c`` sits
@@ -114,9 +113,9 @@ def placements(own: config_lib.ModelConfig, padded: config_lib.ModelConfig,
     own_layers = layer_shapes(own, input_shape, output_size)
     padded_layers = layer_shapes(padded, input_shape, output_size)
     channel = None  # own channel i of the current activation sits at channel[i]; None: as is
-    params, state = [], []
-    for spec, (in_own, _, p_own, s_own), (in_padded, _, _, _) in zip(
-            own.layers, own_layers, padded_layers, strict=True):
+    params = []
+    for index, (spec, (in_own, _, p_own, _), (in_padded, _, _, _)) in enumerate(zip(
+            own.layers, own_layers, padded_layers, strict=True)):
         kind = spec["type"]
         if kind == "Flatten" and channel is not None:
             positions = math.prod(in_own[1:-1])
@@ -133,11 +132,10 @@ def placements(own: config_lib.ModelConfig, padded: config_lib.ModelConfig,
             return _Index(np.ix_(*axes))
 
         params.append(jax.tree_util.tree_map_with_path(place, p_own))
-        state.append(jax.tree_util.tree_map_with_path(place, s_own))
         if kind in FEATURE_TYPES:
-            out_own, out_padded = spec["features"], padded.layers[len(params) - 1]["features"]
-            channel = np.arange(out_own) if out_own != out_padded else None
-    return tuple(params), tuple(state)
+            widened = spec["features"] != padded.layers[index]["features"]
+            channel = np.arange(spec["features"]) if widened else None
+    return tuple(params)
 
 
 class _Index:
@@ -151,7 +149,7 @@ def embed_params(own_params: Any, own: config_lib.ModelConfig,
                  padded: config_lib.ModelConfig, input_shape: Sequence[int],
                  output_size: int) -> Any:
     """A trial's own params (host arrays) placed in zeros shaped like ``padded``'s."""
-    where, _ = placements(own, padded, input_shape, output_size)
+    where = placements(own, padded, input_shape, output_size)
     targets = tuple(p for _, _, p, _ in layer_shapes(padded, input_shape, output_size))
 
     def one(index, leaf, target):
@@ -165,7 +163,7 @@ def embed_params(own_params: Any, own: config_lib.ModelConfig,
 def crop_params(params: Any, own: config_lib.ModelConfig, input_shape: Sequence[int],
                 output_size: int) -> Any:
     """A packed trial's own params taken out of the padded ``params``."""
-    where, _ = placements(own, padded_model(own, params), input_shape, output_size)
+    where = placements(own, padded_model(own, params), input_shape, output_size)
     return jax.tree.map(lambda index, leaf: np.asarray(leaf)[index.axes], where, params)
 
 
