@@ -94,9 +94,10 @@ class Prologue:
         of the two initializers' standard deviations (`fit_widest`). So one program per
         network depth serves every width.
       - the minibatch order of the epochs a segment trains (`jaxnn.train.Trainer.batches`).
-    With one seed for the whole chunk, both are drawn once and shared by its trials.
       - the initial params of ``model.layers`` trials whose channels are packed, drawn at
         each trial's own channels (`own_params`) and zero-padded by `channels.embed_params`.
+    With one seed for the whole chunk, the widest draw and the orders are drawn once and
+    shared by its trials.
     """
 
     def __init__(self, dataset):
@@ -146,7 +147,6 @@ class Prologue:
                 compiler_options(run_once=True))
             self.compile_s += time.perf_counter() - start
         return self.programs[signature](keys)
-
 
     def own_params(self, model: config_lib.ModelConfig, seed: int, dtype) -> Any:
         """The params a ``model.layers`` trial draws alone (before the init scale), as host
@@ -219,8 +219,8 @@ class GroupProgram:
 
         def begin(key, hparams, widest, own):
             """A trial's initial state. Its params: from the widest draw, with ``own`` its
-            `fit_inputs` (an MLP); its own draw, zero-padded (packed channels); else (None,
-            None) and the trainer draws them."""
+            `fit_inputs` (an MLP); ``own`` itself, a trial's own draw zero-padded (packed
+            channels); else (both None) the trainer draws them."""
             params0 = None
             if widest is not None:
                 params0 = fit_widest(widest, hparams["init_scale"], *own, self.target)
