@@ -15,7 +15,10 @@ The contenders run in a fresh random order each repeat (seeded), as in `benchmar
 With --scaling N...: the same grid cut or repeated over seeds to N trials, timed for jaxnn,
 (b), (c), (d) PyTorch's many-models-at-once way (`torch.func.stack_module_state` +
 `functional_call` + `torch.vmap`) and (e) an Equinox ensemble (vmapped `eqx.nn.MLP`s, one
-jitted program per width), with compile time apart where there is one.
+jitted program per width), with compile time apart where there is one. With --family cnn,
+the same for the CNN group: `cnn_base`'s CNN swept over its first convolution's channels
+(8, 16, 24, 32) x learning rate x seed, in raw JAX and PyTorch by `_jax_cnn` and `_torch_cnn`
+(no Equinox ensemble: `eqx.nn.MLP` only).
 
 With --channels: the CNN of configs/cnn_digits.toml (without its Dropout) swept over its
 first convolution's channel counts {8, 16, 32} x 4 learning rates, 12 trials, timed for
@@ -23,16 +26,20 @@ jaxnn as planned, with every count packed in one program, and with one program p
 
 Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
      python experiments/benchmark_sweep.py --scaling 1 8 32 128 512 --epochs 5 --plot FILE
+     python experiments/benchmark_sweep.py --scaling 1 8 32 128 --family cnn --epochs 5
      python experiments/benchmark_sweep.py --channels --epochs 5
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +52,97 @@ CONFIG = "configs/sweep_lr_width.toml"
 CNN_CONFIG = "configs/cnn_digits.toml"
 
 
-def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
+class Family(NamedTuple):
+    """A model the scaling run trains, swept over one width.
+
+    Attributes:
+      width_name: the sweep name of its width.
+      jax_model: ``jax_model(width, input_shape) -> (init(key) -> params,
+        apply(params, x) -> logits)`` in raw JAX.
+      torch_model: ``torch_model(torch, width, input_shape) -> torch.nn.Module`` (NCHW images).
+    """
+
+    width_name: str
+    jax_model: Callable
+    torch_model: Callable
+
+    def width_of(self, trial) -> int:
+        return trial.values[self.width_name]
+
+
+def _jax_mlp(width, input_shape):
+    """64 -> width -> width -> 10, ReLU."""
+    sizes = [math.prod(input_shape), width, width, 10]
+
+    def init(key):
+        keys = jax.random.split(key, 3)
+        return [{"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a), "b": jnp.zeros(b)}
+                for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+
+    def apply(params, x):
+        for layer in params[:-1]:
+            x = jax.nn.relu(x @ layer["w"] + layer["b"])
+        return x @ params[-1]["w"] + params[-1]["b"]
+
+    return init, apply
+
+
+def _jax_cnn(width, input_shape):
+    """The CNN of configs/cnn_digits.toml without Dropout: Conv(width, 3) -> ReLU ->
+    Conv(32, 3) -> ReLU -> MaxPool(2) -> Flatten -> Dense(128) -> ReLU -> Dense(10)."""
+    height, breadth, channels = input_shape
+    shapes = [(3, 3, channels, width), (3, 3, width, 32),
+              (height // 2 * (breadth // 2) * 32, 128), (128, 10)]
+
+    def init(key):
+        keys = jax.random.split(key, len(shapes))
+        return [{"w": jax.random.normal(k, shape) / jnp.sqrt(math.prod(shape[:-1])),
+                 "b": jnp.zeros(shape[-1])} for k, shape in zip(keys, shapes, strict=True)]
+
+    def apply(params, x):
+        for layer in params[:2]:
+            x = jax.nn.relu(jax.lax.conv_general_dilated(
+                x, layer["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                + layer["b"])
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                  "VALID")
+        x = jax.nn.relu(x.reshape(x.shape[0], -1) @ params[2]["w"] + params[2]["b"])
+        return x @ params[3]["w"] + params[3]["b"]
+
+    return init, apply
+
+
+def _torch_mlp(torch, width: int, input_shape):
+    """The benchmark MLP in PyTorch: inputs -> width -> width -> 10, ReLU."""
+    inputs = math.prod(input_shape)
+    return torch.nn.Sequential(torch.nn.Linear(inputs, width), torch.nn.ReLU(),
+                               torch.nn.Linear(width, width), torch.nn.ReLU(),
+                               torch.nn.Linear(width, 10))
+
+
+def _torch_cnn(torch, width: int, input_shape):
+    """`_jax_cnn` in PyTorch (NCHW)."""
+    nn = torch.nn
+    height, breadth, channels = input_shape
+    return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(width, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(height // 2 * (breadth // 2) * 32, 128),
+                         nn.ReLU(), nn.Linear(128, 10))
+
+
+MLP = Family("width", _jax_mlp, _torch_mlp)
+CNN = Family("model.layers[0].features", _jax_cnn, _torch_cnn)
+
+
+def _torch_data(torch, dataset, device):
+    """The training split as tensors, images as NCHW."""
+    x = torch.tensor(dataset.x_train, dtype=torch.float32, device=device)
+    if x.dim() == 4:
+        x = x.permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(dataset.y_train, dtype=torch.long, device=device)
+
+
+def raw_jax_loop(cfg, dataset, trials, family=MLP) -> tuple[float, float]:
     """(b): one jitted run per trial, compiled once per width; returns (seconds, of which
     compiling)."""
     x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
@@ -54,19 +151,11 @@ def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
     programs = {}
 
     def make(width):
-        sizes = [x.shape[1], width, width, 10]
-
-        def init(key):
-            keys = jax.random.split(key, 3)
-            return [{"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a), "b": jnp.zeros(b)}
-                    for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+        init, apply = family.jax_model(width, x.shape[1:])
 
         def loss_fn(params, xb, yb):
-            h = xb
-            for layer in params[:-1]:
-                h = jax.nn.relu(h @ layer["w"] + layer["b"])
-            logits = h @ params[-1]["w"] + params[-1]["b"]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(apply(params, xb),
+                                                                   yb).mean()
 
         @jax.jit
         def train(key, lr):
@@ -95,7 +184,7 @@ def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
 
     start, compiling = time.perf_counter(), 0.0
     for trial in trials:
-        width = trial.config.model.hidden[0]
+        width = family.width_of(trial)
         key = jax.random.key(trial.config.training.seed)
         lr = jnp.float32(trial.config.optimizer.learning_rate)
         if width not in programs:
@@ -106,14 +195,7 @@ def raw_jax_loop(cfg, dataset, trials) -> tuple[float, float]:
     return time.perf_counter() - start, compiling
 
 
-def _torch_mlp(torch, inputs: int, width: int):
-    """The benchmark MLP in PyTorch: inputs -> width -> width -> 10, ReLU."""
-    return torch.nn.Sequential(torch.nn.Linear(inputs, width), torch.nn.ReLU(),
-                               torch.nn.Linear(width, width), torch.nn.ReLU(),
-                               torch.nn.Linear(width, 10))
-
-
-def torch_loop(cfg, dataset, trials) -> float | None:
+def torch_loop(cfg, dataset, trials, family=MLP) -> float | None:
     """(c): PyTorch eager, one trial after another; None when torch is not installed."""
     try:
         import torch
@@ -121,13 +203,12 @@ def torch_loop(cfg, dataset, trials) -> float | None:
         return None
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.tensor(dataset.x_train, dtype=torch.float32, device=device)
-    y = torch.tensor(dataset.y_train, dtype=torch.long, device=device)
+    x, y = _torch_data(torch, dataset, device)
     n, batch = len(x), cfg.training.batch_size
     start = time.perf_counter()
     for trial in trials:
-        width = trial.config.model.hidden[0]
-        model = _torch_mlp(torch, x.shape[1], width).to(device)
+        model = family.torch_model(torch, family.width_of(trial),
+                                   dataset.input_shape).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=trial.config.optimizer.learning_rate,
                               momentum=0.9)
         for _ in range(cfg.training.epochs):
@@ -142,14 +223,14 @@ def torch_loop(cfg, dataset, trials) -> float | None:
     return time.perf_counter() - start
 
 
-def _by_width(trials) -> dict[int, list]:
+def _by_width(trials, family) -> dict[int, list]:
     groups: dict[int, list] = {}
     for trial in trials:
-        groups.setdefault(trial.config.model.hidden[0], []).append(trial)
+        groups.setdefault(family.width_of(trial), []).append(trial)
     return groups
 
 
-def torch_func_vmap(cfg, dataset, trials) -> float | None:
+def torch_func_vmap(cfg, dataset, trials, family=MLP) -> float | None:
     """(d): PyTorch's way of training many models at once: per width, the trials' models
     stacked (`torch.func.stack_module_state`), their gradients by `torch.vmap` of
     `torch.func.grad` over `functional_call`, SGD with momentum applied to the stacked
@@ -160,19 +241,20 @@ def torch_func_vmap(cfg, dataset, trials) -> float | None:
     except ImportError:
         return None
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.tensor(dataset.x_train, dtype=torch.float32, device=device)
-    y = torch.tensor(dataset.y_train, dtype=torch.long, device=device)
+    x, y = _torch_data(torch, dataset, device)
     n, batch = len(x), cfg.training.batch_size
 
+    def model(width):
+        return family.torch_model(torch, width, dataset.input_shape)
+
     start = time.perf_counter()
-    for width, group in _by_width(trials).items():
+    for width, group in _by_width(trials, family).items():
         count = len(group)
-        params, buffers = stack_module_state(
-            [_torch_mlp(torch, x.shape[1], width).to(device) for _ in group])
+        params, buffers = stack_module_state([model(width).to(device) for _ in group])
         params = {k: v.detach() for k, v in params.items()}
         momenta = {k: torch.zeros_like(v) for k, v in params.items()}
         lr = torch.tensor([t.config.optimizer.learning_rate for t in group], device=device)
-        base = _torch_mlp(torch, x.shape[1], width).to("meta")
+        base = model(width).to("meta")
 
         def loss(p, b, xb, yb, base=base):
             return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
@@ -192,14 +274,17 @@ def torch_func_vmap(cfg, dataset, trials) -> float | None:
     return time.perf_counter() - start
 
 
-def equinox_ensemble(cfg, dataset, trials) -> tuple[float | None, float]:
+def equinox_ensemble(cfg, dataset, trials, family=MLP) -> tuple[float | None, float]:
     """(e): an Equinox ensemble: per width, one jitted `jax.vmap` over the trials of a run
     that builds an `eqx.nn.MLP` and trains its arrays (`eqx.partition`) with optax SGD with
     momentum, `lax.scan` over epochs and steps; each trial draws its own minibatch order. Returns
-    (seconds, of which compiling); seconds is None when Equinox is not installed."""
+    (seconds, of which compiling); seconds is None when Equinox is not installed, or for
+    another family than the MLP."""
     try:
         import equinox as eqx
     except ImportError:
+        return None, 0.0
+    if family is not MLP:
         return None, 0.0
     x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train)
     n, batch, epochs = len(x), cfg.training.batch_size, cfg.training.epochs
@@ -231,7 +316,7 @@ def equinox_ensemble(cfg, dataset, trials) -> tuple[float | None, float]:
         return jax.jit(jax.vmap(one_trial))
 
     start, compiling = time.perf_counter(), 0.0
-    for width, group in _by_width(trials).items():
+    for width, group in _by_width(trials, family).items():
         keys = jnp.stack([jax.random.key(t.config.training.seed) for t in group])
         lrs = jnp.asarray([t.config.optimizer.learning_rate for t in group], jnp.float32)
         compile_start = time.perf_counter()
@@ -248,39 +333,56 @@ def jaxnn_sweep(cfg, dataset) -> tuple[float, int, float]:
     return time.perf_counter() - start, out["programs_compiled"], out["compile_time_s"]
 
 
-def scaling_grid(count: int, lrs: list[float], widths: list[int]) -> dict[str, list]:
+def scaling_grid(count: int, lrs: list[float], widths: list[int],
+                 width_name: str = "width") -> dict[str, list]:
     """The learning-rate x width x seed grid of ``count`` trials: 1 trial; a few learning
     rates (evenly spread) x every width; or every rate x every width x seeds."""
     if count == 1:
-        return {"learning_rate": [lrs[len(lrs) // 2]], "width": [widths[len(widths) // 2]]}
+        return {"learning_rate": [lrs[len(lrs) // 2]], width_name: [widths[len(widths) // 2]]}
     rates = count // len(widths)
     if rates * len(widths) == count and rates <= len(lrs):
         return {"learning_rate": [lrs[i * len(lrs) // rates] for i in range(rates)],
-                "width": widths}
+                width_name: widths}
     seeds = count // (len(lrs) * len(widths))
     if seeds * len(lrs) * len(widths) != count:
         raise SystemExit(f"--scaling {count}: not 1, a multiple of {len(widths)} up to "
                          f"{len(lrs) * len(widths)}, or a multiple of {len(lrs) * len(widths)}")
-    return {"learning_rate": lrs, "width": widths, "seed": list(range(seeds))}
+    return {"learning_rate": lrs, width_name: widths, "seed": list(range(seeds))}
 
 
-SCALING_CONTENDERS = {  # name -> fn(cfg, dataset, trials) -> (seconds, compiling s) or None
-    "jaxnn": lambda cfg, dataset, trials: jaxnn_sweep(cfg, dataset)[::2],
+SCALING_CONTENDERS = {  # name -> fn(cfg, dataset, trials, family) -> (seconds, compiling s)
+    "jaxnn": lambda cfg, dataset, trials, family: jaxnn_sweep(cfg, dataset)[::2],
     "raw JAX loop": raw_jax_loop,
-    "PyTorch loop": lambda cfg, dataset, trials: (torch_loop(cfg, dataset, trials), 0.0),
-    "torch.func vmap": lambda cfg, dataset, trials: (
-        torch_func_vmap(cfg, dataset, trials), 0.0),
+    "PyTorch loop": lambda cfg, dataset, trials, family: (
+        torch_loop(cfg, dataset, trials, family), 0.0),
+    "torch.func vmap": lambda cfg, dataset, trials, family: (
+        torch_func_vmap(cfg, dataset, trials, family), 0.0),
     "Equinox ensemble": equinox_ensemble,
 }
 
 
-def scaling(args, base) -> None:
+def cnn_base(epochs: int, lrs: list[float], widths: list[int]):
+    """The CNN group's sweep: configs/cnn_digits.toml without Dropout, trained like the MLP
+    (SGD with momentum 0.9, constant rate, no weight decay), its first convolution's
+    channels swept."""
+    cfg = config_lib.load(CNN_CONFIG, [
+        "training.progress=false", "output.plots=false", "optimizer.name='momentum'",
+        "optimizer.momentum=0.9", "optimizer.weight_decay=0.0", "schedule.name='constant'",
+        *([f"training.epochs={epochs}"] if epochs else [])])
+    layers = tuple(spec for spec in cfg.model.layers if spec["type"] != "Dropout")
+    return cfg.replace(model={"layers": layers}, sweep={"grid": {
+        "learning_rate": lrs, CNN.width_name: widths}})
+
+
+def scaling(args, base, family) -> None:
     """Wall time against the number of trials, every contender in the same run."""
-    lrs, widths = base.sweep["grid"]["learning_rate"], base.sweep["grid"]["width"]
+    grid = base.sweep["grid"]
+    lrs, widths = grid["learning_rate"], grid[family.width_name]
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     shuffler = random.Random(0)
     for count in args.scaling:
-        cfg = base.replace(sweep={**base.sweep, "grid": scaling_grid(count, lrs, widths)})
+        cfg = base.replace(sweep={**base.sweep, "grid": scaling_grid(
+            count, lrs, widths, family.width_name)})
         dataset = run.prepare(cfg)
         plan = sweep.make_plan(cfg, dataset)
         trials = plan.trials
@@ -289,7 +391,7 @@ def scaling(args, base) -> None:
             order = list(SCALING_CONTENDERS)
             shuffler.shuffle(order)
             for name in order:
-                seconds, compiling = SCALING_CONTENDERS[name](cfg, dataset, trials)
+                seconds, compiling = SCALING_CONTENDERS[name](cfg, dataset, trials, family)
                 if seconds is not None:
                     times.setdefault((name, count), []).append((seconds, compiling))
     rows = scaling_rows(times, args.scaling)
@@ -373,12 +475,16 @@ def channel_packing(args, host_line) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--widths", type=int, nargs="+",
+                        help="the MLP's widths (default 16 32 64 128) or, with --family cnn, "
+                             "the first convolution's channels (default 8 16 24 32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
     parser.add_argument("--scaling", type=int, nargs="+", metavar="N",
                         help="time every contender at these trial counts (e.g. 1 8 32 128 "
                              "512: learning rate x width x seed)")
+    parser.add_argument("--family", choices=["mlp", "cnn"], default="mlp",
+                        help="with --scaling: the digits MLP or the CNN group")
     parser.add_argument("--plot", help="with --scaling: write the time-vs-N plot here")
     parser.add_argument("--channels", action="store_true",
                         help="time the CNN channel-count sweep (packed, per count, planned)")
@@ -387,21 +493,27 @@ def main() -> None:
     host_line = benchmarking.setup_host(args)
     if args.channels:
         return channel_packing(args, host_line)
+    cnn = args.family == "cnn"
+    if cnn and not args.scaling:
+        parser.error("--family cnn goes with --scaling")
+    widths = args.widths or ([8, 16, 24, 32] if cnn else [16, 32, 64, 128])
     overrides = ["training.progress=false", "output.plots=false",
-                 f"sweep.grid.width={args.widths}"]
+                 f"sweep.grid.width={widths}"]
     if args.epochs:
         overrides.append(f"training.epochs={args.epochs}")
     cfg = config_lib.load(CONFIG, overrides)
     if args.scaling:
-        print(f"{jax.devices()[0].platform}: {cfg.training.epochs} epochs, widths "
-              f"{args.widths}, {args.repeats} repeats in a fresh random order; {host_line}")
-        return scaling(args, cfg)
+        if cnn:
+            cfg = cnn_base(args.epochs, cfg.sweep["grid"]["learning_rate"], widths)
+        print(f"{jax.devices()[0].platform}: {args.family}, {cfg.training.epochs} epochs, "
+              f"widths {widths}, {args.repeats} repeats in a fresh random order; {host_line}")
+        return scaling(args, cfg, CNN if cnn else MLP)
     dataset = run.prepare(cfg)
     plan = sweep.make_plan(cfg, dataset)
     programs = [sorted({t.config.model.hidden[0] for t in g.trials}) for g in plan.groups]
     forced = {setting: cfg.replace(sweep={**cfg.sweep, "pack_widths": setting})
               for setting in (True, False)}
-    print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {args.widths}, "
+    print(f"{jax.devices()[0].platform}: {len(plan.trials)} trials, widths {widths}, "
           f"{cfg.training.epochs} epochs; the planner's programs (widths): {programs}; "
           f"{args.repeats} repeats, compile included, median [min, max] seconds; {host_line}")
     contenders = {  # key -> function returning (seconds, programs compiled, compile seconds)
