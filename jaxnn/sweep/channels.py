@@ -180,7 +180,7 @@ def masked_network(config: Config, output_size: int, indices: Sequence[int]):
     """``network(hparams)`` for a program that packs channel counts: the config's layers
     ``indices`` are padded, and ``hparams["channels"]`` (one int per packed layer and
     trial, vmapped) masks the channels beyond a trial's own, from each packed layer up to
-    the next Dense, Conv or Flatten. Initial params come from `embed`, zero-padded."""
+    the next Dense, Conv or Flatten. Initial params come from `embed_params`."""
     dtype = jnp.dtype(config.training.precision)
     types = [spec["type"] for spec in config.model.layers]
     mask_of = {}  # layer -> which packed layer's mask it takes
