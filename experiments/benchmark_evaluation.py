@@ -4,8 +4,10 @@ A sweep's training program trains N trials vmapped (`jaxnn.train.Trainer`) and e
 each on the validation split after every epoch, for its learning curves, pruning and
 ranking. This times that program with the evaluation and without it: the same training
 split, the validation split emptied. Both run the MLP of configs/sweep_lr_width.toml
-(64 -> 64 -> 64 -> 10 on digits, batch 64, SGD with momentum) with N learning rates, in the
-same run, alternated; compile and run seconds apart, medians.
+(64 -> 64 -> 64 -> 10 on digits, batch 64, SGD with momentum) with N learning rates and
+N seeds (each trial draws its own minibatch orders inside the program; a sweep draws them
+before, in its prologue), in the same run, alternated; compile and run seconds apart,
+medians.
 
 Run: python experiments/benchmark_evaluation.py [--trials 1 32 128] [--epochs 5] [--repeats 3]
 """
