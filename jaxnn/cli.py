@@ -224,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workdir", help="sweep directory (default: OUTPUT_DIR/NAME-TIME)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR",
                        help="continue a killed sweep, skipping finished trials")
+    sweep.add_argument("--cpu-devices", type=_device_count, metavar="N",
+                       help="on a CPU, split it into N devices and shard the trials over "
+                       "them (default: one per core; 1: one device; not with --distributed)")
     spmd = sweep.add_argument_group(
         "several processes", "Run the same command in every process: the trial axis is sharded "
         "over every process's devices (jax.distributed) and process 0 writes.")
@@ -254,13 +257,33 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns the exit status."""
+def _device_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device count (1 or more)")
+    return int(text)
+
+
+def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
+    """Runs the command; returns the exit status.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+      owns_process: nothing else runs in this process, so process-wide JAX settings may be
+        made: ``jaxnn sweep`` splits the CPU into devices (`jaxnn.host.split_cpu`).
+    """
     from jaxnn.data import DataError
     from jaxnn.layer import ShapeError
     from jaxnn.run import RunError
 
     args = parser().parse_args(argv)
+    if args.command == "sweep" and args.distributed and args.cpu_devices:
+        print("jaxnn: error: --cpu-devices: not with --distributed (each process's devices "
+              "are its own)", file=sys.stderr)
+        return EXIT_USAGE
+    if owns_process and args.command == "sweep" and not args.distributed:
+        from jaxnn import host
+
+        host.split_cpu(args.cpu_devices)
     if hasattr(args, "compile_cache"):
         compile_cache.enable(args.compile_cache)
     try:
@@ -277,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The console-script entry point (it owns the process, so it tunes malloc for XLA's
-    CPU runtime: `jaxnn.host.retain_freed_memory`)."""
+    """The console-script entry point. It owns the process, so it tunes malloc for XLA's
+    CPU runtime (`jaxnn.host.retain_freed_memory`) and lets a sweep split the CPU."""
     from jaxnn import host
 
     host.retain_freed_memory()
-    sys.exit(main())
+    sys.exit(main(owns_process=True))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,76 @@ def test_freed_blocks_are_reused_without_page_faults():
     applied, retained_faults = probe("retain")
     assert applied == "True"
     assert retained_faults < pages // 20
+
+
+def python(code, *args, forced=None):
+    """Runs ``code`` in a fresh CPU-only Python, XLA forced to ``forced`` devices or not."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if forced:
+        flags += f" --xla_force_host_platform_device_count={forced}"
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()
+
+
+SPLIT = """
+import sys
+from jaxnn import host
+count = host.split_cpu(int(sys.argv[1]) or None)
+import jax
+print(count, jax.device_count(), host.split_cpu(5), host.split_count(), host.cpu_cores())
+"""
+
+
+def test_split_cpu_shows_a_device_per_core_unless_xla_flags_set_them():
+    count, devices, again, recorded, cores = map(int, python(SPLIT, "3"))
+    assert (count, devices, again, recorded) == (3, 3, 0, 3)  # too late the second time
+    count, devices, _, recorded, cores = map(int, python(SPLIT, "0"))
+    assert count == devices == recorded == cores >= 1
+    count, devices, _, recorded, _ = map(int, python(SPLIT, "3", forced=2))
+    assert (count, devices, recorded) == (0, 2, 0)  # the user's XLA_FLAGS win
+
+
+# A sweep plan on a CPU split in two: the trial axis is sharded when the modelled training is
+# long, kept on one device when sharding would cost more compiling than it saves; devices
+# the user forced are always used.
+PLAN = """
+import sys
+from jaxnn import host
+if sys.argv[1] == "split":
+    host.split_cpu(2)
+from jaxnn import config, run, sweep
+for epochs, hidden in ((2, [6]), (40, [512, 512])):
+    cfg = config.load(sys.argv[2], ["output.plots=false", f"training.epochs={epochs}",
+                                    f"model.hidden={hidden}",
+                                    "sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2]}"])
+    plan = sweep.make_plan(cfg, run.prepare(cfg))
+    print(plan.devices, [len(c) % 2 for g in plan.groups for c in g.chunks])
+"""
+
+
+def test_a_split_cpu_shards_only_sweeps_whose_training_outweighs_compiling():
+    tiny = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.toml")
+    assert python(PLAN, "split", tiny) == ["1", "[0]", "2", "[0]"]
+    assert python(PLAN, "forced", tiny, forced=2) == ["2", "[0]", "2", "[0]"]
+
+
+def test_cli_cpu_devices(tmp_path):
+    tiny = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.toml")
+
+    def jaxnn(*args):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        return subprocess.run([sys.executable, "-m", "jaxnn.cli", "sweep", tiny, *args],
+                              capture_output=True, text=True, timeout=300, env=env,
+                              cwd=tmp_path)
+
+    long_sweep = ["--plan", "--set", "training.epochs=40", "--set", "model.hidden=[512, 512]",
+                  "--set", "sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2]}"]
+    assert "(3 device(s))" in jaxnn("--cpu-devices", "3", *long_sweep).stdout
+    assert "(1 device(s))" in jaxnn("--cpu-devices", "1", *long_sweep).stdout
+    for bad in (["--cpu-devices", "0"], ["--cpu-devices", "2", "--distributed"]):
+        result = jaxnn(*bad)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "--cpu-devices" in result.stderr

@@ -173,7 +173,9 @@ class Sweep:
     def __init__(self, config, plan, dataset, done: dict, record, return_params=False):
         self.config, self.plan, self.dataset = config, plan, dataset
         self.done, self.record = done, record
-        self.mesh = Mesh(np.array(jax.devices()), ("trials",)) if plan.devices > 1 else None
+        # The whole sweep's plan decides the devices; a batch's plan may model otherwise.
+        self.mesh = (Mesh(np.array(jax.devices()[:plan.devices]), ("trials",))
+                     if plan.devices > 1 else None)
         self.prologue = Prologue(dataset)
         self.programs: dict[tuple, GroupProgram] = {}
         self.params: dict[int, Any] | None = {} if return_params else None
@@ -246,14 +248,14 @@ class Sweep:
                 g.config.training.epochs for g in plan.groups}):
             for group in plan.groups:
                 if group.config.training.epochs >= stop:
-                    self.segment(group, plan, states, history, start, stop)
+                    self.segment(group, states, history, start, stop)
             for b, at in rungs.items():
                 if stop in at:
                     self.rung(plan, [t for t in plan.trials if bracket[t.index] == b], stop,
                               states, history)
             start = stop
 
-    def segment(self, group: Group, plan: Plan, states: dict, history: dict, start: int,
+    def segment(self, group: Group, states: dict, history: dict, start: int,
                 stop: int) -> None:
         """Trains the group's active trials from ``start`` to ``stop`` epochs, in as few
         chunks as its chunk size allows; emits the rows of trials that finish or diverge."""
@@ -264,7 +266,7 @@ class Sweep:
         cap = max(len(c) for c in group.chunks)
         count = math.ceil(len(members) / cap)
         per_chunk = math.ceil(len(members) / count)
-        size = math.ceil(per_chunk / plan.devices) * plan.devices
+        size = math.ceil(per_chunk / self.plan.devices) * self.plan.devices
         final = stop == group.config.training.epochs
         if not (start == 0 and final):  # a segment program, whose sizes may be reused
             size = reuse_size(program.segment_sizes(), size, stop - start, group.config,

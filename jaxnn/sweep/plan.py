@@ -16,7 +16,13 @@ from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import channels
-from jaxnn.sweep.packing import step_flops, width_runs
+from jaxnn.sweep.packing import (
+    CPU_SHARDING_ABOVE_SECONDS,
+    FLOPS_PER_SECOND,
+    program_step_flops,
+    step_flops,
+    width_runs,
+)
 from jaxnn.sweep.pruning import Pruning, from_spec
 from jaxnn.sweep.spec import NUMERIC, Trial, space_of, spec_of, trials
 
@@ -295,5 +301,25 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
             chunks = tuple(tuple(t.index for t in part[i:i + size])
                            for i in range(0, len(part), size))
             groups.append(Group(tuple(part), cfg, packed_width, chunks, part_packed))
+    devices = trial_devices(groups, steps, dataset)
     return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
                 spec["search"], prune)
+
+
+def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
+    """The devices a sweep shards its trials over: every device, except on a CPU that
+    `jaxnn.host.split_cpu` split (one process), where a sweep whose modelled training is
+    under `CPU_SHARDING_ABOVE_SECONDS` stays on one: sharding would cost it more compiling
+    than it saves. Chunk sizes stay multiples of every device either way."""
+    from jaxnn import host
+
+    devices = jax.device_count()
+    if not host.split_count() or jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return devices
+    seconds = 0.0
+    for group in groups:
+        flops = program_step_flops(group.config, dataset.input_shape, dataset.output_size)
+        if flops is None:  # unknown: assume long
+            return devices
+        seconds += len(group.trials) * steps * flops / FLOPS_PER_SECOND["cpu"]
+    return devices if seconds > CPU_SHARDING_ABOVE_SECONDS else 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -28,7 +27,7 @@ from jaxnn.sweep.packing import (
     masked_network,
     model_param_shapes,
     own_param_shapes,
-    step_flops,
+    program_step_flops,
 )
 from jaxnn.sweep.spec import Trial
 from jaxnn.train import (
@@ -198,13 +197,8 @@ class GroupProgram:
         elif packed_layers:
             network = channels.masked_network(config, dataset.output_size, packed_layers)
         self.trainer = trainer = make_train(config, dataset, mesh=None, network=network)
-        self.step_flops = None  # a training step's, for the compiler options; None: unknown
-        if not config.model.layers:
-            self.step_flops = step_flops(config, config.model.hidden,
-                                         math.prod(dataset.input_shape), dataset.output_size)
-        elif channels.walkable(config):
-            self.step_flops = channels.step_flops_of(config, (), dataset.input_shape,
-                                                     dataset.output_size)(())
+        # A training step's, for the compiler options; None: unknown.
+        self.step_flops = program_step_flops(config, dataset.input_shape, dataset.output_size)
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
