@@ -488,7 +488,7 @@ def main() -> None:
     parser.add_argument("--plot", help="with --scaling: write the time-vs-N plot here")
     parser.add_argument("--channels", action="store_true",
                         help="time the CNN channel-count sweep (packed, per count, planned)")
-    benchmarking.add_host_flags(parser)
+    benchmarking.add_host_flags(parser, cpu_devices=True)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
     if args.channels:

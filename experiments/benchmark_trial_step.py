@@ -8,14 +8,17 @@ interleaved (`jaxnn.benchmarking.compare`):
 * the step of one trial, jitted (``solo``);
 * the step of N trials under ``jax.vmap`` (each trial its own params, optimizer state and
   learning rate), jitted, with one shared minibatch (trials of one seed: what a sweep's
-  learning-rate x width grid trains) and with a minibatch per trial (trials of N seeds).
+  learning-rate x width grid trains) and with a minibatch per trial (trials of N seeds);
+* the latter with its trial axis sharded over the CPU's devices, as a sweep shards it when
+  ``jaxnn sweep`` has split the CPU into one device per core (``--cpu-devices``, default;
+  ``--cpu-devices 1``: one device, no such row).
 
 It prints the per-trial time (a vmapped call's time over N), its speed-up over solo, and the
 achieved GFLOP/s (6 x batch x the weights' multiply-adds per step: forward, and the two
 backward matmuls) beside a plain float32 matmul's rate measured in the same run.
 
 Run: python experiments/benchmark_trial_step.py [--widths 16 64 128 512] [--trials 8 32 128]
-     [--rounds 7] [--calls 10] [--default-malloc]
+     [--rounds 7] [--calls 10] [--default-malloc] [--cpu-devices N]
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import Dense, Relu, benchmarking, losses, serial
 from jaxnn.train import make_step
@@ -76,11 +81,23 @@ def contenders(width: int, counts: list[int]) -> dict:
     out = {f"w{width} solo": (jax.jit(step), (*first, lrs[0], x[0], y[0]))}
     shared = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None)))  # compiled per N
     apart = jax.jit(jax.vmap(step))
+    devices = jax.device_count()
+    split = NamedSharding(Mesh(np.array(jax.devices()), ("trials",)), PartitionSpec("trials"))
     for count in counts:
         cut = jax.tree.map(lambda a, n=count: a[:n], (params, opt_state))
         out[f"w{width} N={count} shared"] = (shared, (*cut, lrs[:count], x[0], y[0]))
         out[f"w{width} N={count} apart"] = (apart, (*cut, lrs[:count], x[:count], y[:count]))
+        if devices > 1 and count % devices == 0:  # the trial axis sharded, as a sweep does
+            out[f"w{width} N={count} {kinds()[-1]}"] = (apart, jax.device_put(
+                (*cut, lrs[:count], x[:count], y[:count]), split))
     return out
+
+
+def kinds() -> tuple[str, ...]:
+    """The vmapped contenders: one minibatch shared, one per trial, and one per trial
+    with the trials split over the devices (when there are several)."""
+    split = (f"apart, {jax.device_count()} devices",) if jax.device_count() > 1 else ()
+    return ("shared", "apart", *split)
 
 
 def main() -> None:
@@ -88,7 +105,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 64, 128, 512])
     parser.add_argument("--trials", type=int, nargs="+", default=[8, 32, 128])
     benchmarking.add_timing_flags(parser)
-    benchmarking.add_host_flags(parser)
+    benchmarking.add_host_flags(parser, cpu_devices=True)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
     rate = matmul_rate(args.rounds, args.calls)
@@ -103,7 +120,9 @@ def main() -> None:
         flops = step_flops(width)
         solo = timings[f"w{width} solo"].median_us
         for count in args.trials:
-            for kind in ("shared", "apart"):
+            for kind in kinds():
+                if f"w{width} N={count} {kind}" not in timings:
+                    continue
                 per_trial = timings[f"w{width} N={count} {kind}"].median_us / count
                 print(f"| {width} | {flops / 1e6:.2f} | {solo:.0f} ({flops / solo / 1e3:.1f}) "
                       f"| {count} | {kind} | {per_trial:.1f} | {solo / per_trial:.2f}x | "

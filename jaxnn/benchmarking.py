@@ -134,18 +134,32 @@ def add_timing_flags(parser: argparse.ArgumentParser, *, rounds: int = 7,
                         help="back-to-back calls timed together in each round")
 
 
-def add_host_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--default-malloc`` to a benchmark's command line (see `setup_host`)."""
+def add_host_flags(parser: argparse.ArgumentParser, cpu_devices: bool = False) -> None:
+    """Adds ``--default-malloc`` to a benchmark's command line (see `setup_host`), and with
+    ``cpu_devices`` ``--cpu-devices`` (a sweep benchmark: the CPU split as ``jaxnn sweep``
+    splits it)."""
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is, instead of the settings of "
                              "jaxnn.host.retain_freed_memory that the jaxnn command uses")
+    if cpu_devices:
+        parser.add_argument("--cpu-devices", type=int, default=0, metavar="N",
+                            help="split the CPU into N devices, as `jaxnn sweep "
+                                 "--cpu-devices` does (default 0: one per core, as `jaxnn "
+                                 "sweep`; 1: one device)")
 
 
 def setup_host(args: argparse.Namespace) -> str:
     """Applies the host settings the flags ask for, before any contender runs (they hold
     for the whole process, so for every contender alike); returns a line saying which."""
+    split = ""
+    if getattr(args, "cpu_devices", None) is not None:
+        count = host.split_cpu(args.cpu_devices or None)
+        import jax
+
+        split = (f"; CPU split into {count} devices (jaxnn.host.split_cpu)" if count else
+                 f"; {jax.device_count()} {jax.default_backend()} device(s) (not split)")
     if args.default_malloc:
-        return "malloc: glibc's defaults (--default-malloc)"
+        return "malloc: glibc's defaults (--default-malloc)" + split
     if host.retain_freed_memory():
-        return "malloc: freed memory retained (jaxnn.host.retain_freed_memory)"
-    return "malloc: unchanged (not glibc)"
+        return "malloc: freed memory retained (jaxnn.host.retain_freed_memory)" + split
+    return "malloc: unchanged (not glibc)" + split
