@@ -70,17 +70,19 @@ def split_cpu(devices: int | None = None) -> int:
 
     A sweep shards its trial axis over every device (`jaxnn.sweep`), and on one CPU device
     XLA runs the vmapped program's small batched matmuls one after another on about one
-    core: split over the cores, a 128-trial width-128 MLP step ran 1.9x faster per trial on
-    2 cores (BENCHMARKS.md, "Per-trial step cost"). The ``jaxnn sweep`` command calls this
-    at start (``--cpu-devices``); a script calls it right after ``import jax``, before any
-    JAX operation. It changes nothing on a GPU or TPU, whose devices JAX uses first.
+    core. Split over 2 cores, a 128-trial width-128 MLP step ran 2.2x faster per trial than
+    solo, against 1.5x on one device (BENCHMARKS.md, "Per-trial step cost"). The ``jaxnn
+    sweep`` command calls this at start (``--cpu-devices``); a script calls it right after
+    ``import jax``, before any JAX operation. It changes nothing on a GPU or TPU, whose
+    devices JAX uses first.
 
     Args:
       devices: the CPU device count; None: `cpu_cores`.
 
     Returns:
       The count set; 0 where it was left as it is: ``XLA_FLAGS`` already sets
-      ``--xla_force_host_platform_device_count``, or JAX's backends have already started.
+      ``--xla_force_host_platform_device_count``, JAX's backends have already started, or
+      this JAX has no ``jax_num_cpu_devices``.
     """
     global _split
     if _FORCED_COUNT in os.environ.get("XLA_FLAGS", ""):

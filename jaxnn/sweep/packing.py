@@ -29,8 +29,8 @@ COMPILE_SECONDS = {"cpu": 1.3, "gpu": 4.0, "tpu": 5.0}
 FLOPS_PER_SECOND = {"cpu": 1e11, "gpu": 2e12, "tpu": 2e12}
 
 # On a CPU split into devices by `jaxnn.host.split_cpu`, a sweep whose modelled training is
-# shorter than this stays on one device: sharding its trials costs ~0.2-0.3 s more
-# compiling (experiments/benchmark_sweep.py --cpu-devices).
+# shorter than this stays on one device: sharding its trials costs ~0.15-0.3 s more
+# compiling (BENCHMARKS.md, "The CPU split into one device per core").
 CPU_SHARDING_ABOVE_SECONDS = 0.5
 
 
