@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxnn import config as config_lib
-from jaxnn import models
+from jaxnn import host, models
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import channels
 from jaxnn.sweep.packing import (
@@ -311,8 +311,6 @@ def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
     `jaxnn.host.split_cpu` split (one process), where a sweep whose modelled training is
     under `CPU_SHARDING_ABOVE_SECONDS` stays on one: sharding would cost it more compiling
     than it saves. Chunk sizes stay multiples of every device either way."""
-    from jaxnn import host
-
     devices = jax.device_count()
     if not host.split_count() or jax.default_backend() != "cpu" or jax.process_count() > 1:
         return devices
