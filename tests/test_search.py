@@ -2,6 +2,8 @@
 and Hyperband inside the vmapped sweep, and their resume."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +125,59 @@ def test_resumed_halving_sweep_ends_with_the_same_table(tmp_path, monkeypatch):
     rows = sweep.read_results(str(tmp_path / "part"))
     assert sorted(r["trial"] for r in rows) == list(range(8))  # none lost, none twice
     assert len(load(str(tmp_path / "part")).get_trials()) == 8
+
+
+# Runs `halving_grid` in a fresh process: "part" stops it at its third batch of rows (as
+# Ctrl-C would), "resume" continues it, "full" runs it whole; prints its table.
+ELSEWHERE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import jax
+jax.config.update("jax_enable_x64", True)
+from jaxnn import sweep
+from jaxnn.sweep import execute
+from test_search import halving_grid
+mode, workdir = sys.argv[2:]
+cfg = halving_grid("sweep.trials_per_chunk=2")
+if mode == "part":
+    real, calls = execute.result_rows, []
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    execute.result_rows = dying
+    try:
+        sweep.run_sweep(cfg, workdir)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", len(sweep.read_results(workdir)))
+else:
+    out = sweep.run_sweep(cfg, workdir, resume=mode == "resume")
+    print("TABLE")
+    print(out["table"])
+"""
+
+
+def test_a_sweep_stopped_on_one_device_resumes_on_two(tmp_path):
+    """A pruned sweep stopped on one device and resumed on a CPU split in two (as `jaxnn
+    sweep` now splits it) ends with the table of an uninterrupted run, no trial lost or
+    run twice."""
+    def elsewhere(mode, workdir, devices):
+        flags = os.environ.get("XLA_FLAGS", "")
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
+        result = subprocess.run([sys.executable, "-c", ELSEWHERE, os.path.dirname(__file__),
+                                 mode, str(workdir)], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    written = int(elsewhere("part", tmp_path / "part", 1).split("INTERRUPTED")[1])
+    assert 0 < written < 8
+    resumed = elsewhere("resume", tmp_path / "part", 2).split("TABLE\n")[1]
+    assert resumed == elsewhere("full", tmp_path / "full", 1).split("TABLE\n")[1]
+    rows = sweep.read_results(str(tmp_path / "part"))
+    assert sorted(r["trial"] for r in rows) == list(range(8))  # none lost, none twice
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes"])
