@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from fresh import fresh_python
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.toml")
 
 # Allocates, touches and frees a 64 MB block, then does it again and prints the minor page
 # faults of the second round: with glibc's defaults the block is a fresh mmap each time.
@@ -45,18 +48,6 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert retained_faults < pages // 20
 
 
-def python(code, *args, forced=None):
-    """Runs ``code`` in a fresh CPU-only Python, XLA forced to ``forced`` devices or not."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if forced:
-        flags += f" --xla_force_host_platform_device_count={forced}"
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                            text=True, timeout=300,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split()
-
-
 SPLIT = """
 import sys
 from jaxnn import host
@@ -67,11 +58,11 @@ print(count, jax.device_count(), host.split_cpu(5), host.split_count(), host.cpu
 
 
 def test_split_cpu_shows_a_device_per_core_unless_xla_flags_set_them():
-    count, devices, again, recorded, cores = map(int, python(SPLIT, "3"))
+    count, devices, again, recorded, cores = map(int, fresh_python(SPLIT, "3").split())
     assert (count, devices, again, recorded) == (3, 3, 0, 3)  # too late the second time
-    count, devices, _, recorded, cores = map(int, python(SPLIT, "0"))
+    count, devices, _, recorded, cores = map(int, fresh_python(SPLIT, "0").split())
     assert count == devices == recorded == cores >= 1
-    count, devices, _, recorded, _ = map(int, python(SPLIT, "3", forced=2))
+    count, devices, _, recorded, _ = map(int, fresh_python(SPLIT, "3", devices=2).split())
     assert (count, devices, recorded) == (0, 2, 0)  # the user's XLA_FLAGS win
 
 
@@ -94,17 +85,14 @@ for epochs, hidden in ((2, [6]), (40, [512, 512])):
 
 
 def test_a_split_cpu_shards_only_sweeps_whose_training_outweighs_compiling():
-    tiny = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.toml")
-    assert python(PLAN, "split", tiny) == ["1", "[0]", "2", "[0]"]
-    assert python(PLAN, "forced", tiny, forced=2) == ["2", "[0]", "2", "[0]"]
+    assert fresh_python(PLAN, "split", TINY).split() == ["1", "[0]", "2", "[0]"]
+    assert fresh_python(PLAN, "forced", TINY, devices=2).split() == ["2", "[0]", "2", "[0]"]
 
 
 def test_cli_cpu_devices(tmp_path):
-    tiny = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.toml")
-
     def jaxnn(*args):
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        return subprocess.run([sys.executable, "-m", "jaxnn.cli", "sweep", tiny, *args],
+        return subprocess.run([sys.executable, "-m", "jaxnn.cli", "sweep", TINY, *args],
                               capture_output=True, text=True, timeout=300, env=env,
                               cwd=tmp_path)
 

@@ -2,14 +2,13 @@
 and Hyperband inside the vmapped sweep, and their resume."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optuna
 import pytest
+from fresh import fresh_python
 from interrupts import interrupt_on_call
 
 from jaxnn import cli, config, run, sweep
@@ -132,21 +131,16 @@ def test_resumed_halving_sweep_ends_with_the_same_table(tmp_path, monkeypatch):
 ELSEWHERE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-import jax
+import jax, pytest
 jax.config.update("jax_enable_x64", True)
+from interrupts import interrupt_on_call
 from jaxnn import sweep
 from jaxnn.sweep import execute
 from test_search import halving_grid
 mode, workdir = sys.argv[2:]
 cfg = halving_grid("sweep.trials_per_chunk=2")
 if mode == "part":
-    real, calls = execute.result_rows, []
-    def dying(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    execute.result_rows = dying
+    interrupt_on_call(pytest.MonkeyPatch(), execute, "result_rows", 3)
     try:
         sweep.run_sweep(cfg, workdir)
     except KeyboardInterrupt:
@@ -163,14 +157,8 @@ def test_a_sweep_stopped_on_one_device_resumes_on_two(tmp_path):
     sweep` now splits it) ends with the table of an uninterrupted run, no trial lost or
     run twice."""
     def elsewhere(mode, workdir, devices):
-        flags = os.environ.get("XLA_FLAGS", "")
-        env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
-        result = subprocess.run([sys.executable, "-c", ELSEWHERE, os.path.dirname(__file__),
-                                 mode, str(workdir)], env=env, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
+        return fresh_python(ELSEWHERE, os.path.dirname(__file__), mode, str(workdir),
+                            devices=devices)
 
     written = int(elsewhere("part", tmp_path / "part", 1).split("INTERRUPTED")[1])
     assert 0 < written < 8

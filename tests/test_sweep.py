@@ -3,13 +3,12 @@
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fresh import fresh_python
 from interrupts import interrupt_on_call
 from numerics import assert_close
 
@@ -240,14 +239,9 @@ print("RESULTS", json.dumps([[r["status"], r["epochs"], r["val_loss"]]
 """
     outputs = []
     for devices in (4, 1):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-               + f" --xla_force_host_platform_device_count={devices}"}
         code = script if devices == 4 else script.replace("== 4", "== 1")
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
+        stdout = fresh_python(code, devices=devices)
+        line = next(x for x in stdout.splitlines() if x.startswith("RESULTS"))
         outputs.append(json.loads(line.split(" ", 1)[1]))
     # Successive halving: 10 trials (padded to 12 over 4 devices) to a rung at epoch 1, the
     # best 3 on to the end (padded to 4).

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fresh import fresh_python
 from numerics import assert_close, tolerance
 
 from jaxnn import checkpoint, config, run
@@ -285,11 +284,4 @@ for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(a, b, rtol=1e-9)
 print("sharded == unsharded")
 """
-    env = {**os.environ,
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-           + " --xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "sharded == unsharded" in result.stdout
+    assert "sharded == unsharded" in fresh_python(script, devices=4)
