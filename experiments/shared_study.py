@@ -86,6 +86,10 @@ def kill_one_of_two(config_path: str, storage: str, study: str, heartbeat: int =
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
+        # What it held when it died: between the read above and the kill it may have
+        # finished a trial (a batch's rows are told one by one). The survivor fails these
+        # as stale only after the grace period (3 heartbeats), so they are still RUNNING.
+        killed = _held_by(storage, study, name)
         out, err = second.communicate(timeout=timeout)
         if second.returncode != 0:
             raise RuntimeError(f"the surviving worker failed ({second.returncode}):\n"
