@@ -409,13 +409,37 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
             np.testing.assert_allclose(got, wanted, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("layer, extra", [(Conv2D(4, 3), -1), (Conv2D(4, 3, stride=2), 0),
-                                          (Conv2D(4, 5), 0), (Conv2D(4, (3, 2)), 0)])
-def test_other_convolutions_stay_direct(layer, extra, key):
-    channels = _winograd.MIN_CHANNELS + extra
-    x = jnp.zeros((2, 6, 6, channels))
-    _, params, _ = layer.init(key, (None, 6, 6, channels))
-    assert "conv_general_dilated" in str(jax.make_jaxpr(_leaf(layer))(params, x))
+@pytest.mark.parametrize(("kernel", "stride", "padding", "channels"), [
+    (3, 1, "SAME", _winograd.MIN_CHANNELS - 1), (3, 2, "SAME", _winograd.MIN_CHANNELS),
+    (5, 1, "VALID", 3), ((3, 2), (2, 1), ((0, 2), (1, 1)), 2), (1, 1, "VALID", 4),
+    (4, 3, 1, 1)])
+def test_other_convolutions_run_as_im2col_and_equal_lax_convolution(
+        kernel, stride, padding, channels, key):
+    """On CPU, Conv2D's other float convolutions run as a matmul over patches: the output,
+    the rule's gradients (called, and run by jax.grad) and JAX's own gradient through the
+    patches equal XLA's convolution and its gradient, in float64."""
+    layer = Conv2D(3, kernel, stride=stride, padding=padding)
+    x = jax.random.normal(key, (2, 7, 9, channels))
+    _, params, _ = layer.init(key, (None, 7, 9, channels))
+    params = {**params, "b": params["b"] + 0.5}
+    assert ("conv_general_dilated" in str(jax.make_jaxpr(_leaf(layer))(params, x))) == (
+        jax.default_backend() != "cpu")
+    window, strides = _spatial.pair(kernel, "k", "test"), _spatial.pair(stride, "s", "test")
+    pads = _spatial.explicit_pads(padding, (7, 9), window, strides)
+
+    def reference(p, xx):
+        y = lax.conv_general_dilated(xx, p["w"], strides, pads,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + p["b"][None, None, None, :]
+
+    _assert_rule_equals_vjp(layer, params, x, reference)
+    y, through_rule = jax.vjp(_leaf(layer), params, x)
+    _, autodiff = jax.vjp(_leaf(layer.reference), params, x)
+    _, want = jax.vjp(reference, params, x)
+    dy = jax.random.normal(jax.random.key(7), y.shape)
+    for got in (through_rule(dy), autodiff(dy)):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want(dy)), strict=True):
+            assert _relative_error(g, w) <= 1e-12
 
 
 def test_bfloat16_convolutions_stay_direct(key):
@@ -436,9 +460,10 @@ def test_winograd_conv2d_float32_rounding(key):
     assert_close(got, want)
 
 
-def test_winograd_conv2d_under_vmap_equals_each_alone(key):
-    """A sweep vmaps trials over parameter sets: jax.grad through the Winograd rule, vmapped,
-    equals JAX's gradient of each set's plain forward."""
+def test_conv2d_under_vmap_equals_each_alone(key):
+    """A sweep vmaps trials over parameter sets: jax.grad through the im2col rule (the first
+    convolution, 2 channels in) and the Winograd rule (the second), vmapped, equals JAX's
+    gradient of each set's plain forward."""
     channels = _winograd.MIN_CHANNELS
     net = serial(Conv2D(channels, 3), Relu(), Conv2D(4, 3), MaxPool2D(2), Flatten(), Dense(3))
     params = jax.vmap(lambda k: net.init(k, (None, 6, 6, 2))[1])(jax.random.split(key, 3))

@@ -10,9 +10,10 @@ For ``y = x ⋆ W + b`` (cross-correlation, stride ``s``, padding ``(lo, hi)``):
   the input's size;
 * ``db = sum_{n, a, b} dy[n, a, b, :]``.
 
-On CPU, a float32 or float64 3x3 stride-1 convolution with at least
-`_winograd.MIN_CHANNELS` input channels runs as Winograd's F(2x2, 3x3) instead, forward and
-rule (`jaxnn.layers._winograd`).
+On CPU, in float32 and float64, a 3x3 stride-1 convolution with at least
+`_winograd.MIN_CHANNELS` input channels runs as Winograd's F(2x2, 3x3)
+(`jaxnn.layers._winograd`), forward and rule, and every other one as a matmul over its
+input's patches (`jaxnn.layers._im2col`); 16-bit ones as XLA's convolution.
 
 Conv1D on (N, L, C) inputs is Conv2D with a (1, k) filter on the (N, 1, L, C) view, and its
 rule is Conv2D's on that view.
@@ -34,7 +35,7 @@ from jaxnn.layer import (
     stateless,
     with_rule_gradient,
 )
-from jaxnn.layers import _spatial, _winograd
+from jaxnn.layers import _im2col, _spatial, _winograd
 
 _NHWC = _spatial.NHWC
 
@@ -100,15 +101,22 @@ def Conv2D(
         params = _spatial.conv_params(key, args, input_shape[3], features, use_bias, dtype)
         return (input_shape[0], *out_hw, features), params
 
-    def winograd(x):
-        """Whether this call runs as Winograd's F(2x2, 3x3), on CPU only: XLA's GPU and TPU
-        convolutions are already fast there, and F(2x2, 3x3) rounds differently."""
-        return jax.default_backend() == "cpu" and _winograd.applies(window, strides, x)
+    def lowering(x) -> str:
+        """"im2col", "winograd" or "direct" (XLA's convolution) for this call. Only on CPU:
+        XLA's GPU and TPU convolutions are already fast, and F(2x2, 3x3) rounds differently."""
+        if jax.default_backend() != "cpu":
+            return "direct"
+        if _winograd.applies(window, strides, x):
+            return "winograd"
+        return "im2col" if _im2col.applies(x) else "direct"
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
         pads = pads_for(x.shape[1:3])
-        if winograd(x):
+        how = lowering(x)
+        if how == "im2col":
+            y = _im2col.conv(x, params["w"], strides, pads)
+        elif how == "winograd":
             y = _winograd.conv(x, params["w"], pads)
         else:
             y = lax.conv_general_dilated(x, params["w"], strides, pads, dimension_numbers=_NHWC)
@@ -123,7 +131,11 @@ def Conv2D(
         grads = {}
         if use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2))
-        if winograd(x):
+        how = lowering(x)
+        if how == "im2col":
+            dx, grads["w"] = _im2col.gradients(x, params["w"], dy, strides, pads)
+            return grads, dx
+        if how == "winograd":
             dx, grads["w"] = _winograd.gradients(x, params["w"], dy, pads)
             return grads, dx
         grads["w"] = _filter_gradient(x, dy, window, strides, pads, out_hw)
