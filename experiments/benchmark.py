@@ -18,7 +18,8 @@ the first call (trace + compile) separately, and ratios to raw JAX; then jaxnn's
 each contender taken round by round (`jaxnn.benchmarking.paired_ratio`). Workload A is
 also put beside a plain float32 matmul's GFLOP/s measured in the same run.
 
-Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D|E] [--default-malloc]
+Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D|E] [--scan K]
+     [--default-malloc]
 (malloc is tuned for the whole process, every contender alike, unless --default-malloc:
 `jaxnn.host.retain_freed_memory`)
 """
@@ -349,6 +350,70 @@ def contender_torch(workload, x, y):
     return step, (tx, ty)
 
 
+def _arrays_apart(tree):
+    """``(arrays, rebuild)``: the array leaves of ``tree`` and a function that puts new ones
+    back beside its other leaves (an Equinox model's activation functions, say)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+
+    def rebuild(arrays):
+        merged = list(leaves)
+        for i, array in zip(where, arrays, strict=True):
+            merged[i] = array
+        return jax.tree.unflatten(treedef, merged)
+
+    return [leaves[i] for i in where], rebuild
+
+
+def in_scan(step, args, steps: int):
+    """``steps`` calls of ``step`` as one compiled ``lax.scan``, as a training run calls it.
+
+    ``step(*args)`` returns the new values of its leading arguments (params, optimizer
+    state, ...) and then the loss; the trailing arguments (the batch) stay fixed. PyTorch's
+    step is called ``steps`` times in a Python loop, its way of training. Returns None for a
+    step that returns no tuple (Flax NNX's updates its model in place).
+    """
+    out = step(*args)  # Compiles the step alone: its outputs say what it carries.
+    if not isinstance(out, tuple):
+        return None
+    carried = len(out) - 1
+    arrays, rebuild = _arrays_apart(args[:carried])
+
+    @jax.jit
+    def run(arrays, fixed):
+        def body(carry, _):
+            out = step(*rebuild(carry), *fixed)
+            return _arrays_apart(out[:-1])[0], out[-1]
+
+        carry, losses = jax.lax.scan(body, arrays, None, length=steps)
+        return carry, losses[-1]
+
+    return run, (arrays, args[carried:])
+
+
+def in_python_loop(step, args, steps: int):
+    """``steps`` calls of a (PyTorch) step in a Python loop, as one call."""
+    def run(*args):
+        for _ in range(steps):
+            out = step(*args)
+        return out
+
+    return run, args
+
+
+def scanned(contenders: dict, steps: int) -> tuple[dict, list[str]]:
+    """Every contender as ``steps`` steps per call (`in_scan`; PyTorch `in_python_loop`),
+    and the names of those that cannot be scanned."""
+    out, skipped = {}, []
+    for name, (step, args) in contenders.items():
+        looped = (in_python_loop if name.startswith("PyTorch") else in_scan)(step, args, steps)
+        if looped is None:
+            skipped.append(f"{name} (its step updates its model in place; not scanned)")
+        else:
+            out[name] = looped
+    return out, skipped
+
+
 PEERS = {  # name -> (module that must be importable, builder)
     "Flax Linen": ("flax", contender_linen),
     "Flax NNX": ("flax", contender_nnx),
@@ -378,6 +443,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     benchmarking.add_timing_flags(parser)
     parser.add_argument("--only", choices=["A", "B", "D", "E"])
+    parser.add_argument("--scan", type=int, default=0, metavar="K",
+                        help="time K steps per call: the JAX contenders' in one lax.scan (as "
+                             "a jaxnn training run does), PyTorch's in its Python loop; "
+                             "reported per step")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
@@ -401,11 +470,17 @@ def main() -> None:
                 contenders[name] = build(workload, x, y)
             except Exception as error:  # A peer's API drift must not stop the others.
                 skipped.append(f"{name} ({type(error).__name__}: {error})")
+        if args.scan:
+            contenders, unscanned = scanned(contenders, args.scan)
+            skipped += unscanned
         timings = benchmarking.compare(contenders, rounds=args.rounds,
                                        calls_per_round=args.calls)
+        if args.scan:
+            timings = {name: benchmarking.per_call(t, args.scan) for name, t in timings.items()}
         dtype = jnp.dtype(compute_dtype(workload)).name
         print(f"\nworkload {workload}, batch {batch}, {dtype} compute: one SGD-momentum "
-              "train step")
+              "train step" + (f" (of {args.scan} in a lax.scan / PyTorch's loop; the first "
+                              "call's time is the scan's)" if args.scan else ""))
         print(benchmarking.table(timings, "raw JAX"))
         print("\nround by round (the median of the per-round ratios):")
         print(benchmarking.paired_table(timings, "jaxnn (jax.grad)"))

@@ -10,7 +10,12 @@
    epochs), at 32 trials and 20 epochs, and the CNN channel sweep of
    ``benchmark_sweep.py --channels`` (12 trials, 5 epochs).
 
+3. Or, with ``--cnn-counts C ...``: the CNN group's training program (``benchmark_sweep.py
+   --family cnn``) at each channel count C of its first convolution, ``--trials`` trials
+   vmapped: lowering and compile seconds and ms per trial and step, medians of repeats.
+
 Run: python experiments/benchmark_compile.py [--passes] [--repeats 2]
+     [--cnn-counts 8 16 24 32 [--trials 16]]
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from jaxnn.train import HPARAMS, default_hparams, make_train
 MLP, CNN = "configs/sweep_lr_width.toml", "configs/cnn_digits.toml"
 
 
-def compile_stages(top: int) -> None:
-    """The slowest traced stages of compiling the 32-trial MLP sweep program."""
-    cfg = config_lib.load(MLP, ["training.progress=false", "training.epochs=5"])
+def lower_trials(cfg, trials: int):
+    """``(lowered, args, steps)``: the whole training of ``trials`` copies of ``cfg``'s run
+    (default hyperparameters, seeds 0...) vmapped into one program, as a sweep's."""
     trainer = make_train(cfg, run.prepare(cfg), mesh=None)
 
     def whole(key, hparams, data):
@@ -47,10 +52,48 @@ def compile_stages(top: int) -> None:
         return state.params, metrics
 
     one = default_hparams(cfg, trainer.dtype)
-    hparams = {name: jnp.stack([one[name]] * 32) for name in HPARAMS}
-    keys = jnp.stack([jax.random.key(seed) for seed in range(32)])
-    lowered = jax.jit(jax.vmap(whole, in_axes=(0, 0, None))).lower(keys, hparams,
-                                                                   trainer.data)
+    args = (jnp.stack([jax.random.key(seed) for seed in range(trials)]),
+            {name: jnp.stack([one[name]] * trials) for name in HPARAMS}, trainer.data)
+    lowered = jax.jit(jax.vmap(whole, in_axes=(0, 0, None))).lower(*args)
+    return lowered, args, trainer.epochs * trainer.steps_per_epoch
+
+
+def cnn_counts(counts, trials: int, repeats: int) -> None:
+    """Lowering, compile and training time of the CNN group's program at each channel count
+    of its first convolution (`benchmark_sweep.py --family cnn`: cnn_digits without
+    Dropout, SGD momentum, 3 epochs), ``trials`` trials, on one device."""
+    base = config_lib.load(CNN, [
+        "training.progress=false", "training.epochs=3", "optimizer.name='momentum'",
+        "optimizer.momentum=0.9", "optimizer.weight_decay=0.0", "schedule.name='constant'"])
+    layers = [s for s in base.model.layers if s["type"] != "Dropout"]
+    found = collections.defaultdict(list)
+    for _ in range(repeats):
+        for count in counts:
+            cfg = base.replace(model={"layers": ({**layers[0], "features": count},
+                                                 *layers[1:])})
+            started = time.perf_counter()
+            lowered, args, steps = lower_trials(cfg, trials)
+            lowering = time.perf_counter() - started
+            options = programs.compiler_options()
+            started = time.perf_counter()
+            compiled = programs.compile_lowered(lowered, options)
+            compiling = time.perf_counter() - started
+            jax.block_until_ready(compiled(*args))
+            started = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            per_step = (time.perf_counter() - started) / trials / steps * 1e3
+            found[count].append((lowering, compiling, per_step))
+    print(f"CNN group, {trials} trials vmapped, 3 epochs, one device; medians of {repeats}")
+    print("| channels | lower s | compile s | ms per trial and step |\n|---:|---:|---:|---:|")
+    for count, samples in found.items():
+        print(f"| {count} | " + " | ".join(f"{statistics.median(column):.2f}"
+                                           for column in zip(*samples, strict=True)) + " |")
+
+
+def compile_stages(top: int) -> None:
+    """The slowest traced stages of compiling the 32-trial MLP sweep program."""
+    cfg = config_lib.load(MLP, ["training.progress=false", "training.epochs=5"])
+    lowered, _, _ = lower_trials(cfg, 32)
     trace_dir = tempfile.mkdtemp()
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         started = time.perf_counter()
@@ -118,10 +161,16 @@ def main() -> None:
     parser.add_argument("--passes", action="store_true", help="profile one compile first")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cnn-counts", type=int, nargs="+", metavar="C",
+                        help="instead: the CNN group's program per first-layer channel count")
+    parser.add_argument("--trials", type=int, default=16, help="with --cnn-counts")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
     print(f"{jax.devices()[0].platform}; {host_line}")
+    if args.cnn_counts:
+        cnn_counts(args.cnn_counts, args.trials, args.repeats)
+        return
     if args.passes:
         compile_stages(args.top)
     sweeps(args.repeats)

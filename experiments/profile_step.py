@@ -6,7 +6,7 @@ milliseconds per step with the HLO instruction's shape and source op, so that a 
 lowering (a copy, a convolution, a reduction) can be named.
 
 Run: python experiments/profile_step.py [--workload A|B|E] [--backprop autodiff|manual] [--steps 5]
-     [--top 25] [--default-malloc]
+     [--scan K] [--top 25] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -64,20 +64,27 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--backprop", choices=["autodiff", "manual"], default="autodiff",
                         help="jaxnn's jax.grad step, or its manual delta rules")
+    parser.add_argument("--scan", type=int, default=0, metavar="K",
+                        help="profile K steps in one lax.scan (`benchmark.in_scan`), as a "
+                             "training run compiles them")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)
     x = jax.random.normal(jax.random.key(2), benchmark.input_shape(args.workload))
     y = jax.random.randint(jax.random.key(3), (x.shape[0],), 0, 10)
     step, step_args = benchmark.contender_jaxnn(args.workload, x, y, args.backprop)
+    if args.scan:
+        step, step_args = benchmark.in_scan(step, step_args, args.scan)
     hlo_text = step.lower(*step_args).compile().as_text()
     totals = op_times(step, step_args, args.steps)
-    total_ms = sum(totals.values()) / args.steps / 1e3
-    print(f"workload {args.workload} ({args.backprop}) on {jax.devices()[0].platform}: "
-          f"{total_ms:.1f} ms of operations per step ({args.steps} steps traced; {host_line}); "
+    steps = args.steps * max(args.scan, 1)
+    total_ms = sum(totals.values()) / steps / 1e3
+    where = f", in a scan of {args.scan}" if args.scan else ""
+    print(f"workload {args.workload} ({args.backprop}{where}) on {jax.devices()[0].platform}: "
+          f"{total_ms:.1f} ms of operations per step ({steps} steps traced; {host_line}); "
           "slowest first")
     for name, micros in totals.most_common(args.top):
-        ms = micros / args.steps / 1e3
+        ms = micros / steps / 1e3
         print(f"  {ms:7.2f} ms {ms / total_ms:6.1%}  {name[:32]:32s} {describe(hlo_text, name)}")
 
 

@@ -81,6 +81,14 @@ def compare(
     }
 
 
+def per_call(timing: Timing, calls: int) -> Timing:
+    """``timing`` of a function that makes ``calls`` calls, as the time of one of them (the
+    first-call time stays the whole function's: it holds the compile)."""
+    return timing._replace(median_us=timing.median_us / calls, min_us=timing.min_us / calls,
+                           max_us=timing.max_us / calls,
+                           rounds_us=tuple(t / calls for t in timing.rounds_us))
+
+
 def paired_ratio(timings: Mapping[str, Timing], name: str, other: str) -> PairedRatio:
     """``name``'s time over ``other``'s, round by round: the median ratio and the number of
     rounds where ``name`` was faster.

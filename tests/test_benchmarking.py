@@ -67,3 +67,39 @@ def test_scaling_grids_hold_exactly_n_trials():
     assert len(set(module.scaling_grid(8, lrs, widths)["learning_rate"])) == 2
     with pytest.raises(SystemExit, match="--scaling 48"):
         module.scaling_grid(48, lrs, widths)
+
+
+def test_per_call_divides_every_round_but_the_first_call():
+    timing = benchmarking.per_call(Timing(40.0, 20.0, 80.0, 1.5, (20.0, 40.0, 80.0)), 4)
+    assert timing == Timing(10.0, 5.0, 20.0, 1.5, (5.0, 10.0, 20.0))
+
+
+def test_in_scan_equals_the_step_called_in_a_loop(monkeypatch):
+    # benchmark.py --scan: K steps in one lax.scan end where K jitted calls end, for a step
+    # with a non-array leaf beside its params (as an Equinox model has).
+    import importlib.util
+    import pathlib
+
+    experiments = pathlib.Path(__file__).parents[1] / "experiments"
+    monkeypatch.syspath_prepend(str(experiments))
+    spec = importlib.util.spec_from_file_location("benchmark", experiments / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def step(model, velocity, x):  # Not jitted: jax.jit takes no function argument.
+        w, act = model
+        loss, grad = jax.value_and_grad(lambda w: jnp.sum(act(x @ w) ** 2))(w)
+        velocity = 0.9 * velocity + grad
+        return (w - 0.1 * velocity, act), velocity, loss
+
+    model = (jnp.eye(3) * 0.5, jnp.tanh)
+    args = (model, jnp.zeros((3, 3)), jnp.arange(6.0).reshape(2, 3) / 6)
+    run, run_args = module.in_scan(step, args, 3)
+    (w, velocity), loss = run(*run_args)
+    carried = args[:2]
+    for _ in range(3):
+        *carried, expected_loss = step(*carried, args[2])
+    eps = float(jnp.finfo(jnp.float32).eps)
+    assert jnp.allclose(w, carried[0][0], rtol=16 * eps, atol=16 * eps)
+    assert jnp.allclose(velocity, carried[1], rtol=16 * eps, atol=16 * eps)
+    assert jnp.allclose(loss, expected_loss, rtol=16 * eps)
