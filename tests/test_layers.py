@@ -412,7 +412,7 @@ def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
 @pytest.mark.parametrize(("kernel", "stride", "padding", "channels"), [
     (3, 1, "SAME", _winograd.MIN_CHANNELS - 1), (3, 2, "SAME", _winograd.MIN_CHANNELS),
     (5, 1, "VALID", 3), ((3, 2), (2, 1), ((0, 2), (1, 1)), 2), (1, 1, "VALID", 4),
-    (4, 3, 1, 1)])
+    (4, 3, 1, 1), (3, 1, ((2, 0), (0, 1)), 2), (1, 1, 1, 2)])
 def test_other_convolutions_run_as_im2col_and_equal_lax_convolution(
         kernel, stride, padding, channels, key):
     """On CPU, Conv2D's other float convolutions run as a matmul over patches: the output,
