@@ -5,7 +5,8 @@ forward and the jitted forward + both gradients (Conv2D's rules: Winograd's shar
 ``A dY A^T`` between ``dx`` and ``dw``; the direct one is XLA's convolution for ``dx`` and
 one matmul per filter offset for ``dw``). Prints medians over interleaved rounds and the
 ratio Winograd / direct; where it is below 1 Winograd wins. Conv2D uses Winograd on CPU
-from `jaxnn.layers._winograd.MIN_CHANNELS` input channels on.
+from `jaxnn.layers._winograd.MIN_CHANNELS` input channels on (`LARGE_MIN_CHANNELS` on images of
+at least `LARGE_SIDE` x `LARGE_SIDE`).
 
 With --in-scan: each lowering's forward and rule inside a `lax.scan` of training-like steps
 (the filter updated from its gradient at every step), as a training program runs it, one
@@ -14,7 +15,7 @@ trials), at batch 64 and several kernel sizes and strides; per trial and step. C
 Winograd on CPU where it applies and im2col elsewhere (float32 and float64).
 
 Run: python experiments/benchmark_conv.py [--rounds 7] [--calls 10] [--default-malloc]
-     [--in-scan [--trials 8] [--steps 10]]
+     [--in-scan [--trials 8] [--steps 10] [--sizes 8 14 ...]]
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ PADS = ((1, 1), (1, 1))
 SCAN_SHAPES = [(8, 1, 16, 3, 1), (8, 8, 32, 3, 1), (8, 16, 32, 3, 1), (8, 24, 32, 3, 1),
                (8, 32, 32, 3, 1), (8, 48, 32, 3, 1), (28, 1, 32, 3, 1), (28, 4, 32, 3, 1),
                (28, 1, 32, 5, 1), (14, 16, 64, 3, 1), (14, 32, 64, 3, 1), (14, 16, 32, 3, 2),
-               (7, 64, 128, 3, 1)]
+               (7, 64, 128, 3, 1), (16, 16, 16, 3, 1), (16, 16, 32, 3, 1), (32, 16, 16, 3, 1),
+               (32, 8, 16, 3, 1)]
 # (height = width, input channels, output channels): B's two convolutions and neighbours.
 SHAPES = [(28, 1, 32), (28, 4, 32), (14, 8, 64), (14, 16, 64), (14, 24, 64), (14, 32, 64),
           (7, 64, 128)]
@@ -113,6 +115,8 @@ def in_scan(args) -> None:
     print(f"\n{'size':>5} {'in':>4} {'out':>4} {'k':>2} {'s':>2}  "
           f"{'solo: direct, im2col, Winograd':>32}  {f'vmapped N={args.trials}':>32}")
     for size, cin, cout, kernel, stride in SCAN_SHAPES:
+        if args.sizes and size not in args.sizes:
+            continue
         keys = jax.random.split(jax.random.key(size * cin + cout), 2)
         x = jax.random.normal(keys[0], (args.trials, args.batch, size, size, cin), jnp.float32)
         w = 0.1 * jax.random.normal(keys[1], (args.trials, kernel, kernel, cin, cout))
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--in-scan", action="store_true")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="with --in-scan: only the shapes of these image sizes")
     benchmarking.add_host_flags(parser)
     args = parser.parse_args()
     host_line = benchmarking.setup_host(args)  # before JAX starts its threads
@@ -152,7 +158,8 @@ def main() -> None:
         return
     args.batch = args.batch or 128
     print(f"devices: {jax.devices()}; {host_line}; "
-          f"Conv2D uses Winograd from {_winograd.MIN_CHANNELS} input channels")
+          f"Conv2D uses Winograd from {_winograd.MIN_CHANNELS} input channels "
+          f"({_winograd.LARGE_MIN_CHANNELS} from {_winograd.LARGE_SIDE}x{_winograd.LARGE_SIDE})")
     print(f"\n{'size':>5} {'in':>4} {'out':>4}  {'forward µs (direct, Winograd, ratio)':>38}"
           f"  {'forward + gradients µs':>30}")
     for size, cin, cout in SHAPES:

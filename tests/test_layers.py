@@ -377,9 +377,26 @@ def _direct_conv(padding, hw):
     return apply
 
 
+def test_winograd_takes_wide_inputs_and_sixteen_channels_on_large_images():
+    def applies(hw, channels, window=(3, 3), strides=(1, 1), dtype=jnp.float32):
+        x = jnp.zeros((1, *hw, channels), dtype)
+        return _winograd.applies(window, strides, x)
+
+    assert applies((8, 8), _winograd.MIN_CHANNELS)
+    assert not applies((8, 8), _winograd.MIN_CHANNELS - 1)
+    side, few = _winograd.LARGE_SIDE, _winograd.LARGE_MIN_CHANNELS
+    assert applies((side, side + 3), few)
+    assert not applies((side - 1, side + 3), few)
+    assert not applies((side, side), few - 1)
+    assert not applies((side, side), few, strides=(2, 2))
+    assert not applies((side, side), few, window=(5, 5))
+    assert not applies((side, side), few, dtype=jnp.bfloat16)
+
+
 @pytest.mark.parametrize(
     "hw, extra, padding",
-    [((9, 8), 0, "SAME"), ((9, 8), 5, "VALID"), ((4, 5), 0, ((0, 2), (2, 1))), ((3, 3), 1, 1)],
+    [((9, 8), 0, "SAME"), ((9, 8), 5, "VALID"), ((4, 5), 0, ((0, 2), (2, 1))), ((3, 3), 1, 1),
+     ((16, 17), _winograd.LARGE_MIN_CHANNELS - _winograd.MIN_CHANNELS, "SAME")],
 )
 def test_winograd_conv2d_equals_direct_convolution(hw, extra, padding, key):
     """On CPU a 3x3 stride-1 Conv2D with enough input channels runs as Winograd's F(2x2, 3x3):

@@ -37,14 +37,25 @@ _B = tuple(zip(*_BT, strict=True))
 # 0.73-0.80x and train 0.69-0.75x, but the forward 1.2-1.45x at 4x4 and 8x8; 8 channels,
 # forward 1.22x; 1 and 4 channels, forward 3.5-3.8x, where the narrow channel axis dominates.
 MIN_CHANNELS = 32
+# On images of at least LARGE_SIDE x LARGE_SIDE, from LARGE_MIN_CHANNELS on. Inside a
+# training scan (`benchmark_conv.py --in-scan --sizes 14 16 32`, Zen 4, batch 64, µs per
+# step solo / vmapped x8, im2col vs Winograd): 16 -> 16 at 32x32 19,588 / 17,657 vs
+# 17,252 / 17,533; 16 -> 32 at 16x16 6,018 / 6,466 vs 5,048 / 6,257; 16 -> 16 at 16x16
+# equal; but 16 -> 64 at 14x14 6,876 / 7,038 vs 7,821 / 8,262, and at 8x8 im2col wins by
+# 20-27%. Workload E (four 16 -> 16 convolutions at 32x32): 413 vs 442 ms per step in a
+# scan, 517 vs 616 ms alone (5 alternated rounds each; BENCHMARKS.md).
+LARGE_MIN_CHANNELS = 16
+LARGE_SIDE = 16
 
 
 def applies(window, strides, x) -> bool:
     """Whether convolving ``x`` (NHWC) is 3x3, stride 1, wide enough to gain from F(2x2, 3x3)
     and in float32 or float64: in 16-bit floats the transforms' additions would round at
     every step, where a direct convolution accumulates in float32."""
-    return (tuple(window) == (3, 3) and tuple(strides) == (1, 1)
-            and x.shape[-1] >= MIN_CHANNELS and x.dtype in (jnp.float32, jnp.float64))
+    channels, side = x.shape[-1], min(x.shape[1:3])
+    wide = channels >= MIN_CHANNELS or (channels >= LARGE_MIN_CHANNELS and side >= LARGE_SIDE)
+    return (tuple(window) == (3, 3) and tuple(strides) == (1, 1) and wide
+            and x.dtype in (jnp.float32, jnp.float64))
 
 
 def _combine(matrix, parts):

@@ -11,7 +11,8 @@ For ``y = x ⋆ W + b`` (cross-correlation, stride ``s``, padding ``(lo, hi)``):
 * ``db = sum_{n, a, b} dy[n, a, b, :]``.
 
 On CPU, in float32 and float64, a 3x3 stride-1 convolution with at least
-`_winograd.MIN_CHANNELS` input channels runs as Winograd's F(2x2, 3x3)
+`_winograd.MIN_CHANNELS` input channels (`LARGE_MIN_CHANNELS` on images of at least
+`LARGE_SIDE` x `LARGE_SIDE`) runs as Winograd's F(2x2, 3x3)
 (`jaxnn.layers._winograd`), forward and rule, and every other one as a matmul over its
 input's patches (`jaxnn.layers._im2col`); 16-bit ones as XLA's convolution.
 
