@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import time
 
+import benchmark_sweep  # experiments/benchmark_sweep.py: the CNN group's config
 import jax
 import jax.numpy as jnp
 
@@ -62,10 +63,8 @@ def cnn_counts(counts, trials: int, repeats: int) -> None:
     """Lowering, compile and training time of the CNN group's program at each channel count
     of its first convolution (`benchmark_sweep.py --family cnn`: cnn_digits without
     Dropout, SGD momentum, 3 epochs), ``trials`` trials, on one device."""
-    base = config_lib.load(CNN, [
-        "training.progress=false", "training.epochs=3", "optimizer.name='momentum'",
-        "optimizer.momentum=0.9", "optimizer.weight_decay=0.0", "schedule.name='constant'"])
-    layers = [s for s in base.model.layers if s["type"] != "Dropout"]
+    base = benchmark_sweep.cnn_base(3, [], [])
+    layers = base.model.layers
     found = collections.defaultdict(list)
     for _ in range(repeats):
         for count in counts:
