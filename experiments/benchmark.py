@@ -17,6 +17,9 @@ interleaved rounds (`jaxnn.benchmarking.compare`): median, min and max microseco
 the first call (trace + compile) separately, and ratios to raw JAX; then jaxnn's ratio to
 each contender taken round by round (`jaxnn.benchmarking.paired_ratio`). Workload A is
 also put beside a plain float32 matmul's GFLOP/s measured in the same run.
+With --scan K each call runs K steps: the JAX contenders' in one `lax.scan` (`in_scan`), as a
+training run compiles them, and PyTorch's in its Python loop; times are per step. XLA's CPU
+convolutions run many times slower inside a scan than alone (BENCHMARKS.md).
 
 Run: python experiments/benchmark.py [--rounds 7] [--calls 10] [--only A|B|D|E] [--scan K]
      [--default-malloc]
