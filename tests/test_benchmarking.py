@@ -1,6 +1,8 @@
 """The timing helpers behind `experiments/`: interleaved rounds and paired ratios."""
 
 import argparse
+import importlib.util
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,17 @@ import pytest
 
 from jaxnn import benchmarking
 from jaxnn.benchmarking import Timing
+
+EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
+
+
+def experiment(name: str, monkeypatch):
+    """``experiments/<name>.py`` as a module; its siblings importable, as when it runs."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_compare_times_every_contender_in_every_round():
@@ -50,15 +63,10 @@ def test_timing_flags_default_per_script():
     assert parser.parse_args(["--rounds", "3", "--calls", "2"]).rounds == 3
 
 
-def test_scaling_grids_hold_exactly_n_trials():
-    import importlib.util
+def test_scaling_grids_hold_exactly_n_trials(monkeypatch):
     import math
-    import pathlib
 
-    path = pathlib.Path(__file__).parents[1] / "experiments" / "benchmark_sweep.py"
-    spec = importlib.util.spec_from_file_location("benchmark_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = experiment("benchmark_sweep", monkeypatch)
     lrs, widths = [0.001 * 2**i for i in range(8)], [16, 32, 64, 128]
     for count in (1, 8, 32, 128, 512):
         grid = module.scaling_grid(count, lrs, widths)
@@ -77,14 +85,7 @@ def test_per_call_divides_every_round_but_the_first_call():
 def test_in_scan_equals_the_step_called_in_a_loop(monkeypatch):
     # benchmark.py --scan: K steps in one lax.scan end where K jitted calls end, for a step
     # with a non-array leaf beside its params (as an Equinox model has).
-    import importlib.util
-    import pathlib
-
-    experiments = pathlib.Path(__file__).parents[1] / "experiments"
-    monkeypatch.syspath_prepend(str(experiments))
-    spec = importlib.util.spec_from_file_location("benchmark", experiments / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = experiment("benchmark", monkeypatch)
 
     def step(model, velocity, x):  # Not jitted: jax.jit takes no function argument.
         w, act = model
