@@ -39,20 +39,17 @@ rungs (`pruning`): the batch trains in segments between rungs, survivors continu
 their exact state.
 
 Modules, one concern each: `spec` (the ``[sweep]`` section, its search space and trials),
-`plan` (programs and chunks), `packing` (widths sharing a program, cost models), `channels`
-(channel counts of ``model.layers`` sharing a program), `programs`
+`plan` (programs and chunks), `cost` (the planner's cost model: compile seconds, step
+FLOPs), `packing` (widths sharing a program), `channels` (channel counts of
+``model.layers`` sharing a program), `programs`
 (the compiled programs), `pruning` (rungs, brackets, survivors), `search` (the Optuna study
 and samplers), `execute` (running, streaming, resume), `report` (table, CSV, best config,
 plots) and `workers` (many processes on one shared study). This module only re-exports.
 """
 
+from jaxnn.sweep.cost import COMPILE_SECONDS, FLOPS_PER_SECOND, step_flops
 from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, read_results, run_sweep
-from jaxnn.sweep.packing import (
-    COMPILE_SECONDS,
-    FLOPS_PER_SECOND,
-    step_flops,
-    trial_params_unpadded,
-)
+from jaxnn.sweep.packing import trial_params_unpadded
 from jaxnn.sweep.plan import Group, Plan, make_plan
 from jaxnn.sweep.programs import compiler_options
 from jaxnn.sweep.pruning import Pruning

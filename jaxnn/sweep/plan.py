@@ -16,13 +16,13 @@ from jaxnn import config as config_lib
 from jaxnn import host, models
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import channels
-from jaxnn.sweep.packing import (
+from jaxnn.sweep.cost import (
     CPU_SHARDING_ABOVE_SECONDS,
     FLOPS_PER_SECOND,
     program_step_flops,
     step_flops,
-    width_runs,
 )
+from jaxnn.sweep.packing import width_runs
 from jaxnn.sweep.pruning import Pruning, from_spec
 from jaxnn.sweep.spec import NUMERIC, Trial, space_of, spec_of, trials
 

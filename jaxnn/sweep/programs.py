@@ -18,16 +18,14 @@ from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
+from jaxnn.sweep.cost import COMPILE_SECONDS, FLOPS_PER_SECOND, program_step_flops
 from jaxnn.sweep.packing import (
-    COMPILE_SECONDS,
-    FLOPS_PER_SECOND,
     fit_inputs,
     fit_widest,
     hidden_structure,
     masked_network,
     model_param_shapes,
     own_param_shapes,
-    program_step_flops,
 )
 from jaxnn.sweep.spec import Trial
 from jaxnn.train import (
@@ -44,7 +42,7 @@ from jaxnn.train import (
 # its ~100-150 fusions. The older emitters compiled the digits MLP's and CNN's sweep
 # programs 27-34% faster, and those programs then trained 5-7% slower
 # (BENCHMARKS.md, "Compiling sweep programs"). So a program whose modelled training time is
-# under this many times its modelled compile time (`packing.COMPILE_SECONDS`) takes them.
+# under this many times its modelled compile time (`cost.COMPILE_SECONDS`) takes them.
 OLDER_EMITTERS_BELOW = 4.0
 _OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
 
