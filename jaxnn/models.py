@@ -32,7 +32,7 @@ _SPATIAL = ("Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "SumPool2D",
             "GlobalAvgPool")
 
 
-def _specs(layers: Any) -> list[dict]:
+def layer_specs(layers: Any) -> list[dict]:
     """Every layer table in ``layers``, nested ones included."""
     found = []
     for spec in layers:
@@ -41,16 +41,16 @@ def _specs(layers: Any) -> list[dict]:
         found.append(spec)
         for key in ("layers", "shortcut"):
             if isinstance(spec.get(key), list):
-                found += _specs(spec[key])
+                found += layer_specs(spec[key])
         for branch in spec.get("branches", []) if isinstance(spec.get("branches"), list) else []:
             if isinstance(branch, list):
-                found += _specs(branch)
+                found += layer_specs(branch)
     return found
 
 
 def uses_images(model: ModelConfig) -> bool:
     """Whether the network takes NHWC images (it has a 2-D convolution or pooling layer)."""
-    return any(spec.get("type") in _SPATIAL for spec in _specs(model.layers))
+    return any(spec.get("type") in _SPATIAL for spec in layer_specs(model.layers))
 
 
 def _tuples(value: Any) -> Any:

@@ -13,7 +13,7 @@ from interrupts import interrupt_on_call
 from numerics import assert_close
 
 from jaxnn import cli, config, run, sweep
-from jaxnn.sweep import execute
+from jaxnn.sweep import execute, packing
 from jaxnn.train import default_hparams, make_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,14 +83,14 @@ def test_auto_packing_splits_widths_by_the_cost_model(monkeypatch):
     dataset = run.prepare(cfg)
     backend = jax.default_backend()
     # Compiling is free: every width alone (no padded FLOPs).
-    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 0.0)
+    monkeypatch.setitem(sweep.COMPILE_SCALE, backend, 0.0)
     assert _program_widths(sweep.make_plan(cfg, dataset)) == [[4], [8], [300], [600]]
     # Compiling is all that counts: one program.
-    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 1e9)
+    monkeypatch.setitem(sweep.COMPILE_SCALE, backend, 1e9)
     assert _program_widths(sweep.make_plan(cfg, dataset)) == [[4, 8, 300, 600]]
     # In between, the small widths share a program and the big ones do not pay for it;
     # the split is the cheapest of all runs of neighbouring widths (checked by brute force).
-    monkeypatch.setitem(sweep.COMPILE_SECONDS, backend, 1e-3)
+    monkeypatch.setattr(packing, "compile_seconds", lambda *_: 1e-3)
     got = _program_widths(sweep.make_plan(cfg, dataset))
     assert got[0] == [4, 8] and len(got) > 2
     steps = cfg.training.epochs * (len(dataset.x_train) // cfg.training.batch_size)
@@ -291,11 +291,8 @@ def test_short_programs_compile_with_the_older_emitters(monkeypatch):
     from jaxnn.sweep import programs
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    long = 2 * programs.OLDER_EMITTERS_BELOW * sweep.COMPILE_SECONDS["cpu"]
     assert programs.compiler_options() == {"xla_backend_optimization_level": 1}
-    assert programs.compiler_options(training_seconds=long) == {
-        "xla_backend_optimization_level": 1}
-    assert programs.compiler_options(training_seconds=long / 4)[
+    assert programs.compiler_options(older_emitters=True)[
         "xla_cpu_use_fusion_emitters"] is False
     assert programs.compiler_options(run_once=True) == {
         "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}

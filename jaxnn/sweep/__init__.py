@@ -47,7 +47,13 @@ and samplers), `execute` (running, streaming, resume), `report` (table, CSV, bes
 plots) and `workers` (many processes on one shared study). This module only re-exports.
 """
 
-from jaxnn.sweep.cost import COMPILE_SECONDS, FLOPS_PER_SECOND, step_flops
+from jaxnn.sweep.cost import (
+    COMPILE_SCALE,
+    CPU_COMPILE_SECONDS,
+    FLOPS_PER_SECOND,
+    compile_seconds,
+    step_flops,
+)
 from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, read_results, run_sweep
 from jaxnn.sweep.packing import trial_params_unpadded
 from jaxnn.sweep.plan import Group, Plan, make_plan
@@ -59,9 +65,10 @@ from jaxnn.sweep.spec import NUMERIC, SEARCHES, SPEC_KEYS, STRUCTURAL, Trial, ma
 from jaxnn.sweep.workers import run_worker, write_report
 
 __all__ = [
-    "COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS", "SEARCHES", "SPEC_KEYS",
-    "STRUCTURAL", "STUDY_FILE", "SWEEP_CONFIG", "Group", "Plan", "Pruning", "Trial",
-    "best_config", "compiler_options", "make_plan", "make_trial", "param_counts", "rank",
-    "read_results", "run_sweep", "run_worker", "step_flops", "swept_names", "table",
-    "trial_params_unpadded", "trials", "write_csv", "write_report",
+    "COMPILE_SCALE", "CPU_COMPILE_SECONDS", "FLOPS_PER_SECOND", "NUMERIC", "RESULTS",
+    "SEARCHES", "SPEC_KEYS", "STRUCTURAL", "STUDY_FILE", "SWEEP_CONFIG", "Group", "Plan",
+    "Pruning", "Trial", "best_config", "compile_seconds", "compiler_options", "make_plan",
+    "make_trial", "param_counts", "rank", "read_results", "run_sweep", "run_worker",
+    "step_flops", "swept_names", "table", "trial_params_unpadded", "trials", "write_csv",
+    "write_report",
 ]

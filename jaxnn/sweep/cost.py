@@ -7,20 +7,43 @@ import itertools
 import math
 from collections.abc import Sequence
 
+from jaxnn import models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
 
-# Cost model of `pack_widths = "auto"` (seconds per compiled program and sustained
-# training FLOP/s for these small matmuls), measured by experiments/benchmark_sweep.py.
-COMPILE_SECONDS = {"cpu": 1.3, "gpu": 4.0, "tpu": 5.0}
+# Seconds to compile a sweep's training program on CPU with XLA's older emitters: a fixed
+# part and one term per layer of each kind, nested layers included (the other layers'
+# terms are within the noise). Fitted to the digits MLP with 1, 2 and 4 hidden layers,
+# CNNs with 1 to 4 convolutions and the residual CNN of configs/resnet_digits.toml
+# (BENCHMARKS.md, "The planner's compile-time model").
+CPU_COMPILE_SECONDS = {"program": 0.4, "Dense": 0.3, "Conv": 0.75, "Norm": 0.1}
+LAYER_KINDS = {"Dense": "Dense", "Conv1D": "Conv", "Conv2D": "Conv",
+               "Conv2DTranspose": "Conv", "BatchNorm": "Norm", "LayerNorm": "Norm",
+               "GroupNorm": "Norm"}
+# XLA's CPU fusion emitters (MLIR) spend most of a sweep program's compile time compiling
+# its ~100-150 fusions: they compiled the same programs this many times longer than the
+# older emitters, which trained them 5-7% slower (BENCHMARKS.md, "Compiling sweep
+# programs"). So a program whose modelled training time is under `OLDER_EMITTERS_BELOW`
+# times its modelled compile time takes the older ones.
+FUSION_EMITTERS_FACTOR = 1.55
+OLDER_EMITTERS_BELOW = 4.0
+# A backend's compile times against the CPU's: the quick-start MLP's program (three Dense
+# layers) compiles in ~1.3 s on CPU, ~4 s on a GPU and ~5 s on a TPU.
+COMPILE_SCALE = {"cpu": 1.0, "gpu": 3.0, "tpu": 3.8}
 
-
+# Sustained training FLOP/s of the vmapped small matmuls, for `pack_widths = "auto"`,
+# measured by experiments/benchmark_sweep.py.
 FLOPS_PER_SECOND = {"cpu": 1e11, "gpu": 2e12, "tpu": 2e12}
 
 # On a CPU split into devices by `jaxnn.host.split_cpu`, a sweep whose modelled training is
 # shorter than this stays on one device: sharding its trials costs ~0.15-0.3 s more
 # compiling (BENCHMARKS.md, "The CPU split into one device per core").
 CPU_SHARDING_ABOVE_SECONDS = 0.5
+
+
+def flops_per_second(backend: str) -> float:
+    """`FLOPS_PER_SECOND` on ``backend`` (another accelerator: a GPU's)."""
+    return FLOPS_PER_SECOND.get(backend, FLOPS_PER_SECOND["gpu"])
 
 
 def step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -> float:
@@ -39,3 +62,30 @@ def program_step_flops(cfg: Config, input_shape: Sequence[int], out: int) -> flo
     return None
 
 
+
+
+def cpu_compile_seconds(cfg: Config) -> float:
+    """Modelled seconds to compile ``cfg``'s training program on CPU, older emitters."""
+    if cfg.model.layers:
+        kinds = [LAYER_KINDS.get(spec.get("type")) for spec in models.layer_specs(
+            cfg.model.layers)]
+    else:  # The MLP shorthand: its hidden layers and the output layer.
+        kinds = ["Dense"] * (len(cfg.model.hidden) + 1)
+    return CPU_COMPILE_SECONDS["program"] + sum(CPU_COMPILE_SECONDS[kind] for kind in kinds
+                                                if kind)
+
+
+def older_emitters(cfg: Config, training_seconds: float | None) -> bool:
+    """Whether ``cfg``'s program, training for the modelled ``training_seconds`` (None:
+    unknown, assumed long), compiles with XLA's older CPU emitters."""
+    return (training_seconds is not None
+            and training_seconds < OLDER_EMITTERS_BELOW * cpu_compile_seconds(cfg))
+
+
+def compile_seconds(cfg: Config, backend: str, training_seconds: float | None = None) -> float:
+    """Modelled seconds to compile ``cfg``'s training program on ``backend``, training for
+    ``training_seconds`` (which picks the CPU's emitters; None: unknown, assumed long)."""
+    seconds = COMPILE_SCALE.get(backend, COMPILE_SCALE["gpu"]) * cpu_compile_seconds(cfg)
+    if backend == "cpu" and not older_emitters(cfg, training_seconds):
+        seconds *= FUSION_EMITTERS_FACTOR
+    return seconds

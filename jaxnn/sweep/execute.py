@@ -270,7 +270,7 @@ class Sweep:
         final = stop == group.config.training.epochs
         if not (start == 0 and final):  # a segment program, whose sizes may be reused
             size = reuse_size(program.segment_sizes(), size, stop - start, group.config,
-                              math.prod(self.dataset.input_shape), self.dataset.output_size,
+                              self.dataset.input_shape, self.dataset.output_size,
                               program.trainer.steps_per_epoch, jax.default_backend())
         for offset in range(0, len(members), per_chunk):
             chunk = members[offset:offset + per_chunk]

@@ -18,24 +18,32 @@ from jaxnn import config as config_lib
 from jaxnn import initializers, models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
-from jaxnn.sweep.cost import COMPILE_SECONDS, FLOPS_PER_SECOND, step_flops
+from jaxnn.sweep.cost import compile_seconds, flops_per_second, program_step_flops
 from jaxnn.sweep.spec import Trial
 
 
 def reuse_size(compiled: Sequence[int], needed: int, epochs: int, cfg: Config,
-               in_features: int, out: int, steps_per_epoch: int, backend: str) -> int:
+               input_shape: Sequence[int], out: int, steps_per_epoch: int,
+               backend: str) -> int:
     """The chunk size to train ``needed`` trials for ``epochs`` epochs: the smallest size a
     program is already compiled for when padding to it costs less than compiling another
-    (`COMPILE_SECONDS` against the padded trials' FLOPs), else ``needed``."""
+    (`cost.compile_seconds` against the padded trials' FLOPs; a network whose FLOPs the model
+    does not know always reuses), else ``needed``."""
     bigger = [size for size in compiled if size >= needed]
     if not bigger:
         return needed
-    seconds = (min(bigger) - needed) * epochs * steps_per_epoch * step_flops(
-        cfg, cfg.model.hidden, in_features, out) / FLOPS_PER_SECOND.get(backend, 3e10)
-    return min(bigger) if seconds <= COMPILE_SECONDS.get(backend, 1.0) else needed
+    flops = program_step_flops(cfg, input_shape, out)
+    if flops is None:
+        return min(bigger)
+    rate = flops_per_second(backend)
+    trial_seconds = epochs * steps_per_epoch * flops / rate
+    padding = (min(bigger) - needed) * trial_seconds
+    compiling = compile_seconds(cfg, backend, needed * trial_seconds)
+    return min(bigger) if padding <= compiling else needed
 
 
-def width_runs(group_trials, widths_of, flops_of, steps, backend, setting) -> list[list[Trial]]:
+def width_runs(group_trials, widths_of, flops_of, steps, backend, setting,
+               config: Config) -> list[list[Trial]]:
     """Splits trials that differ only in their widths into programs: runs of neighbouring
     widths, each run padded to its widest.
 
@@ -47,9 +55,10 @@ def width_runs(group_trials, widths_of, flops_of, steps, backend, setting) -> li
       steps: the training steps of a trial.
       backend: the JAX backend, for the cost model.
       setting: True packs all widths into one program and False gives each width its own;
-        "auto" picks the split with the least modelled time (`COMPILE_SECONDS` per program
-        plus the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over the sorted
-        widths.
+        "auto" picks the split with the least modelled time (`cost.compile_seconds` per
+        program plus the padded FLOPs at `FLOPS_PER_SECOND`) by dynamic programming over
+        the sorted widths.
+      config: one trial's config, for the modelled compile time of its programs.
     """
     by_width: dict[tuple[int, ...], list[Trial]] = {}
     for trial in sorted(group_trials, key=widths_of):
@@ -58,12 +67,13 @@ def width_runs(group_trials, widths_of, flops_of, steps, backend, setting) -> li
     if setting is True or setting is False:
         return ([[t for w in widths for t in by_width[w]]] if setting
                 else [by_width[w] for w in widths])
-    compile_s, rate = COMPILE_SECONDS.get(backend, 1.0), FLOPS_PER_SECOND.get(backend, 3e10)
+    rate = flops_per_second(backend)
 
     def run_cost(first, last):  # widths[first:last] in one program
         padded = tuple(max(column) for column in zip(*widths[first:last], strict=True))
         trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
-        return compile_s + trials_in_run * steps * flops_of(padded) / rate
+        training = trials_in_run * steps * flops_of(padded) / rate
+        return compile_seconds(config, backend, training) + training
 
     best = [(0.0, 0)] + [(math.inf, 0)] * len(widths)  # best[i]: (cost, start of last run)
     for last in range(1, len(widths) + 1):

@@ -259,12 +259,12 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
             parts = width_runs(members, lambda t: t.config.model.hidden,
                                lambda w, c=first: step_flops(c, w, in_features,
                                                              dataset.output_size),
-                               steps, backend, pack_setting)
+                               steps, backend, pack_setting, first)
         elif packed_layers:
             parts = width_runs(members, lambda t: channels.features(t.config, swept_layers),
                                channels.step_flops_of(first, swept_layers, dataset.input_shape,
                                                       dataset.output_size),
-                               steps, backend, pack_setting)
+                               steps, backend, pack_setting, first)
         else:  # The structure key kept the widths apart: one width per group already.
             parts = [members]
         for part in parts:

@@ -18,7 +18,7 @@ from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
-from jaxnn.sweep.cost import COMPILE_SECONDS, FLOPS_PER_SECOND, program_step_flops
+from jaxnn.sweep.cost import flops_per_second, older_emitters, program_step_flops
 from jaxnn.sweep.packing import (
     fit_inputs,
     fit_widest,
@@ -38,31 +38,23 @@ from jaxnn.train import (
     scale_weights,
 )
 
-# XLA's CPU fusion emitters (MLIR) spend most of a sweep program's compile time compiling
-# its ~100-150 fusions. The older emitters compiled the digits MLP's and CNN's sweep
-# programs 27-34% faster, and those programs then trained 5-7% slower
-# (BENCHMARKS.md, "Compiling sweep programs"). So a program whose modelled training time is
-# under this many times its modelled compile time (`cost.COMPILE_SECONDS`) takes them.
-OLDER_EMITTERS_BELOW = 4.0
 _OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
 
 
-def compiler_options(run_once: bool = False,
-                     training_seconds: float | None = None) -> dict | None:
+def compiler_options(run_once: bool = False, older_emitters: bool = False) -> dict | None:
     """XLA options for sweep programs on this backend.
 
     On CPU, backend optimisation level 1 compiles these training programs ~2x faster than
     the default with the same run time (measured by experiments/benchmark_sweep.py), and
     compilation dominates a CPU sweep. A program that runs once (the initial draw) takes
-    level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program whose
-    ``training_seconds`` (modelled) are short, take the older fusion emitters
-    (`OLDER_EMITTERS_BELOW`).
+    level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program with
+    ``older_emitters`` (`cost.older_emitters`: its modelled training is short), take XLA's
+    older fusion emitters.
     """
     if jax.default_backend() != "cpu":
         return None
     options = {"xla_backend_optimization_level": 0 if run_once else 1}
-    if run_once or (training_seconds is not None and training_seconds
-                    < OLDER_EMITTERS_BELOW * COMPILE_SECONDS["cpu"]):
+    if run_once or older_emitters:
         options[_OLDER_EMITTERS] = False
     return options
 
@@ -287,10 +279,11 @@ class GroupProgram:
             began = time.perf_counter()
             seconds = None if self.step_flops is None else (
                 size * self.trainer.epochs * self.trainer.steps_per_epoch * self.step_flops
-                / FLOPS_PER_SECOND.get(jax.default_backend(), 3e10))
+                / flops_per_second(jax.default_backend()))
             self.compiled[signature] = compile_lowered(
                 self.program(kind, shared_key).lower(*args),
-                compiler_options(run_once=kind == "init", training_seconds=seconds))
+                compiler_options(run_once=kind == "init",
+                                 older_emitters=older_emitters(self.config, seconds)))
             self.compile_s += time.perf_counter() - began
         return self.compiled[signature](*args)
 
