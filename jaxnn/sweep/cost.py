@@ -11,25 +11,25 @@ from jaxnn import models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
 
-# Seconds to compile a sweep's training program on CPU with XLA's older emitters: a fixed
-# part and one term per layer of each kind, nested layers included (the other layers'
-# terms are within the noise). Fitted to the digits MLP with 1, 2 and 4 hidden layers,
-# CNNs with 1 to 4 convolutions and the residual CNN of configs/resnet_digits.toml
+# Seconds to lower and compile a sweep's training program on CPU with XLA's older emitters:
+# a fixed part and one term per layer of each kind, nested layers included (the other
+# layers' terms are within the noise). Fitted to the digits MLP with 1, 2 and 4 hidden
+# layers, CNNs with 1 to 4 convolutions and the residual CNN of configs/resnet_digits.toml
 # (BENCHMARKS.md, "The planner's compile-time model").
-CPU_COMPILE_SECONDS = {"program": 0.4, "Dense": 0.3, "Conv": 0.75, "Norm": 0.1}
+CPU_COMPILE_SECONDS = {"program": 1.1, "Dense": 0.25, "Conv": 0.75, "Norm": 0.2}
 LAYER_KINDS = {"Dense": "Dense", "Conv1D": "Conv", "Conv2D": "Conv",
                "Conv2DTranspose": "Conv", "BatchNorm": "Norm", "LayerNorm": "Norm",
                "GroupNorm": "Norm"}
 # XLA's CPU fusion emitters (MLIR) spend most of a sweep program's compile time compiling
-# its ~100-150 fusions: they compiled the same programs this many times longer than the
-# older emitters, which trained them 5-7% slower (BENCHMARKS.md, "Compiling sweep
+# its ~100-150 fusions: lowering and compiling took 1.35-1.6x longer on them than on the
+# older emitters, which trained the programs 5-7% slower (BENCHMARKS.md, "Compiling sweep
 # programs"). So a program whose modelled training time is under `OLDER_EMITTERS_BELOW`
 # times its modelled compile time takes the older ones.
-FUSION_EMITTERS_FACTOR = 1.55
+FUSION_EMITTERS_FACTOR = 1.5
 OLDER_EMITTERS_BELOW = 4.0
 # A backend's compile times against the CPU's: the quick-start MLP's program (three Dense
-# layers) compiles in ~1.3 s on CPU, ~4 s on a GPU and ~5 s on a TPU.
-COMPILE_SCALE = {"cpu": 1.0, "gpu": 3.0, "tpu": 3.8}
+# layers, ~1.9 s on CPU) takes ~4 s on a GPU and ~5 s on a TPU.
+COMPILE_SCALE = {"cpu": 1.0, "gpu": 2.2, "tpu": 2.7}
 
 # Sustained training FLOP/s of the vmapped small matmuls, for `pack_widths = "auto"`,
 # measured by experiments/benchmark_sweep.py.
@@ -65,7 +65,8 @@ def program_step_flops(cfg: Config, input_shape: Sequence[int], out: int) -> flo
 
 
 def cpu_compile_seconds(cfg: Config) -> float:
-    """Modelled seconds to compile ``cfg``'s training program on CPU, older emitters."""
+    """Modelled seconds to lower and compile ``cfg``'s training program on CPU, older
+    emitters."""
     if cfg.model.layers:
         kinds = [LAYER_KINDS.get(spec.get("type")) for spec in models.layer_specs(
             cfg.model.layers)]
@@ -83,7 +84,7 @@ def older_emitters(cfg: Config, training_seconds: float | None) -> bool:
 
 
 def compile_seconds(cfg: Config, backend: str, training_seconds: float | None = None) -> float:
-    """Modelled seconds to compile ``cfg``'s training program on ``backend``, training for
+    """Modelled seconds to lower and compile ``cfg``'s training program on ``backend``, training for
     ``training_seconds`` (which picks the CPU's emitters; None: unknown, assumed long)."""
     seconds = COMPILE_SCALE.get(backend, COMPILE_SCALE["gpu"]) * cpu_compile_seconds(cfg)
     if backend == "cpu" and not older_emitters(cfg, training_seconds):
