@@ -47,6 +47,8 @@ def flops_per_second(backend: str) -> float:
 
 
 def step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -> float:
+    """A training step's FLOPs (forward and backward, the batch's) of the MLP with these
+    hidden ``widths``."""
     sizes = [in_features, *widths, out]
     macs = sum(a * b for a, b in itertools.pairwise(sizes))
     return 6.0 * cfg.training.batch_size * macs  # forward + backward
@@ -60,8 +62,6 @@ def program_step_flops(cfg: Config, input_shape: Sequence[int], out: int) -> flo
     if channels.walkable(cfg):
         return channels.step_flops_of(cfg, (), tuple(input_shape), out)(())
     return None
-
-
 
 
 def cpu_compile_seconds(cfg: Config) -> float:
@@ -84,8 +84,9 @@ def older_emitters(cfg: Config, training_seconds: float | None) -> bool:
 
 
 def compile_seconds(cfg: Config, backend: str, training_seconds: float | None = None) -> float:
-    """Modelled seconds to lower and compile ``cfg``'s training program on ``backend``, training for
-    ``training_seconds`` (which picks the CPU's emitters; None: unknown, assumed long)."""
+    """Modelled seconds to lower and compile ``cfg``'s training program on ``backend``, to
+    train for ``training_seconds`` (which picks the CPU's emitters; None: unknown, assumed
+    long)."""
     seconds = COMPILE_SCALE.get(backend, COMPILE_SCALE["gpu"]) * cpu_compile_seconds(cfg)
     if backend == "cpu" and not older_emitters(cfg, training_seconds):
         seconds *= FUSION_EMITTERS_FACTOR
