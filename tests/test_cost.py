@@ -1,12 +1,14 @@
 """The planner's cost model: compile seconds by network, emitters, chunk reuse."""
 
+import os
+
 import jax
 import pytest
 
 from jaxnn import config, models, run, sweep
 from jaxnn.sweep import cost, packing
 
-CONFIGS = "configs"
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SECONDS = cost.CPU_COMPILE_SECONDS
 
 
