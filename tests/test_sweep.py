@@ -292,7 +292,7 @@ def test_short_programs_compile_with_the_older_emitters(monkeypatch):
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     assert programs.compiler_options() == {"xla_backend_optimization_level": 1}
-    assert programs.compiler_options(older_emitters=True)[
+    assert programs.compiler_options(use_older_emitters=True)[
         "xla_cpu_use_fusion_emitters"] is False
     assert programs.compiler_options(run_once=True) == {
         "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}

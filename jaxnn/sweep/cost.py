@@ -46,6 +46,13 @@ def flops_per_second(backend: str) -> float:
     return FLOPS_PER_SECOND.get(backend, FLOPS_PER_SECOND["gpu"])
 
 
+def training_seconds(trials: int, steps: int, flops: float | None,
+                     backend: str) -> float | None:
+    """Modelled seconds to train ``trials`` trials for ``steps`` steps of ``flops`` FLOPs
+    each on ``backend`` (None where the FLOPs are unknown)."""
+    return None if flops is None else trials * steps * flops / flops_per_second(backend)
+
+
 def step_flops(cfg: Config, widths: Sequence[int], in_features: int, out: int) -> float:
     """A training step's FLOPs (forward and backward, the batch's) of the MLP with these
     hidden ``widths``."""

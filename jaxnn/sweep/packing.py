@@ -18,7 +18,7 @@ from jaxnn import config as config_lib
 from jaxnn import initializers, models
 from jaxnn.config import Config
 from jaxnn.sweep import channels
-from jaxnn.sweep.cost import compile_seconds, flops_per_second, program_step_flops
+from jaxnn.sweep.cost import compile_seconds, program_step_flops, training_seconds
 from jaxnn.sweep.spec import Trial
 
 
@@ -35,8 +35,7 @@ def reuse_size(compiled: Sequence[int], needed: int, epochs: int, cfg: Config,
     flops = program_step_flops(cfg, input_shape, out)
     if flops is None:
         return min(bigger)
-    rate = flops_per_second(backend)
-    trial_seconds = epochs * steps_per_epoch * flops / rate
+    trial_seconds = training_seconds(1, epochs * steps_per_epoch, flops, backend)
     padding = (min(bigger) - needed) * trial_seconds
     compiling = compile_seconds(cfg, backend, needed * trial_seconds)
     return min(bigger) if padding <= compiling else needed
@@ -67,12 +66,10 @@ def width_runs(group_trials, widths_of, flops_of, steps, backend, setting,
     if setting is True or setting is False:
         return ([[t for w in widths for t in by_width[w]]] if setting
                 else [by_width[w] for w in widths])
-    rate = flops_per_second(backend)
-
     def run_cost(first, last):  # widths[first:last] in one program
         padded = tuple(max(column) for column in zip(*widths[first:last], strict=True))
         trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
-        training = trials_in_run * steps * flops_of(padded) / rate
+        training = training_seconds(trials_in_run, steps, flops_of(padded), backend)
         return compile_seconds(config, backend, training) + training
 
     best = [(0.0, 0)] + [(math.inf, 0)] * len(widths)  # best[i]: (cost, start of last run)

@@ -18,9 +18,9 @@ from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import channels
 from jaxnn.sweep.cost import (
     CPU_SHARDING_ABOVE_SECONDS,
-    FLOPS_PER_SECOND,
     program_step_flops,
     step_flops,
+    training_seconds,
 )
 from jaxnn.sweep.packing import width_runs
 from jaxnn.sweep.pruning import Pruning, from_spec
@@ -319,5 +319,5 @@ def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
         flops = program_step_flops(group.config, dataset.input_shape, dataset.output_size)
         if flops is None:  # unknown: assume long
             return devices
-        seconds += len(group.trials) * steps * flops / FLOPS_PER_SECOND["cpu"]
+        seconds += training_seconds(len(group.trials), steps, flops, "cpu")
     return devices if seconds > CPU_SHARDING_ABOVE_SECONDS else 1

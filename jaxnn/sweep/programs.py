@@ -17,8 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnn import config as config_lib
 from jaxnn import models
 from jaxnn.config import Config
-from jaxnn.sweep import channels
-from jaxnn.sweep.cost import flops_per_second, older_emitters, program_step_flops
+from jaxnn.sweep import channels, cost
 from jaxnn.sweep.packing import (
     fit_inputs,
     fit_widest,
@@ -41,20 +40,20 @@ from jaxnn.train import (
 _OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
 
 
-def compiler_options(run_once: bool = False, older_emitters: bool = False) -> dict | None:
+def compiler_options(run_once: bool = False, use_older_emitters: bool = False) -> dict | None:
     """XLA options for sweep programs on this backend.
 
     On CPU, backend optimisation level 1 compiles these training programs ~2x faster than
     the default with the same run time (measured by experiments/benchmark_sweep.py), and
     compilation dominates a CPU sweep. A program that runs once (the initial draw) takes
     level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program with
-    ``older_emitters`` (`cost.older_emitters`: its modelled training is short), take XLA's
+    ``use_older_emitters`` (`cost.older_emitters`: its modelled training is short), take XLA's
     older fusion emitters.
     """
     if jax.default_backend() != "cpu":
         return None
     options = {"xla_backend_optimization_level": 0 if run_once else 1}
-    if run_once or older_emitters:
+    if run_once or use_older_emitters:
         options[_OLDER_EMITTERS] = False
     return options
 
@@ -188,7 +187,7 @@ class GroupProgram:
             network = channels.masked_network(config, dataset.output_size, packed_layers)
         self.trainer = trainer = make_train(config, dataset, mesh=None, network=network)
         # A training step's, for the compiler options; None: unknown.
-        self.step_flops = program_step_flops(config, dataset.input_shape, dataset.output_size)
+        self.step_flops = cost.program_step_flops(config, dataset.input_shape, dataset.output_size)
         self.dataset = dataset
         self.mesh = mesh
         self.prologue = prologue
@@ -277,13 +276,13 @@ class GroupProgram:
         signature = (kind, shared_key, size)
         if signature not in self.compiled:
             began = time.perf_counter()
-            seconds = None if self.step_flops is None else (
-                size * self.trainer.epochs * self.trainer.steps_per_epoch * self.step_flops
-                / flops_per_second(jax.default_backend()))
+            seconds = cost.training_seconds(
+                size, self.trainer.epochs * self.trainer.steps_per_epoch, self.step_flops,
+                jax.default_backend())
             self.compiled[signature] = compile_lowered(
                 self.program(kind, shared_key).lower(*args),
                 compiler_options(run_once=kind == "init",
-                                 older_emitters=older_emitters(self.config, seconds)))
+                                 use_older_emitters=cost.older_emitters(self.config, seconds)))
             self.compile_s += time.perf_counter() - began
         return self.compiled[signature](*args)
 
