@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
 
         host.split_cpu(args.cpu_devices)
     if hasattr(args, "compile_cache"):
-        compile_cache.enable(args.compile_cache)
+        compile_cache.enable(args.compile_cache, whole_programs=owns_process and (
+            args.command == "sweep" and not args.distributed))
     try:
         return args.handler(args)
     except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:

@@ -9,6 +9,11 @@ Where: ``--compile-cache DIR``; else ``$JAXNN_COMPILE_CACHE``; else JAX's own
 ``$JAX_COMPILATION_CACHE_DIR`` when set; else `default_directory` (``~/.cache/jaxnn/xla``,
 under ``$XDG_CACHE_HOME`` when set). ``--no-compile-cache`` or ``JAXNN_COMPILE_CACHE=off``
 turns it off.
+
+`jaxnn sweep` (one process owning it) keeps its programs in `jaxnn.executable_cache`
+instead, in ``executables/`` there, which also skips tracing and lowering them; JAX's cache
+stays off in that process (XLA cannot serialize again what it served) and the rest of a
+sweep's programs (a few small eager ones) compile in milliseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import os
 
 import jax
+
+from jaxnn import executable_cache
 
 ENV = "JAXNN_COMPILE_CACHE"
 OFF = "off"
@@ -27,20 +34,27 @@ def default_directory() -> str:
     return os.path.join(base, "jaxnn", "xla")
 
 
-def enable(directory: str | None = None) -> str | None:
+def enable(directory: str | None = None, whole_programs: bool = False) -> str | None:
     """Turns the cache on (before anything is compiled); returns its directory, or None when
     it is off.
 
     Args:
       directory: the cache directory, `OFF`, or None for the environment's or the default.
+      whole_programs: keep programs in `executable_cache` (``executables/`` in the
+        directory) rather than JAX's cache, which stays off.
     """
     choice = directory or os.environ.get(ENV) or os.environ.get(
         "JAX_COMPILATION_CACHE_DIR") or default_directory()
     if choice == OFF:
         jax.config.update("jax_enable_compilation_cache", False)
+        executable_cache.enable(None)
         return None
     os.makedirs(choice, exist_ok=True)
-    jax.config.update("jax_enable_compilation_cache", True)
+    executable_cache.enable(os.path.join(choice, executable_cache.SUBDIRECTORY)
+                            if whole_programs else None)
+    jax.config.update("jax_enable_compilation_cache", not whole_programs)
+    if whole_programs:
+        return choice
     jax.config.update("jax_compilation_cache_dir", choice)
     # Every program, however small or quick: a sweep compiles many of both.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
-from jaxnn import models
+from jaxnn import executable_cache, models
 from jaxnn.config import Config
 from jaxnn.sweep import channels, cost
 from jaxnn.sweep.packing import (
@@ -70,6 +70,16 @@ def compile_lowered(lowered, options: dict | None):
                                                  if k != _OLDER_EMITTERS})
 
 
+def compile_timed(jitted, args: Sequence[Any], options: dict | None,
+                  identity: Any) -> tuple[Any, float]:
+    """``(compiled, seconds)``: ``jitted`` compiled for ``args`` with ``options``, or loaded
+    by `executable_cache.compile_program` (``identity``: see there)."""
+    start = time.perf_counter()
+    compiled = executable_cache.compile_program(jitted, args, options, identity,
+                                                compile_lowered)
+    return compiled, time.perf_counter() - start
+
+
 class Prologue:
     """What a chunk's trials draw before training, in one small program per shape.
 
@@ -94,6 +104,24 @@ class Prologue:
         self.widest: dict[Any, tuple[int, ...]] = {}
         self.programs: dict[Any, Any] = {}
         self.compile_s = 0.0
+        self._data_key: str | None = None
+
+    def identity(self, *parts) -> tuple | None:
+        """A sweep program's `executable_cache` identity: ``parts``, which say what it
+        closes over, and a digest of the data set (computed once); None while that cache is
+        off."""
+        if executable_cache.directory() is None:
+            return None
+        if self._data_key is None:
+            self._data_key = executable_cache.data_digest(self.dataset[:6])
+        return (*parts, self._data_key)
+
+    def compile(self, jitted, args: Sequence[Any], options: dict | None, *parts):
+        """``jitted`` compiled for ``args`` or loaded (`executable_cache`), the seconds
+        counted."""
+        compiled, seconds = compile_timed(jitted, args, options, self.identity(*parts))
+        self.compile_s += seconds
+        return compiled
 
     def widen(self, models_: Sequence[config_lib.ModelConfig]) -> None:
         """Makes the widest draw at least as wide as each of ``models_`` (the programs'
@@ -129,11 +157,9 @@ class Prologue:
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
                 return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
-            start = time.perf_counter()
-            self.programs[signature] = compile_lowered(
-                jax.jit(one if shared_key else jax.vmap(one)).lower(keys),
-                compiler_options(run_once=True))
-            self.compile_s += time.perf_counter() - start
+            self.programs[signature] = self.compile(
+                jax.jit(one if shared_key else jax.vmap(one)), (keys,),
+                compiler_options(run_once=True), "prologue", *signature)
         return self.programs[signature](keys)
 
     def own_params(self, model: config_lib.ModelConfig, seed: int, dtype) -> Any:
@@ -148,10 +174,9 @@ class Prologue:
                 _, params, _ = net.init(init_key, self.input_shape)
                 return jax.tree.map(lambda p: p.astype(dtype), params)
 
-            start = time.perf_counter()
-            self.programs[signature] = compile_lowered(jax.jit(one).lower(jax.random.key(0)),
-                                                       compiler_options(run_once=True))
-            self.compile_s += time.perf_counter() - start
+            self.programs[signature] = self.compile(
+                jax.jit(one), (jax.random.key(0),), compiler_options(run_once=True),
+                "own params", model, jnp.dtype(dtype))
         return jax.device_get(self.programs[signature](jax.random.key(seed)))
 
 
@@ -275,15 +300,16 @@ class GroupProgram:
     def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
         signature = (kind, shared_key, size)
         if signature not in self.compiled:
-            began = time.perf_counter()
             seconds = cost.training_seconds(
                 size, self.trainer.epochs * self.trainer.steps_per_epoch, self.step_flops,
                 jax.default_backend())
-            self.compiled[signature] = compile_lowered(
-                self.program(kind, shared_key).lower(*args),
+            self.compiled[signature], spent = compile_timed(
+                self.program(kind, shared_key), args,
                 compiler_options(run_once=kind == "init",
-                                 use_older_emitters=cost.older_emitters(self.config, seconds)))
-            self.compile_s += time.perf_counter() - began
+                                 use_older_emitters=cost.older_emitters(self.config, seconds)),
+                self.prologue.identity("group", *signature, self.config, self.packed_width,
+                                       self.packed_layers, self.mesh))
+            self.compile_s += spent
         return self.compiled[signature](*args)
 
     def segment_sizes(self) -> list[int]:

@@ -1,0 +1,167 @@
+"""Compiled programs kept on disk under a key known before tracing, so that a run that finds
+one skips tracing and lowering as well as compiling.
+
+JAX's persistent cache (`jaxnn.compile_cache`) is keyed by the lowered program, so a run
+that hits it still traces and lowers every program: ~1-2 s of a cached quick-start sweep
+(BENCHMARKS.md, "Persistent compilation cache"). `jaxnn sweep` keeps its programs here
+instead (`enable`: ``executables/`` in the compile cache's directory). The key is the
+caller's description of the program (``identity``: e.g. the config and the kind of program)
+with the arguments' structure, shapes, dtypes and shardings, and everything else tracing
+reads: jaxnn's source files, the versions of JAX, jaxlib, optax, chex, numpy and ml_dtypes,
+JAX's configuration, ``XLA_FLAGS``, the devices and the compiler options. So an edited file,
+an upgrade or another flag misses. An entry is written whole (to a temporary file, then
+renamed); one that cannot be read is compiled again and replaced. A program that JAX's own
+cache served (where both are on) is not kept: XLA's CPU client serializes such an
+executable without its compiled kernels (loading it fails at the first call).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+SUBDIRECTORY = "executables"
+FORMAT = 2  # in every key: a change of what an entry holds misses the older ones
+_JAX_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+# The distributions whose code a jaxnn program traces.
+TRACED_DISTRIBUTIONS = ("jax", "jaxlib", "optax", "chex", "numpy", "ml_dtypes")
+
+log = logging.getLogger(__name__)
+_directory: str | None = None
+
+
+def enable(directory_: str | None) -> None:
+    """Keeps compiled programs in ``directory_`` from now on (None: turns the cache off)."""
+    global _directory
+    _directory = directory_
+
+
+def directory() -> str | None:
+    """Where compiled programs are kept, or None while the cache is off."""
+    return _directory
+
+
+@functools.cache
+def _environment() -> str:
+    """A digest of what a program's tracing reads beyond its arguments and JAX's config:
+    jaxnn's source, the traced libraries' versions, ``XLA_FLAGS`` and the devices."""
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for folder, subfolders, files in sorted(os.walk(package)):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, package).encode())
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
+    for name in TRACED_DISTRIBUTIONS:
+        try:
+            digest.update(f"{name}={importlib.metadata.version(name)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{name}=absent".encode())
+    digest.update(os.environ.get("XLA_FLAGS", "").encode())
+    digest.update(repr([(d.platform, d.device_kind, d.id, d.process_index)
+                        for d in jax.devices()]).encode())
+    return digest.hexdigest()
+
+
+def data_digest(arrays: Sequence[Any]) -> str:
+    """A digest of arrays' contents, shapes and dtypes (e.g. a data set's splits), for an
+    ``identity``."""
+    digest = hashlib.blake2b(digest_size=20)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def key(identity: Any, args: Sequence[Any], options: dict | None) -> str:
+    """The entry's name for a program described by ``identity`` (its repr must say all
+    that the traced function closes over), called with ``args`` and compiled with
+    ``options``."""
+    leaves, structure = jax.tree.flatten(args)
+    avals = [(str(jax.typeof(leaf)),
+              repr(leaf.sharding) if isinstance(leaf, jax.Array) else None) for leaf in leaves]
+    settings = sorted((name, repr(value)) for name, value in jax.config.values.items())
+    described = repr((FORMAT, _environment(), settings, identity, str(structure), avals,
+                      sorted((options or {}).items())))
+    return hashlib.sha256(described.encode()).hexdigest()
+
+
+def compile_program(jitted, args: Sequence[Any], options: dict | None, identity: Any,
+                    compile_lowered: Callable[[Any, dict | None], Any]):
+    """``compile_lowered(jitted.lower(*args), options)``, or the program compiled for the
+    same ``identity``, arguments and options by an earlier run, loaded from `directory`.
+
+    Args:
+      jitted: the `jax.jit` function.
+      args: its arguments (arrays or their `jax.ShapeDtypeStruct`s).
+      options: XLA compiler options.
+      identity: a description of the program whose repr covers everything ``jitted``
+        closes over, or None to keep it out of this cache.
+      compile_lowered: compiles a lowered program with options.
+    """
+    where = directory()
+    if where is None or identity is None:
+        return compile_lowered(jitted.lower(*args), options)
+    from jax.experimental import serialize_executable
+
+    path = os.path.join(where, key(identity, args, options) + ".pickle")
+    try:
+        with open(path, "rb") as handle:
+            payload, in_tree, out_tree, device_ids = pickle.load(handle)
+        by_id = {device.id: device for device in jax.devices()}
+        compiled = serialize_executable.deserialize_and_load(
+            payload, in_tree, out_tree,
+            execution_devices=[by_id[device_id] for device_id in device_ids])
+        log.debug("loaded %s", path)
+        return compiled
+    except FileNotFoundError:
+        pass
+    except Exception as error:  # a damaged or foreign entry: compile it anew
+        log.debug("recompiling over %s: %s", path, error)
+    hits = []
+
+    def count_hits(event: str, **unused_kwargs) -> None:
+        del unused_kwargs
+        if event == _JAX_CACHE_HIT:
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(count_hits)
+    try:
+        compiled = compile_lowered(jitted.lower(*args), options)
+    finally:
+        jax.monitoring.unregister_event_listener(count_hits)
+    if hits:
+        log.debug("not kept (served by JAX's cache): %s", path)
+        return compiled
+    try:
+        device_ids = [device.id for device in compiled.runtime_executable().local_devices()]
+        blob = pickle.dumps((*serialize_executable.serialize(compiled), device_ids))
+    except Exception as error:  # a backend that cannot serialize it: not kept
+        log.debug("not kept: %s", error)
+        return compiled
+    os.makedirs(where, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=where, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(blob)
+        os.replace(temporary, path)
+        log.debug("stored %s", path)
+    except OSError as error:
+        log.debug("not kept: %s", error)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return compiled

@@ -1,0 +1,131 @@
+"""`jaxnn.executable_cache`: a second `jaxnn sweep` loads its compiled programs instead of
+tracing, lowering and compiling them, with the same results; anything that changes the
+program misses; a damaged entry is compiled again; what JAX's own cache served is not
+kept."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import executable_cache, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.toml")
+# A pruned sweep: a prologue, an initial-state program and a segment program.
+SWEEP = ["--set", "sweep.grid={learning_rate = [0.05, 0.4], width = [4, 9]}",
+         "--set", "sweep.pruning={eta = 2, min_epochs = 1}", "--set", "output.plots=false"]
+# The CLI as `jaxnn` runs it (owning its process), the cache's log on stderr.
+CLI = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+logging.getLogger("jaxnn.executable_cache").setLevel(logging.DEBUG)
+from jaxnn import cli
+sys.exit(cli.main(sys.argv[1:], owns_process=True))
+"""
+
+
+def jaxnn_sweep(workdir, cache, *flags) -> list[str]:
+    """Runs `jaxnn sweep` on the tiny config; returns the cache's log lines."""
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, "sweep", TINY, *SWEEP, *flags, "--workdir", str(workdir),
+         "--compile-cache", str(cache)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line.split()[1] for line in result.stderr.splitlines()
+            if line.startswith("jaxnn.executable_cache ")]
+
+
+def results(workdir) -> list[str]:
+    return [json.dumps(row, sort_keys=True) for row in sweep.read_results(str(workdir))]
+
+
+def test_a_second_sweep_loads_its_programs_and_trains_the_same(tmp_path):
+    cache = tmp_path / "cache"
+    first = jaxnn_sweep(tmp_path / "first", cache)
+    assert first and set(first) == {"stored"}  # every program compiled and kept
+    assert not [name for name in os.listdir(cache) if name != "executables"]  # no JAX cache
+    second = jaxnn_sweep(tmp_path / "second", cache)
+    assert second == ["loaded"] * len(first)
+    assert results(tmp_path / "second") == results(tmp_path / "first")
+
+    # Another number of epochs is another program: compiled and kept beside the others.
+    other = jaxnn_sweep(tmp_path / "other", cache, "--set", "training.epochs=3")
+    assert "stored" in other
+
+    # Damaged entries (cut in half) are compiled again and replaced; same results.
+    entries = cache / "executables"
+    for name in os.listdir(entries):
+        data = (entries / name).read_bytes()
+        (entries / name).write_bytes(data[:len(data) // 2])
+    damaged = jaxnn_sweep(tmp_path / "damaged", cache)
+    assert damaged.count("recompiling") == len(first) and damaged.count("stored") == len(first)
+    assert results(tmp_path / "damaged") == results(tmp_path / "first")
+    assert jaxnn_sweep(tmp_path / "again", cache) == ["loaded"] * len(first)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    executable_cache.enable(str(tmp_path / "executables"))
+    yield tmp_path / "executables"
+    executable_cache.enable(None)
+
+
+def _program():
+    return jax.jit(lambda w, x: jnp.tanh(x @ w).sum(0))
+
+
+def _compile(lowered, options):
+    return lowered.compile(compiler_options=options)
+
+
+def test_a_kept_program_loads_and_computes_the_same(cache_dir):
+    # Shapes no other test compiles: JAX's cache, shared by the suite, has not served it.
+    args = (jnp.ones((13, 2)), jnp.arange(91.0).reshape(7, 13))
+    compiled = executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
+    assert len(os.listdir(cache_dir)) == 1
+    loaded = executable_cache.compile_program(
+        _program(), args, None, ("tanh",),
+        lambda *_: pytest.fail("compiled instead of loaded"))
+    np.testing.assert_array_equal(loaded(*args), compiled(*args))
+
+
+def test_what_jax_cache_served_is_not_kept(cache_dir):
+    """XLA serializes an executable loaded from JAX's cache without its kernels: such a
+    program (JAX reports a cache hit while compiling it) is not kept."""
+    def served_by_jax(lowered, options):
+        jax.monitoring.record_event("/jax/compilation_cache/cache_hits")
+        return _compile(lowered, options)
+
+    args = (jnp.ones((3, 2)), jnp.ones((4, 3)))
+    executable_cache.compile_program(_program(), args, None, ("tanh",), served_by_jax)
+    assert not os.path.exists(cache_dir) or not os.listdir(cache_dir)
+
+
+def test_the_key_covers_identity_arguments_and_options():
+    args = (jnp.ones((3, 2)), jnp.ones((4, 3)))
+    base = executable_cache.key(("a",), args, None)
+    assert base == executable_cache.key(("a",), (jnp.zeros((3, 2)), jnp.zeros((4, 3))), None)
+    assert len({base,
+                executable_cache.key(("b",), args, None),
+                executable_cache.key(("a",), (jnp.ones((3, 2)), jnp.ones((5, 3))), None),
+                executable_cache.key(("a",), (jnp.ones((3, 2)), np.ones((4, 3), np.int32)),
+                                     None),
+                executable_cache.key(("a",), [*args], None),
+                executable_cache.key(("a",), args, {"xla_backend_optimization_level": 1}),
+                }) == 6
+    with jax.default_matmul_precision("highest"):  # a JAX setting tracing reads
+        assert executable_cache.key(("a",), args, None) != base
+
+
+def test_a_cache_that_is_off_compiles_and_keeps_nothing(tmp_path):
+    executable_cache.enable(None)
+    args = (jnp.ones((3, 2)), jnp.ones((4, 3)))
+    compiled = executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
+    assert compiled(*args).shape == (2,)
+    assert executable_cache.directory() is None
