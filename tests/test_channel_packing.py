@@ -101,6 +101,32 @@ def test_networks_that_mix_or_draw_per_channel_are_not_packed(layer):
     assert all(not g.packed_layers for g in plan.groups)
 
 
+# A Dropout after the Flatten: padded for layer 3 (up to the next Dense), not for layer 0.
+DROPOUT_AFTER_FLATTEN = LAYERS.replace('{type = "Flatten"},',
+                                       '{type = "Flatten"}, {type = "Dropout", rate = 0.3},')
+
+
+def test_a_dropout_beyond_the_padded_channels_packs_and_each_trial_equals_its_lone_run(
+        tmp_path):
+    cfg = cnn_sweep('{"model.layers[0].features" = [4, 8], learning_rate = [0.01]}',
+                    f"model.layers={DROPOUT_AFTER_FLATTEN}", "sweep.pack_widths=true")
+    out = sweep.run_sweep(cfg, tmp_path, return_params=True)
+    dataset = run.prepare(cfg)
+    plan = sweep.make_plan(cfg, dataset)
+    assert len(plan.groups) == 1 and plan.groups[0].packed_layers == (0,)
+    for trial in plan.trials:
+        trainer = make_train(trial.config, dataset, mesh=None)
+        alone, _ = trainer(jax.random.key(trial.config.training.seed),
+                           default_hparams(trial.config, jnp.float64))
+        got = sweep.trial_params_unpadded(out["params"][trial.index], trial, dataset)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(alone.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+    # Sweeping layer 3, the Dropout is within its padded activations: one program per count.
+    cfg = cnn_sweep('{"model.layers[3].features" = [3, 6]}',
+                    f"model.layers={DROPOUT_AFTER_FLATTEN}", "sweep.pack_widths=true")
+    assert [len(g.trials) for g in sweep.make_plan(cfg, dataset).groups] == [1, 1]
+
+
 def test_a_missing_layer_is_named(tmp_path, capsys):
     path = tmp_path / "s.toml"
     path.write_text(config.dumps(cnn_sweep('{"model.layers[20].features" = [4, 8]}')))

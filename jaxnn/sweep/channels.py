@@ -6,9 +6,10 @@ equals its lone run. A trial starts from the params it draws alone, placed into 
 arrays with zeros around them (`embed`); `crop` takes them back out.
 
 Packable networks are flat lists of layers that keep channels apart: Dense, Conv1D and
-Conv2D, per-channel layers (activations, pooling, BatchNorm) and Flatten. LayerNorm and
-GroupNorm mix channels, Dropout's draws depend on the padded shape, and branches are not
-walked, so such networks get one program per channel count.
+Conv2D, per-channel layers (activations, pooling, BatchNorm), Flatten and Dropout, where no
+Dropout lies between a packed layer and the next Dense or Conv layer (there its draws would
+follow the padded shape, not the trial's). LayerNorm and GroupNorm mix channels and branches
+are not walked, so such networks get one program per channel count.
 """
 
 from __future__ import annotations
@@ -45,17 +46,26 @@ def swept_layers(names: Sequence[str]) -> tuple[int, ...]:
 def walkable(cfg: Config) -> bool:
     """Whether ``cfg`` is a ``model.layers`` network whose channels `placements` can follow
     (see the module docstring)."""
-    allowed = (*FEATURE_TYPES, *PER_CHANNEL_TYPES, "Flatten")
+    allowed = (*FEATURE_TYPES, *PER_CHANNEL_TYPES, "Flatten", "Dropout")
     return bool(cfg.model.layers) and all(spec.get("type") in allowed
                                           for spec in cfg.model.layers)
+
+
+def padded_span(types: Sequence[str], index: int) -> range:
+    """The layers after a packed layer ``index`` whose activations are padded: up to the
+    next Dense or Conv layer (through any Flatten)."""
+    stop = next((after for after in range(index + 1, len(types))
+                 if types[after] in FEATURE_TYPES), len(types))
+    return range(index + 1, stop)
 
 
 def packable(cfg: Config, indices: Sequence[int]) -> bool:
     """Whether trials of ``cfg`` that differ in the features of ``indices`` can share a
     program."""
+    types = [spec.get("type") for spec in cfg.model.layers]
     return bool(indices) and walkable(cfg) and all(
-        i < len(cfg.model.layers) and cfg.model.layers[i]["type"] in FEATURE_TYPES
-        for i in indices)
+        i < len(types) and types[i] in FEATURE_TYPES
+        and "Dropout" not in [types[j] for j in padded_span(types, i)] for i in indices)
 
 
 def features(cfg: Config, indices: Sequence[int]) -> tuple[int, ...]:
