@@ -94,6 +94,7 @@ def key(identity: Any, args: Sequence[Any], options: dict | None) -> str:
     leaves, structure = jax.tree.flatten(args)
     avals = [(str(jax.typeof(leaf)),
               repr(leaf.sharding) if isinstance(leaf, jax.Array) else None) for leaf in leaves]
+    # Every JAX setting (a JAX without `config.values` fails here: the program is not kept).
     settings = sorted((name, repr(value)) for name, value in jax.config.values.items())
     described = repr((FORMAT, _environment(), settings, identity, str(structure), avals,
                       sorted((options or {}).items())))
@@ -116,9 +117,25 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
     where = directory()
     if where is None or identity is None:
         return compile_lowered(jitted.lower(*args), options)
+    try:
+        path = os.path.join(where, key(identity, args, options) + ".pickle")
+    except Exception as error:  # what this JAX cannot describe is compiled, not kept
+        log.debug("not kept (no key): %s", error)
+        return compile_lowered(jitted.lower(*args), options)
+    compiled = _load(path)
+    if compiled is None:
+        compiled, served_by_jax = _compile_fresh(jitted, args, options, compile_lowered)
+        if served_by_jax:
+            log.debug("not kept (served by JAX's cache): %s", path)
+        else:
+            _store(compiled, path)
+    return compiled
+
+
+def _load(path: str):
+    """The program kept at ``path``, or None (none there, or not loadable)."""
     from jax.experimental import serialize_executable
 
-    path = os.path.join(where, key(identity, args, options) + ".pickle")
     try:
         with open(path, "rb") as handle:
             payload, in_tree, out_tree, device_ids = pickle.load(handle)
@@ -126,12 +143,17 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
         compiled = serialize_executable.deserialize_and_load(
             payload, in_tree, out_tree,
             execution_devices=[by_id[device_id] for device_id in device_ids])
-        log.debug("loaded %s", path)
-        return compiled
     except FileNotFoundError:
-        pass
-    except Exception as error:  # a damaged or foreign entry: compile it anew
+        return None
+    except Exception as error:  # a damaged or foreign entry: compiled anew
         log.debug("recompiling over %s: %s", path, error)
+        return None
+    log.debug("loaded %s", path)
+    return compiled
+
+
+def _compile_fresh(jitted, args, options, compile_lowered) -> tuple[Any, bool]:
+    """``(compiled, whether JAX's cache served it)``."""
     hits = []
 
     def count_hits(event: str, **unused_kwargs) -> None:
@@ -141,27 +163,27 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
 
     jax.monitoring.register_event_listener(count_hits)
     try:
-        compiled = compile_lowered(jitted.lower(*args), options)
+        return compile_lowered(jitted.lower(*args), options), bool(hits)
     finally:
         jax.monitoring.unregister_event_listener(count_hits)
-    if hits:
-        log.debug("not kept (served by JAX's cache): %s", path)
-        return compiled
+
+
+def _store(compiled, path: str) -> None:
+    """Writes ``compiled`` to ``path`` whole (a temporary file renamed), or nothing."""
+    from jax.experimental import serialize_executable
+
+    temporary = None
     try:
         device_ids = [device.id for device in compiled.runtime_executable().local_devices()]
         blob = pickle.dumps((*serialize_executable.serialize(compiled), device_ids))
-    except Exception as error:  # a backend that cannot serialize it: not kept
-        log.debug("not kept: %s", error)
-        return compiled
-    os.makedirs(where, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=where, suffix=".partial")
-    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial")
         with os.fdopen(handle, "wb") as out:
             out.write(blob)
         os.replace(temporary, path)
-        log.debug("stored %s", path)
-    except OSError as error:
+    except Exception as error:  # a backend that cannot serialize it, a full disk: not kept
         log.debug("not kept: %s", error)
-        if os.path.exists(temporary):
+        if temporary and os.path.exists(temporary):
             os.remove(temporary)
-    return compiled
+        return
+    log.debug("stored %s", path)

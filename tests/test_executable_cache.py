@@ -129,3 +129,17 @@ def test_a_cache_that_is_off_compiles_and_keeps_nothing(tmp_path):
     compiled = executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
     assert compiled(*args).shape == (2,)
     assert executable_cache.directory() is None
+
+
+def test_a_cache_it_cannot_write_still_compiles(tmp_path):
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a directory")
+    executable_cache.enable(str(blocked / "executables"))
+    try:
+        args = (jnp.ones((17, 2)), jnp.ones((3, 17)))
+        compiled = executable_cache.compile_program(_program(), args, None, ("tanh",),
+                                                    _compile)
+        np.testing.assert_allclose(compiled(*args), _program()(*args))
+    finally:
+        executable_cache.enable(None)
+    assert blocked.read_text() == "not a directory"
