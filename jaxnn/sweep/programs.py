@@ -307,8 +307,10 @@ class GroupProgram:
                 self.program(kind, shared_key), args,
                 compiler_options(run_once=kind == "init",
                                  use_older_emitters=cost.older_emitters(self.config, seconds)),
-                self.prologue.identity("group", *signature, self.config, self.packed_width,
-                                       self.packed_layers, self.mesh))
+                # The config file's path names errors only: a resumed sweep, which reads
+                # the config from its directory, finds the same programs.
+                self.prologue.identity("group", *signature, self.config.replace(source=""),
+                                       self.packed_width, self.packed_layers, self.mesh))
             self.compile_s += spent
         return self.compiled[signature](*args)
 
