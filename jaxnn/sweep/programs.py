@@ -162,21 +162,24 @@ class Prologue:
                 compiler_options(run_once=True), "prologue", *signature)
         return self.programs[signature](keys)
 
-    def own_params(self, model: config_lib.ModelConfig, seed: int, dtype) -> Any:
-        """The params a ``model.layers`` trial draws alone (before the init scale), as host
-        arrays; one small program per model."""
-        signature = ("own", channels.model_key(model), jnp.dtype(dtype))
+    def own_params(self, models_: Sequence[config_lib.ModelConfig], seed: int,
+                   dtype) -> tuple:
+        """The params each of ``models_`` (``model.layers`` nets) draws alone with ``seed``
+        (before the init scale), as host arrays: one small program draws them all (three
+        CNNs' draws compiled in 1.2-1.5 s, against 1.8-2.3 s as three programs)."""
+        signature = ("own", tuple(channels.model_key(m) for m in models_), jnp.dtype(dtype))
         if signature not in self.programs:
-            net = models.build(model, self.dataset.output_size)
+            nets = [models.build(model, self.dataset.output_size) for model in models_]
 
-            def one(key):
+            def draw(key):
                 init_key, _ = jax.random.split(key)  # as `Trainer.init` splits it
-                _, params, _ = net.init(init_key, self.input_shape)
-                return jax.tree.map(lambda p: p.astype(dtype), params)
+                return tuple(jax.tree.map(lambda p: p.astype(dtype),
+                                          net.init(init_key, self.input_shape)[1])
+                             for net in nets)
 
             self.programs[signature] = self.compile(
-                jax.jit(one), (jax.random.key(0),), compiler_options(run_once=True),
-                "own params", model, jnp.dtype(dtype))
+                jax.jit(draw), (jax.random.key(0),), compiler_options(run_once=True),
+                "own params", tuple(models_), jnp.dtype(dtype))
         return jax.device_get(self.programs[signature](jax.random.key(seed)))
 
 
@@ -285,17 +288,16 @@ class GroupProgram:
         """Each trial's own initial params (packed channels), zero-padded and stacked."""
         shape, size, dtype = self.dataset.input_shape, self.dataset.output_size, \
             self.trainer.dtype
+        by_key = {channels.model_key(t.config.model): t.config.model for t in trials}
+        keys = sorted(by_key)
         drawn = {}
-
-        def key(trial):
-            return channels.model_key(trial.config.model), trial.config.training.seed
-
-        for t in trials:
-            if key(t) not in drawn:
-                own = self.prologue.own_params(t.config.model, t.config.training.seed, dtype)
-                drawn[key(t)] = channels.embed_params(own, t.config.model, self.config.model,
-                                                      shape, size)
-        return jax.tree.map(lambda *xs: np.stack(xs), *[drawn[key(t)] for t in trials])
+        for seed in sorted({t.config.training.seed for t in trials}):
+            own = self.prologue.own_params([by_key[k] for k in keys], seed, dtype)
+            for k, params in zip(keys, own, strict=True):
+                drawn[k, seed] = channels.embed_params(params, by_key[k], self.config.model,
+                                                       shape, size)
+        return jax.tree.map(lambda *xs: np.stack(xs), *[
+            drawn[channels.model_key(t.config.model), t.config.training.seed] for t in trials])
 
     def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
         signature = (kind, shared_key, size)
