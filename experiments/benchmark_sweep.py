@@ -27,6 +27,7 @@ jaxnn as planned, with every count packed in one program, and with one program p
 Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3] [--default-malloc]
      python experiments/benchmark_sweep.py --scaling 1 8 32 128 512 --epochs 5 --plot FILE
      python experiments/benchmark_sweep.py --scaling 1 8 32 128 --family cnn --epochs 5
+         [--contenders jaxnn "PyTorch loop" "torch.func vmap"]
      python experiments/benchmark_sweep.py --channels --epochs 5
 """
 
@@ -388,7 +389,7 @@ def scaling(args, base, family) -> None:
         trials = plan.trials
         print(f"N = {len(trials)}: {len(plan.groups)} jaxnn program(s)", flush=True)
         for _ in range(args.repeats):
-            order = list(SCALING_CONTENDERS)
+            order = list(args.contenders)
             shuffler.shuffle(order)
             for name in order:
                 seconds, compiling = SCALING_CONTENDERS[name](cfg, dataset, trials, family)
@@ -407,7 +408,8 @@ def scaling_rows(times, counts) -> str:
     lines = ["| N | contender | wall s (compile incl.) | compile excl. | trials/s | "
              "raw JAX loop / this |", "|---:|---|---:|---:|---:|---:|"]
     for count in counts:
-        base = statistics.median(t for t, _ in times[("raw JAX loop", count)])
+        loop = times.get(("raw JAX loop", count))
+        base = statistics.median(t for t, _ in loop) if loop else None
         for name in SCALING_CONTENDERS:
             if (name, count) not in times:
                 continue
@@ -416,7 +418,8 @@ def scaling_rows(times, counts) -> str:
             excl = statistics.median(t - c for t, c in samples)
             lines.append(f"| {count} | {name} | {wall:.2f} [{min(t for t, _ in samples):.2f}, "
                          f"{max(t for t, _ in samples):.2f}] | {excl:.2f} | "
-                         f"{count / wall:.1f} | {base / wall:.2f}x |")
+                         f"{count / wall:.1f} | "
+                         f"{'-' if base is None else f'{base / wall:.2f}x'} |")
     return "\n".join(lines)
 
 
@@ -486,6 +489,10 @@ def main() -> None:
     parser.add_argument("--family", choices=["mlp", "cnn"], default="mlp",
                         help="with --scaling: the digits MLP or the CNN group")
     parser.add_argument("--plot", help="with --scaling: write the time-vs-N plot here")
+    parser.add_argument("--contenders", nargs="+", choices=list(SCALING_CONTENDERS),
+                        default=list(SCALING_CONTENDERS), metavar="NAME",
+                        help="with --scaling: only these (default: all of "
+                             f"{', '.join(SCALING_CONTENDERS)})")
     parser.add_argument("--channels", action="store_true",
                         help="time the CNN channel-count sweep (packed, per count, planned)")
     benchmarking.add_host_flags(parser, cpu_devices=True)
