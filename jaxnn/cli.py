@@ -171,7 +171,10 @@ def _sweep(args: argparse.Namespace) -> int:
         if jax.process_index() != 0:
             return 0  # process 0 wrote the results and reports them
     print(result["table"])
-    print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs, "
+    cached = (f", {result['programs_loaded']} of them from the compile cache"
+              if result["programs_loaded"] else "")
+    print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs"
+          f"{cached}, "
           f"{result['trial_epochs']} trial-epochs, {result['wall_time_s']:.1f} s)")
     _print_best(result, workdir)
     return 0

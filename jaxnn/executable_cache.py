@@ -102,9 +102,10 @@ def key(identity: Any, args: Sequence[Any], options: dict | None) -> str:
 
 
 def compile_program(jitted, args: Sequence[Any], options: dict | None, identity: Any,
-                    compile_lowered: Callable[[Any, dict | None], Any]):
-    """``compile_lowered(jitted.lower(*args), options)``, or the program compiled for the
-    same ``identity``, arguments and options by an earlier run, loaded from `directory`.
+                    compile_lowered: Callable[[Any, dict | None], Any]) -> tuple[Any, bool]:
+    """``(compiled, loaded)``: ``compile_lowered(jitted.lower(*args), options)``, or
+    (``loaded``) the program compiled for the same ``identity``, arguments and options by
+    an earlier run, loaded from `directory`.
 
     Args:
       jitted: the `jax.jit` function.
@@ -116,20 +117,21 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
     """
     where = directory()
     if where is None or identity is None:
-        return compile_lowered(jitted.lower(*args), options)
+        return compile_lowered(jitted.lower(*args), options), False
     try:
         path = os.path.join(where, key(identity, args, options) + ".pickle")
     except Exception as error:  # what this JAX cannot describe is compiled, not kept
         log.debug("not kept (no key): %s", error)
-        return compile_lowered(jitted.lower(*args), options)
+        return compile_lowered(jitted.lower(*args), options), False
     compiled = _load(path)
-    if compiled is None:
-        compiled, served_by_jax = _compile_fresh(jitted, args, options, compile_lowered)
-        if served_by_jax:
-            log.debug("not kept (served by JAX's cache): %s", path)
-        else:
-            _store(compiled, path)
-    return compiled
+    if compiled is not None:
+        return compiled, True
+    compiled, served_by_jax = _compile_fresh(jitted, args, options, compile_lowered)
+    if served_by_jax:
+        log.debug("not kept (served by JAX's cache): %s", path)
+    else:
+        _store(compiled, path)
+    return compiled, False
 
 
 def _load(path: str):

@@ -31,14 +31,17 @@ sys.exit(cli.main(sys.argv[1:], owns_process=True))
 
 
 def jaxnn_sweep(workdir, cache, *flags) -> list[str]:
-    """Runs `jaxnn sweep` on the tiny config; returns the cache's log lines."""
+    """Runs `jaxnn sweep` on the tiny config; returns the cache's log lines (checking that
+    the closing line says how many programs were loaded)."""
     result = subprocess.run(
         [sys.executable, "-c", CLI, "sweep", TINY, *SWEEP, *flags, "--workdir", str(workdir),
          "--compile-cache", str(cache)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
-    return [line.split()[1] for line in result.stderr.splitlines()
-            if line.startswith("jaxnn.executable_cache ")]
+    lines = [line.split()[1] for line in result.stderr.splitlines()
+             if line.startswith("jaxnn.executable_cache ")]
+    assert ("of them from the compile cache" in result.stdout) == ("loaded" in lines)
+    return lines
 
 
 def results(workdir) -> list[str]:
@@ -87,12 +90,14 @@ def _compile(lowered, options):
 def test_a_kept_program_loads_and_computes_the_same(cache_dir):
     # Shapes no other test compiles: JAX's cache, shared by the suite, has not served it.
     args = (jnp.ones((13, 2)), jnp.arange(91.0).reshape(7, 13))
-    compiled = executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
-    assert len(os.listdir(cache_dir)) == 1
-    loaded = executable_cache.compile_program(
+    compiled, loaded = executable_cache.compile_program(_program(), args, None, ("tanh",),
+                                                        _compile)
+    assert not loaded and len(os.listdir(cache_dir)) == 1
+    again, loaded = executable_cache.compile_program(
         _program(), args, None, ("tanh",),
         lambda *_: pytest.fail("compiled instead of loaded"))
-    np.testing.assert_array_equal(loaded(*args), compiled(*args))
+    assert loaded
+    np.testing.assert_array_equal(again(*args), compiled(*args))
 
 
 def test_what_jax_cache_served_is_not_kept(cache_dir):
@@ -126,8 +131,9 @@ def test_the_key_covers_identity_arguments_and_options():
 def test_a_cache_that_is_off_compiles_and_keeps_nothing(tmp_path):
     executable_cache.enable(None)
     args = (jnp.ones((3, 2)), jnp.ones((4, 3)))
-    compiled = executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
-    assert compiled(*args).shape == (2,)
+    compiled, loaded = executable_cache.compile_program(_program(), args, None, ("tanh",),
+                                                        _compile)
+    assert compiled(*args).shape == (2,) and not loaded
     assert executable_cache.directory() is None
 
 
@@ -137,8 +143,8 @@ def test_a_cache_it_cannot_write_still_compiles(tmp_path):
     executable_cache.enable(str(blocked / "executables"))
     try:
         args = (jnp.ones((17, 2)), jnp.ones((3, 17)))
-        compiled = executable_cache.compile_program(_program(), args, None, ("tanh",),
-                                                    _compile)
+        compiled, _ = executable_cache.compile_program(_program(), args, None, ("tanh",),
+                                                       _compile)
         np.testing.assert_allclose(compiled(*args), _program()(*args))
     finally:
         executable_cache.enable(None)

@@ -329,13 +329,15 @@ class Sweep:
         plan = self.plan
         results = [self.done[i] for i in range(self.total) if i in self.done]
         compiled = sum(len(p.compiled) for p in self.programs.values())
+        loaded = sum(p.loaded for p in self.programs.values())
         compile_s = self.prologue.compile_s + sum(p.compile_s for p in self.programs.values())
         if workdir is not None:
             written = report.write(self.config, plan, results, workdir, study)
         else:
             written = {"table": report.table(plan, results), "best": None, "plots": []}
         return {"results": results, "best": written["best"], "table": written["table"],
-                "programs_compiled": compiled, "compile_time_s": compile_s,
+                "programs_compiled": compiled, "programs_loaded": loaded,
+                "compile_time_s": compile_s,
                 "wall_time_s": time.perf_counter() - started, "plots": written["plots"],
                 "params": self.params, "plan": plan, "trial_epochs": self.trial_epochs,
                 "study": study}

@@ -71,13 +71,13 @@ def compile_lowered(lowered, options: dict | None):
 
 
 def compile_timed(jitted, args: Sequence[Any], options: dict | None,
-                  identity: Any) -> tuple[Any, float]:
-    """``(compiled, seconds)``: ``jitted`` compiled for ``args`` with ``options``, or loaded
-    by `executable_cache.compile_program` (``identity``: see there)."""
+                  identity: Any) -> tuple[Any, float, bool]:
+    """``(compiled, seconds, loaded)``: ``jitted`` compiled for ``args`` with ``options``,
+    or loaded by `executable_cache.compile_program` (``identity``: see there)."""
     start = time.perf_counter()
-    compiled = executable_cache.compile_program(jitted, args, options, identity,
-                                                compile_lowered)
-    return compiled, time.perf_counter() - start
+    compiled, loaded = executable_cache.compile_program(jitted, args, options, identity,
+                                                        compile_lowered)
+    return compiled, time.perf_counter() - start, loaded
 
 
 class Prologue:
@@ -119,7 +119,7 @@ class Prologue:
     def compile(self, jitted, args: Sequence[Any], options: dict | None, *parts):
         """``jitted`` compiled for ``args`` or loaded (`executable_cache`), the seconds
         counted."""
-        compiled, seconds = compile_timed(jitted, args, options, self.identity(*parts))
+        compiled, seconds, _ = compile_timed(jitted, args, options, self.identity(*parts))
         self.compile_s += seconds
         return compiled
 
@@ -220,6 +220,7 @@ class GroupProgram:
         self.mesh = mesh
         self.prologue = prologue
         self.compiled: dict[tuple, Any] = {}
+        self.loaded = 0  # of them, loaded from `executable_cache`
         self.compile_s = 0.0
         # With one seed, every trial's minibatch order is one draw, kept for later segments.
         self.shared_batches: dict[int, jax.Array] = {}
@@ -305,7 +306,7 @@ class GroupProgram:
             seconds = cost.training_seconds(
                 size, self.trainer.epochs * self.trainer.steps_per_epoch, self.step_flops,
                 jax.default_backend())
-            self.compiled[signature], spent = compile_timed(
+            self.compiled[signature], spent, loaded = compile_timed(
                 self.program(kind, shared_key), args,
                 compiler_options(run_once=kind == "init",
                                  use_older_emitters=cost.older_emitters(self.config, seconds)),
@@ -314,6 +315,7 @@ class GroupProgram:
                 self.prologue.identity("group", *signature, self.config.replace(source=""),
                                        self.packed_width, self.packed_layers, self.mesh))
             self.compile_s += spent
+            self.loaded += loaded
         return self.compiled[signature](*args)
 
     def segment_sizes(self) -> list[int]:
