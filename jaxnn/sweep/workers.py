@@ -128,19 +128,43 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
             return _leased_journal()(url, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
         if heartbeat is None:
-            return optuna.storages.RDBStorage(url)
-        callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
-                    inspect.signature(optuna.storages.RDBStorage).parameters
-                    else "failed_trial_callback")  # Optuna < 4.9
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
-                                          grace_period=GRACE_BEATS * heartbeat,
-                                          **{callback: _retry_callback()})
+            storage = optuna.storages.RDBStorage(url)
+        else:
+            callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
+                        in inspect.signature(optuna.storages.RDBStorage).parameters
+                        else "failed_trial_callback")  # Optuna < 4.9
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
+                                                 grace_period=GRACE_BEATS * heartbeat,
+                                                 **{callback: _retry_callback()})
+        if url.startswith("sqlite"):
+            _lock_as_transactions_begin(storage.engine)
+        return storage
     except ImportError as error:  # the database's driver
         raise rundir.RunError(f"--storage {url}: {error} (for PostgreSQL: pip install "
                               "'jaxnn[postgres]')") from None
     except Exception as error:  # OSError, or the database's own errors
         raise rundir.RunError(f"--storage {url}: cannot open it: "
                               f"{str(error).splitlines()[0]}") from None
+
+
+def _lock_as_transactions_begin(engine) -> None:
+    """SQLite ignores ``SELECT ... FOR UPDATE``, with which Optuna moves a waiting trial to
+    running, so two workers could both claim one slot (three processes claiming at once
+    took 6 of 32 slots twice). Here every transaction takes the database's write lock as it
+    begins (``BEGIN IMMEDIATE``, SQLAlchemy's recipe for SQLite), so claims are one at a
+    time."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def driver_leaves_transactions_alone(dbapi_connection, unused_record) -> None:
+        del unused_record
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections opened before these listeners
 
 
 def _comparable(config: Config) -> dict:
