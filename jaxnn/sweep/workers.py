@@ -136,7 +136,8 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
                                                  grace_period=GRACE_BEATS * heartbeat,
                                                  **{callback: _retry_callback()})
-        if url.startswith("sqlite"):
+        if storage.engine.dialect.name == "sqlite" and storage.engine.url.database not in (
+                None, "", ":memory:"):  # a file other processes share (not one to drop)
             _lock_as_transactions_begin(storage.engine)
         return storage
     except ImportError as error:  # the database's driver
