@@ -103,12 +103,11 @@ def test_workers_claiming_at_once_never_claim_one_trial_twice(tmp_path, kind):
     one of them. (SQLite ignores the row lock Optuna takes: without `open_storage`'s
     ``BEGIN IMMEDIATE`` three such processes claimed 6 of 32 trials twice.)"""
     rates = ", ".join(str(0.01 * (i + 1)) for i in range(16))
-    path = scenario.sweep_config(str(tmp_path / "sweep.toml"), [
-        *scenario.SWEEP, f"sweep.grid={{learning_rate = [{rates}], width = [4, 9]}}"])
-    url = (str(tmp_path / "study.journal") if kind == "journal"
+    cfg, plan, _ = setup(tmp_path, f"sweep.grid={{learning_rate = [{rates}], width = [4, 9]}}")
+    path = str(tmp_path / "sweep.toml")  # where `setup` wrote the config
+    url = (str(tmp_path / "claims.journal") if kind == "journal"
            else f"sqlite:///{tmp_path / 'study.db'}")
-    workers.join(workers.open_storage(url, heartbeat=1000), "s", config.load(path),
-                 make_plan(config.load(path), run.prepare(config.load(path))))
+    workers.join(workers.open_storage(url, heartbeat=1000), "s", cfg, plan)
     go = tmp_path / "go"
     ready = [tmp_path / f"ready{i}" for i in range(3)]
     processes = [subprocess.Popen([sys.executable, "-c", CLAIMER, path, url, str(go), str(r)],
