@@ -305,11 +305,16 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
 
 def console_main() -> None:
     """The console-script entry point. It owns the process, so it tunes malloc for XLA's
-    CPU runtime (`jaxnn.host.retain_freed_memory`) and lets a sweep split the CPU."""
+    CPU runtime (`jaxnn.host.retain_freed_memory`), keeps the imported modules' objects out
+    of the garbage collector's way, and exits without collecting them
+    (`jaxnn.host.freeze_long_lived_objects`), and lets a sweep split the CPU."""
     from jaxnn import host
 
     host.retain_freed_memory()
-    sys.exit(main(owns_process=True))
+    host.freeze_long_lived_objects()
+    status = main(owns_process=True)
+    host.freeze_long_lived_objects()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ CNN train step's temporaries are tens of MB (64 MB for `experiments/benchmark.py
 workload B), and glibc's malloc serves blocks over 32 MB with new ``mmap`` pages, which the
 kernel must fault in and zero on first touch, every step: B ran 1.6x slower for it.
 `retain_freed_memory` makes malloc keep freed memory for reuse instead.
+
+Python's cyclic garbage collector traverses every tracked object in each full collection,
+and once more as the interpreter exits; after importing JAX, jaxnn, Optuna and matplotlib
+that is ~200,000 objects that live as long as the process. `freeze_long_lived_objects`
+takes the objects alive now out of its reach.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 
@@ -52,6 +58,25 @@ def retain_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, 1)))
+
+
+def freeze_long_lived_objects() -> int:
+    """Moves every object alive now into the garbage collector's permanent generation
+    (`gc.freeze`), which its collections skip.
+
+    The ``jaxnn`` command calls this after its imports and again as it returns: the
+    collections during a quick-start sweep then took 0.06-0.12 s instead of 0.17-0.33 s,
+    and the interpreter's exit 0.06-0.10 s instead of 0.34-0.44 s (its last collection
+    traversed every module's objects). Frozen objects are still freed by reference counting;
+    only garbage *cycles* among them are never collected, so a process that keeps
+    running should freeze once its long-lived objects exist, as `gc.freeze` advises.
+    ``atexit`` functions and `weakref.finalize` callbacks run at exit as before.
+
+    Returns:
+      The number of objects frozen so far (`gc.get_freeze_count`).
+    """
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 _FORCED_COUNT = "xla_force_host_platform_device_count"

@@ -104,3 +104,31 @@ def test_cli_cpu_devices(tmp_path):
         result = jaxnn(*bad)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and "--cpu-devices" in result.stderr
+
+
+# The `jaxnn` command with its objects frozen for the garbage collector: at exit, atexit
+# functions and pending weakref finalizers still run, after the last freeze, and its files
+# are whole.
+COMMAND = """
+import atexit, gc, sys, weakref
+from jaxnn import cli
+
+class Resource:
+    pass
+
+atexit.register(lambda: print("atexit", gc.get_freeze_count() > 10_000))
+held = Resource()
+weakref.finalize(held, print, "finalized")
+sys.argv = ["jaxnn", *sys.argv[1:]]
+cli.console_main()
+"""
+
+
+def test_the_command_freezes_its_objects_and_still_exits_cleanly(tmp_path):
+    workdir = tmp_path / "run"
+    out = fresh_python(COMMAND, "train", TINY, "--workdir", str(workdir), "--set",
+                       "training.epochs=2", "--set", "output.plots=false",
+                       "--no-compile-cache")
+    assert out.splitlines()[-2:] == ["finalized", "atexit True"]
+    assert (workdir / "metrics.jsonl").read_text().count("\n") == 2
+    assert (workdir / "summary.json").stat().st_size > 0
