@@ -51,10 +51,14 @@ def test_rungs_and_brackets():
     assert pruning.survivors({0: 0.5, 1: 0.9, 2: 0.3}, 3, higher=False) == {2}
 
 
-def test_survivors_equal_lone_training_and_pruning_disturbs_nobody(tmp_path):
+@pytest.mark.parametrize("grid", [
+    None,  # halving_grid's: one seed, packed widths
+    "{learning_rate = [0.01, 0.05, 0.2, 0.6], seed = [5, 1]}",  # a draw per seed
+])
+def test_survivors_equal_lone_training_and_pruning_disturbs_nobody(tmp_path, grid):
     """A survivor of successive halving ends with exactly the params of its lone run
     (float64); every pruned trial's curve is its lone run's, up to the epoch it stopped."""
-    cfg = halving_grid()
+    cfg = halving_grid(*([f"sweep.grid={grid}"] if grid else []))
     out = sweep.run_sweep(cfg, tmp_path / "halving", return_params=True)
     by_status = {}
     for row in out["results"]:

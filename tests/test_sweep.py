@@ -31,6 +31,8 @@ def small_sweep(*overrides, grid="{learning_rate = [0.02, 0.2], width = [4, 9]}"
     ("false", "{learning_rate = [0.02, 0.2], width = [4, 9]}"),
     # Trials with different seeds: per-trial keys instead of the one shared key.
     ("true", "{learning_rate = [0.2], seed = [0, 7], width = [4, 9]}"),
+    # Seeds listed out of order, each drawn once and given to its trials.
+    ("false", "{learning_rate = [0.2], seed = [7, 0, 3], width = [4, 9]}"),
 ])
 def test_every_trial_equals_the_config_trained_alone(tmp_path, pack, grid):
     cfg = small_sweep(f"sweep.pack_widths={pack}", "model.activation='sigmoid'", grid=grid)

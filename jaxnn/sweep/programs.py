@@ -94,8 +94,9 @@ class Prologue:
       - the minibatch order of the epochs a segment trains (`jaxnn.train.Trainer.batches`).
       - the initial params of ``model.layers`` trials whose channels are packed, drawn at
         each trial's own channels (`own_params`) and zero-padded by `channels.embed_params`.
-    With one seed for the whole chunk, the widest draw and the orders are drawn once and
-    shared by its trials.
+    The widest draw and the orders are drawn once per seed: with one seed for the whole
+    chunk, that draw is shared by its trials; with several, `per_trial` gives each trial
+    its seed's.
     """
 
     def __init__(self, dataset):
@@ -141,8 +142,8 @@ class Prologue:
     def __call__(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
                  keys: jax.Array, shared_key: bool, dtype, with_params: bool):
         """``(widest params or None, minibatch indices of every epoch)`` for ``keys`` (one
-        key, or one per trial); the params are before init scale, None for a
-        ``model.layers`` net or without ``with_params``."""
+        key, or a stack of them: one per distinct seed, see `per_trial`); the params are
+        before init scale, None for a ``model.layers`` net or without ``with_params``."""
         widest = self.widest_model(model) if with_params else None
         signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), trainer.epochs,
                      trainer.steps_per_epoch, batch_size)
@@ -161,6 +162,19 @@ class Prologue:
                 jax.jit(one if shared_key else jax.vmap(one)), (keys,),
                 compiler_options(run_once=True), "prologue", *signature)
         return self.programs[signature](keys)
+
+    def per_trial(self, drawn: Any, position: jax.Array) -> Any:
+        """``drawn`` (arrays with one row per distinct seed) with one row per trial, trial
+        ``i`` taking row ``position[i]``: trials of one seed share a draw, made once. (Drawn
+        per trial, the 512-trial sweep of 16 seeds ran its level-0 prologue for 2.0 s, more
+        than its training.) The result is laid out like ``position``."""
+        shapes = jax.tree.map(lambda a: (a.shape, a.dtype), drawn)
+        signature = ("per trial", repr(shapes), position.shape)
+        if signature not in self.programs:
+            self.programs[signature] = self.compile(
+                jax.jit(lambda tree, rows: jax.tree.map(lambda a: a[rows], tree)),
+                (drawn, position), compiler_options(run_once=True), *signature)
+        return self.programs[signature](drawn, position)
 
     def own_params(self, models_: Sequence[config_lib.ModelConfig], seed: int,
                    dtype) -> tuple:
@@ -329,10 +343,15 @@ class GroupProgram:
         ``states`` (one `TrainState` per trial, host arrays)."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
-        seeds = {t.config.training.seed for t in padded}
+        seeds = sorted({t.config.training.seed for t in padded})
         shared_key = len(seeds) == 1
-        keys = (jax.random.key(next(iter(seeds))) if shared_key else
-                jnp.stack([jax.random.key(t.config.training.seed) for t in padded]))
+        # Without a shared key: each trial's key, each seed's key (which the prologue draws
+        # for), and each trial's seed among them.
+        seed_keys = jax.random.key(seeds[0]) if shared_key else \
+            jnp.stack([jax.random.key(seed) for seed in seeds])
+        keys = seed_keys if shared_key else \
+            jnp.stack([jax.random.key(t.config.training.seed) for t in padded])
+        position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
         per_trial = [default_hparams(t.config, dtype) for t in padded]
         hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
         if self.packed_width:
@@ -346,19 +365,23 @@ class GroupProgram:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
             replicated = NamedSharding(self.mesh, PartitionSpec())
             keys = _put(keys, replicated if shared_key else sharding)
+            seed_keys = _put(seed_keys, replicated)
+            position = _put(position, sharding)
             hparams = _put(hparams, sharding)
         # With several processes every argument is a global array; one process places the
         # rest itself.
         spread = jax.process_count() > 1
-        shared_seed = next(iter(seeds)) if shared_key else None
+        shared_seed = seeds[0] if shared_key else None
         if first_epoch > 0 and shared_seed in self.shared_batches:
             widest, batches = None, self.shared_batches[shared_seed]  # drawn by segment 1
         else:
             widest, batches = self.prologue(self.config.model, self.trainer,
-                                            self.config.training.batch_size, keys, shared_key,
-                                            dtype, with_params=first_epoch == 0)
+                                            self.config.training.batch_size, seed_keys,
+                                            shared_key, dtype, with_params=first_epoch == 0)
             if shared_key:
                 self.shared_batches[shared_seed] = batches
+            else:
+                widest, batches = self.prologue.per_trial((widest, batches), position)
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
         test = _put(test, replicated) if spread else test
