@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -112,6 +112,14 @@ class Trainer(NamedTuple):
 def default_hparams(config: Config, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
     """The config's numeric hyperparameters as scalar arrays (the leaves a sweep varies)."""
     return {name: jnp.asarray(hyperparameters.config_value(config, name), dtype)
+            for name in HPARAMS}
+
+
+def stacked_hparams(configs: Sequence[Config], dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    """`default_hparams` of each config, stacked along a leading trial axis (gathered on
+    the host: 512 trials' scalars as device arrays, then stacked, took ~0.5 s)."""
+    return {name: jnp.asarray(np.asarray([hyperparameters.config_value(config, name)
+                                          for config in configs], jnp.dtype(dtype)))
             for name in HPARAMS}
 
 

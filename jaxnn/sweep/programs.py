@@ -28,13 +28,12 @@ from jaxnn.sweep.packing import (
 )
 from jaxnn.sweep.spec import Trial
 from jaxnn.train import (
-    HPARAMS,
     Trainer,
     TrainState,
-    default_hparams,
     make_train,
     raw_key,
     scale_weights,
+    stacked_hparams,
 )
 
 _OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
@@ -352,8 +351,7 @@ class GroupProgram:
         keys = seed_keys if shared_key else \
             jnp.stack([jax.random.key(t.config.training.seed) for t in padded])
         position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
-        per_trial = [default_hparams(t.config, dtype) for t in padded]
-        hparams = {name: jnp.stack([h[name] for h in per_trial]) for name in HPARAMS}
+        hparams = stacked_hparams([t.config for t in padded], dtype)
         if self.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
                                            jnp.int32)
