@@ -1,26 +1,14 @@
 """The timing helpers behind `experiments/`: interleaved rounds and paired ratios."""
 
 import argparse
-import importlib.util
-import pathlib
 
+import experiment_modules
 import jax
 import jax.numpy as jnp
 import pytest
 
 from jaxnn import benchmarking
 from jaxnn.benchmarking import Timing
-
-EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
-
-
-def experiment(name: str, monkeypatch):
-    """``experiments/<name>.py`` as a module; its siblings importable, as when it runs."""
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_times_every_contender_in_every_round():
@@ -66,7 +54,7 @@ def test_timing_flags_default_per_script():
 def test_scaling_grids_hold_exactly_n_trials(monkeypatch):
     import math
 
-    module = experiment("benchmark_sweep", monkeypatch)
+    module = experiment_modules.load("benchmark_sweep", monkeypatch)
     lrs, widths = [0.001 * 2**i for i in range(8)], [16, 32, 64, 128]
     for count in (1, 8, 32, 128, 512):
         grid = module.scaling_grid(count, lrs, widths)
@@ -85,7 +73,7 @@ def test_per_call_divides_every_round_but_the_first_call():
 def test_in_scan_equals_the_step_called_in_a_loop(monkeypatch):
     # benchmark.py --scan: K steps in one lax.scan end where K jitted calls end, for a step
     # with a non-array leaf beside its params (as an Equinox model has).
-    module = experiment("benchmark", monkeypatch)
+    module = experiment_modules.load("benchmark", monkeypatch)
 
     def step(model, velocity, x):  # Not jitted: jax.jit takes no function argument.
         w, act = model

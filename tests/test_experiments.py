@@ -1,29 +1,20 @@
 """Every experiment runs end to end with --quick and writes well-formed outputs."""
 
-import importlib.util
-import pathlib
 import re
 import time
 
 import pytest
+from experiment_modules import EXPERIMENTS, load
 
-EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
 NAMES = ["lr_sweep", "width_depth", "lr_decay", "activations", "optimizers", "batch_size",
          "cnn_vs_mlp", "batchnorm"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_quick_run_writes_table_and_figures(name, tmp_path):
+def test_quick_run_writes_table_and_figures(name, tmp_path, monkeypatch):
     start = time.perf_counter()
-    headline = load(name).main(["--quick", "--out", str(tmp_path)])
+    headline = load(name, monkeypatch).main(["--quick", "--out", str(tmp_path)])
     assert time.perf_counter() - start < 60  # --quick is meant for ~30 s on a 2-core CPU
     assert headline and headline.endswith(".")
     report = (tmp_path / "results.md").read_text()

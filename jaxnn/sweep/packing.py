@@ -66,6 +66,7 @@ def width_runs(group_trials, widths_of, flops_of, steps, backend, setting,
     if setting is True or setting is False:
         return ([[t for w in widths for t in by_width[w]]] if setting
                 else [by_width[w] for w in widths])
+
     def run_cost(first, last):  # widths[first:last] in one program
         padded = tuple(max(column) for column in zip(*widths[first:last], strict=True))
         trials_in_run = sum(len(by_width[w]) for w in widths[first:last])
