@@ -68,8 +68,8 @@ def freeze_long_lived_objects() -> int:
     collections during a quick-start sweep then took 0.06-0.12 s instead of 0.17-0.33 s,
     and the interpreter's exit 0.06-0.10 s instead of 0.34-0.44 s (its last collection
     traversed every module's objects). Frozen objects are still freed by reference counting;
-    only garbage *cycles* among them are never collected, so a process that keeps
-    running should freeze once its long-lived objects exist, as `gc.freeze` advises.
+    only garbage *cycles* among them are never collected, so a process that keeps running
+    should call this once its long-lived objects exist, not while it makes garbage.
     ``atexit`` functions and `weakref.finalize` callbacks run at exit as before.
 
     Returns:

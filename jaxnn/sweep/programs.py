@@ -344,13 +344,12 @@ class GroupProgram:
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = sorted({t.config.training.seed for t in padded})
         shared_key = len(seeds) == 1
-        # Without a shared key: each trial's key, each seed's key (which the prologue draws
-        # for), and each trial's seed among them.
+        # The prologue draws for each seed's key; trial i trains with keys[i], the key of
+        # seeds[position[i]] (with a shared key, that one key).
+        position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
         seed_keys = jax.random.key(seeds[0]) if shared_key else \
             jnp.stack([jax.random.key(seed) for seed in seeds])
-        keys = seed_keys if shared_key else \
-            jnp.stack([jax.random.key(t.config.training.seed) for t in padded])
-        position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
+        keys = seed_keys if shared_key else seed_keys[position]
         hparams = stacked_hparams([t.config for t in padded], dtype)
         if self.packed_width:
             hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
