@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import config as config_lib
 from jaxnn import executable_cache, models
+from jaxnn.compile_options import compile_lowered, compiler_options
 from jaxnn.config import Config
 from jaxnn.sweep import channels, cost
 from jaxnn.sweep.packing import (
@@ -35,38 +36,6 @@ from jaxnn.train import (
     scale_weights,
     stacked_hparams,
 )
-
-_OLDER_EMITTERS = "xla_cpu_use_fusion_emitters"
-
-
-def compiler_options(run_once: bool = False, use_older_emitters: bool = False) -> dict | None:
-    """XLA options for sweep programs on this backend.
-
-    On CPU, backend optimisation level 1 compiles these training programs ~2x faster than
-    the default with the same run time (measured by experiments/benchmark_sweep.py), and
-    compilation dominates a CPU sweep. A program that runs once (the initial draw) takes
-    level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program with
-    ``use_older_emitters`` (`cost.older_emitters`: its modelled training is short), take XLA's
-    older fusion emitters.
-    """
-    if jax.default_backend() != "cpu":
-        return None
-    options = {"xla_backend_optimization_level": 0 if run_once else 1}
-    if run_once or use_older_emitters:
-        options[_OLDER_EMITTERS] = False
-    return options
-
-
-def compile_lowered(lowered, options: dict | None):
-    """``lowered.compile(options)``; a jaxlib without the emitter switch compiles without
-    it."""
-    try:
-        return lowered.compile(compiler_options=options)
-    except jax.errors.JaxRuntimeError as error:
-        if not options or _OLDER_EMITTERS not in options or _OLDER_EMITTERS not in str(error):
-            raise
-        return lowered.compile(compiler_options={k: v for k, v in options.items()
-                                                 if k != _OLDER_EMITTERS})
 
 
 def compile_timed(jitted, args: Sequence[Any], options: dict | None,
