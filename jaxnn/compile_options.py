@@ -13,8 +13,9 @@ def compiler_options(run_once: bool = False, use_older_emitters: bool = False) -
 
     On CPU, backend optimisation level 1 compiles sweep training programs ~2x faster than
     the default with the same run time (measured by experiments/benchmark_sweep.py), and
-    compilation dominates a CPU sweep. A program that runs once (a sweep's prologue) takes
-    level 0: ~0.1 s less to compile for ~2 ms more to run. It, and a program with
+    compilation dominates a CPU sweep. A program that runs once (a sweep's prologue,
+    `jaxnn train`'s initial draw) takes level 0: it compiles in a fraction of the time
+    for a few ms more running. It, and a program with
     ``use_older_emitters`` (`jaxnn.sweep.cost.older_emitters`: its modelled training is
     short), take XLA's older fusion emitters.
     """
