@@ -172,8 +172,8 @@ def train_and_evaluate(
 def _initial_state(trainer: Trainer, key: jax.Array, hparams: dict) -> TrainState:
     """``trainer.init(key, hparams)``, compiled as a program that runs once
     (`jaxnn.compile_options`, as a sweep's prologue is): the default config's `jaxnn train`
-    took 3.2-3.6 s instead of 4.3-4.9 s (the initial draw compiled at XLA's default level
-    took longer than the training program)."""
+    took 3.2-3.6 s instead of 4.3-4.9 s (at XLA's default level the initial draw took about
+    as long to compile as the training program)."""
     lowered = trainer.init.lower(key, hparams)
     return compile_lowered(lowered, compiler_options(run_once=True))(key, hparams)
 
