@@ -332,7 +332,6 @@ class GroupProgram:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             keys = _put(keys, replicated if shared_key else sharding)
             seed_keys = _put(seed_keys, replicated)
-            position = _put(position, sharding)
             hparams = _put(hparams, sharding)
         # With several processes every argument is a global array; one process places the
         # rest itself.
@@ -347,7 +346,8 @@ class GroupProgram:
             if shared_key:
                 self.shared_batches[shared_seed] = batches
             else:
-                widest, batches = self.prologue.per_trial((widest, batches), position)
+                widest, batches = self.prologue.per_trial((widest, batches),
+                                                          _put(position, sharding))
         test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
                 jnp.asarray(self.dataset.y_test))
         test = _put(test, replicated) if spread else test
