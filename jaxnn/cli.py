@@ -209,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
         cache = sub.add_mutually_exclusive_group()
         cache.add_argument("--compile-cache", metavar="DIR",
                            help="XLA's compiled programs are kept here and reused by later runs "
-                           "(default: $JAXNN_COMPILE_CACHE or ~/.cache/jaxnn/xla)")
+                           "(default: $JAXNN_COMPILE_CACHE or ~/.cache/jaxnn/xla); a sweep's, the "
+                           "least recently used deleted beyond $JAXNN_COMPILE_CACHE_MAX_MB "
+                           f"(default {compile_cache.DEFAULT_MAX_MB})")
         cache.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
                            const=compile_cache.OFF, help="compile everything afresh")
 
@@ -287,10 +289,10 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
         from jaxnn import host
 
         host.split_cpu(args.cpu_devices)
-    if hasattr(args, "compile_cache"):
-        compile_cache.enable(args.compile_cache, whole_programs=owns_process and (
-            args.command == "sweep" and not args.distributed))
     try:
+        if hasattr(args, "compile_cache"):
+            compile_cache.enable(args.compile_cache, whole_programs=owns_process and (
+                args.command == "sweep" and not args.distributed))
         return args.handler(args)
     except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:
         print(f"jaxnn: error: {error}", file=sys.stderr)

@@ -10,6 +10,14 @@ Where: ``--compile-cache DIR``; else ``$JAXNN_COMPILE_CACHE``; else JAX's own
 under ``$XDG_CACHE_HOME`` when set). ``--no-compile-cache`` or ``JAXNN_COMPILE_CACHE=off``
 turns it off.
 
+Size: `jaxnn.executable_cache` is kept under ``$JAXNN_COMPILE_CACHE_MAX_MB`` megabytes
+(`DEFAULT_MAX_MB` when unset; -1: no limit), the least recently used programs deleted
+first: its keys hold jaxnn's source, so without a limit every edit or upgrade would leave
+its programs behind for good. JAX's own cache keeps JAX's default (no limit; its
+``JAX_COMPILATION_CACHE_MAX_SIZE`` sets one): JAX's eviction fails on entries written
+without it (by an earlier jaxnn, or any JAX program sharing the directory), and then
+stores nothing more.
+
 `jaxnn sweep` (one process owning it) keeps its programs in `jaxnn.executable_cache`
 instead, in ``executables/`` there, which also skips tracing and lowering them; JAX's cache
 stays off in that process (XLA cannot serialize again what it served) and the rest of a
@@ -23,8 +31,11 @@ import os
 import jax
 
 from jaxnn import executable_cache
+from jaxnn.config import ConfigError
 
 ENV = "JAXNN_COMPILE_CACHE"
+MAX_MB_ENV = "JAXNN_COMPILE_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 1024
 OFF = "off"
 
 
@@ -32,6 +43,25 @@ def default_directory() -> str:
     """``$XDG_CACHE_HOME/jaxnn/xla``, or ``~/.cache/jaxnn/xla``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "jaxnn", "xla")
+
+
+def max_bytes() -> int:
+    """The size `executable_cache` is kept under, in bytes (-1: no limit), from `MAX_MB_ENV`.
+
+    Raises:
+      ConfigError: naming the variable, for a value that is not -1 or a whole number >= 0.
+    """
+    text = os.environ.get(MAX_MB_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_MB << 20
+    try:
+        megabytes = int(text)
+    except ValueError:
+        megabytes = -2
+    if megabytes < -1:
+        raise ConfigError(f"${MAX_MB_ENV}", "", f"{text!r} is not a whole number of "
+                          "megabytes (0: keep nothing, -1: no limit)")
+    return -1 if megabytes == -1 else megabytes << 20
 
 
 def enable(directory: str | None = None, whole_programs: bool = False) -> str | None:
@@ -42,6 +72,9 @@ def enable(directory: str | None = None, whole_programs: bool = False) -> str | 
       directory: the cache directory, `OFF`, or None for the environment's or the default.
       whole_programs: keep programs in `executable_cache` (``executables/`` in the
         directory) rather than JAX's cache, which stays off.
+
+    Raises:
+      ConfigError: for a bad `MAX_MB_ENV`.
     """
     choice = directory or os.environ.get(ENV) or os.environ.get(
         "JAX_COMPILATION_CACHE_DIR") or default_directory()
@@ -49,9 +82,10 @@ def enable(directory: str | None = None, whole_programs: bool = False) -> str | 
         jax.config.update("jax_enable_compilation_cache", False)
         executable_cache.enable(None)
         return None
+    limit = max_bytes()
     os.makedirs(choice, exist_ok=True)
     executable_cache.enable(os.path.join(choice, executable_cache.SUBDIRECTORY)
-                            if whole_programs else None)
+                            if whole_programs else None, limit)
     jax.config.update("jax_enable_compilation_cache", not whole_programs)
     if whole_programs:
         return choice

@@ -13,6 +13,12 @@ an upgrade or another flag misses. An entry is written whole (to a temporary fil
 renamed); one that cannot be read is compiled again and replaced. A program that JAX's own
 cache served (where both are on) is not kept: XLA's CPU client serializes such an
 executable without its compiled kernels (loading it fails at the first call).
+
+The directory is kept under a size (``max_bytes`` of `enable`), as JAX's cache can be with
+``jax_compilation_cache_max_size``: storing an entry deletes the least recently used ones
+beyond it (a load marks its entry used), and an entry larger than the whole size is not
+kept. Every key holds jaxnn's source, so each edit or upgrade leaves the older entries to
+this eviction.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,14 +43,26 @@ _JAX_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 # The distributions whose code a jaxnn program traces.
 TRACED_DISTRIBUTIONS = ("jax", "jaxlib", "optax", "chex", "numpy", "ml_dtypes")
 
+ENTRY_SUFFIX = ".pickle"
+PARTIAL_SUFFIX = ".partial"
+# A temporary file older than this was left by a writer that was killed.
+ABANDONED_AFTER_S = 3600.0
+
 log = logging.getLogger(__name__)
 _directory: str | None = None
+_max_bytes = -1
 
 
-def enable(directory_: str | None) -> None:
-    """Keeps compiled programs in ``directory_`` from now on (None: turns the cache off)."""
-    global _directory
-    _directory = directory_
+def enable(directory_: str | None, max_bytes: int = -1) -> None:
+    """Keeps compiled programs in ``directory_`` from now on (None: turns the cache off).
+
+    Args:
+      directory_: the directory, or None.
+      max_bytes: the most its entries may take together; the least recently used go first.
+        -1: no limit; 0: nothing is kept.
+    """
+    global _directory, _max_bytes
+    _directory, _max_bytes = directory_, max_bytes
 
 
 def directory() -> str | None:
@@ -119,7 +138,7 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
     if where is None or identity is None:
         return compile_lowered(jitted.lower(*args), options), False
     try:
-        path = os.path.join(where, key(identity, args, options) + ".pickle")
+        path = os.path.join(where, key(identity, args, options) + ENTRY_SUFFIX)
     except Exception as error:  # what this JAX cannot describe is compiled, not kept
         log.debug("not kept (no key): %s", error)
         return compile_lowered(jitted.lower(*args), options), False
@@ -151,6 +170,10 @@ def _load(path: str):
         log.debug("recompiling over %s: %s", path, error)
         return None
     log.debug("loaded %s", path)
+    try:
+        os.utime(path)  # used now: the last to be evicted
+    except OSError:  # another process evicted it meanwhile, or a read-only cache
+        pass
     return compiled
 
 
@@ -178,8 +201,12 @@ def _store(compiled, path: str) -> None:
     try:
         device_ids = [device.id for device in compiled.runtime_executable().local_devices()]
         blob = pickle.dumps((*serialize_executable.serialize(compiled), device_ids))
+        if 0 <= _max_bytes < len(blob):
+            log.debug("not kept (%d bytes, more than the cache's %d): %s", len(blob),
+                      _max_bytes, path)
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial")
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=PARTIAL_SUFFIX)
         with os.fdopen(handle, "wb") as out:
             out.write(blob)
         os.replace(temporary, path)
@@ -189,3 +216,38 @@ def _store(compiled, path: str) -> None:
             os.remove(temporary)
         return
     log.debug("stored %s", path)
+    if _max_bytes >= 0:
+        evict(os.path.dirname(path), _max_bytes, keep=path)
+
+
+def evict(folder: str, max_bytes: int, keep: str = "") -> list[str]:
+    """Deletes the least recently used entries of ``folder`` (oldest modification time first;
+    never ``keep``) until the rest take at most ``max_bytes``, and temporary files that
+    killed writers left. Entries that other processes delete or add meanwhile are skipped.
+
+    Returns:
+      The paths deleted.
+    """
+    entries, deleted = [], []
+    now = time.time()
+    for entry in os.scandir(folder):
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        if entry.name.endswith(ENTRY_SUFFIX):
+            entries.append((stat.st_mtime_ns, entry.path, stat.st_size))
+        elif entry.name.endswith(PARTIAL_SUFFIX) and now - stat.st_mtime > ABANDONED_AFTER_S:
+            entries.append((-1, entry.path, 0))  # abandoned: deleted whatever the size
+    total = sum(size for _, _, size in entries)
+    for used, path, size in sorted(entries):
+        if (total <= max_bytes and used >= 0) or path == keep:
+            continue
+        try:
+            os.remove(path)
+            deleted.append(path)
+            log.debug("evicted %s", path)
+        except FileNotFoundError:
+            pass
+        total -= size
+    return deleted

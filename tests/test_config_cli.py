@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxnn import cli, config, models, run
+from jaxnn import cli, compile_cache, config, models, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -137,6 +137,25 @@ def test_cli_summary(capsys):
     assert "Conv2D(16" in out and "total params: 71,754" in out
 
 
+@pytest.mark.parametrize("value, megabytes", [("", compile_cache.DEFAULT_MAX_MB), ("7", 7),
+                                               (" 0 ", 0), ("-1", None)])
+def test_the_compile_cache_size_comes_from_the_environment(monkeypatch, value, megabytes):
+    monkeypatch.setenv(compile_cache.MAX_MB_ENV, value)
+    assert compile_cache.max_bytes() == (-1 if megabytes is None else megabytes << 20)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-2", "lots"])
+def test_a_bad_compile_cache_size_is_one_error_naming_the_variable(tmp_path, capsys,
+                                                                    monkeypatch, value):
+    monkeypatch.setenv(compile_cache.MAX_MB_ENV, value)
+    workdir = tmp_path / "run"
+    assert cli.main(["train", os.path.join(CONFIGS, "tiny.toml"), "--workdir", str(workdir),
+                     "--compile-cache", str(tmp_path / "xla")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"$JAXNN_COMPILE_CACHE_MAX_MB: {value!r}" in err
+    assert not workdir.exists() and not (tmp_path / "xla").exists()
+
+
 def test_a_second_run_of_a_config_compiles_nothing_new(tmp_path):
     """`jaxnn train` keeps XLA's compiled programs in the persistent cache: the first run
     fills it, a second run of the same config adds no entry (every program was a hit)."""
@@ -157,3 +176,4 @@ def test_a_second_run_of_a_config_compiles_nothing_new(tmp_path):
                         "--workdir", str(tmp_path / f"other{grows}"), *flags], check=True,
                        capture_output=True, env={**os.environ, "JAXNN_COMPILE_CACHE": str(cache)})
         assert (set(os.listdir(cache)) != entries[0]) == grows
+

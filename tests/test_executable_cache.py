@@ -1,12 +1,13 @@
 """`jaxnn.executable_cache`: a second `jaxnn sweep` loads its compiled programs instead of
 tracing, lowering and compiling them, with the same results; anything that changes the
 program misses; a damaged entry is compiled again; what JAX's own cache served is not
-kept."""
+kept; beyond its size the least recently used entries go."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +31,14 @@ sys.exit(cli.main(sys.argv[1:], owns_process=True))
 """
 
 
-def jaxnn_sweep(workdir, cache, *flags) -> list[str]:
-    """Runs `jaxnn sweep` on the tiny config; returns the cache's log lines (checking that
-    the closing line says how many programs were loaded)."""
+def jaxnn_sweep(workdir, cache, *flags, env=None) -> list[str]:
+    """Runs `jaxnn sweep` on the tiny config (with ``env`` added to the environment);
+    returns the cache's log lines (checking that the closing line says how many programs
+    were loaded)."""
     result = subprocess.run(
         [sys.executable, "-c", CLI, "sweep", TINY, *SWEEP, *flags, "--workdir", str(workdir),
-         "--compile-cache", str(cache)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+         "--compile-cache", str(cache)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split()[1] for line in result.stderr.splitlines()
              if line.startswith("jaxnn.executable_cache ")]
@@ -149,3 +151,50 @@ def test_a_cache_it_cannot_write_still_compiles(tmp_path):
     finally:
         executable_cache.enable(None)
     assert blocked.read_text() == "not a directory"
+
+
+def _kept(rows: int) -> tuple[str, tuple]:
+    """Compiles and keeps a program of shapes no other test compiles; returns its entry's
+    path and its arguments."""
+    args = (jnp.ones((rows, 5)), jnp.ones((3, rows)))
+    _, loaded = executable_cache.compile_program(_program(), args, None, ("evict",), _compile)
+    assert not loaded
+    name = executable_cache.key(("evict",), args, None) + executable_cache.ENTRY_SUFFIX
+    return os.path.join(executable_cache.directory(), name), args
+
+
+def test_beyond_its_size_the_least_recently_used_entries_go(cache_dir):
+    (old, _), (used, used_args) = _kept(41), _kept(43)
+    an_hour_ago = time.time() - 3600
+    for path in (old, used):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    _, loaded = executable_cache.compile_program(
+        _program(), used_args, None, ("evict",), lambda *_: pytest.fail("not loaded"))
+    assert loaded  # and now the most recently used
+    abandoned, writing = cache_dir / "killed.partial", cache_dir / "writing.partial"
+    abandoned.write_bytes(b"x" * 10)
+    writing.write_bytes(b"x" * 10)
+    os.utime(abandoned, (an_hour_ago - 1, an_hour_ago - 1))
+    sizes = [os.path.getsize(path) for path in (old, used)]
+    # Room for two entries, not three: storing one more deletes the least recently used.
+    executable_cache.enable(str(cache_dir), max_bytes=sum(sizes) + min(sizes) // 2)
+    new, _ = _kept(47)
+    assert sorted(os.listdir(cache_dir)) == sorted(
+        os.path.basename(path) for path in (used, new, writing))
+
+
+def test_an_entry_larger_than_the_cache_is_not_kept(cache_dir):
+    executable_cache.enable(str(cache_dir), max_bytes=0)
+    args = (jnp.ones((53, 5)), jnp.ones((3, 53)))
+    compiled, loaded = executable_cache.compile_program(_program(), args, None, ("evict",),
+                                                        _compile)
+    assert not loaded and not (cache_dir.exists() and os.listdir(cache_dir))
+    np.testing.assert_allclose(compiled(*args), _program()(*args))
+
+
+def test_the_size_limit_reaches_the_sweep_command(tmp_path):
+    """``$JAXNN_COMPILE_CACHE_MAX_MB`` of 0: `jaxnn sweep` compiles, keeps nothing."""
+    cache = tmp_path / "cache"
+    lines = jaxnn_sweep(tmp_path / "run", cache, env={"JAXNN_COMPILE_CACHE_MAX_MB": "0"})
+    assert lines and set(lines) == {"not"}  # "not kept (... more than the cache's 0)"
+    assert not (cache / "executables").exists()
