@@ -63,7 +63,8 @@ def save(path: str | os.PathLike, tree: Any) -> None:
 
 
 def load(path: str | os.PathLike, template: Any) -> Any:
-    """Reads a checkpoint into the structure of ``template``.
+    """Reads a checkpoint into the structure of ``template`` (arrays, or their
+    `jax.ShapeDtypeStruct`s from `jax.eval_shape`).
 
     Raises:
       CheckpointError: naming the file, for a missing, truncated or corrupted file, or
@@ -90,8 +91,9 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     restored = []
     for name, value, leaf in zip(paths, stored, leaves, strict=True):
         want = _to_numpy(leaf) if not hasattr(leaf, "shape") else leaf
-        is_key = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        want_shape = jax.random.key_data(leaf).shape if is_key else tuple(want.shape)
+        is_key = jnp.issubdtype(want.dtype, jax.dtypes.prng_key)
+        want_shape = (jax.eval_shape(jax.random.key_data, leaf).shape if is_key
+                      else tuple(want.shape))
         if tuple(value.shape) != tuple(want_shape):
             raise CheckpointError(f"{path}: leaf {name} has shape {value.shape}, the model "
                                   f"expects {want_shape}")

@@ -157,13 +157,16 @@ def train_and_evaluate(
     hparams = default_hparams(config, trainer.dtype)
     with rundir.locked(workdir):
         _check_directory(workdir, resume)  # again, now that no other process can write it
-        state = _initial_state(trainer, jax.random.key(config.training.seed), hparams)
+        key = jax.random.key(config.training.seed)
         best = {"val_loss": math.inf, "epoch": 0, "stopped": 0}
         if resume:  # everything is checked before anything is rewritten
-            state, best = _restore(config, workdir, state, best)
+            # The checkpoint's template is the initial state's shapes: nothing is drawn.
+            state, best = _restore(config, workdir, jax.eval_shape(trainer.init, key, hparams),
+                                   best)
             jsonl.rewrite(os.path.join(workdir, METRICS),
                           [r for r in read_metrics(workdir) if r["epoch"] <= int(state.epoch)])
         else:
+            state = _initial_state(trainer, key, hparams)
             with open(os.path.join(workdir, CONFIG), "w") as handle:
                 handle.write(config_lib.dumps(config))
         return _finish(config, dataset, trainer, state, hparams, workdir, best, started)
@@ -189,7 +192,8 @@ def _check_directory(workdir: str, resume: bool) -> None:
 
 
 def _restore(config: Config, workdir: str, state: TrainState, best: dict):
-    """The checkpoint's training state and early-stopping record, range-checked."""
+    """The checkpoint's training state and early-stopping record, range-checked (``state``
+    and ``best``: their templates)."""
     path = os.path.join(workdir, CHECKPOINT)
     saved = checkpoint.load(path, {"state": state, **_best_arrays(best)})
     state = TrainState(*saved["state"])

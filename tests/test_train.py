@@ -119,6 +119,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     assert [r["epoch"] for r in run.read_metrics(str(part))] == [1, 2, 3, 4]
     assert not (part / "summary.json").exists()
 
+    # A resumed run draws no initial state: the checkpoint's template is its shapes.
+    monkeypatch.setattr(run, "_initial_state", lambda *_: pytest.fail("drew an initial state"))
     summary = run.train_and_evaluate(config.load(part / "config.toml"), part, resume=True)
     assert summary["epochs_run"] == 6
     template = {"state": _state_template(cfg), "val_loss": np.float64(0),
@@ -150,6 +152,22 @@ def test_checkpoint_must_fit_the_model(tmp_path):
     run.train_and_evaluate(tiny(), tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="shape"):
         run.train_and_evaluate(tiny("model.hidden=[8]"), tmp_path, resume=True)
+
+
+def test_a_checkpoint_loads_into_the_shapes_of_its_tree(tmp_path):
+    """`checkpoint.load` takes `jax.eval_shape`'s template (a typed key included) as it
+    takes the arrays themselves, and checks it the same way."""
+    tree = {"key": jax.random.key(3), "w": jnp.arange(6.0).reshape(2, 3)}
+    checkpoint.save(tmp_path / "c.npz", tree)
+    shapes = jax.eval_shape(lambda: tree)
+    for template in (tree, shapes):
+        loaded = checkpoint.load(tmp_path / "c.npz", template)
+        np.testing.assert_array_equal(jax.random.key_data(loaded["key"]),
+                                      jax.random.key_data(tree["key"]))
+        np.testing.assert_array_equal(loaded["w"], tree["w"])
+    with pytest.raises(checkpoint.CheckpointError, match=r"\['w'\] has shape \(2, 3\)"):
+        checkpoint.load(tmp_path / "c.npz", {**shapes, "w": jax.ShapeDtypeStruct((3, 2),
+                                                                                  jnp.float32)})
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
