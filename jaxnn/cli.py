@@ -41,6 +41,8 @@ def _directory(args: argparse.Namespace, stored: str):
     if args.resume:
         if args.config:
             raise ConfigError(args.config, "", f"give either a config or --resume {args.resume}")
+        if not os.path.isdir(args.resume):
+            raise rundir.RunError(f"{args.resume}: nothing to resume (not a directory)")
         return config_lib.load_for_resume(os.path.join(args.resume, stored), args.set), \
             args.resume, False
     config = load_config(args.config, args.set)

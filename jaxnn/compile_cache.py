@@ -74,7 +74,7 @@ def enable(directory: str | None = None, whole_programs: bool = False) -> str | 
         directory) rather than JAX's cache, which stays off.
 
     Raises:
-      ConfigError: for a bad `MAX_MB_ENV`.
+      ConfigError: for a bad `MAX_MB_ENV`, or a directory that cannot be made.
     """
     choice = directory or os.environ.get(ENV) or os.environ.get(
         "JAX_COMPILATION_CACHE_DIR") or default_directory()
@@ -83,7 +83,12 @@ def enable(directory: str | None = None, whole_programs: bool = False) -> str | 
         executable_cache.enable(None)
         return None
     limit = max_bytes()
-    os.makedirs(choice, exist_ok=True)
+    try:
+        os.makedirs(choice, exist_ok=True)
+    except OSError as error:
+        reason = "a file" if os.path.isfile(choice) else error.strerror
+        raise ConfigError(choice, "", f"cannot be the compile cache's directory ({reason}); "
+                          "give another with --compile-cache DIR") from None
     executable_cache.enable(os.path.join(choice, executable_cache.SUBDIRECTORY)
                             if whole_programs else None, limit)
     jax.config.update("jax_enable_compilation_cache", not whole_programs)

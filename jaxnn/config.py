@@ -214,11 +214,21 @@ def _check_values(config: Config) -> None:
     require(0 <= opt.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
     require(opt.weight_decay >= 0, "optimizer.weight_decay",
             f"must be >= 0, got {opt.weight_decay}")
+    for key in ("b1", "b2", "decay"):  # averaging factors (adam, adamw; rmsprop)
+        value = getattr(opt, key)
+        require(0 <= value < 1, f"optimizer.{key}", f"must be in [0, 1), got {value}")
+    require(opt.eps > 0, "optimizer.eps", f"must be > 0, got {opt.eps}")
     choice(sched.name, SCHEDULES, "schedule.name")
     require(sched.decay_rate > 0, "schedule.decay_rate", "must be > 0")
     require(sched.decay_epochs > 0, "schedule.decay_epochs", "must be > 0")
     require(len(sched.boundaries) == len(sched.scales), "schedule.scales",
             f"needs one scale per boundary ({len(sched.boundaries)} boundaries)")
+    require(all(b >= 0 for b in sched.boundaries), "schedule.boundaries",
+            f"epochs must be >= 0, got {list(sched.boundaries)}")
+    require(all(f >= 0 for f in sched.scales), "schedule.scales",
+            f"factors must be >= 0, got {list(sched.scales)}")
+    require(sched.warmup_epochs >= 0, "schedule.warmup_epochs",
+            f"must be >= 0, got {sched.warmup_epochs}")
     require(0 <= sched.final_fraction <= 1, "schedule.final_fraction", "must be in [0, 1]")
     require(train.epochs >= 1, "training.epochs", f"must be >= 1, got {train.epochs}")
     require(train.batch_size >= 1, "training.batch_size", f"must be >= 1, got {train.batch_size}")
@@ -232,6 +242,8 @@ def _check_values(config: Config) -> None:
     require(0 <= data.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
     require(0 <= data.test_fraction < 1, "data.test_fraction", "must be in [0, 1)")
     require(data.limit >= 0, "data.limit", "must be >= 0")
+    require(data.num_examples >= 0, "data.num_examples",
+            f"must be >= 0, got {data.num_examples}")
     require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
     if data.name in ("mnist", "fashion_mnist", "npz", "csv"):
         require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
@@ -305,6 +317,11 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(source, "", "config file not found") from None
+    except OSError as error:  # a directory, no permission, ...
+        raise ConfigError(source, "", f"cannot read the config ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(source, "", f"not UTF-8 text (byte {error.start}); a TOML config is "
+                          "UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "", f"not valid TOML: {error}") from None
     return from_dict(apply_overrides(raw, list(overrides or []), source), source)

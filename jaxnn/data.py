@@ -232,7 +232,7 @@ def load_csv(
         with open(path, newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as error:
@@ -246,11 +246,18 @@ def load_csv(
             raise DataError(f"{path}: no column {name!r}; columns are {header}")
     columns = [header.index(name) for name in names]
     label_column = header.index(label)
-    try:
-        x = np.array([[float(row[c]) for c in columns] for row in rows], np.float64)
-        y = np.array([float(row[label_column]) for row in rows], np.float64)
-    except (ValueError, IndexError) as error:
-        raise DataError(f"{path}: non-numeric or missing value: {error}") from None
+    x = np.empty((len(rows), len(columns)), np.float64)
+    y = np.empty(len(rows), np.float64)
+    for index, (line, row) in enumerate(rows):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line} has {len(row)} values, the header "
+                            f"{len(header)}")
+        try:
+            x[index] = [float(row[c]) for c in columns]
+            y[index] = float(row[label_column])
+        except ValueError as error:
+            raise DataError(f"{path}: line {line}: non-numeric or missing value: "
+                            f"{error}") from None
     return x, y
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections.abc
+import functools
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +150,11 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
         layer = _build_nested(kind, spec, key, rate, source, keys)
     elif kind in LAYER_TYPES:
         kwargs = {k: _tuples(v) for k, v in spec.items() if k != "type"}
+        hints = _argument_types(kind)
+        for name, value in kwargs.items():
+            if name in hints and not _fits(value, hints[name]):
+                raise ConfigError(source, f"{key}.{name}", f"{kind}: expected "
+                                  f"{_describe(hints[name])}, got {value!r}")
         if kind == "Dropout" and "rate" not in kwargs:
             kwargs["rate"] = rate
         try:
@@ -157,6 +166,50 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
                           f"{', '.join([*LAYER_TYPES, *NESTED_TYPES])}")
     keys[id(layer)] = key
     return layer
+
+
+@functools.cache
+def _argument_types(kind: str) -> dict[str, Any]:
+    """The type hints of layer ``kind``'s constructor (empty when they cannot be read)."""
+    try:
+        return typing.get_type_hints(LAYER_TYPES[kind])
+    except (NameError, TypeError):
+        return {}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (TOML: bool, int, float, str, tuples of them) fits a layer
+    argument's type hint. TOML's booleans are not numbers here, nor its strings booleans;
+    hints other than these scalars, tuples, sequences and unions (callables, arrays) are
+    left to the constructor."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(args) == len(value) and all(map(_fits, value, args))
+    if origin is collections.abc.Sequence:
+        return isinstance(value, tuple) and all(_fits(item, args[0]) for item in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """A type hint as a config reader would say it: ``int | tuple[int, int]``."""
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace(
+        "collections.abc.", "").replace("NoneType", "None")
 
 
 def _build_nested(kind, spec, key, rate, source, keys) -> Layer:

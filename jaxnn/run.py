@@ -181,14 +181,22 @@ def _initial_state(trainer: Trainer, key: jax.Array, hparams: dict) -> TrainStat
     return compile_lowered(lowered, compiler_options(run_once=True))(key, hparams)
 
 
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)  # a directory holding one of them holds a run
+
+
 def _check_directory(workdir: str, resume: bool) -> None:
-    """Refuses a new run in a directory that holds one, and a resume of nothing."""
+    """Refuses a new run in a directory that holds one or a sweep, and a resume of nothing."""
     if resume and not os.path.exists(os.path.join(workdir, CHECKPOINT)):
         raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
-    if not resume and any(os.path.exists(os.path.join(workdir, f))
-                          for f in (CHECKPOINT, METRICS, SUMMARY)):
+    if resume or not os.path.isdir(workdir):
+        return
+    if any(os.path.exists(os.path.join(workdir, f)) for f in RUN_FILES):
         raise RunError(f"{workdir} already holds a run; continue it with --resume or choose "
                        "another directory")
+    from jaxnn.sweep import RESULTS, SWEEP_CONFIG
+
+    if any(os.path.exists(os.path.join(workdir, f)) for f in (SWEEP_CONFIG, RESULTS)):
+        raise RunError(f"{workdir} holds a sweep; a training run needs another directory")
 
 
 def _restore(config: Config, workdir: str, state: TrainState, best: dict):

@@ -43,10 +43,16 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     """Holds ``path``'s lock for the ``with`` block, creating ``path`` if needed.
 
     Raises:
-      RunError: when another live process holds it, naming that process.
+      RunError: when another live process holds it, naming that process; when ``path`` is a
+        file or cannot be created.
     """
     path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"{path} is a file, not a directory; choose another directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{path}: cannot create the directory ({error.strerror})") from None
     lock_path = os.path.join(path, LOCK)
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

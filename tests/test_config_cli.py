@@ -47,6 +47,29 @@ BAD_CONFIGS = [
     ("[training]\nbatch_size = 100000\n", "training.batch_size", "exceeds"),
     ("[model\nhidden = [3]\n", "", "not valid TOML"),
     ('[model]\nloss = "hinge"\n', "model.loss", "unknown loss 'hinge'"),
+    # Values each optax transformation or layer would have taken, or failed on late.
+    ('[optimizer]\nname = "adam"\nb1 = 1.5\n', "optimizer.b1", "must be in [0, 1), got 1.5"),
+    ('[optimizer]\nname = "adam"\neps = -1\n', "optimizer.eps", "must be > 0"),
+    ('[optimizer]\nname = "rmsprop"\ndecay = 2\n', "optimizer.decay", "must be in [0, 1)"),
+    ('[schedule]\nname = "step"\nboundaries = [2]\nscales = [-0.5]\n', "schedule.scales",
+     "factors must be >= 0, got [-0.5]"),
+    ('[schedule]\nname = "step"\nboundaries = [-1]\nscales = [0.5]\n',
+     "schedule.boundaries", "epochs must be >= 0"),
+    ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = -5\n', "schedule.warmup_epochs",
+     "must be >= 0"),
+    ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be >= 0"),
+    ('[model]\nlayers = [{type = "Dense", features = 8}, {type = "LeakyRelu", '
+     'negative_slope = "x"}, {type = "Dense", features = 10}]\n',
+     "model.layers[1].negative_slope", "LeakyRelu: expected float, got 'x'"),
+    ('[model]\nlayers = [{type = "Dense", features = 10, use_bias = "yes"}]\n',
+     "model.layers[0].use_bias", "Dense: expected bool, got 'yes'"),
+    ('[model]\nlayers = [{type = "Residual", layers = [{type = "Gelu", approximate = "no"}]}, '
+     '{type = "Dense", features = 10}]\n', "model.layers[0].layers[0].approximate",
+     "Gelu: expected bool"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 4.0, kernel_size = [3, 3]}]\n',
+     "model.layers[0].features", "Conv2D: expected int, got 4.0"),
+    ('[model]\nlayers = [{type = "Dense", features = 10}, {type = "Softmax", axis = 5}]\n',
+     "model.layers[1]", "axis 5 is out of range for input of shape (None, 10)"),
 ]
 
 
@@ -61,6 +84,50 @@ def test_bad_config_gives_named_error_and_exit_2(tmp_path, capsys, text, key, fr
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # Nothing was written.
+
+
+def test_unreadable_config_files_are_one_error(tmp_path, capsys):
+    """A directory, a file that is not UTF-8: one line naming the path, exit 2."""
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[training]\n")
+    for path, fragment in ((folder, "cannot read the config"), (binary, "not UTF-8 text")):
+        assert cli.main(["summary", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxnn: error: {path}: {fragment}") and err.count("\n") == 1
+
+
+def test_directories_that_are_files_are_one_error(tmp_path, capsys, monkeypatch):
+    """--workdir, --resume and the compile cache's directory given as an existing file."""
+    tiny, taken = os.path.join(CONFIGS, "tiny.toml"), tmp_path / "a file"
+    taken.write_text("kept")
+    for argv, fragment in (
+            (["train", tiny, "--workdir", str(taken)], "is a file, not a directory"),
+            (["train", "--resume", str(taken)], "nothing to resume (not a directory)"),
+            (["train", tiny, "--workdir", str(tmp_path / "run"), "--compile-cache", str(taken)],
+             "cannot be the compile cache's directory (a file)")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, err
+    assert taken.read_text() == "kept" and not (tmp_path / "run").exists()
+
+
+def test_a_run_and_a_sweep_never_share_a_directory(tmp_path, capsys):
+    """Each kind refuses a directory holding the other's files, which stay as they were."""
+    tiny = os.path.join(CONFIGS, "tiny.toml")
+    sweep_flags = ["--set", "sweep.grid={learning_rate = [0.1]}", "--set", "output.plots=false"]
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    assert cli.main(["train", tiny, "--workdir", str(run_dir), "--set",
+                     "output.plots=false"]) == 0
+    assert cli.main(["sweep", tiny, *sweep_flags, "--workdir", str(sweep_dir)]) == 0
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    assert cli.main(["sweep", tiny, *sweep_flags, "--workdir", str(run_dir)]) == 2
+    assert "holds a training run; a sweep needs another directory" in capsys.readouterr().err
+    assert cli.main(["train", tiny, "--workdir", str(sweep_dir)]) == 2
+    assert "holds a sweep; a training run needs another directory" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 def test_newer_layer_types_and_activations_build_from_a_config():

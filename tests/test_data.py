@@ -96,6 +96,12 @@ def test_npz_and_csv_named_columns(tmp_path):
     bad = config.from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}})
     with pytest.raises(data.DataError, match="no array named 'x'"):
         data.load(bad)
+    # A short row and a non-number are named by their line in the file; blank lines pass.
+    for row, fragment in (("3,4", "line 4 has 2 values, the header 4"),
+                          ("x,1,2,0", "line 4: non-numeric or missing value")):
+        (tmp_path / "d.csv").write_text("\n".join([*lines[:2], "", row, *lines[2:]]))
+        with pytest.raises(data.DataError, match=fragment):
+            data.load(cfg)
 
 
 def test_bundled_digits_are_the_uci_test_set():

@@ -282,3 +282,25 @@ def test_bad_search_config_named(tmp_path, capsys, override, key):
     assert cli.main(["sweep", str(path), "--plan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"jaxnn: error: {path}: {key}")
+
+
+@pytest.mark.parametrize(("space", "fragment"), [
+    ("{width = {distribution = 'int', low = 0, high = 8}}",
+     "trial {'width': 0}: model.hidden: widths must be >= 1"),
+    ("{learning_rate = {distribution = 'uniform', low = -1.0, high = 0.1}}",
+     "trial {'learning_rate': -1.0}: optimizer.learning_rate: must be > 0"),
+    ("{activation = ['relu', 'swish'], width = {distribution = 'int', low = 4, high = 8}}",
+     "trial {'activation': 'swish', 'width': 4}: model.activation: unknown activation"),
+])
+def test_an_adaptive_search_checks_its_space_before_training(tmp_path, capsys, space,
+                                                             fragment):
+    """Each swept name at each end of its range (every choice), the others at their first:
+    a value the sampler may ask for fails at once, not after other trials trained."""
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(tiny("sweep.search='random'", "sweep.trials=4",
+                                      f"sweep.random={space}")))
+    for flags in (["--plan"], ["--workdir", str(tmp_path / "run")]):
+        assert cli.main(["sweep", str(path), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxnn: error: {path}: sweep: {fragment}"), err
+    assert not (tmp_path / "run" / sweep.RESULTS).exists()

@@ -14,18 +14,23 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, stateless
+from jaxnn.layer import Layer, Shape, ShapeError, stateless
 
 
 def _activation(
     name: str,
     fn: Callable[[jax.Array], jax.Array],
     input_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    axis: int | None = None,
 ) -> Layer:
-    """A parameter-free, shape-preserving layer with ``dx = input_grad(x, y, dy)``."""
+    """A parameter-free, shape-preserving layer with ``dx = input_grad(x, y, dy)``; one that
+    works along ``axis`` checks at init that its input has that axis."""
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
+        if axis is not None and not -len(input_shape) <= axis < len(input_shape):
+            raise ShapeError(f"{name}: axis {axis} is out of range for input of shape "
+                             f"{tuple(input_shape)}")
         return tuple(input_shape), ()
 
     def apply(params, x, *, key=None, train=False):
@@ -186,7 +191,7 @@ def Softmax(axis: int = -1) -> Layer:
         return y * (dy - jnp.sum(dy * y, axis=axis, keepdims=True))
 
     return _activation(f"Softmax(axis={axis})", lambda x: jax.nn.softmax(x, axis=axis),
-                       input_grad)
+                       input_grad, axis)
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
@@ -197,7 +202,7 @@ def LogSoftmax(axis: int = -1) -> Layer:
         return dy - jnp.exp(y) * jnp.sum(dy, axis=axis, keepdims=True)
 
     return _activation(f"LogSoftmax(axis={axis})", lambda x: jax.nn.log_softmax(x, axis=axis),
-                       input_grad)
+                       input_grad, axis)
 
 
 ACTIVATIONS: dict[str, Callable[..., Layer]] = {

@@ -24,7 +24,7 @@ from jaxnn.sweep.cost import (
 )
 from jaxnn.sweep.packing import width_runs
 from jaxnn.sweep.pruning import Pruning, from_spec
-from jaxnn.sweep.spec import NUMERIC, Trial, space_of, spec_of, trials
+from jaxnn.sweep.spec import NUMERIC, Distribution, Trial, make_trial, space_of, spec_of, trials
 
 
 class Group(NamedTuple):
@@ -184,6 +184,20 @@ def check_trials(config: Config, all_trials, dataset) -> None:
                               f"{str(error).split(': ', 2)[-1]}") from None
 
 
+def corners(space: dict[str, Distribution]) -> list[dict]:
+    """Values that an adaptive search may ask for, putting each swept name at each of its
+    ends (a range's bounds, every choice) and the others at their first: checked before any
+    trial trains, so that a bad range fails at once rather than when a sampler reaches it."""
+    def ends(distribution: Distribution) -> list:
+        if distribution.kind == "choice":
+            return list(distribution.values)
+        return [distribution.low, distribution.high]
+
+    first = {name: ends(distribution)[0] for name, distribution in space.items()}
+    return [{**first, name: value} for name, distribution in space.items()
+            for value in ends(distribution)]
+
+
 def bucket(width: int) -> int:
     """The padded width of an adaptive search's packed program: the next of 2**k and
     1.5 * 2**k, so that the programs of later batches are reused (at most 1.5x the units)."""
@@ -225,6 +239,9 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
         check_sampler(spec["search"], config.source)
     all_trials = tuple(batch) if batch is not None else trials(config)
     check_trials(config, all_trials, dataset)
+    if spec["search"] != "grid" and batch is None:
+        check_trials(config, [make_trial(-1, values, config) for values in corners(space)],
+                     dataset)
     prune = _pruning(config, spec, all_trials, dataset)
     if len(dataset.x_val) == 0:
         raise ConfigError(config.source, "data.validation_fraction", "a sweep ranks its "
