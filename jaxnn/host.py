@@ -129,3 +129,18 @@ def split_count() -> int:
     """The CPU device count `split_cpu` set in this process; 0 where it set none (the
     devices are then the user's own choice, e.g. ``XLA_FLAGS``)."""
     return _split
+
+
+def memory_budget() -> int:
+    """Half the first local device's memory (on CPU: of the host's RAM, at least 2 GiB): what
+    a run or a sweep's chunk may plan to hold."""
+    import jax
+
+    device = jax.local_devices()[0]
+    try:
+        return int(device.memory_stats()["bytes_limit"] * 0.5)
+    except (AttributeError, KeyError, TypeError, jax.errors.JaxRuntimeError):
+        try:
+            return max(2 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):
+            return 2 * 2**30

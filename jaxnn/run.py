@@ -29,14 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import checkpoint, jsonl, losses, models, plots, rundir
+from jaxnn import checkpoint, host, jsonl, losses, models, plots, rundir
 from jaxnn import config as config_lib
 from jaxnn import data as data_lib
 from jaxnn.compile_options import compile_lowered, compiler_options
 from jaxnn.config import Config, ConfigError
 from jaxnn.rundir import RunError  # re-exported: jaxnn.run.RunError
-from jaxnn.train import Trainer, TrainState, default_hparams, make_train
+from jaxnn.summary import shapes
+from jaxnn.train import PARAM_COPIES, Trainer, TrainState, default_hparams, make_train
 
+MAX_STEPS = 2**31 - 1  # the step and epoch counters are int32
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -83,7 +85,31 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "training.batch_size",
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "
                           "training examples")
+    per_epoch = len(dataset.x_train) // config.training.batch_size
+    if config.training.epochs * per_epoch > MAX_STEPS:
+        raise ConfigError(config.source, "training.epochs", (
+            f"{config.training.epochs} epochs of {per_epoch} steps are more steps than a run "
+            f"counts ({MAX_STEPS:,}: int32 counters)"))
     models.check(config, dataset.input_shape, dataset.output_size)
+
+
+def check_memory(config: Config, dataset: data_lib.Dataset) -> None:
+    """Refuses a run whose params, gradients and optimizer state would not fit in half the
+    device's memory (as a sweep refuses such a plan), before anything is drawn.
+
+    Raises:
+      ConfigError: naming the file, with the estimate and the budget.
+    """
+    net = models.build(config.model, dataset.output_size)
+    _, params, _ = shapes(net, (None, *dataset.input_shape))
+    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+    need = PARAM_COPIES * count * np.dtype(config.training.precision).itemsize
+    budget = host.memory_budget()
+    if need > budget:
+        raise ConfigError(config.source, "model", (
+            f"{count:,} params need ~{need / 2**30:.1f} GiB with their gradients and "
+            f"optimizer state, over the ~{budget / 2**30:.1f} GiB budget (half the device's "
+            "memory)"))
 
 
 def chunk_epochs(config: Config, steps_per_epoch: int) -> int:
@@ -153,6 +179,7 @@ def train_and_evaluate(
     workdir = os.fspath(workdir)
     _check_directory(workdir, resume)
     dataset = prepare(config)
+    check_memory(config, dataset)
     trainer = make_train(config, dataset)
     hparams = default_hparams(config, trainer.dtype)
     with rundir.locked(workdir):

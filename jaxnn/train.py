@@ -123,6 +123,11 @@ def stacked_hparams(configs: Sequence[Config], dtype: Any = jnp.float32) -> dict
             for name in HPARAMS}
 
 
+# Copies of the params a training step holds at most: the params, their gradients, the
+# updates and two optimizer moments (Adam's).
+PARAM_COPIES = 5
+
+
 def raw_key(key: jax.Array) -> jax.Array:
     """A typed or raw PRNG key as raw uint32 data (what checkpoints store)."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):

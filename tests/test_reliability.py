@@ -359,8 +359,21 @@ def test_a_bad_trial_is_refused_before_any_trial_trains(tmp_path, capsys):
 
 def test_a_plan_beyond_device_memory_is_refused(tmp_path, capsys):
     config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1, 0.2]}\n")
-    fails(capsys, ["sweep", config, "--plan", "--set", "training.epochs=1000000000"],
-          "minibatch order of 1000000000 epochs", "budget")
+    fails(capsys, ["sweep", config, "--plan", "--set", "training.epochs=100000000"],
+          "minibatch order of 100000000 epochs", "budget")
+
+
+def test_a_run_beyond_device_memory_or_its_counters_is_refused(tmp_path, capsys):
+    """A width no memory holds (it hung allocating), and more steps than int32 counts."""
+    config = write(tmp_path, TINY)
+    workdir = tmp_path / "run"
+    fails(capsys, ["train", config, "--workdir", str(workdir), "--set",
+                   "model.hidden=[1000000000]"], "model: 75,000,000,010 params need ~",
+          "GiB budget")
+    fails(capsys, ["train", config, "--workdir", str(workdir), "--set",
+                   "training.epochs=100000000000000000000"], "training.epochs: "
+          "100000000000000000000 epochs of", "more steps than a run counts")
+    assert not workdir.exists()
 
 
 # --- 10. Ctrl-C stops cleanly -------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,6 +24,7 @@ from jaxnn.sweep.cost import (
 from jaxnn.sweep.packing import width_runs
 from jaxnn.sweep.pruning import Pruning, from_spec
 from jaxnn.sweep.spec import NUMERIC, Distribution, Trial, make_trial, space_of, spec_of, trials
+from jaxnn.train import PARAM_COPIES
 
 
 class Group(NamedTuple):
@@ -142,8 +142,7 @@ def bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
     itemsize = np.dtype(cfg.training.precision).itemsize
     params = sum(r.params for r in table)
     activations = cfg.training.batch_size * sum(r.values_per_example for r in table)
-    # 5 x params: params, grads, updates and two optimizer moments; per-epoch metrics.
-    own = itemsize * (5 * params + 3 * activations) + 8 * 8 * cfg.training.epochs
+    own = itemsize * (PARAM_COPIES * params + 3 * activations) + 8 * 8 * cfg.training.epochs
     return own + (order_bytes(cfg, dataset) if own_seed else 0)
 
 
@@ -152,18 +151,6 @@ def order_bytes(cfg: Config, dataset) -> int:
     seed, otherwise one shared by its chunk."""
     batches = len(dataset.x_train) // cfg.training.batch_size * cfg.training.batch_size
     return 4 * cfg.training.epochs * batches
-
-
-def memory_budget() -> int:
-    """Half the first local device's memory (on CPU: of the host's RAM, at least 2 GiB)."""
-    device = jax.local_devices()[0]
-    try:
-        return int(device.memory_stats()["bytes_limit"] * 0.5)
-    except (AttributeError, KeyError, TypeError, jax.errors.JaxRuntimeError):
-        try:
-            return max(2 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-        except (ValueError, OSError, AttributeError):
-            return 2 * 2**30
 
 
 def check_trials(config: Config, all_trials, dataset) -> None:
@@ -303,15 +290,15 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
             own_seed = len({t.config.training.seed for t in part}) > 1
             per_trial = bytes_per_trial(cfg, dataset, own_seed)
             shared = 0 if own_seed else order_bytes(cfg, dataset)
-            if per_trial + shared > memory_budget():
+            if per_trial + shared > host.memory_budget():
                 raise ConfigError(config.source, "sweep", (
                     f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
                     f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
                     f"~{order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
-                    f"~{memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
+                    f"~{host.memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
             sizes.append(per_trial)
             cap = spec.get("trials_per_chunk") or max(
-                1, (memory_budget() - shared) // per_trial)
+                1, (host.memory_budget() - shared) // per_trial)
             cap = max(devices, cap // devices * devices)
             count = math.ceil(len(part) / cap)
             size = math.ceil(len(part) / count)
