@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +155,9 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
     assert accuracies == sorted(accuracies, reverse=True)
 
 
+STALE_LOCK_TIMEOUT_S = 120  # far beyond the resume's few seconds
+
+
 def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
     cfg = small_sweep("sweep.trials_per_chunk=1", "sweep.pack_widths=false")
     full = sweep.run_sweep(cfg, tmp_path / "full")
@@ -164,7 +168,16 @@ def test_resume_after_kill_gives_identical_table(tmp_path, monkeypatch):
     monkeypatch.setattr(execute, "result_rows", real)
     with pytest.raises(run.RunError, match="already holds a sweep"):
         sweep.run_sweep(cfg, tmp_path / "part")
-    resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    # A process killed while appending to the study leaves Optuna's lock beside it, a
+    # symlink relative like the directory it was given: Optuna would wait for it forever.
+    os.symlink(os.path.join("part", sweep.STUDY_FILE),
+               tmp_path / "part" / f"{sweep.STUDY_FILE}.lock")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the resume waited for a dead lock"))
+    signal.alarm(STALE_LOCK_TIMEOUT_S)
+    try:
+        resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    finally:
+        signal.alarm(0)
     assert resumed["table"] == full["table"]
     assert (tmp_path / "part" / "results.csv").read_text() == \
         (tmp_path / "full" / "results.csv").read_text()

@@ -18,6 +18,7 @@ given as ``[sweep] storage``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -29,6 +30,7 @@ from jaxnn.config import ConfigError
 from jaxnn.sweep.spec import Distribution
 
 STUDY_FILE = "study.journal"
+JOURNAL_LOCK_SUFFIX = ".lock"  # Optuna's lock beside a journal file
 
 
 def check_sampler(search: str, source: str) -> None:
@@ -100,12 +102,22 @@ def sampler(search: str, seed: int):
 
 
 def storage_of(spec: Mapping[str, Any], workdir: str):
-    """The study's storage: ``[sweep] storage`` (a URL) or a journal file in ``workdir``."""
+    """The study's storage: ``[sweep] storage`` (a URL) or a journal file in ``workdir``.
+
+    The journal's lock file (Optuna's, a symlink) is only ever taken by the process that
+    holds ``workdir``'s own lock (`jaxnn.rundir.locked`, which the caller must hold), so
+    one found here was left by a process that died holding it: it is removed, or every
+    later append would wait for it forever (Optuna 5.1 retries a lock whose symlink is
+    relative without ever judging it stale).
+    """
     optuna = _quiet()
     if spec.get("storage"):
         return spec["storage"]
+    path = os.path.abspath(os.path.join(workdir, STUDY_FILE))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path + JOURNAL_LOCK_SUFFIX)
     journal = optuna.storages.journal
-    return journal.JournalStorage(journal.JournalFileBackend(os.path.join(workdir, STUDY_FILE)))
+    return journal.JournalStorage(journal.JournalFileBackend(path))
 
 
 def open_study(spec: Mapping[str, Any], workdir: str, metric: str, resume: bool):
