@@ -268,17 +268,24 @@ class Sweep:
         if not members:
             return
         program = self.program(group)
-        cap = max(len(c) for c in group.chunks)
-        count = math.ceil(len(members) / cap)
-        per_chunk = math.ceil(len(members) / count)
-        size = math.ceil(per_chunk / self.plan.devices) * self.plan.devices
         final = stop == group.config.training.epochs
-        if not (start == 0 and final):  # a segment program, whose sizes may be reused
+        whole = start == 0 and final
+        # A whole run (no pruning) chunks the group as an uninterrupted sweep does, counting
+        # the trials a resumed sweep finished before: each trial then trains in the same
+        # program at the same place, so float32 results do not depend on where it stopped.
+        chunked = list(group.trials) if whole else members
+        cap = max(len(c) for c in group.chunks)
+        count = math.ceil(len(chunked) / cap)
+        per_chunk = math.ceil(len(chunked) / count)
+        size = math.ceil(per_chunk / self.plan.devices) * self.plan.devices
+        if not whole:  # a segment program, whose sizes may be reused
             size = reuse_size(program.segment_sizes(), size, stop - start, group.config,
                               self.dataset.input_shape, self.dataset.output_size,
                               program.trainer.steps_per_epoch, jax.default_backend())
-        for offset in range(0, len(members), per_chunk):
-            chunk = members[offset:offset + per_chunk]
+        for offset in range(0, len(chunked), per_chunk):
+            chunk = [t for t in chunked[offset:offset + per_chunk] if t.index in states]
+            if not chunk:
+                continue
             out = program(chunk, size, [states[t.index] for t in chunk] if start else None,
                           start, stop)
             self.trial_epochs += len(chunk) * (stop - start)
