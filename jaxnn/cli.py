@@ -156,9 +156,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.distributed:
         _join(args)
 
-    if args.plan:
-        config = (config_lib.load(os.path.join(args.resume, sweep.SWEEP_CONFIG), args.set)
-                  if args.resume else load_config(args.config, args.set))
+    if args.plan:  # a resumed sweep's plan, with the checks its --resume makes
+        config = (_directory(args, sweep.SWEEP_CONFIG)[0] if args.resume
+                  else load_config(args.config, args.set))
         run.enable_precision(config)
         print(sweep.make_plan(config, run.prepare(config)).describe())
         return 0

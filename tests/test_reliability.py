@@ -182,6 +182,11 @@ def test_sweep_resume_cannot_change_what_its_trials_train(tmp_path, capsys):
     before = digest(workdir)
     fails(capsys, ["sweep", "--resume", str(workdir), "--set", "training.epochs=1"],
           "training.epochs")
+    # --plan of a resume makes the same checks (it printed a plan the resume refuses).
+    fails(capsys, ["sweep", "--resume", str(workdir), "--plan", "--set", "training.epochs=1"],
+          "training.epochs")
+    fails(capsys, ["sweep", config, "--resume", str(workdir), "--plan"],
+          "give either a config or --resume")
     assert digest(workdir) == before
 
 
