@@ -84,9 +84,14 @@ class Tape(NamedTuple):
     @property
     def label(self) -> str:
         """``layer 1.0.2 (Conv2D(16, 3))``, or the layer's name for the root."""
-        if not self.path:
-            return self.layer.name
-        return f"layer {'.'.join(map(str, self.path))} ({self.layer.name})"
+        return _label(self.layer, self.path)
+
+
+def _label(layer: Layer, path: tuple[int, ...]) -> str:
+    """``layer 1.0.2 (Conv2D(16, 3))``: ``layer`` at ``path``; its name alone at the root."""
+    if not path:
+        return layer.name
+    return f"layer {'.'.join(map(str, path))} ({layer.name})"
 
 
 def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | None = None,
@@ -96,7 +101,13 @@ def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | Non
     Under ``jax.jit`` an unused tape costs nothing; `pullback` walks it back.
     """
     if layer.wiring is None:
-        y, new_state = layer.apply(params, state, x, key=key, train=train)
+        try:
+            y, new_state = layer.apply(params, state, x, key=key, train=train)
+        except (TypeError, ValueError) as error:  # e.g. an input or params of other shapes
+            shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), x)
+            error.add_note(f"jaxnn: raised in {_label(layer, path)} with an input of "
+                           f"shape {shapes}")
+            raise
         return y, new_state, Tape(layer, path, params, state, x, y, key, train, ())
     tapes: dict[int, Tape] = {}
 
@@ -297,6 +308,7 @@ def FanInSum() -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
+        out_shape(tuple(branch.shape for branch in x))  # no broadcasting between branches
         return functools.reduce(operator.add, x)
 
     def backward(params, x, y, dy, *, key=None, train=False):

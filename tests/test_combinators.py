@@ -159,6 +159,23 @@ def test_branch_shape_errors_name_the_layer(net, shape, fragments, key):
         assert fragment in str(error.value)
 
 
+def test_apply_on_inputs_of_other_shapes_names_the_layer(key):
+    """``apply`` checks nothing ``init`` did not: JAX's own error gets a note naming the
+    layer and the input it was given; FanInSum does not broadcast branches."""
+    net = serial(Dense(16), Relu(), Residual(Dense(16)), Dense(10))
+    _, params, state = net.init(key, (None, 8))
+    with pytest.raises(TypeError, match="dot_general") as error:
+        net.apply(params, state, jnp.ones((4, 9)))
+    assert "jaxnn: raised in layer 0 (Dense(16)) with an input of shape (4, 9)" in \
+        error.value.__notes__
+    _, narrow, _ = serial(Dense(16), Relu(), Residual(Dense(16)), Dense(10)).init(key, (None, 5))
+    with pytest.raises(TypeError) as error:
+        net.apply(narrow, state, jnp.ones((4, 8)))
+    assert any("layer 0 (Dense(16))" in note for note in error.value.__notes__)
+    with pytest.raises(ShapeError, match=r"equal shape, got \(\(2, 4\), \(1, 4\)\)"):
+        FanInSum().apply((), (), (jnp.ones((2, 4)), jnp.ones((1, 4))))
+
+
 def test_combinators_reject_non_layers():
     with pytest.raises(TypeError, match=r"parallel: argument 1 is not a Layer.*Relu\(\)"):
         parallel(Dense(2), Relu)
