@@ -250,15 +250,18 @@ def _config_key(net: Layer, path: tuple[int, ...], keys: dict[int, str]) -> str:
     return found
 
 
-def check(config: Config, input_shape: tuple[int, ...], output_size: int) -> Layer:
+def check(config: Config, input_shape: tuple[int, ...], output_size: int) -> tuple[Layer, Any]:
     """Builds the network and checks its shapes against the data, without allocating.
+
+    Returns:
+      ``(net, params)``, the params as `jax.ShapeDtypeStruct`s.
 
     Raises:
       ConfigError: naming the file and ``model.layers`` (and the layer) at fault.
     """
     net, keys = _build(config.model, output_size, source=config.source)
     try:
-        out_shape, _, _ = shapes(net, (None, *input_shape))
+        out_shape, params, _ = shapes(net, (None, *input_shape))
     except ShapeError as error:
         key = _config_key(net, error.layer_path, keys)
         raise ConfigError(config.source, key,
@@ -267,4 +270,4 @@ def check(config: Config, input_shape: tuple[int, ...], output_size: int) -> Lay
         raise ConfigError(config.source, "model.layers",
                           f"the network outputs shape {out_shape}, the data needs "
                           f"(None, {output_size})")
-    return net
+    return net, params

@@ -35,7 +35,6 @@ from jaxnn import data as data_lib
 from jaxnn.compile_options import compile_lowered, compiler_options
 from jaxnn.config import Config, ConfigError
 from jaxnn.rundir import RunError  # re-exported: jaxnn.run.RunError
-from jaxnn.summary import shapes
 from jaxnn.train import PARAM_COPIES, Trainer, TrainState, default_hparams, make_train
 
 MAX_STEPS = 2**31 - 1  # the step and epoch counters are int32
@@ -73,7 +72,8 @@ def prepare(config: Config) -> data_lib.Dataset:
 
 def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     """What a config can get wrong about its data: the loss, the batch size, the layers'
-    shapes (a sweep checks each of its trials' configs with this).
+    shapes, the steps its counters hold and the memory its params need (a sweep checks
+    each of its trials' configs with this).
 
     Raises:
       ConfigError: naming the file and key.
@@ -90,18 +90,9 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "training.epochs", (
             f"{config.training.epochs} epochs of {per_epoch} steps are more steps than a run "
             f"counts ({MAX_STEPS:,}: int32 counters)"))
-    models.check(config, dataset.input_shape, dataset.output_size)
-
-
-def check_memory(config: Config, dataset: data_lib.Dataset) -> None:
-    """Refuses a run whose params, gradients and optimizer state would not fit in half the
-    device's memory (as a sweep refuses such a plan), before anything is drawn.
-
-    Raises:
-      ConfigError: naming the file, with the estimate and the budget.
-    """
-    net = models.build(config.model, dataset.output_size)
-    _, params, _ = shapes(net, (None, *dataset.input_shape))
+    _, params = models.check(config, dataset.input_shape, dataset.output_size)
+    # Params beyond the device's memory (with their gradients and optimizer state) would
+    # hang allocating; a sweep's planner also checks its chunks' activations and orders.
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
     need = PARAM_COPIES * count * np.dtype(config.training.precision).itemsize
     budget = host.memory_budget()
@@ -179,7 +170,6 @@ def train_and_evaluate(
     workdir = os.fspath(workdir)
     _check_directory(workdir, resume)
     dataset = prepare(config)
-    check_memory(config, dataset)
     trainer = make_train(config, dataset)
     hparams = default_hparams(config, trainer.dtype)
     with rundir.locked(workdir):
