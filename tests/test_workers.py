@@ -153,6 +153,16 @@ def test_two_workers_one_killed_lose_nothing_and_report_as_one(tmp_path, kind):
         assert row["curves"]["val_loss"] == pytest.approx(twin["curves"]["val_loss"], rel=1e-9)
         assert row["test_loss"] == pytest.approx(twin["test_loss"], rel=1e-9)
     assert os.path.exists(tmp_path / "shared" / "best.toml")
+    # A report replaces only the same study's report: never another study's, a sweep's
+    # (here "local") or a run's, which stay as they were.
+    assert workers.write_report(storage, "shared", str(tmp_path / "shared"))["table"] == \
+        shared["table"]
+    for other in ("alone", "local"):
+        before = {p.name: p.read_bytes() for p in (tmp_path / other).iterdir() if p.is_file()}
+        with pytest.raises(run.RunError, match="holds other results"):
+            workers.write_report(storage, "shared", str(tmp_path / other))
+        assert {p.name: p.read_bytes() for p in (tmp_path / other).iterdir()
+                if p.is_file()} == before
 
 
 def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypatch):

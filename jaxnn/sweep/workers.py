@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import os
 import socket
 import threading
@@ -52,6 +53,9 @@ HEARTBEAT_S = 10
 GRACE_BEATS = 3  # a trial is stale after this many heartbeat intervals without one
 MAX_RETRIES = 3  # a slot whose worker died this often is left FAIL (it may be what kills them)
 READY_TIMEOUT_S = 120
+# In a report's directory: which study it reports, so that only that study's report
+# replaces it.
+REPORT_OF = "report_of.json"
 
 
 def _optuna():
@@ -397,6 +401,26 @@ def final_rows(study) -> list[dict]:
     return [rows[slot] for slot in sorted(rows)]
 
 
+def _check_report_directory(workdir: str, url: str, name: str) -> None:
+    """Creates ``workdir``, or refuses it when it holds anything but an earlier report of
+    the same study (a run, a sweep, another study's report), which would be overwritten or
+    mixed with this one."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise rundir.RunError(f"{workdir} is a file, not a directory; choose another directory")
+    held = set(os.listdir(workdir)) - {rundir.LOCK} if os.path.isdir(workdir) else set()
+    if not held:
+        os.makedirs(workdir, exist_ok=True)
+        return
+    try:
+        with open(os.path.join(workdir, REPORT_OF)) as handle:
+            same = json.load(handle) == {"storage": url, "study": name}
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise rundir.RunError(f"{workdir} holds other results (a run, a sweep or another "
+                              "study's report); report into a new directory")
+
+
 def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, Any]:
     """Writes the shared study's report to ``workdir`` (None: a new directory under the
     config's output directory): ``results.jsonl`` (its rows), ``sweep.toml``, the table,
@@ -420,7 +444,9 @@ def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, A
     rows = final_rows(study)
     if workdir is None:
         workdir = rundir.create(config.output.dir, name)
-    os.makedirs(workdir, exist_ok=True)
+    _check_report_directory(workdir, url, name)
+    with open(os.path.join(workdir, REPORT_OF), "w") as handle:
+        json.dump({"storage": url, "study": name}, handle)
     with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
         handle.write(config_lib.dumps(config))
     jsonl.rewrite(os.path.join(workdir, RESULTS), rows)
