@@ -206,6 +206,9 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in (features, labels) if name not in archive.files]
+            if features == labels:
+                raise DataError(f"{path}: the features and the labels are one array, "
+                                f"{labels!r}")
             if missing:
                 raise DataError(f"{path}: no array named {missing[0]!r}; has {archive.files}")
             return archive[features].astype(np.float64), archive[labels]
@@ -241,6 +244,9 @@ def load_csv(
         raise DataError(f"{path}: empty CSV (a header row is expected)")
     header = [name.strip() for name in header]
     names = [c for c in header if c != label] if features is None else list(features)
+    if label in names or len(set(names)) != len(names):
+        raise DataError(f"{path}: the feature columns {names} repeat a column or hold the "
+                        f"label {label!r}")
     for name in (*names, label):
         if name not in header:
             raise DataError(f"{path}: no column {name!r}; columns are {header}")
@@ -374,6 +380,8 @@ def load(config) -> Dataset:
             x, y = load_csv(path, cfg.features or None, cfg.label or "label")
         if not len(x):
             raise DataError(f"{path}: no examples")
+        if not x[0].size:
+            raise DataError(f"{path}: the examples have no features (shape {x.shape})")
         num_classes = 0
         if cfg.task == "classification":
             y, num_classes = as_labels(y, f"{path}: {cfg.label or default_label}",

@@ -81,6 +81,10 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     if config.model.loss not in losses.LOSSES:
         raise ConfigError(config.source, "model.loss", f"unknown loss {config.model.loss!r}; "
                           f"known: {', '.join(losses.LOSSES)}")
+    if config.model.loss == "softmax_cross_entropy" and not dataset.num_classes:
+        raise ConfigError(config.source, "model.loss", (
+            "softmax_cross_entropy needs class labels, and these data are a regression task "
+            '(data.task); use "mse"'))
     if config.training.batch_size > len(dataset.x_train):
         raise ConfigError(config.source, "training.batch_size",
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "

@@ -70,6 +70,9 @@ BAD_CONFIGS = [
      "model.layers[0].features", "Conv2D: expected int, got 4.0"),
     ('[model]\nlayers = [{type = "Dense", features = 10}, {type = "Softmax", axis = 5}]\n',
      "model.layers[1]", "axis 5 is out of range for input of shape (None, 10)"),
+    # A single regression output under softmax: the loss is 0 whatever the weights.
+    ('[data]\nname = "regression"\n', "model.loss",
+     "softmax_cross_entropy needs class labels"),
 ]
 
 

@@ -96,6 +96,18 @@ def test_npz_and_csv_named_columns(tmp_path):
     bad = config.from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}})
     with pytest.raises(data.DataError, match="no array named 'x'"):
         data.load(bad)
+    # Features that hold the label (or repeat a column), or none at all, are refused.
+    for features, fragment in ((["a", "label"], "hold the label 'label'"),
+                               (["a", "a"], "repeat a column")):
+        with pytest.raises(data.DataError, match=fragment):
+            data.load(cfg.replace(data={"features": tuple(features), "task": "regression"}))
+    np.savez(tmp_path / "none.npz", x=np.zeros((9, 0)), y=np.arange(9) % 2)
+    with pytest.raises(data.DataError, match=r"no features \(shape \(9, 0\)\)"):
+        data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "none.npz"),
+                                    "features": ()}))
+    with pytest.raises(data.DataError, match="features and the labels are one array, 'y'"):
+        data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "none.npz"),
+                                    "features": ("y",)}))
     # A short row and a non-number are named by their line in the file; blank lines pass.
     for row, fragment in (("3,4", "line 4 has 2 values, the header 4"),
                           ("x,1,2,0", "line 4: non-numeric or missing value")):
