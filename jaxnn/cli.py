@@ -91,10 +91,21 @@ def _join(args: argparse.Namespace) -> None:
         except ValueError:
             raise RunError(f"{variable}={value!r} is not a whole number") from None
 
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator,
-        num_processes=number(args.num_processes, "JAX_NUM_PROCESSES"),
-        process_id=number(args.process_id, "JAX_PROCESS_ID"))
+    count = number(args.num_processes, "JAX_NUM_PROCESSES")
+    index = number(args.process_id, "JAX_PROCESS_ID")
+    if count is not None and count < 1:
+        raise RunError(f"--num-processes {count}: must be >= 1")
+    if index is not None and not 0 <= index < (count or index + 1):
+        raise RunError(f"--process-id {index}: must be in [0, {count}) (--num-processes)")
+    if args.coordinator is not None and ":" not in args.coordinator:
+        raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+    try:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=count, process_id=index)
+    except (ValueError, IndexError) as error:  # what JAX could not find or parse
+        raise RunError(f"--distributed: {error} (give --coordinator HOST:PORT, "
+                       "--num-processes and --process-id, or run under a cluster JAX "
+                       "detects)") from None
 
 
 def _shared(args: argparse.Namespace) -> int:
@@ -283,6 +294,13 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
     from jaxnn.run import RunError
 
     args = parser().parse_args(argv)
+    spmd = [flag for flag, value in (("--coordinator", getattr(args, "coordinator", None)),
+                                     ("--num-processes", getattr(args, "num_processes", None)),
+                                     ("--process-id", getattr(args, "process_id", None)))
+            if value is not None]
+    if spmd and not args.distributed:
+        print(f"jaxnn: error: {spmd[0]}: only with --distributed", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "sweep" and args.distributed and args.cpu_devices:
         print("jaxnn: error: --cpu-devices: not with --distributed (each process's devices "
               "are its own)", file=sys.stderr)

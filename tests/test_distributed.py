@@ -86,3 +86,19 @@ def test_two_processes_equal_one(tmp_path, devices_per_process, search):
 def test_distributed_needs_a_shared_directory(capsys):
     assert cli.main(["sweep", TINY, "--distributed"]) == 2
     assert "--distributed needs --workdir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (["--distributed", "--num-processes", "0", "--process-id", "0"],
+     "--num-processes 0: must be >= 1"),
+    (["--distributed", "--num-processes", "2", "--process-id", "5"],
+     "--process-id 5: must be in [0, 2)"),
+    (["--distributed", "--coordinator", "notanaddress"], "expected HOST:PORT"),
+    (["--num-processes", "2"], "--num-processes: only with --distributed"),
+])
+def test_bad_distributed_flags_are_one_error(tmp_path, capsys, flags, fragment):
+    """Checked before JAX's runtime is joined (JAX raised a ValueError or an IndexError)."""
+    assert cli.main(["sweep", TINY, *flags, "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
