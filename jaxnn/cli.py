@@ -133,6 +133,9 @@ def _shared(args: argparse.Namespace) -> int:
     if args.workdir:
         raise RunError("a worker writes only to the study; write its report with "
                        "jaxnn sweep --report --storage URL --study NAME --workdir DIR")
+    if args.heartbeat is not None and args.heartbeat < 1:
+        raise RunError(f"--heartbeat {args.heartbeat}: must be >= 1 second (a worker that "
+                       "beats less would have its trials taken as stale at once)")
     config = load_config(args.config, args.set)
     try:
         result = workers.run_worker(config, args.storage, args.study,

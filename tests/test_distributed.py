@@ -95,10 +95,13 @@ def test_distributed_needs_a_shared_directory(capsys):
      "--process-id 5: must be in [0, 2)"),
     (["--distributed", "--coordinator", "notanaddress"], "expected HOST:PORT"),
     (["--num-processes", "2"], "--num-processes: only with --distributed"),
+    (["--storage", "STORAGE", "--study", "s", "--heartbeat", "0"], "--heartbeat 0: must be >= 1"),
 ])
 def test_bad_distributed_flags_are_one_error(tmp_path, capsys, flags, fragment):
     """Checked before JAX's runtime is joined (JAX raised a ValueError or an IndexError)."""
-    assert cli.main(["sweep", TINY, *flags, "--workdir", str(tmp_path / "run")]) == 2
+    flags = [str(tmp_path / "study.journal") if flag == "STORAGE" else flag for flag in flags]
+    workdir = [] if "--storage" in flags else ["--workdir", str(tmp_path / "run")]
+    assert cli.main(["sweep", TINY, *flags, *workdir]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "study.journal").exists()
