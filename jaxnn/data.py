@@ -211,7 +211,11 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
                                 f"{labels!r}")
             if missing:
                 raise DataError(f"{path}: no array named {missing[0]!r}; has {archive.files}")
-            return archive[features].astype(np.float64), archive[labels]
+            x = archive[features]
+            if x.dtype.kind not in "biuf":  # complex, strings, objects
+                raise DataError(f"{path}: array {features!r} holds {x.dtype} values; features "
+                                "are real numbers")
+            return x.astype(np.float64), archive[labels]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except DataError:

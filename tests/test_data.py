@@ -105,6 +105,11 @@ def test_npz_and_csv_named_columns(tmp_path):
     with pytest.raises(data.DataError, match=r"no features \(shape \(9, 0\)\)"):
         data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "none.npz"),
                                     "features": ()}))
+    for values in (np.ones((9, 2), np.complex64), np.full((9, 2), "a")):
+        np.savez(tmp_path / "odd.npz", x=values, y=np.arange(9) % 2)
+        with pytest.raises(data.DataError, match=f"array 'x' holds {values.dtype} values"):
+            data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "odd.npz"),
+                                        "features": (), "task": "classification"}))
     with pytest.raises(data.DataError, match="features and the labels are one array, 'y'"):
         data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "none.npz"),
                                     "features": ("y",)}))
