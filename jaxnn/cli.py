@@ -95,8 +95,9 @@ def _join(args: argparse.Namespace) -> None:
     index = number(args.process_id, "JAX_PROCESS_ID")
     if count is not None and count < 1:
         raise RunError(f"--num-processes {count}: must be >= 1")
-    if index is not None and not 0 <= index < (count or index + 1):
-        raise RunError(f"--process-id {index}: must be in [0, {count}) (--num-processes)")
+    if index is not None and (index < 0 or (count is not None and index >= count)):
+        raise RunError(f"--process-id {index}: must be >= 0 and below --num-processes "
+                       f"({count})")
     if args.coordinator is not None and ":" not in args.coordinator:
         raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
     try:

@@ -92,7 +92,7 @@ def test_distributed_needs_a_shared_directory(capsys):
     (["--distributed", "--num-processes", "0", "--process-id", "0"],
      "--num-processes 0: must be >= 1"),
     (["--distributed", "--num-processes", "2", "--process-id", "5"],
-     "--process-id 5: must be in [0, 2)"),
+     "--process-id 5: must be >= 0 and below --num-processes (2)"),
     (["--distributed", "--coordinator", "notanaddress"], "expected HOST:PORT"),
     (["--num-processes", "2"], "--num-processes: only with --distributed"),
     (["--storage", "STORAGE", "--study", "s", "--heartbeat", "0"], "--heartbeat 0: must be >= 1"),

@@ -402,14 +402,10 @@ def final_rows(study) -> list[dict]:
 
 
 def _check_report_directory(workdir: str, url: str, name: str) -> None:
-    """Creates ``workdir``, or refuses it when it holds anything but an earlier report of
-    the same study (a run, a sweep, another study's report), which would be overwritten or
-    mixed with this one."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise rundir.RunError(f"{workdir} is a file, not a directory; choose another directory")
-    held = set(os.listdir(workdir)) - {rundir.LOCK} if os.path.isdir(workdir) else set()
-    if not held:
-        os.makedirs(workdir, exist_ok=True)
+    """Refuses ``workdir`` (locked, so existing) when it holds anything but an earlier
+    report of the same study (a run, a sweep, another study's report), which would be
+    overwritten or mixed with this one."""
+    if not set(os.listdir(workdir)) - {rundir.LOCK}:
         return
     try:
         with open(os.path.join(workdir, REPORT_OF)) as handle:
@@ -444,12 +440,13 @@ def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, A
     rows = final_rows(study)
     if workdir is None:
         workdir = rundir.create(config.output.dir, name)
-    _check_report_directory(workdir, url, name)
-    with open(os.path.join(workdir, REPORT_OF), "w") as handle:
-        json.dump({"storage": url, "study": name}, handle)
-    with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
-        handle.write(config_lib.dumps(config))
-    jsonl.rewrite(os.path.join(workdir, RESULTS), rows)
-    written = report.write(config, plan, rows, workdir, study)
+    with rundir.locked(workdir):  # one writer at a time, as for a sweep
+        _check_report_directory(workdir, url, name)
+        with open(os.path.join(workdir, REPORT_OF), "w") as handle:
+            json.dump({"storage": url, "study": name}, handle)
+        with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
+            handle.write(config_lib.dumps(config))
+        jsonl.rewrite(os.path.join(workdir, RESULTS), rows)
+        written = report.write(config, plan, rows, workdir, study)
     return {**written, "results": rows, "budget": study.user_attrs.get(BUDGET_ATTR),
             "study": study, "workdir": workdir}
