@@ -100,6 +100,8 @@ def test_cli_cpu_devices(tmp_path):
                   "--set", "sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2]}"]
     assert "(3 device(s))" in jaxnn("--cpu-devices", "3", *long_sweep).stdout
     assert "(1 device(s))" in jaxnn("--cpu-devices", "1", *long_sweep).stdout
+    # 4 trials shard over at most 4 devices: more would only pad the chunk
+    assert "(4 device(s))" in jaxnn("--cpu-devices", "64", *long_sweep).stdout
     for bad in (["--cpu-devices", "0"], ["--cpu-devices", "2", "--distributed"]):
         result = jaxnn(*bad)
         assert result.returncode == 2, result.stderr

@@ -236,9 +236,9 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     metric = spec.get("metric", "auto")
     if metric == "auto":
         metric = "val_accuracy" if dataset.num_classes else "val_loss"
-    if not all_trials:
-        return Plan((), (), metric, 0, jax.device_count(), config, spec, space,
-                    spec["search"], prune)
+    if not all_trials:  # an adaptive search's batches are sharded as the whole sweep is
+        devices = min(jax.device_count(), spec["batch"]) if _split_cpu() else jax.device_count()
+        return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune)
     backend = jax.default_backend()
     devices = jax.device_count()
     steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
@@ -314,10 +314,15 @@ def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
     """The devices a sweep shards its trials over: every device, except on a CPU that
     `jaxnn.host.split_cpu` split (one process), where a sweep whose modelled training is
     under `CPU_SHARDING_ABOVE_SECONDS` stays on one: sharding would cost it more compiling
-    than it saves. Chunk sizes stay multiples of every device either way."""
+    than it saves. Chunk sizes stay multiples of every device either way.
+
+    On a split CPU a sweep shards over no more devices than its largest program has trials:
+    more would only pad its chunks (``--cpu-devices 1000`` with 32 trials trained 1000 rows,
+    130 s against 6)."""
     devices = jax.device_count()
-    if not host.split_count() or jax.default_backend() != "cpu" or jax.process_count() > 1:
+    if not _split_cpu():
         return devices
+    devices = min(devices, max(len(group.trials) for group in groups))
     seconds = 0.0
     for group in groups:
         flops = program_step_flops(group.config, dataset.input_shape, dataset.output_size)
@@ -325,3 +330,9 @@ def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
             return devices
         seconds += training_seconds(len(group.trials), steps, flops, "cpu")
     return devices if seconds > CPU_SHARDING_ABOVE_SECONDS else 1
+
+
+def _split_cpu() -> bool:
+    """Whether this one process runs on a CPU that `jaxnn.host.split_cpu` split."""
+    return bool(host.split_count()) and jax.default_backend() == "cpu" \
+        and jax.process_count() == 1
