@@ -71,6 +71,11 @@ def test_a_worker_with_another_config_is_refused(tmp_path, capsys):
     assert "training.epochs = 7" in err and "created with 6" in err and "b.toml" in err
     assert cli.main(["sweep", "--report", "--storage", storage, "--study", "t"]) == 2
     assert "holds no study named 't'" in capsys.readouterr().err
+    for missing in (str(tmp_path / "none.journal"), f"sqlite:///{tmp_path}/none.db"):
+        # a report reads: it makes no empty journal or database in the missing one's place
+        assert cli.main(["sweep", "--report", "--storage", missing, "--study", "s"]) == 2
+        assert "none." in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a.toml", "b.toml", "study.journal"]
     assert cli.main(["sweep", path, "--storage", storage]) == 2
     assert "--study NAME go together" in capsys.readouterr().err
 

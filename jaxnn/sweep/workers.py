@@ -132,6 +132,7 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
             return _leased_journal()(url, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
         if heartbeat is None:
+            _check_database_file(url)  # else reading it would make an empty database
             storage = optuna.storages.RDBStorage(url)
         else:
             callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
@@ -150,6 +151,16 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
     except Exception as error:  # OSError, or the database's own errors
         raise rundir.RunError(f"--storage {url}: cannot open it: "
                               f"{str(error).splitlines()[0]}") from None
+
+
+def _check_database_file(url: str) -> None:
+    """Raises FileNotFoundError where ``url`` names an SQLite file that does not exist."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not parsed.database.startswith("file:") and not os.path.exists(parsed.database):
+        raise FileNotFoundError(f"no database file {parsed.database}")
 
 
 def _lock_as_transactions_begin(engine) -> None:
