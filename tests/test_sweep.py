@@ -211,6 +211,42 @@ def test_compiles_once_per_structural_group(tmp_path):
     assert out["programs_compiled"] == 2  # one per activation, never one per trial
 
 
+def test_the_next_program_compiles_while_one_trains_within_the_memory_budget(
+        tmp_path, monkeypatch):
+    events = []
+    dispatch = execute.GroupProgram.dispatch
+
+    def recorded(self, chunk, *args):
+        width = chunk[0].config.model.hidden[0]
+        events.append(("start", width))
+        collect = dispatch(self, chunk, *args)
+
+        def collected():
+            events.append(("collect", width))
+            return collect()
+        return collected
+
+    monkeypatch.setattr(execute.GroupProgram, "dispatch", recorded)
+    cfg = small_sweep("sweep.pack_widths=false")
+    rows = {}
+    for name, budget in (("overlapped", None), ("one at a time", 0)):
+        class Budgeted(execute.InFlight):
+            def __init__(self, bytes_per_trial, budget=budget):
+                super().__init__(bytes_per_trial)
+                self.budget = self.budget if budget is None else budget
+
+        monkeypatch.setattr(execute, "InFlight", Budgeted)
+        events.clear()
+        out = sweep.run_sweep(cfg, tmp_path / name)
+        assert out["programs_compiled"] == 2
+        assert events == ([("start", 4), ("start", 9), ("collect", 4), ("collect", 9)]
+                          if budget is None else
+                          [("start", 4), ("collect", 4), ("start", 9), ("collect", 9)])
+        rows[name] = [json.loads(line) for line in open(tmp_path / name / execute.RESULTS)]
+    assert [r["trial"] for r in rows["overlapped"]] == [0, 2, 1, 3]  # width 4's, then 9's
+    assert rows["overlapped"] == rows["one at a time"]
+
+
 def test_random_search_is_seeded(tmp_path):
     cfg = small_sweep("sweep.grid={}", "sweep.count=5", "sweep.seed=3",
                       "sweep.random={learning_rate = {distribution = 'log_uniform', "

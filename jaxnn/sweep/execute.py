@@ -4,10 +4,13 @@ Optuna sampler asks), training each batch in segments between pruning rungs, str
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,12 +18,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxnn import config as config_lib
-from jaxnn import jsonl, rundir
+from jaxnn import host, jsonl, rundir
 from jaxnn.config import Config
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
 from jaxnn.sweep.plan import Group, Plan, make_plan, structure
-from jaxnn.sweep.programs import GroupProgram, Prologue
+from jaxnn.sweep.programs import GroupProgram, Prologue, Segment
 from jaxnn.sweep.spec import make_trial
 
 RESULTS = "results.jsonl"
@@ -171,6 +174,32 @@ def _from_process_0(value: Any) -> Any:
     return json.loads(np.asarray(shared, np.uint8).tobytes().decode())
 
 
+class InFlight:
+    """Chunks started (dispatched to the devices) and not yet collected, oldest first: while
+    one trains, the host traces and compiles the next (a sweep of several programs overlaps
+    one's compiling with another's training). At most as many trials are in flight as fit in
+    the memory budget together (`jaxnn.host.memory_budget`), and with several processes one
+    chunk at a time."""
+
+    def __init__(self, bytes_per_trial: int):
+        self.budget = host.memory_budget() if jax.process_count() == 1 else 0
+        self.bytes_per_trial = bytes_per_trial
+        self.queue: collections.deque = collections.deque()  # (trials, collect)
+
+    def start(self, trials: int, launch: Callable[[], Callable[[], None]]) -> None:
+        """Collects the oldest chunks until ``trials`` more fit, then ``launch()``es them
+        (which returns their collecting function)."""
+        while self.queue and self.bytes_per_trial * (
+                trials + sum(n for n, _ in self.queue)) > self.budget:
+            self.queue.popleft()[1]()
+        self.queue.append((trials, launch()))
+
+    def finish_all(self) -> None:
+        """Collects every chunk still in flight, oldest first."""
+        while self.queue:
+            self.queue.popleft()[1]()
+
+
 class Sweep:
     """One sweep's training: its batches, the compiled programs they share, and the rows of
     finished trials, handed to ``record`` (rows -> None) as they finish."""
@@ -251,19 +280,22 @@ class Sweep:
         start = 0
         for stop in sorted({e for r in rungs.values() for e in r} | {
                 g.config.training.epochs for g in plan.groups}):
+            running = InFlight(plan.bytes_per_trial)
             for group in plan.groups:
                 if group.config.training.epochs >= stop:
-                    self.segment(group, states, history, start, stop)
+                    self.segment(group, states, history, start, stop, running)
+            running.finish_all()
             for b, at in rungs.items():
                 if stop in at:
                     self.rung(plan, [t for t in plan.trials if bracket[t.index] == b], stop,
                               states, history)
             start = stop
 
-    def segment(self, group: Group, states: dict, history: dict, start: int,
-                stop: int) -> None:
+    def segment(self, group: Group, states: dict, history: dict, start: int, stop: int,
+                running: InFlight) -> None:
         """Trains the group's active trials from ``start`` to ``stop`` epochs, in as few
-        chunks as its chunk size allows; emits the rows of trials that finish or diverge."""
+        chunks as its chunk size allows, each started in ``running``; emits the rows of
+        trials that finish or diverge as their chunk is collected."""
         members = [t for t in group.trials if t.index in states]
         if not members:
             return
@@ -284,34 +316,41 @@ class Sweep:
                               program.trainer.steps_per_epoch, jax.default_backend())
         for offset in range(0, len(chunked), per_chunk):
             chunk = [t for t in chunked[offset:offset + per_chunk] if t.index in states]
-            if not chunk:
-                continue
-            out = program(chunk, size, [states[t.index] for t in chunk] if start else None,
-                          start, stop)
-            self.trial_epochs += len(chunk) * (stop - start)
-            for position, trial in enumerate(chunk):
-                past = history.get(trial.index, {})
-                history[trial.index] = {name: np.concatenate([past[name], v[position]])
-                                        if name in past else v[position]
-                                        for name, v in out.metrics.items()}
-            metrics = {name: np.stack([history[t.index][name] for t in chunk])
-                       for name in out.metrics}
-            stopped = [p for p, t in enumerate(chunk)
-                       if final or np.any(metrics["nonfinite_step"][p] >= 0)]
-            for position, trial in enumerate(chunk):
-                if position not in stopped:
-                    states[trial.index] = out.state_of(position)
-            if not stopped:
-                continue
-            rows = result_rows([chunk[p] for p in stopped],
-                               {k: v[stopped] for k, v in metrics.items()},
-                               {k: v[stopped] for k, v in out.test.items()} if final else None)
-            if final and self.params is not None:
-                for position in stopped:
-                    self.params[chunk[position].index] = out.state_of(position).params
+            if chunk:
+                running.start(size, lambda chunk=chunk: functools.partial(
+                    self.collect, chunk, program.dispatch(
+                        chunk, size, [states[t.index] for t in chunk] if start else None,
+                        start, stop), states, history, stop - start, final))
+
+    def collect(self, chunk: list, out: Callable[[], Segment], states: dict, history: dict,
+                epochs: int, final: bool) -> None:
+        """Waits for a started chunk's ``out``; keeps its trials' histories and states, and
+        emits the rows of those that finished (``final``) or diverged."""
+        out = out()
+        self.trial_epochs += len(chunk) * epochs
+        for position, trial in enumerate(chunk):
+            past = history.get(trial.index, {})
+            history[trial.index] = {name: np.concatenate([past[name], v[position]])
+                                    if name in past else v[position]
+                                    for name, v in out.metrics.items()}
+        metrics = {name: np.stack([history[t.index][name] for t in chunk])
+                   for name in out.metrics}
+        stopped = [p for p, t in enumerate(chunk)
+                   if final or np.any(metrics["nonfinite_step"][p] >= 0)]
+        for position, trial in enumerate(chunk):
+            if position not in stopped:
+                states[trial.index] = out.state_of(position)
+        if not stopped:
+            return
+        rows = result_rows([chunk[p] for p in stopped],
+                           {k: v[stopped] for k, v in metrics.items()},
+                           {k: v[stopped] for k, v in out.test.items()} if final else None)
+        if final and self.params is not None:
             for position in stopped:
-                del states[chunk[position].index]
-            self.emit(rows)
+                self.params[chunk[position].index] = out.state_of(position).params
+        for position in stopped:
+            del states[chunk[position].index]
+        self.emit(rows)
 
     def rung(self, plan: Plan, members: list, stop: int, states: dict,
              history: dict) -> None:

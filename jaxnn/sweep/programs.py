@@ -309,6 +309,12 @@ class GroupProgram:
         """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one) from epoch
         ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0, else from
         ``states`` (one `TrainState` per trial, host arrays)."""
+        return self.dispatch(chunk_trials, size, states, first_epoch, stop_epoch)()
+
+    def dispatch(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
+                 stop_epoch: int) -> Callable[[], Segment]:
+        """Starts what `__call__` does (compiling its program if need be) and returns at
+        once, before it has run: calling the returned function waits for its `Segment`."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = sorted({t.config.training.seed for t in padded})
@@ -374,18 +380,27 @@ class GroupProgram:
             bounds = _put(bounds, replicated) if spread else bounds
             state, metrics, test_metrics = self._run("segment", shared_key, size,
                                                      (start, hparams, batches, *bounds, *test))
-        count = len(chunk_trials)
-        metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[:count],
-                                             _gathered((metrics, test_metrics)))
-        if not whole:  # the segment program fills an every-epoch buffer
-            metrics = {k: v[:, first_epoch:stop_epoch] for k, v in metrics.items()}
-        # Copied to the host once, on demand: indexing on the device would compile gathers.
-        host_state = functools.cache(lambda: _gathered(state))
+        return functools.partial(_collect, len(chunk_trials), state, metrics, test_metrics,
+                                 None if whole else (first_epoch, stop_epoch),
+                                 stop_epoch == epochs)
 
-        def state_of(position):
-            return jax.tree.map(lambda v: v[position], host_state())
 
-        return Segment(metrics, test_metrics if stop_epoch == epochs else None, state_of)
+def _collect(count: int, state, metrics, test_metrics, epochs: tuple[int, int] | None,
+             final: bool) -> Segment:
+    """The `Segment` of a dispatched chunk's outputs (waiting for them): the first ``count``
+    trials' rows, the metrics of ``epochs`` (start, stop) where they fill an every-epoch
+    buffer (a segment program), the test metrics where ``final``."""
+    metrics, test_metrics = jax.tree.map(lambda v: np.asarray(v)[:count],
+                                         _gathered((metrics, test_metrics)))
+    if epochs is not None:
+        metrics = {k: v[:, epochs[0]:epochs[1]] for k, v in metrics.items()}
+    # Copied to the host once, on demand: indexing on the device would compile gathers.
+    host_state = functools.cache(lambda: _gathered(state))
+
+    def state_of(position):
+        return jax.tree.map(lambda v: v[position], host_state())
+
+    return Segment(metrics, test_metrics if final else None, state_of)
 
 
 def _put(tree, sharding):
