@@ -203,6 +203,41 @@ def test_a_resumed_sweep_trains_its_chunks_as_an_uninterrupted_one(tmp_path, mon
     assert part == full
 
 
+def test_a_batched_grid_resumes_a_half_recorded_chunk_in_its_own_places(tmp_path,
+                                                                         monkeypatch):
+    """float32, batches of 2 trials: a kill while a chunk's two rows were appended leaves
+    the first; the resume trains the second in the uninterrupted program of 2, at its own
+    place (not alone, in a program of 1), so its results are the same to the bit."""
+    cfg = small_sweep("sweep.batch=2", "sweep.pack_widths=false", "training.epochs=6",
+                      "training.precision='float32'",
+                      grid="{learning_rate = [0.05, 0.2, 0.5, 0.7]}")
+    sweep.run_sweep(cfg, tmp_path / "full")
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 2)  # the second batch
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path / "part")
+    monkeypatch.setattr(execute, "result_rows", real)
+    results = tmp_path / "part" / execute.RESULTS
+    first, second = results.read_text().splitlines()
+    results.write_text(first + "\n" + second[:len(second) // 2])
+    sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    full, part = (sweep.read_results(str(tmp_path / name)) for name in ("full", "part"))
+    assert part == full
+
+
+def test_a_batched_grid_draws_its_params_at_the_whole_grids_widths(tmp_path):
+    """The first batch holds the narrower widths; the second's wider trial needs no wider
+    draw, which the program of the first batch's width 4, run again for the second's, would
+    not take; every trial is as in one batch."""
+    grid = "{learning_rate = [0.02, 0.2], width = [4, 6, 9]}"
+    batched = sweep.run_sweep(small_sweep("sweep.batch=2", "sweep.pack_widths=false",
+                                          grid=grid), tmp_path / "batched")
+    whole = sweep.run_sweep(small_sweep("sweep.pack_widths=false", grid=grid),
+                            tmp_path / "whole")
+    assert [r["values"]["width"] for r in batched["results"]] == [4, 6, 9, 4, 6, 9]
+    for a, b in zip(batched["results"], whole["results"], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-9)
+
+
 def test_compiles_once_per_structural_group(tmp_path):
     cfg = small_sweep(grid="{learning_rate = [0.01, 0.1, 0.3], activation = ['tanh', 'relu'], "
                            "momentum = [0.5, 0.9]}")

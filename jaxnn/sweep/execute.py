@@ -228,9 +228,12 @@ class Sweep:
                 self.train_batch(self.plan)
             elif self.plan.search == "grid":  # in batches of ``batch`` trials, in order
                 size, trials = self.plan.spec["batch"], self.plan.trials
+                # Drawn at the whole grid's widths, a batch's params need no wider draw later.
+                self.prologue.widen([g.config.model for g in self.plan.groups])
                 for first in range(0, len(trials), size):
-                    batch = [t for t in trials[first:first + size] if t.index not in self.done]
-                    if batch:
+                    # Planned whole, a resumed batch chunks its trials as it did uninterrupted.
+                    batch = trials[first:first + size]
+                    if any(t.index not in self.done for t in batch):
                         self.train_batch(make_plan(self.config, self.dataset, batch))
             else:
                 self.search(study)
@@ -315,18 +318,27 @@ class Sweep:
                               self.dataset.input_shape, self.dataset.output_size,
                               program.trainer.steps_per_epoch, jax.default_backend())
         for offset in range(0, len(chunked), per_chunk):
-            chunk = [t for t in chunked[offset:offset + per_chunk] if t.index in states]
-            if chunk:
-                running.start(size, lambda chunk=chunk: functools.partial(
-                    self.collect, chunk, program.dispatch(
-                        chunk, size, [states[t.index] for t in chunk] if start else None,
-                        start, stop), states, history, stop - start, final))
+            part = chunked[offset:offset + per_chunk]
+            chunk = [t for t in part if t.index in states]
+            if not chunk:
+                continue
+            # A whole run trains the trials a resumed chunk finished before again, where
+            # padding would be, so every trial keeps its place in the program.
+            trained = part if whole else chunk
+            running.start(size, lambda trained=trained, chunk=chunk: functools.partial(
+                self.collect, chunk, [trained.index(t) for t in chunk], program.dispatch(
+                    trained, size, [states[t.index] for t in chunk] if start else None,
+                    start, stop), states, history, stop - start, final))
 
-    def collect(self, chunk: list, out: Callable[[], Segment], states: dict, history: dict,
-                epochs: int, final: bool) -> None:
-        """Waits for a started chunk's ``out``; keeps its trials' histories and states, and
-        emits the rows of those that finished (``final``) or diverged."""
-        out = out()
+    def collect(self, chunk: list, positions: list[int], out: Callable[[], Segment],
+                states: dict, history: dict, epochs: int, final: bool) -> None:
+        """Waits for a started chunk's ``out`` (``chunk``'s trials at ``positions`` of it);
+        keeps their histories and states, and emits the rows of those that finished
+        (``final``) or diverged."""
+        out, rows_of = out(), np.asarray(positions)
+        out = Segment({k: v[rows_of] for k, v in out.metrics.items()},
+                      None if out.test is None else {k: v[rows_of] for k, v in out.test.items()},
+                      lambda p, state_of=out.state_of: state_of(positions[p]))
         self.trial_epochs += len(chunk) * epochs
         for position, trial in enumerate(chunk):
             past = history.get(trial.index, {})

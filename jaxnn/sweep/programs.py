@@ -284,11 +284,13 @@ class GroupProgram:
 
     def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
         signature = (kind, shared_key, size)
-        if signature not in self.compiled:
+        # A later batch's widest draw may be wider (`Prologue.widen`): another program.
+        key = (*signature, tuple(np.shape(leaf) for leaf in jax.tree.leaves(args)))
+        if key not in self.compiled:
             seconds = cost.training_seconds(
                 size, self.trainer.epochs * self.trainer.steps_per_epoch, self.step_flops,
                 jax.default_backend())
-            self.compiled[signature], spent, loaded = compile_timed(
+            self.compiled[key], spent, loaded = compile_timed(
                 self.program(kind, shared_key), args,
                 compiler_options(run_once=kind == "init",
                                  use_older_emitters=cost.older_emitters(self.config, seconds)),
@@ -298,11 +300,11 @@ class GroupProgram:
                                        self.packed_width, self.packed_layers, self.mesh))
             self.compile_s += spent
             self.loaded += loaded
-        return self.compiled[signature](*args)
+        return self.compiled[key](*args)
 
     def segment_sizes(self) -> list[int]:
         """The chunk sizes a segment program is compiled for."""
-        return sorted(size for kind, _, size in self.compiled if kind == "segment")
+        return sorted({size for kind, _, size, _ in self.compiled if kind == "segment"})
 
     def __call__(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
                  stop_epoch: int) -> Segment:
