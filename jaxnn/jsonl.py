@@ -1,8 +1,11 @@
 """JSON-lines files that survive a kill: per-epoch metrics and sweep results.
 
 Rows are appended, flushed and fsynced, one JSON object per line. A process killed mid-write
-leaves a partial last line; `read` drops it, and `repair` also cuts it off the file so that the
-next `append` starts on a line of its own instead of gluing a row to the fragment.
+leaves a partial last line (no newline after it); `read` drops it, and `repair` also cuts it
+off the file so that the next `append` starts on a line of its own instead of gluing a row to
+the fragment. Any other line that is not a JSON object is damage no kill makes: `read` and
+`repair` raise `DamagedFile`, naming the line, and change nothing (cutting the file there
+would lose every row after it).
 """
 
 from __future__ import annotations
@@ -11,10 +14,20 @@ import json
 import os
 from typing import Any
 
+from jaxnn.rundir import RunError
+
+
+class DamagedFile(RunError):
+    """A complete line of a rows file that is not a JSON object."""
+
 
 def _valid_prefix(path: str) -> tuple[list[dict[str, Any]], int]:
-    """The rows of the file's complete, parseable lines up to the first bad one, and the byte
-    length of that prefix."""
+    """The rows of the file's complete lines, and the byte length of those lines (all but a
+    partial last line).
+
+    Raises:
+      DamagedFile: a complete line is not a JSON object.
+    """
     if not os.path.exists(path):
         return [], 0
     with open(path, "rb") as handle:
@@ -29,16 +42,21 @@ def _valid_prefix(path: str) -> tuple[list[dict[str, Any]], int]:
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
-                break
+                row = None
             if not isinstance(row, dict):
-                break
+                number = data.count(b"\n", 0, end) + 1
+                text = line[:40].decode(errors="replace")
+                raise DamagedFile(f"{path}, line {number}: not a row (a JSON object) but "
+                                  f"{text!r}; the file is damaged (a kill cuts only its last "
+                                  "line short), and nothing was changed")
             rows.append(row)
         end = newline + 1
     return rows, end
 
 
 def read(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``path`` up to its first incomplete or unparseable line; [] if missing."""
+    """The rows of ``path`` but a partial last line; [] if missing (`DamagedFile`: see
+    above)."""
     return _valid_prefix(os.fspath(path))[0]
 
 

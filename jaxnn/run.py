@@ -124,6 +124,22 @@ def read_metrics(workdir: str) -> list[dict]:
     return jsonl.read(os.path.join(workdir, METRICS))
 
 
+def _metrics_until(workdir: str, epoch) -> list[dict]:
+    """The per-epoch metrics of a resumed run's epochs 1 to ``epoch`` (its checkpoint's); a
+    kill leaves those, and maybe later ones, which are dropped.
+
+    Raises:
+      RunError: epochs are missing or repeated (the file is damaged).
+    """
+    rows = [r for r in read_metrics(workdir)
+            if not (isinstance(r.get("epoch"), int) and r["epoch"] > int(epoch))]
+    if [r.get("epoch") for r in rows] != list(range(1, int(epoch) + 1)):
+        raise RunError(f"{os.path.join(workdir, METRICS)}: does not hold each of epochs 1 to "
+                       f"{int(epoch)} once, where {CHECKPOINT} is at epoch {int(epoch)}; the "
+                       "file is damaged, and nothing was changed")
+    return rows
+
+
 def _write_json_atomically(path: str, value: Any) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w") as handle:
@@ -184,8 +200,7 @@ def train_and_evaluate(
             # The checkpoint's template is the initial state's shapes: nothing is drawn.
             state, best = _restore(config, workdir, jax.eval_shape(trainer.init, key, hparams),
                                    best)
-            jsonl.rewrite(os.path.join(workdir, METRICS),
-                          [r for r in read_metrics(workdir) if r["epoch"] <= int(state.epoch)])
+            jsonl.rewrite(os.path.join(workdir, METRICS), _metrics_until(workdir, state.epoch))
         else:
             state = _initial_state(trainer, key, hparams)
             with open(os.path.join(workdir, CONFIG), "w") as handle:

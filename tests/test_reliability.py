@@ -217,6 +217,31 @@ def test_jsonl_reader_drops_a_partial_line_and_repair_truncates_it(tmp_path):
     jsonl.append(path, [{"a": 3}])
     assert jsonl.read(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
     assert jsonl.read(tmp_path / "missing.jsonl") == []
+    # A damaged line before the last is no kill's: an error naming it, the file as it was.
+    damaged = '{"a": 1}\nGARBAGE\n{"a": 3}\n'
+    path.write_text(damaged)
+    for reader in (jsonl.read, jsonl.repair):
+        with pytest.raises(jsonl.DamagedFile, match=r"rows.jsonl, line 2: .*'GARBAGE'"):
+            reader(path)
+    assert path.read_text() == damaged
+
+
+def test_a_resume_refuses_damaged_metrics_and_changes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert cli.main(["train", write(tmp_path, TINY), "--workdir", str(workdir), "--set",
+                     "training.epochs=4", "--set", "training.chunk_epochs=1"]) == 0
+    path = workdir / run.METRICS
+    lines = path.read_text().splitlines(keepends=True)
+    for damaged, said in ((["GARBAGE\n", *lines[1:]], "line 1: not a row"),
+                          (lines[:1] + lines[2:], "each of epochs 1 to 4 once"),  # one lost
+                          ([], "each of epochs 1 to 4 once")):
+        path.write_text("".join(damaged))
+        assert cli.main(["train", "--resume", str(workdir)]) == 2
+        assert said in capsys.readouterr().err
+        assert path.read_text() == "".join(damaged)
+    path.write_text("".join(lines) + lines[-1][:9])  # a kill's partial line is dropped
+    assert cli.main(["train", "--resume", str(workdir)]) == 0
+    assert path.read_text() == "".join(lines)
 
 
 # --- 4, 5, 10. data is validated before compiling, with the file and row named ----------------
