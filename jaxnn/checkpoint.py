@@ -74,9 +74,13 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            stored_paths = [str(p) for p in archive[_PATHS]]
-            stored = [archive[f"leaf_{i}"] for i in range(len(stored_paths))]
+        with open(path, "rb") as handle:
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+                raise ValueError("an array file, not an archive of a checkpoint's arrays")
+            with archive:
+                stored_paths = [str(p) for p in archive[_PATHS]]
+                stored = [archive[f"leaf_{i}"] for i in range(len(stored_paths))]
     except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as error:
         raise CheckpointError(
             f"{path}: corrupted or truncated checkpoint ({type(error).__name__}: {error})"

@@ -1,5 +1,6 @@
 """The training engine: vmapped trials, resume, determinism, divergence, data parallelism."""
 
+import io
 import json
 import os
 
@@ -137,13 +138,15 @@ def _state_template(cfg):
     return trainer.init(jax.random.key(0), default_hparams(cfg, trainer.dtype))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "an array"])
 def test_bad_checkpoint_is_a_clear_error(tmp_path, damage):
     run.train_and_evaluate(tiny(), tmp_path)
     path = tmp_path / "checkpoint.npz"
     data = path.read_bytes()
+    array = io.BytesIO()
+    np.save(array, np.zeros(3))  # a lone .npy array in its place
     path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100,
-                      "empty": b""}[damage])
+                      "empty": b"", "an array": array.getvalue()}[damage])
     with pytest.raises(checkpoint.CheckpointError, match="corrupted or truncated"):
         run.train_and_evaluate(tiny(), tmp_path, resume=True)
 
