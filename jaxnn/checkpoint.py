@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _PATHS = "__paths__"
+_NOTE = "__note__"
 
 
 class CheckpointError(ValueError):
@@ -36,14 +37,17 @@ def _to_numpy(leaf: Any) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def save(path: str | os.PathLike, tree: Any) -> None:
-    """Writes ``tree`` to ``path`` atomically (temporary file, fsync, rename)."""
+def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
+    """Writes ``tree`` (and a text ``note``, see `read_note`) to ``path`` atomically
+    (temporary file, fsync, rename)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     paths, leaves = _paths_and_leaves(tree)
     arrays = {f"leaf_{i}": _to_numpy(leaf) for i, leaf in enumerate(leaves)}
     arrays[_PATHS] = np.array(paths, dtype=np.str_)
+    if note is not None:
+        arrays[_NOTE] = np.array(note, dtype=np.str_)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -60,6 +64,13 @@ def save(path: str | os.PathLike, tree: Any) -> None:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+def read_note(path: str | os.PathLike) -> str | None:
+    """The text note saved with the checkpoint at ``path`` (None: saved without one; call
+    after `load`, which checks the file)."""
+    with np.load(os.fspath(path), allow_pickle=False) as archive:
+        return str(archive[_NOTE]) if _NOTE in archive.files else None
 
 
 def load(path: str | os.PathLike, template: Any) -> Any:

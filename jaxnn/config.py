@@ -349,14 +349,24 @@ def load_for_resume(path: str | os.PathLike, overrides: list[str] | None = None)
       ConfigError: naming the first override that would change the model, data, optimizer,
         schedule, training or sweep of the stored run, before anything is written.
     """
-    stored = _flat(to_dict(load(path)))
     config = load(path, overrides)
-    for key, value in _flat(to_dict(config)).items():
-        if key not in RESUMABLE and stored.get(key) != value:
-            raise ConfigError(os.fspath(path), key, (
-                f"a resumed run keeps what it was trained with ({stored.get(key)!r}, not "
-                f"{value!r}); start a new run to change it"))
+    change = resume_change(load(path), config)
+    if change is not None:
+        key, was, now = change
+        raise ConfigError(os.fspath(path), key, (
+            f"a resumed run keeps what it was trained with ({was!r}, not {now!r}); start a "
+            "new run to change it"))
     return config
+
+
+def resume_change(trained: Config, resumed: Config) -> tuple[str, Any, Any] | None:
+    """``(key, trained value, resumed value)`` of the first key outside `RESUMABLE` where a
+    resumed run's config differs from the one it was trained with; None where none does."""
+    was, now = _flat(to_dict(trained)), _flat(to_dict(resumed))
+    for key in sorted(set(was) | set(now)):
+        if key not in RESUMABLE and was.get(key) != now.get(key):
+            return key, was.get(key), now.get(key)
+    return None
 
 
 # --- writing ------------------------------------------------------------------------------

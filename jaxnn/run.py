@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import tomllib
 from typing import Any
 
 import jax
@@ -240,6 +241,14 @@ def _restore(config: Config, workdir: str, state: TrainState, best: dict):
     and ``best``: their templates)."""
     path = os.path.join(workdir, CHECKPOINT)
     saved = checkpoint.load(path, {"state": state, **_best_arrays(best)})
+    trained = checkpoint.read_note(path)
+    if trained is not None:  # an edited config.toml would train on with another config
+        change = config_lib.resume_change(config_lib.from_dict(tomllib.loads(trained)), config)
+        if change is not None:
+            key, was, now = change
+            raise RunError(f"{os.path.join(workdir, CONFIG)}: {key} is {now!r}, but the run "
+                           f"was trained with {was!r} ({CHECKPOINT}); restore it, or start a "
+                           "new run to change it")
     state = TrainState(*saved["state"])
     best = {k: saved[k].item() for k in best}
     epoch, epochs = int(state.epoch), config.training.epochs
@@ -329,7 +338,8 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
         jsonl.append(os.path.join(workdir, METRICS), rows)
         if config.output.checkpoint:
             checkpoint.save(os.path.join(workdir, CHECKPOINT),
-                            {"state": new_state, **_best_arrays(best)})
+                            {"state": new_state, **_best_arrays(best)},
+                            note=config_lib.dumps(config))  # what `_restore` checks
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}",
                         acc=f"{rows[-1]['train_accuracy']:.3f}",
                         val_acc=f"{rows[-1].get('val_accuracy', float('nan')):.3f}")

@@ -164,6 +164,18 @@ def test_a_refused_resume_leaves_the_run_as_it_was(finished_run, capsys):
     assert cli.main(["train", "--resume", str(finished_run)]) == 0  # still resumable
     assert cli.main(["train", "--resume", str(finished_run), "--set",
                      "training.progress=false"]) == 0  # what does not change training
+    # The stored config edited by hand: checked against the one its checkpoint was saved with.
+    stored = finished_run / run.CONFIG
+    text = stored.read_text()
+    for edit in (("epochs = 2", "epochs = 50"), ('activation = "relu"', 'activation = "tanh"')):
+        assert edit[0] in text
+        stored.write_text(text.replace(*edit))
+        before = digest(finished_run)
+        fails(capsys, ["train", "--resume", str(finished_run)],
+              f"{edit[1].split(' =')[0]} is", "but the run was trained with")
+        assert digest(finished_run) == before
+    stored.write_text(text)
+    assert cli.main(["train", "--resume", str(finished_run)]) == 0
 
 
 def test_a_checkpoint_epoch_out_of_range_is_refused(finished_run, capsys):
@@ -188,6 +200,19 @@ def test_sweep_resume_cannot_change_what_its_trials_train(tmp_path, capsys):
     fails(capsys, ["sweep", config, "--resume", str(workdir), "--plan"],
           "give either a config or --resume")
     assert digest(workdir) == before
+    # The stored sweep.toml edited by hand: checked against the config its study keeps.
+    stored = workdir / "sweep.toml"
+    text = stored.read_text()
+    stored.write_text(text.replace("epochs = 2", "epochs = 3"))
+    before = digest(workdir)
+    fails(capsys, ["sweep", "--resume", str(workdir)], "training.epochs is 3",
+          "the sweep was started with 2")
+    assert digest(workdir) == before
+    stored.write_text(text)
+    assert cli.main(["sweep", "--resume", str(workdir)]) == 0
+    # Its study is no worker's: it has no report of its own.
+    fails(capsys, ["sweep", "--report", "--storage", str(workdir / "study.journal"), "--study",
+                   "sweep"], "was not made by jaxnn sweep --study")
 
 
 # --- 6. a cut results.jsonl is repaired, not appended to ---------------------------------------

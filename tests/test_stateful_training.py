@@ -42,8 +42,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     run.train_and_evaluate(cfg, whole)
     real_save = checkpoint.save
 
-    def save_then_die(path, tree):
-        real_save(path, tree)
+    def save_then_die(path, tree, **kwargs):
+        real_save(path, tree, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)

@@ -107,8 +107,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     # Kill the second run right after its second checkpoint (epoch 4 of 6).
     real_save, saves = checkpoint.save, []
 
-    def save_then_die(path, tree):
-        real_save(path, tree)
+    def save_then_die(path, tree, **kwargs):
+        real_save(path, tree, **kwargs)
         saves.append(path)
         if len(saves) == 2:
             raise KeyboardInterrupt

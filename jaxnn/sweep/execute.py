@@ -110,7 +110,7 @@ def run_sweep(
         done = _start(config, plan, workdir, resume, writer)
         study = None
         if writer:
-            study = search.open_study(plan.spec, workdir, plan.metric, resume)
+            study = search.open_study(config, plan.spec, workdir, plan.metric, resume)
             search.record(study, done.values(), plan.space, plan.metric)
         results_path = os.path.join(workdir, RESULTS)
 

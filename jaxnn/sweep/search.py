@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jaxnn import config as config_lib
 from jaxnn import rundir
-from jaxnn.config import ConfigError
+from jaxnn.config import Config, ConfigError
 from jaxnn.sweep.spec import Distribution
 
 STUDY_FILE = "study.journal"
@@ -101,6 +103,9 @@ def sampler(search: str, seed: int):
     return samplers.RandomSampler(seed=seed)
 
 
+CONFIG_ATTR = "jaxnn_config"  # the study's user attribute holding its sweep config (TOML)
+
+
 def storage_of(spec: Mapping[str, Any], workdir: str):
     """The study's storage: ``[sweep] storage`` (a URL) or a journal file in ``workdir``.
 
@@ -120,11 +125,14 @@ def storage_of(spec: Mapping[str, Any], workdir: str):
     return journal.JournalStorage(journal.JournalFileBackend(path))
 
 
-def open_study(spec: Mapping[str, Any], workdir: str, metric: str, resume: bool):
-    """Creates the sweep's study (named after its directory), or loads it to resume.
+def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: str,
+               resume: bool):
+    """Creates the sweep's study (named after its directory, ``config`` kept in it), or
+    loads it to resume.
 
     Raises:
-      RunError: a new sweep whose study name the storage already holds.
+      RunError: a new sweep whose study name the storage already holds, or a resumed one
+        whose config differs from the study's (beyond `jaxnn.config.RESUMABLE`).
     """
     optuna = _quiet()
     name = os.path.basename(os.path.normpath(workdir))
@@ -133,15 +141,38 @@ def open_study(spec: Mapping[str, Any], workdir: str, metric: str, resume: bool)
     chosen = sampler(spec["search"], spec.get("seed", 0))
     if resume:
         try:
-            return optuna.load_study(study_name=name, storage=storage, sampler=chosen)
+            study = optuna.load_study(study_name=name, storage=storage, sampler=chosen)
         except KeyError:
             pass  # killed before the study was created
+        else:
+            _check_resumed_config(study, config)
+            return study
     try:
-        return optuna.create_study(study_name=name, storage=storage, direction=direction,
-                                   sampler=chosen)
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                    sampler=chosen)
     except optuna.exceptions.DuplicatedStudyError:
         raise rundir.RunError(f"the study storage already holds a study named {name!r}; "
                               "resume that sweep or choose another directory") from None
+    study.set_user_attr(CONFIG_ATTR, config_lib.dumps(config))
+    return study
+
+
+def study_config(study, source: str) -> Config:
+    """The sweep config the study was created with."""
+    return config_lib.from_dict(tomllib.loads(study.user_attrs[CONFIG_ATTR]), source)
+
+
+def _check_resumed_config(study, config: Config) -> None:
+    """Refuses a resumed sweep whose config (an edited ``sweep.toml``) is not the study's:
+    its trials would mix two sweeps' settings. A study without one (older) is not checked."""
+    if CONFIG_ATTR not in study.user_attrs:
+        return
+    change = config_lib.resume_change(study_config(study, config.source), config)
+    if change is not None:
+        key, was, now = change
+        raise rundir.RunError(f"{config.source}: {key} is {now!r}, but the sweep was started "
+                              f"with {was!r} (its study); restore it, or start a new sweep "
+                              "to change it")
 
 
 def by_index(study) -> dict[int, Any]:

@@ -34,7 +34,6 @@ import os
 import socket
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -46,7 +45,6 @@ from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, Sweep
 from jaxnn.sweep.plan import make_plan
 from jaxnn.sweep.spec import make_trial
 
-CONFIG_ATTR = "jaxnn_config"
 BUDGET_ATTR = "jaxnn_budget"  # set last by the study's creator: the study is ready
 HEARTBEAT_ATTR = "jaxnn_heartbeat"
 HEARTBEAT_S = 10
@@ -191,11 +189,6 @@ def _comparable(config: Config) -> dict:
     return values
 
 
-def study_config(study, source: str) -> Config:
-    """The sweep config the study was created with."""
-    return config_lib.from_dict(tomllib.loads(study.user_attrs[CONFIG_ATTR]), source)
-
-
 def _create(storage, name: str, config: Config, plan):
     """Creates the study with its config and one WAITING trial per budget slot; None when
     another worker created it first."""
@@ -206,7 +199,7 @@ def _create(storage, name: str, config: Config, plan):
                                     sampler=_sampler(plan))
     except optuna.exceptions.DuplicatedStudyError:
         return None
-    study.set_user_attr(CONFIG_ATTR, config_lib.dumps(config))
+    study.set_user_attr(search.CONFIG_ATTR, config_lib.dumps(config))
     budget = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for slot in range(budget):
         values = plan.trials[slot].values if plan.search == "grid" else {}
@@ -250,7 +243,7 @@ def join(storage, name: str, config: Config, plan):
                                   "while enqueueing it; delete it or use another name")
         time.sleep(0.2)
     differences = _differences(_comparable(config),
-                               _comparable(study_config(study, f"study {name!r}")))
+                               _comparable(search.study_config(study, f"study {name!r}")))
     if differences:
         key, mine, theirs = differences[0]
         raise rundir.RunError(f"{config.source}: {key} = {mine!r}, but study {name!r} was "
@@ -443,9 +436,9 @@ def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, A
         study = optuna.load_study(study_name=name, storage=open_storage(url, None))
     except KeyError:
         raise rundir.RunError(f"{url} holds no study named {name!r}") from None
-    if CONFIG_ATTR not in study.user_attrs:
+    if BUDGET_ATTR not in study.user_attrs:  # a sweep directory's own study has no budget
         raise rundir.RunError(f"study {name!r} in {url} was not made by jaxnn sweep --study")
-    config = study_config(study, f"study {name!r}")
+    config = search.study_config(study, f"study {name!r}")
     run.enable_precision(config)
     plan = make_plan(config, run.prepare(config))
     rows = final_rows(study)
