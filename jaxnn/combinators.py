@@ -251,6 +251,10 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(tuple(part) for part in zip(*results, strict=True))
 
     def forward(child, params, state, x, key):
+        if not isinstance(x, tuple | list) or len(x) != num:  # indexing an array would run
+            given = (f"{len(x)} inputs" if isinstance(x, tuple | list)
+                     else f"one input of shape {tuple(jnp.shape(x))}")
+            raise ShapeError(f"{name} has {num} branches, got {given}")
         results = [child(index, params[index], state[index], x[index], child_key)
                    for index, child_key in enumerate(split_key(key, num))]
         outputs, states = zip(*results, strict=True)

@@ -170,11 +170,16 @@ def is_multi_shape(shape: Any) -> bool:
         isinstance(s, tuple) for s in shape)
 
 
-def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str = "") -> None:
-    """Raises `ShapeError` unless ``input_shape`` is one shape of ``rank`` dimensions."""
+def check_single(name: str, input_shape: Any) -> None:
+    """Raises `ShapeError` where ``input_shape`` is a tuple of branches' shapes."""
     if is_multi_shape(input_shape):
         raise ShapeError(f"{name} takes one input, got the {len(input_shape)} branches "
                          f"{tuple(input_shape)}; join them first (FanInSum, FanInConcat)")
+
+
+def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str = "") -> None:
+    """Raises `ShapeError` unless ``input_shape`` is one shape of ``rank`` dimensions."""
+    check_single(name, input_shape)
     if len(input_shape) != rank:
         raise ShapeError(
             f"{name} expects input of rank {rank} {layout}, got shape {tuple(input_shape)}"

@@ -1,6 +1,8 @@
 """Branches: parallel, FanOut, FanInSum, FanInConcat and Residual -- shapes, forward values,
 manual rules against jax.grad (float64, 1e-10), planted wrong rules, and the summary."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +13,17 @@ from jaxnn import (
     BatchNorm,
     Conv2D,
     Dense,
+    Dropout,
     FanInConcat,
     FanInSum,
     FanOut,
     Flatten,
+    Identity,
     MaxPool2D,
     Relu,
     Residual,
     ShapeError,
+    Softmax,
     Tanh,
     losses,
     manual,
@@ -150,6 +155,10 @@ def test_residual_is_x_plus_f_of_x(key):
         (serial(FanOut(2), FanInConcat(axis=0)), (None, 5), ["batch axis"]),
         (serial(Dense(2), parallel(Dense(2))), (None, 5), ["layer 1 (parallel(Dense(2)))",
                                                              "single shape"]),
+        # Layers of one input refuse branches at init (apply would fail on the tuple).
+        *[(serial(FanOut(2), layer), (None, 5), [f"layer 1 ({layer.name})", "2 branches",
+                                                 "join them first"])
+          for layer in (Relu(), Identity(), Softmax(), Flatten(), Dropout(0.5))],
     ],
 )
 def test_branch_shape_errors_name_the_layer(net, shape, fragments, key):
@@ -174,6 +183,14 @@ def test_apply_on_inputs_of_other_shapes_names_the_layer(key):
     assert any("layer 0 (Dense(16))" in note for note in error.value.__notes__)
     with pytest.raises(ShapeError, match=r"equal shape, got \(\(2, 4\), \(1, 4\)\)"):
         FanInSum().apply((), (), (jnp.ones((2, 4)), jnp.ones((1, 4))))
+    # parallel takes exactly its branches: an array's rows or extra inputs are not branches.
+    both = parallel(Dense(2), Dense(2))
+    _, params, state = both.init(key, ((None, 3), (None, 3)))
+    x = jnp.ones((5, 3))
+    for wrong, said in ((x, "one input of shape (5, 3)"), ((x,) * 3, "3 inputs"),
+                        ((x,), "1 inputs")):
+        with pytest.raises(ShapeError, match=re.escape(f"has 2 branches, got {said}")):
+            both.apply(params, state, wrong)
 
 
 def test_combinators_reject_non_layers():

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, ShapeError, stateless
+from jaxnn.layer import Layer, Shape, ShapeError, check_single, stateless
 
 
 def _activation(
@@ -28,6 +28,7 @@ def _activation(
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
+        check_single(name, input_shape)
         if axis is not None and not -len(input_shape) <= axis < len(input_shape):
             raise ShapeError(f"{name}: axis {axis} is out of range for input of shape "
                              f"{tuple(input_shape)}")

@@ -7,7 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, stateless
+from jaxnn.layer import Layer, Shape, check_single, stateless
 
 
 def Dropout(rate: float | jax.Array) -> Layer:
@@ -28,6 +28,7 @@ def Dropout(rate: float | jax.Array) -> Layer:
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
+        check_single(name, input_shape)
         return tuple(input_shape), ()
 
     def scale(x, key):

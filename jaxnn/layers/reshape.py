@@ -6,7 +6,7 @@ import math
 
 import jax
 
-from jaxnn.layer import Layer, Shape, ShapeError, stateless
+from jaxnn.layer import Layer, Shape, ShapeError, check_single, stateless
 
 
 def Flatten() -> Layer:
@@ -15,6 +15,7 @@ def Flatten() -> Layer:
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
+        check_single(name, input_shape)
         if len(input_shape) < 1:
             raise ShapeError(f"{name} needs a batch dimension, got shape {tuple(input_shape)}")
         if any(dim is None for dim in input_shape[1:]):
