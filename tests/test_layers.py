@@ -237,7 +237,10 @@ def test_bad_constructor_arguments(make):
      (lambda: Conv2DTranspose(0), "0"), (lambda: Conv2DTranspose(2, (3, 0)), "(3, 0)"),
      (lambda: Conv2DTranspose(2, stride=0), "0"),
      (lambda: Conv2DTranspose(2, padding="FULL"), "'FULL'"),
-     (lambda: SumPool2D(0), "0"), (lambda: SumPool2D(2, padding="FULL"), "'FULL'")],
+     (lambda: SumPool2D(0), "0"), (lambda: SumPool2D(2, padding="FULL"), "'FULL'"),
+     # a window of padding alone (MaxPool2D's -inf, AvgPool2D's 0 / 0)
+     (lambda: MaxPool2D(2, padding=2), "smaller than the window (2, 2)"),
+     (lambda: AvgPool2D(3, padding=((0, 1), (3, 0))), "((0, 1), (3, 0))")],
 )
 def test_new_layers_reject_bad_arguments_quoting_them(make, quoted):
     with pytest.raises(ValueError) as error:

@@ -191,7 +191,9 @@ def test_shape_errors(layer, shape, fragment, key):
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [(lambda: BatchNorm(momentum=1.0), "momentum"), (lambda: LayerNorm(epsilon=0), "epsilon"),
-     (lambda: GroupNorm(0), "num_groups")],
+     (lambda: GroupNorm(0), "num_groups"),
+     (lambda: BatchNorm(epsilon=float("nan")), "epsilon must be finite and > 0, got nan"),
+     (lambda: GroupNorm(2, epsilon=float("inf")), "epsilon must be finite and > 0, got inf")],
 )
 def test_bad_arguments(make, fragment):
     with pytest.raises(ValueError, match=fragment):

@@ -72,8 +72,8 @@ def _affine_grads(params, xhat, dy, axes):
 
 
 def _check_options(name: str, epsilon: float, momentum: float | None = None) -> None:
-    if not isinstance(epsilon, numbers.Real) or epsilon <= 0:
-        raise ValueError(f"{name}: epsilon must be > 0, got {epsilon!r}")
+    if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
+        raise ValueError(f"{name}: epsilon must be finite and > 0, got {epsilon!r}")
     if momentum is not None and (not isinstance(momentum, numbers.Real)
                                  or not 0 <= momentum < 1):
         raise ValueError(f"{name}: momentum is the share of the running statistics kept per "

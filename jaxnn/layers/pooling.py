@@ -25,6 +25,11 @@ def _pool(kind, window, stride, padding):
     window = _spatial.pair(window, "window", kind)
     strides = _spatial.pair(window if stride is None else stride, "stride", kind)
     padding = _spatial.check_padding(padding, kind)
+    if not isinstance(padding, str):
+        pads = _spatial.explicit_pads(padding, (0, 0), window, strides)
+        if any(pad >= size for size, pair in zip(window, pads, strict=True) for pad in pair):
+            raise ValueError(f"{kind}: padding must be smaller than the window {window} (a "
+                             f"window of padding alone has no value), got {padding!r}")
     name = f"{kind}({window}, stride={strides}, padding={padding!r})"
 
     def init(key: jax.Array, input_shape: Shape):
