@@ -207,7 +207,11 @@ def with_rule_gradient(layer: Layer) -> Layer:
 
     def backward(residuals, dy):
         params, x, y = residuals
-        return layer.backward(params, (), x, y, dy)
+        dparams, dx = layer.backward(params, (), x, y, dy)
+        # Cotangents in their primals' dtypes, as autodiff gives them (float32 params on a
+        # float64 input get float32 gradients, or an optimizer's state would change dtype).
+        return jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params), \
+            dx.astype(x.dtype)
 
     rule_apply.defvjp(forward, backward)
 

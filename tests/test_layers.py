@@ -686,3 +686,26 @@ def test_conv2d_transpose_equals_lax_conv_transpose(kernel, stride, padding, key
     for got, want in zip(jax.tree.leaves(through_rule(dy)),
                          jax.tree.leaves(jax.vjp(reference, params, x)[1](dy)), strict=True):
         assert _relative_error(got, want) <= 1e-12
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2D(2, 3, dtype=jnp.float32),
+                                  lambda: Conv1D(2, 3, dtype=jnp.float32),
+                                  lambda: MaxPool2D(2)])
+def test_gradients_come_in_the_params_and_inputs_dtypes(make, key):
+    """float32 params on a float64 input: the CPU rule's promoted float64 cotangents are
+    given back in float32, as autodiff of the plain forward gives them (an optimizer's state
+    would otherwise change dtype inside a training loop)."""
+    layer = make()
+    shape = (None, 6, 2) if layer.name.startswith("Conv1D") else (None, 4, 4, 2)
+    _, params, state = layer.init(key, shape)
+    x = jnp.ones((2, *shape[1:]), jnp.float64)
+
+    def dtypes(apply):
+        grads = jax.grad(lambda p, x: apply(p, state, x)[0].sum(), argnums=(0, 1))(params, x)
+        return jax.tree.map(lambda g: g.dtype, grads)
+
+    with jax.numpy_dtype_promotion("standard"):  # the mix is the point
+        assert dtypes(layer.apply) == dtypes(layer.reference.apply)
+        y = jnp.zeros_like(layer.apply(params, state, x)[0])
+        manual = jaxnn.manual.grad(layer, jaxnn.losses.mse, params, state, x, y)
+    assert jax.tree.map(lambda g: g.dtype, manual) == jax.tree.map(lambda p: p.dtype, params)
