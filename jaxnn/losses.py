@@ -73,13 +73,17 @@ def _sce_value(logits, target):
 
 def _sce_grad(logits, target):
     probs = _as_probabilities(logits, target)
-    return (jax.nn.softmax(logits, axis=-1) - probs) / logits.shape[0]
+    softmax = jax.nn.softmax(logits, axis=-1)
+    if target.ndim == logits.ndim - 1:  # one-hot rows: each sums to 1
+        return (softmax - probs) / logits.shape[0]
+    return (softmax * probs.sum(axis=-1, keepdims=True) - probs) / logits.shape[0]
 
 
 softmax_cross_entropy = Loss(_sce_value, _sce_grad, "softmax_cross_entropy")
 """Cross-entropy of ``softmax(logits)`` against integer labels or one-hot/probability rows.
 
-Fused with its softmax, the manual gradient is ``(softmax(z) - onehot(y)) / m``.
+Fused with its softmax, the manual gradient is ``(softmax(z) - onehot(y)) / m``; for target
+rows ``t`` (which need not sum to 1), ``(softmax(z) Σt - t) / m``.
 """
 
 

@@ -82,8 +82,10 @@ def test_losses_match_optax(key):
 def test_manual_loss_gradient_equals_autodiff(loss, key):
     logits, labels, binary = _data(key)
     pred = jax.nn.sigmoid(logits) if loss.name == "binary_cross_entropy" else logits
-    targets = [labels, jax.nn.one_hot(labels, 5, dtype=jnp.float64)] if "softmax" in loss.name \
-        else [binary]
+    # Target rows need not sum to 1 (e.g. weighted or hand-smoothed labels).
+    unnormalized = jax.random.uniform(key, (logits.shape[0], 5), jnp.float64)
+    targets = [labels, jax.nn.one_hot(labels, 5, dtype=jnp.float64), unnormalized] \
+        if "softmax" in loss.name else [binary]
     for target in targets:
         np.testing.assert_allclose(loss.grad(pred, target), jax.grad(loss.value)(pred, target),
                                    rtol=1e-10, atol=1e-14)
