@@ -175,7 +175,8 @@ def train_and_evaluate(
     Args:
       config: a validated config.
       workdir: the run directory (created if needed).
-      resume: continue from ``workdir``'s checkpoint; the result equals an uninterrupted run.
+      resume: continue from ``workdir``'s checkpoint; the result equals an uninterrupted run
+        (one stopped before its first epoch, its config alone written, starts anew).
 
     Returns:
       The summary (also written to ``summary.json``); ``status`` is "completed",
@@ -189,6 +190,9 @@ def train_and_evaluate(
     started = time.perf_counter()
     enable_precision(config)
     workdir = os.fspath(workdir)
+    if resume and os.path.exists(os.path.join(workdir, CONFIG)) and not any(
+            os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES):
+        resume = False  # stopped before it trained anything (while compiling): it starts anew
     _check_directory(workdir, resume)
     dataset = prepare(config)
     trainer = make_train(config, dataset)

@@ -452,6 +452,22 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     assert int(saved.epoch) in (len(epochs), len(epochs) - 1)
 
 
+def test_a_run_stopped_before_its_first_epoch_resumes_from_the_start(tmp_path, monkeypatch):
+    """Ctrl-C while compiling leaves the config alone; the message's ``--resume`` starts the
+    run anew (it said "nothing to resume"), as an uninterrupted run."""
+    config = write(tmp_path, TINY)
+    workdir = tmp_path / "run"
+    monkeypatch.setattr(run, "_finish", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(rundir.Interrupted, match=f"jaxnn train --resume {workdir}"):
+        with rundir.guarded(str(workdir), "train", created=True):
+            run.train_and_evaluate(config_lib.load(config), workdir)
+    assert sorted(os.listdir(workdir)) == [".lock", run.CONFIG]
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(workdir)]) == 0
+    assert cli.main(["train", config, "--workdir", str(tmp_path / "whole")]) == 0
+    assert run.read_metrics(str(workdir)) == run.read_metrics(str(tmp_path / "whole"))
+
+
 def _template(workdir):
     """A fresh training state and early-stopping record of the run's config (to restore into)."""
     cfg = config_lib.load(workdir / run.CONFIG)
