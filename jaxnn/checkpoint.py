@@ -38,7 +38,7 @@ def _to_numpy(leaf: Any) -> np.ndarray:
 
 
 def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
-    """Writes ``tree`` (and a text ``note``, see `read_note`) to ``path`` atomically
+    """Writes ``tree`` (and a text ``note``, see `load_noted`) to ``path`` atomically
     (temporary file, fsync, rename)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -66,13 +66,6 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
         os.close(directory_fd)
 
 
-def read_note(path: str | os.PathLike) -> str | None:
-    """The text note saved with the checkpoint at ``path`` (None: saved without one; call
-    after `load`, which checks the file)."""
-    with np.load(os.fspath(path), allow_pickle=False) as archive:
-        return str(archive[_NOTE]) if _NOTE in archive.files else None
-
-
 def load(path: str | os.PathLike, template: Any) -> Any:
     """Reads a checkpoint into the structure of ``template`` (arrays, or their
     `jax.ShapeDtypeStruct`s from `jax.eval_shape`).
@@ -81,6 +74,11 @@ def load(path: str | os.PathLike, template: Any) -> Any:
       CheckpointError: naming the file, for a missing, truncated or corrupted file, or
         one whose leaves do not match the template's paths, shapes and dtypes.
     """
+    return load_noted(path, template)[0]
+
+
+def load_noted(path: str | os.PathLike, template: Any) -> tuple[Any, str | None]:
+    """`load`, and the text note saved with the tree (None: saved without one)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -92,6 +90,7 @@ def load(path: str | os.PathLike, template: Any) -> Any:
             with archive:
                 stored_paths = [str(p) for p in archive[_PATHS]]
                 stored = [archive[f"leaf_{i}"] for i in range(len(stored_paths))]
+                note = str(archive[_NOTE]) if _NOTE in archive.files else None
     except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as error:
         raise CheckpointError(
             f"{path}: corrupted or truncated checkpoint ({type(error).__name__}: {error})"
@@ -119,4 +118,4 @@ def load(path: str | os.PathLike, template: Any) -> Any:
                 raise CheckpointError(f"{path}: leaf {name} has dtype {value.dtype}, the model "
                                       f"expects {want.dtype}")
             restored.append(jnp.asarray(value))
-    return jax.tree.unflatten(jax.tree.structure(template), restored)
+    return jax.tree.unflatten(jax.tree.structure(template), restored), note

@@ -244,8 +244,7 @@ def _restore(config: Config, workdir: str, state: TrainState, best: dict):
     """The checkpoint's training state and early-stopping record, range-checked (``state``
     and ``best``: their templates)."""
     path = os.path.join(workdir, CHECKPOINT)
-    saved = checkpoint.load(path, {"state": state, **_best_arrays(best)})
-    trained = checkpoint.read_note(path)
+    saved, trained = checkpoint.load_noted(path, {"state": state, **_best_arrays(best)})
     if trained is not None:  # an edited config.toml would train on with another config
         change = config_lib.resume_change(config_lib.from_dict(tomllib.loads(trained)), config)
         if change is not None:
