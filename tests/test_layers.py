@@ -240,7 +240,11 @@ def test_bad_constructor_arguments(make):
      (lambda: SumPool2D(0), "0"), (lambda: SumPool2D(2, padding="FULL"), "'FULL'"),
      # a window of padding alone (MaxPool2D's -inf, AvgPool2D's 0 / 0)
      (lambda: MaxPool2D(2, padding=2), "smaller than the window (2, 2)"),
-     (lambda: AvgPool2D(3, padding=((0, 1), (3, 0))), "((0, 1), (3, 0))")],
+     (lambda: AvgPool2D(3, padding=((0, 1), (3, 0))), "((0, 1), (3, 0))"),
+     (lambda: AvgPool2D(2, count_include_pad="no"), "'no'"),
+     (lambda: LeakyRelu(float("nan")), "nan"), (lambda: LeakyRelu("a"), "'a'"),
+     (lambda: Gelu("yes"), "'yes'"), (lambda: Softmax(axis=1.5), "1.5"),
+     (lambda: LogSoftmax(axis="x"), "'x'"), (lambda: Dropout("0.5"), "'0.5'")],
 )
 def test_new_layers_reject_bad_arguments_quoting_them(make, quoted):
     with pytest.raises(ValueError) as error:

@@ -68,7 +68,14 @@ def Relu() -> Layer:
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
-    """``y = z`` for ``z >= 0``, else ``negative_slope * z``."""
+    """``y = z`` for ``z >= 0``, else ``negative_slope * z``.
+
+    Raises:
+      ValueError: for a ``negative_slope`` that is not a finite number.
+    """
+    if not _is_number(negative_slope) or not math.isfinite(negative_slope):
+        raise ValueError(f"LeakyRelu: negative_slope must be a finite number, got "
+                         f"{negative_slope!r}")
 
     def fn(x):
         return jnp.where(x >= 0, x, negative_slope * x)
@@ -86,6 +93,8 @@ def Gelu(approximate: bool = True) -> Layer:
     ``0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 a z^2)`` with ``t = tanh(c (z + a z^3))``,
     ``c = sqrt(2 / π)``, ``a = 0.044715``.
     """
+    if not isinstance(approximate, bool):
+        raise ValueError(f"Gelu: approximate must be True or False, got {approximate!r}")
     c, a = math.sqrt(2 / math.pi), 0.044715
 
     def input_grad(x, y, dy):
@@ -118,10 +127,19 @@ def _elu_slope(x: jax.Array) -> jax.Array:
     return jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)) + 1
 
 
+def _is_number(value) -> bool:
+    """A real number (a bool is not one here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_alpha(layer: str, alpha: float) -> None:
-    if (not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha)
-            or alpha <= 0):
+    if not _is_number(alpha) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"{layer}: alpha must be a positive finite number, got {alpha!r}")
+
+
+def _check_axis(layer: str, axis: int) -> None:
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ValueError(f"{layer}: axis must be an int, got {axis!r}")
 
 
 def Elu(alpha: float = 1.0) -> Layer:
@@ -186,6 +204,7 @@ def Silu() -> Layer:
 
 def Softmax(axis: int = -1) -> Layer:
     """``y = exp(z) / sum(exp(z))`` along ``axis``; ``dz = y ⊙ (dy - sum(dy ⊙ y))``."""
+    _check_axis("Softmax", axis)
 
     def input_grad(x, y, dy):
         del x
@@ -197,6 +216,7 @@ def Softmax(axis: int = -1) -> Layer:
 
 def LogSoftmax(axis: int = -1) -> Layer:
     """``y = z - logsumexp(z)`` along ``axis``; ``dz = dy - exp(y) sum(dy)``."""
+    _check_axis("LogSoftmax", axis)
 
     def input_grad(x, y, dy):
         del x

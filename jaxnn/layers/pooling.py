@@ -125,6 +125,9 @@ def AvgPool2D(
       A parameter-free `Layer`.
     """
     name, window, strides, init, geometry, reduce = _pool("AvgPool2D", window, stride, padding)
+    if not isinstance(count_include_pad, bool):
+        raise ValueError(f"AvgPool2D: count_include_pad must be True or False, got "
+                         f"{count_include_pad!r}")
     if not count_include_pad:
         name = name[:-1] + ", count_include_pad=False)"
 
