@@ -1,5 +1,6 @@
 """The layer protocol: shape inference, summaries, errors and JAX transformations."""
 
+import math
 import pathlib
 
 import jax
@@ -713,3 +714,21 @@ def test_gradients_come_in_the_params_and_inputs_dtypes(make, key):
         y = jnp.zeros_like(layer.apply(params, state, x)[0])
         manual = jaxnn.manual.grad(layer, jaxnn.losses.mse, params, state, x, y)
     assert jax.tree.map(lambda g: g.dtype, manual) == jax.tree.map(lambda p: p.dtype, params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.int32])
+@pytest.mark.parametrize(("make", "shape"), [(lambda: Conv2D(2, 3), (5, 5, 2)),
+                                             (lambda: Conv1D(2, 3), (6, 2)),
+                                             (lambda: Conv2DTranspose(2, 3, stride=2), (3, 3, 2))])
+def test_convolutions_promote_their_input_as_dense_does(make, shape, dtype, key):
+    """A bfloat16 or integer input on float32 filters computes in float32, as Dense's matmul
+    does (XLA's convolution takes one dtype: it raised)."""
+    layer = make()
+    _, params, state = layer.init(key, (None, *shape))
+    params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    x = jnp.arange(2 * math.prod(shape)).reshape(2, *shape) % 5
+    with jax.numpy_dtype_promotion("standard"):
+        y = layer.apply(params, state, x.astype(dtype))[0]
+        grads = jax.grad(lambda p: layer.apply(p, state, x.astype(dtype))[0].sum())(params)
+    np.testing.assert_array_equal(y, layer.apply(params, state, x.astype(jnp.float32))[0])
+    assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)

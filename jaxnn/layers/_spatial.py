@@ -159,6 +159,13 @@ class ConvArguments(NamedTuple):
     b_init: initializers.Initializer
 
 
+def promoted(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x`` and the filter ``w`` in their common dtype, as Dense's matmul computes: XLA's
+    convolution takes one dtype (a bfloat16 or integer input on float32 filters failed)."""
+    dtype = jnp.result_type(x, w)
+    return x.astype(dtype), w.astype(dtype)
+
+
 def conv_arguments(layer, features, kernel_size, stride, padding, w_init, b_init):
     """Checks a 2-D convolution's constructor arguments, raising ValueError naming ``layer``
     and quoting the bad value."""

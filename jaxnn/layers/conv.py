@@ -113,20 +113,23 @@ def Conv2D(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
+        x, w = _spatial.promoted(x, params["w"])
         pads = pads_for(x.shape[1:3])
         how = lowering(x)
         if how == "im2col":
-            y = _im2col.conv(x, params["w"], strides, pads)
+            y = _im2col.conv(x, w, strides, pads)
         elif how == "winograd":
-            y = _winograd.conv(x, params["w"], pads)
+            y = _winograd.conv(x, w, pads)
         else:
-            y = lax.conv_general_dilated(x, params["w"], strides, pads, dimension_numbers=_NHWC)
+            y = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
         if use_bias:
             y = y + params["b"][None, None, None, :]
         return y
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train
+        x, w = _spatial.promoted(x, params["w"])
+        params = {**params, "w": w}
         in_hw, out_hw = x.shape[1:3], dy.shape[1:3]
         pads = pads_for(in_hw)
         grads = {}

@@ -121,7 +121,8 @@ def Conv2DTranspose(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
-        y = lax.conv_general_dilated(x, params["w"], (1, 1), pads, lhs_dilation=strides,
+        x, w = _spatial.promoted(x, params["w"])
+        y = lax.conv_general_dilated(x, w, (1, 1), pads, lhs_dilation=strides,
                                      dimension_numbers=_NHWC)
         if use_bias:
             y = y + params["b"][None, None, None, :]
@@ -129,7 +130,7 @@ def Conv2DTranspose(
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train
-        w = params["w"]
+        x, w = _spatial.promoted(x, params["w"])
         grads = {}
         if use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2))
