@@ -9,8 +9,9 @@ path, shape and dtype.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Any
 
@@ -48,7 +49,16 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
     arrays[_PATHS] = np.array(paths, dtype=np.str_)
     if note is not None:
         arrays[_NOTE] = np.array(note, dtype=np.str_)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    # Beside the target, named after it: one a killed writer left is removed here (a run's
+    # checkpoint is written by the one process that holds its directory's lock).
+    prefix = f".{os.path.basename(path)}.tmp-"
+    for name in os.listdir(directory):
+        if name.startswith(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+    temporary = os.path.join(directory, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
+    # Created as any file is (mode 0o666 less the umask; mkstemp's was 0o600).
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)

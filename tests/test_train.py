@@ -186,6 +186,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         checkpoint.save(path, {"w": np.zeros(3)})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
+    monkeypatch.undo()
+    # A writer killed mid-write leaves its temporary file: the next save removes it. The
+    # checkpoint's mode is any new file's (the umask's), not a temporary file's 0o600.
+    (tmp_path / ".c.npz.tmp-1234-abcd").write_bytes(b"half a checkpoint")
+    umask = os.umask(0o022)
+    try:
+        checkpoint.save(path, {"w": np.zeros(3)})
+    finally:
+        os.umask(umask)
+    assert os.listdir(tmp_path) == ["c.npz"]
+    assert os.stat(path).st_mode & 0o777 == 0o644
 
 
 def test_same_seed_same_metrics(tmp_path):
