@@ -29,7 +29,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, ShapeError, is_multi_shape, split_key, stateless
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    is_multi_shape,
+    positive_int,
+    split_key,
+    stateless,
+)
 
 ChildInit = Callable[[int, Any, Any], tuple[Any, Any, Any]]
 ChildApply = Callable[[int, Any, Any, Any, Any], tuple[Any, Any]]
@@ -279,8 +287,7 @@ def _no_params(init_shape: Callable[[Any], Any]):
 def FanOut(num: int) -> Layer:
     """Copies the activation into a tuple of ``num`` branches; the rule sums their deltas,
     ``dx = Σ_i dy_i`` (the multivariate chain rule at a fork)."""
-    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
-        raise ValueError(f"FanOut: num must be a positive int, got {num!r}")
+    num = positive_int(num, "num", "FanOut")
     name = f"FanOut({num})"
 
     def out_shape(shape):

@@ -26,11 +26,13 @@ one traversal of the layer tree); none of these is a tuple field, so
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Shape = tuple[int | None, ...]
 Params = Any
@@ -162,6 +164,18 @@ def param_dtype(dtype: Any = None) -> jnp.dtype:
     if dtype is not None:
         return jnp.dtype(dtype)
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def positive_int(value: Any, what: str, layer: str) -> int:
+    """``value`` as a Python int (numpy's integers too, not a bool), checked >= 1.
+
+    Raises:
+      ValueError: naming ``layer`` and ``what``, quoting ``value``.
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_) \
+            or value < 1:
+        raise ValueError(f"{layer}: {what} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def is_multi_shape(shape: Any) -> bool:

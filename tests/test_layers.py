@@ -19,9 +19,11 @@ from jaxnn import (
     Dense,
     Dropout,
     Elu,
+    FanOut,
     Flatten,
     Gelu,
     GlobalAvgPool,
+    GroupNorm,
     Identity,
     LeakyRelu,
     LogSoftmax,
@@ -732,3 +734,14 @@ def test_convolutions_promote_their_input_as_dense_does(make, shape, dtype, key)
         grads = jax.grad(lambda p: layer.apply(p, state, x.astype(dtype))[0].sum())(params)
     np.testing.assert_array_equal(y, layer.apply(params, state, x.astype(jnp.float32))[0])
     assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)
+
+
+def test_numpy_integers_are_integer_arguments():
+    """Sizes from numpy (``np.int64``, e.g. read from an array or a table) are ints, as in
+    Flax and PyTorch; a numpy bool is no size."""
+    layers = [Dense(np.int64(3)), Conv2D(2, np.int64(3)), Conv1D(np.int32(2), np.int64(3)),
+              GroupNorm(np.int64(2)), FanOut(np.int64(2)), MaxPool2D((np.int64(2), 2))]
+    assert [layer.name.split(",")[0] for layer in layers] == [
+        "Dense(3)", "Conv2D(2", "Conv1D(2", "GroupNorm(2)", "FanOut(2)", "MaxPool2D((2"]
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        MaxPool2D(np.bool_(True))

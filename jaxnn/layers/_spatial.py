@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Shape, ShapeError, param_dtype
+from jaxnn.layer import Shape, ShapeError, param_dtype, positive_int
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -23,12 +23,14 @@ Pairs = tuple[tuple[int, int], tuple[int, int]]
 
 def pair(value: int | Sequence[int], what: str, layer: str) -> tuple[int, int]:
     """``3 -> (3, 3)``; checks that both entries are positive ints."""
-    values = (value, value) if isinstance(value, int) else tuple(value)
-    if len(values) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
-    ):
-        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {value!r}")
-    return values  # type: ignore[return-value]
+    values = tuple(value) if isinstance(value, list | tuple) else (value, value)
+    try:
+        if len(values) != 2:
+            raise ValueError
+        return tuple(positive_int(v, what, layer) for v in values)  # type: ignore[return-value]
+    except ValueError:
+        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got "
+                         f"{value!r}") from None
 
 
 def check_padding(padding: Padding, layer: str) -> Padding:
@@ -169,8 +171,7 @@ def promoted(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
 def conv_arguments(layer, features, kernel_size, stride, padding, w_init, b_init):
     """Checks a 2-D convolution's constructor arguments, raising ValueError naming ``layer``
     and quoting the bad value."""
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"{layer}: features must be a positive int, got {features!r}")
+    features = positive_int(features, "features", layer)
     return ConvArguments(pair(kernel_size, "kernel_size", layer), pair(stride, "stride", layer),
                          check_padding(padding, layer), initializers.get(w_init),
                          initializers.get(b_init))

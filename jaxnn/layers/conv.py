@@ -33,6 +33,7 @@ from jaxnn.layer import (
     ShapeError,
     check_rank,
     param_dtype,
+    positive_int,
     stateless,
     with_rule_gradient,
 )
@@ -161,9 +162,9 @@ def Conv2D(
 def _positive_int(value, what: str, layer: str) -> int:
     """``value`` (or the one entry of a 1-sequence) as a positive int."""
     single = value[0] if isinstance(value, list | tuple) and len(value) == 1 else value
-    if not isinstance(single, int) or isinstance(single, bool) or single < 1:
+    if isinstance(single, list | tuple):
         raise ValueError(f"{layer}: {what} must be a positive int, got {value!r}")
-    return single
+    return positive_int(single, what, layer)
 
 
 def _check_padding_1d(padding, layer: str):
@@ -220,8 +221,7 @@ def Conv1D(
       ValueError: for a non-positive ``features``, ``kernel_size`` or ``stride``, an unknown
         padding or initializer.
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"Conv1D: features must be a positive int, got {features!r}")
+    features = positive_int(features, "features", "Conv1D")
     k = _positive_int(kernel_size, "kernel_size", "Conv1D")
     s = _positive_int(stride, "stride", "Conv1D")
     padding = _check_padding_1d(padding, "Conv1D")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype, stateless
+from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype, positive_int, stateless
 from jaxnn.layers import _affine
 
 
@@ -44,8 +44,7 @@ def Dense(
       A `Layer` with params ``{"w": (in, out), "b": (out,)}`` (``"b"`` of shape () when
       shared, absent without bias).
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
+    features = positive_int(features, "features", "Dense")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     bias_shape = () if shared_bias else (features,)

@@ -28,7 +28,15 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, ShapeError, is_multi_shape, param_dtype, stateless
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    is_multi_shape,
+    param_dtype,
+    positive_int,
+    stateless,
+)
 
 
 def _check_input(name: str, input_shape: Shape, min_rank: int = 2) -> int:
@@ -238,8 +246,7 @@ def GroupNorm(
       use_bias: learn the per-channel shift ``β`` (params ``"bias"``, init 0).
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
     """
-    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
-        raise ValueError(f"GroupNorm: num_groups must be a positive int, got {num_groups!r}")
+    num_groups = positive_int(num_groups, "num_groups", "GroupNorm")
     _check_options("GroupNorm", epsilon)
     name = f"GroupNorm({num_groups})"
 
