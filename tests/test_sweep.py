@@ -14,7 +14,7 @@ from interrupts import interrupt_on_call
 from numerics import assert_close
 
 from jaxnn import cli, config, run, sweep
-from jaxnn.sweep import execute, packing
+from jaxnn.sweep import execute, packing, spec
 from jaxnn.train import default_hparams, make_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,6 +294,9 @@ def test_random_search_is_seeded(tmp_path):
         assert 0.001 <= trial.values["learning_rate"] <= 1.0
         assert 0.5 <= trial.values["momentum"] <= 0.9
         assert trial.values["activation"] in ("tanh", "relu")
+    # ``log = true`` puts a uniform on a log scale (it was dropped without a word).
+    logged = {"distribution": "uniform", "low": 0.001, "high": 0.1, "log": True}
+    assert spec.space_of({"random": {"learning_rate": logged}}, "x")["learning_rate"].log
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -303,6 +306,21 @@ def test_random_search_is_seeded(tmp_path):
     (("sweep.count=2", "sweep.random={momentum = {distribution = 'beta', low = 0.1, "
                        "high = 0.2}}"), "sweep.random.momentum"),
     ("sweep.colour=1", "sweep.colour"),
+    ("sweep.pack_widths=0", "sweep.pack_widths"),  # 0 == False, but no switch
+    # What no trial may vary, and two names for one key (the last would silently win).
+    ("sweep.grid={'data.limit' = [100, 400]}", "sweep.grid.data.limit"),
+    ("sweep.grid={'training.precision' = ['float32', 'float64']}",
+     "sweep.grid.training.precision"),
+    ("sweep.grid={'optimizer.learning_rate' = [0.1], learning_rate = [0.2]}",
+     "sweep.grid.learning_rate"),
+    ("sweep.grid={width = [4, 8], 'model.hidden' = [[6]]}", "sweep.grid.model.hidden"),
+    # An integer hyperparameter's range without an integer; keys a distribution lacks.
+    (("sweep.count=2", "sweep.random={width = {distribution = 'uniform', low = 4.2, "
+                       "high = 4.8}}"), "sweep.random.width"),
+    (("sweep.count=2", "sweep.random={momentum = {distribution = 'uniform', lowe = 0.1, "
+                       "low = 0.1, high = 0.2}}"), "sweep.random.momentum.lowe"),
+    (("sweep.count=2", "sweep.random={momentum = {distribution = 'uniform', low = 0.1, "
+                       "high = 0.2, log = 'yes'}}"), "sweep.random.momentum.log"),
 ])
 def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     path = tmp_path / "s.toml"

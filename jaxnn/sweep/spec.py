@@ -70,6 +70,7 @@ def spec_of(config: Config) -> dict:
                                   f"use one of {', '.join([*NUMERIC, *STRUCTURAL])}, a "
                                   "config key as \"section.key\" or a layer's as "
                                   "\"model.layers[i].key\"")
+    _check_targets(spec, source)
     for name, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
@@ -103,7 +104,8 @@ def spec_of(config: Config) -> dict:
         if not 1 <= spec["batch"] <= spec["trials"]:
             raise ConfigError(source, "sweep.batch", f"expected 1 <= batch <= trials "
                               f"({spec['trials']}), got {spec['batch']}")
-    if spec.get("pack_widths", "auto") not in ("auto", True, False):
+    pack = spec.get("pack_widths", "auto")
+    if not (pack == "auto" or isinstance(pack, bool)):  # 0 and 1 are no switches
         raise ConfigError(source, "sweep.pack_widths", 'expected "auto", true or false')
     if spec.get("metric", "auto") not in ("auto", "val_accuracy", "val_loss"):
         raise ConfigError(source, "sweep.metric", 'expected "val_accuracy" or "val_loss"')
@@ -114,6 +116,44 @@ def spec_of(config: Config) -> dict:
     return spec
 
 
+# What a trial cannot vary: a sweep prepares its data once, runs in one precision, and
+# writes one directory.
+FIXED = {"data": "the data is prepared once for every trial; run one sweep per value",
+         "output": "a sweep writes one directory", "sweep": "the sweep is one section",
+         "training.precision": "every trial of a sweep runs in one precision; run one sweep "
+                               "per precision"}
+
+
+def _target(name: str) -> str:
+    """The config key a swept ``name`` sets."""
+    return NUMERIC.get(name) or STRUCTURAL.get(name) or name
+
+
+def _check_targets(spec: dict, source: str) -> None:
+    """Refuses a swept name whose config key no trial may vary (`FIXED`), and two names that
+    set one key (``learning_rate`` and ``optimizer.learning_rate``; ``width`` or ``depth``
+    and ``model.hidden``): the last would silently win."""
+    seen: list[str] = []
+    for table in ("grid", "random"):
+        for name in spec.get(table, {}):
+            target = _target(name)
+            why = FIXED.get(target) or FIXED.get(target.split(".")[0])
+            if why:
+                raise ConfigError(source, f"sweep.{table}.{name}", f"cannot be swept: {why}")
+            clashes = [other for other in seen if _target(other) == target
+                       and {name, other} != {"width", "depth"}]  # those two set it together
+            if clashes:
+                raise ConfigError(source, f"sweep.{table}.{name}", f"sets {target}, as "
+                                  f"{clashes[0]!r} does; sweep it under one name")
+            seen.append(name)
+
+
+_DISTRIBUTION_KEYS = {"choice": ("distribution", "values"),
+                      "uniform": ("distribution", "low", "high", "log"),
+                      "log_uniform": ("distribution", "low", "high"),
+                      "int": ("distribution", "low", "high", "log")}
+
+
 def _distribution(name: str, dist: Any, source: str) -> Distribution:
     key = f"sweep.random.{name}"
     if isinstance(dist, list):
@@ -122,6 +162,12 @@ def _distribution(name: str, dist: Any, source: str) -> Distribution:
         raise ConfigError(source, key, 'expected {distribution = "log_uniform", low = ..., '
                           "high = ...} or a list of choices")
     kind = dist.get("distribution")
+    unknown = sorted(set(dist) - set(_DISTRIBUTION_KEYS.get(kind, dist)))
+    if unknown:
+        raise ConfigError(source, f"{key}.{unknown[0]}", f"a {kind} distribution takes "
+                          f"{', '.join(_DISTRIBUTION_KEYS[kind])}")
+    if "log" in dist and not isinstance(dist["log"], bool):
+        raise ConfigError(source, f"{key}.log", f"expected true or false, got {dist['log']!r}")
     if kind == "choice":
         values = dist.get("values")
         if not isinstance(values, list) or not values:
@@ -136,16 +182,20 @@ def _distribution(name: str, dist: Any, source: str) -> Distribution:
                          and known.integer):
         if kind == "int" and not all(isinstance(v, int) for v in (low, high)):
             raise ConfigError(source, key, f"int needs integer bounds, got {low!r}, {high!r}")
-        log = kind == "log_uniform" or bool(dist.get("log", False))
+        log = kind == "log_uniform" or dist.get("log", False)
         if log and low <= 0:
             raise ConfigError(source, key, "a log scale needs low > 0")
+        if math.ceil(low) > math.floor(high):
+            raise ConfigError(source, key, f"{name} takes integers, and [{low!r}, {high!r}] "
+                              "holds none")
         return Distribution("int", math.ceil(low), math.floor(high), log=log)
     if kind not in ("uniform", "log_uniform"):
         raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform, "
                           "int or choice")
-    if kind == "log_uniform" and low <= 0:
-        raise ConfigError(source, key, "log_uniform needs low > 0")
-    return Distribution("uniform", float(low), float(high), log=kind == "log_uniform")
+    log = kind == "log_uniform" or dist.get("log", False)
+    if log and low <= 0:
+        raise ConfigError(source, key, f"{kind} on a log scale needs low > 0")
+    return Distribution("uniform", float(low), float(high), log=log)
 
 
 def space_of(spec: dict, source: str) -> dict[str, Distribution]:
