@@ -102,6 +102,8 @@ def test_cli_cpu_devices(tmp_path):
     assert "(1 device(s))" in jaxnn("--cpu-devices", "1", *long_sweep).stdout
     # 4 trials shard over at most 4 devices: more would only pad the chunk
     assert "(4 device(s))" in jaxnn("--cpu-devices", "64", *long_sweep).stdout
+    assert "(2 device(s))" in jaxnn("--cpu-devices", "64", "--set", "sweep.batch=2",
+                                    *long_sweep).stdout  # a grid trains 2 at a time
     for bad in (["--cpu-devices", "0"], ["--cpu-devices", "2", "--distributed"]):
         result = jaxnn(*bad)
         assert result.returncode == 2, result.stderr

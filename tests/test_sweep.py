@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -254,12 +255,12 @@ def test_the_next_program_compiles_while_one_trains_within_the_memory_budget(
     def recorded(self, chunk, *args):
         width = chunk[0].config.model.hidden[0]
         events.append(("start", width))
-        collect = dispatch(self, chunk, *args)
+        started = dispatch(self, chunk, *args)
 
         def collected():
             events.append(("collect", width))
-            return collect()
-        return collected
+            return started.collect()
+        return execute.Started(collected, started.ready)
 
     monkeypatch.setattr(execute.GroupProgram, "dispatch", recorded)
     cfg = small_sweep("sweep.pack_widths=false")
@@ -280,6 +281,31 @@ def test_the_next_program_compiles_while_one_trains_within_the_memory_budget(
         rows[name] = [json.loads(line) for line in open(tmp_path / name / execute.RESULTS)]
     assert [r["trial"] for r in rows["overlapped"]] == [0, 2, 1, 3]  # width 4's, then 9's
     assert rows["overlapped"] == rows["one at a time"]
+
+
+def test_an_interrupt_while_the_next_program_compiles_keeps_the_finished_chunk(
+        tmp_path, monkeypatch):
+    """Chunks are recorded when collected: Ctrl-C while the second program compiles still
+    records the first, which has trained (the resume then trains only the rest)."""
+    dispatch = execute.GroupProgram.dispatch
+    started = []
+
+    def second_interrupted(self, *args):
+        if started:
+            while not started[0].ready():  # the first has trained; the second compiles
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+        started.append(dispatch(self, *args))
+        return started[0]
+
+    monkeypatch.setattr(execute.GroupProgram, "dispatch", second_interrupted)
+    cfg = small_sweep("sweep.pack_widths=false")
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, tmp_path / "part")
+    assert [r["trial"] for r in sweep.read_results(str(tmp_path / "part"))] == [0, 2]
+    monkeypatch.undo()
+    resumed = sweep.run_sweep(cfg, tmp_path / "part", resume=True)
+    assert resumed["trial_epochs"] == 2 * cfg.training.epochs  # width 9's two trials alone
 
 
 def test_random_search_is_seeded(tmp_path):

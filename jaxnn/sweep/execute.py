@@ -23,7 +23,7 @@ from jaxnn.config import Config
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
 from jaxnn.sweep.plan import Group, Plan, make_plan, structure
-from jaxnn.sweep.programs import GroupProgram, Prologue, Segment
+from jaxnn.sweep.programs import GroupProgram, Prologue, Segment, Started
 from jaxnn.sweep.spec import make_trial
 
 RESULTS = "results.jsonl"
@@ -108,9 +108,17 @@ def run_sweep(
     writer = jax.process_index() == 0
     with rundir.locked(workdir) if writer else contextlib.nullcontext():
         done = _start(config, plan, workdir, resume, writer)
-        study = None
+        study, refused = None, None
         if writer:
-            study = search.open_study(config, plan.spec, workdir, plan.metric, resume)
+            try:
+                study = search.open_study(config, plan.spec, workdir, plan.metric, resume)
+            except rundir.RunError as error:
+                refused = str(error)
+        if jax.process_count() > 1:  # the others would wait for process 0 forever
+            refused = _from_process_0(refused)
+        if refused is not None:
+            raise rundir.RunError(refused)
+        if writer:
             search.record(study, done.values(), plan.space, plan.metric)
         results_path = os.path.join(workdir, RESULTS)
 
@@ -165,8 +173,7 @@ def _from_process_0(value: Any) -> Any:
 
     from jax.experimental import multihost_utils
 
-    text = np.frombuffer(json.dumps(value).encode(), np.uint8) if value is not None else \
-        np.zeros(0, np.uint8)
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8)  # None too: "null"
     size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
     padded = np.zeros(size, np.uint8)
     padded[:len(text)] = text[:size]
@@ -186,18 +193,28 @@ class InFlight:
         self.bytes_per_trial = bytes_per_trial
         self.queue: collections.deque = collections.deque()  # (trials, collect)
 
-    def start(self, trials: int, launch: Callable[[], Callable[[], None]]) -> None:
+    def start(self, trials: int, launch: Callable[[], tuple[Callable[[], None],
+                                                             Callable[[], bool]]]) -> None:
         """Collects the oldest chunks until ``trials`` more fit, then ``launch()``es them
-        (which returns their collecting function)."""
+        (which returns their collecting function and whether they have finished)."""
         while self.queue and self.bytes_per_trial * (
-                trials + sum(n for n, _ in self.queue)) > self.budget:
+                trials + sum(entry[0] for entry in self.queue)) > self.budget:
             self.queue.popleft()[1]()
-        self.queue.append((trials, launch()))
+        self.queue.append((trials, *launch()))
 
     def finish_all(self) -> None:
         """Collects every chunk still in flight, oldest first."""
         while self.queue:
             self.queue.popleft()[1]()
+
+    def finish_ready(self) -> None:
+        """Collects the chunks that have finished, without waiting for the others: what an
+        interrupt (or an error compiling the next) leaves is recorded, as it was before
+        chunks were started ahead."""
+        for _, collect, ready in list(self.queue):
+            if ready():
+                collect()
+        self.queue.clear()
 
 
 class Sweep:
@@ -284,9 +301,13 @@ class Sweep:
         for stop in sorted({e for r in rungs.values() for e in r} | {
                 g.config.training.epochs for g in plan.groups}):
             running = InFlight(plan.bytes_per_trial)
-            for group in plan.groups:
-                if group.config.training.epochs >= stop:
-                    self.segment(group, states, history, start, stop, running)
+            try:
+                for group in plan.groups:
+                    if group.config.training.epochs >= stop:
+                        self.segment(group, states, history, start, stop, running)
+            except BaseException:
+                running.finish_ready()
+                raise
             running.finish_all()
             for b, at in rungs.items():
                 if stop in at:
@@ -325,20 +346,27 @@ class Sweep:
             # A whole run trains the trials a resumed chunk finished before again, where
             # padding would be, so every trial keeps its place in the program.
             trained = part if whole else chunk
-            running.start(size, lambda trained=trained, chunk=chunk: functools.partial(
-                self.collect, chunk, [trained.index(t) for t in chunk], program.dispatch(
-                    trained, size, [states[t.index] for t in chunk] if start else None,
-                    start, stop), states, history, stop - start, final))
 
-    def collect(self, chunk: list, positions: list[int], out: Callable[[], Segment],
-                states: dict, history: dict, epochs: int, final: bool) -> None:
-        """Waits for a started chunk's ``out`` (``chunk``'s trials at ``positions`` of it);
-        keeps their histories and states, and emits the rows of those that finished
-        (``final``) or diverged."""
-        out, rows_of = out(), np.asarray(positions)
-        out = Segment({k: v[rows_of] for k, v in out.metrics.items()},
-                      None if out.test is None else {k: v[rows_of] for k, v in out.test.items()},
-                      lambda p, state_of=out.state_of: state_of(positions[p]))
+            def launch(trained=trained, chunk=chunk):
+                started = program.dispatch(
+                    trained, size, [states[t.index] for t in chunk] if start else None,
+                    start, stop)
+                return functools.partial(self.collect, chunk, [trained.index(t) for t in chunk],
+                                         started, states, history, stop - start,
+                                         final), started.ready
+
+            running.start(size, launch)
+
+    def collect(self, chunk: list, positions: list[int], started: Started, states: dict,
+                history: dict, epochs: int, final: bool) -> None:
+        """Waits for a ``started`` chunk (``chunk``'s trials at ``positions`` of it); keeps
+        their histories and states, and emits the rows of those that finished (``final``)
+        or diverged."""
+        whole, rows_of = started.collect(), np.asarray(positions)
+        out = Segment({k: v[rows_of] for k, v in whole.metrics.items()},
+                      None if whole.test is None else {k: v[rows_of]
+                                                       for k, v in whole.test.items()},
+                      lambda p: whole.state_of(positions[p]))
         self.trial_epochs += len(chunk) * epochs
         for position, trial in enumerate(chunk):
             past = history.get(trial.index, {})

@@ -305,24 +305,25 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
             chunks = tuple(tuple(t.index for t in part[i:i + size])
                            for i in range(0, len(part), size))
             groups.append(Group(tuple(part), cfg, packed_width, chunks, part_packed))
-    devices = trial_devices(groups, steps, dataset)
+    devices = trial_devices(groups, steps, dataset, spec.get("batch"))
     return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
                 spec["search"], prune)
 
 
-def trial_devices(groups: Sequence[Group], steps: int, dataset) -> int:
+def trial_devices(groups: Sequence[Group], steps: int, dataset,
+                  batch: int | None = None) -> int:
     """The devices a sweep shards its trials over: every device, except on a CPU that
     `jaxnn.host.split_cpu` split (one process), where a sweep whose modelled training is
     under `CPU_SHARDING_ABOVE_SECONDS` stays on one: sharding would cost it more compiling
     than it saves. Chunk sizes stay multiples of every device either way.
 
-    On a split CPU a sweep shards over no more devices than its largest program has trials:
-    more would only pad its chunks (``--cpu-devices 1000`` with 32 trials trained 1000 rows,
-    130 s against 6)."""
+    On a split CPU a sweep shards over no more devices than its largest program has trials
+    (or a grid's ``batch``, which trains at a time): more would only pad its chunks
+    (``--cpu-devices 1000`` with 32 trials trained 1000 rows, 130 s against 6)."""
     devices = jax.device_count()
     if not _split_cpu():
         return devices
-    devices = min(devices, max(len(group.trials) for group in groups))
+    devices = min(devices, max(len(group.trials) for group in groups), batch or devices)
     seconds = 0.0
     for group in groups:
         flops = program_step_flops(group.config, dataset.input_shape, dataset.output_size)

@@ -175,6 +175,14 @@ class Segment(NamedTuple):
     state_of: Callable[[int], TrainState]
 
 
+class Started(NamedTuple):
+    """A chunk's program, started: ``collect()`` waits for its `Segment`; ``ready()`` says
+    whether it has finished."""
+
+    collect: Callable[[], Segment]
+    ready: Callable[[], bool]
+
+
 class GroupProgram:
     """One group's compiled, vmapped (and trial-sharded) training programs.
 
@@ -311,12 +319,12 @@ class GroupProgram:
         """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one) from epoch
         ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0, else from
         ``states`` (one `TrainState` per trial, host arrays)."""
-        return self.dispatch(chunk_trials, size, states, first_epoch, stop_epoch)()
+        return self.dispatch(chunk_trials, size, states, first_epoch, stop_epoch).collect()
 
     def dispatch(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
-                 stop_epoch: int) -> Callable[[], Segment]:
+                 stop_epoch: int) -> Started:
         """Starts what `__call__` does (compiling its program if need be) and returns at
-        once, before it has run: calling the returned function waits for its `Segment`."""
+        once, before it has run."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = sorted({t.config.training.seed for t in padded})
@@ -382,9 +390,12 @@ class GroupProgram:
             bounds = _put(bounds, replicated) if spread else bounds
             state, metrics, test_metrics = self._run("segment", shared_key, size,
                                                      (start, hparams, batches, *bounds, *test))
-        return functools.partial(_collect, len(chunk_trials), state, metrics, test_metrics,
-                                 None if whole else (first_epoch, stop_epoch),
-                                 stop_epoch == epochs)
+        outputs = jax.tree.leaves((state, metrics, test_metrics))
+        return Started(functools.partial(_collect, len(chunk_trials), state, metrics,
+                                         test_metrics,
+                                         None if whole else (first_epoch, stop_epoch),
+                                         stop_epoch == epochs),
+                       lambda: all(leaf.is_ready() for leaf in outputs))
 
 
 def _collect(count: int, state, metrics, test_metrics, epochs: tuple[int, int] | None,
