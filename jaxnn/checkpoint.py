@@ -49,11 +49,10 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
     arrays[_PATHS] = np.array(paths, dtype=np.str_)
     if note is not None:
         arrays[_NOTE] = np.array(note, dtype=np.str_)
-    # Beside the target, named after it: one a killed writer left is removed here (a run's
-    # checkpoint is written by the one process that holds its directory's lock).
+    # Beside the target, named after it and its writer: one a killed writer left is removed.
     prefix = f".{os.path.basename(path)}.tmp-"
     for name in os.listdir(directory):
-        if name.startswith(prefix):
+        if name.startswith(prefix) and not _alive(name[len(prefix):].split("-")[0]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
     temporary = os.path.join(directory, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
@@ -74,6 +73,19 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (a temporary file's writer) still runs on this host."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def load(path: str | os.PathLike, template: Any) -> Any:

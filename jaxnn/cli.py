@@ -7,6 +7,7 @@ checkpoint) print one line naming the file and key, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -342,11 +343,12 @@ def console_main() -> None:
     status = main(owns_process=True)
     if status == EXIT_INTERRUPTED:
         # Ctrl-C may land while XLA compiles on its own threads; the interpreter's teardown
-        # then destroyed what they used (a segfault in 3 of 5 tries). What was written is
+        # then destroyed what they used (a segfault in 3 of 4 tries). What was written is
         # synced, and the OS releases the directory's lock: end here.
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # a closed pipe
+                stream.flush()
         os._exit(status)
     host.freeze_long_lived_objects()
     sys.exit(status)

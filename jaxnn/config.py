@@ -396,6 +396,12 @@ def to_dict(config: Config) -> dict:
             dict(config.sweep) for name in SECTIONS}
 
 
+def loads(text: str, source: str) -> Config:
+    """The config that `dumps` wrote as ``text`` (kept in a checkpoint or a study), checked
+    as a file at ``source`` would be (relative data paths resolve beside it)."""
+    return from_dict(tomllib.loads(text), source)
+
+
 def dumps(config: Config | dict) -> str:
     """The config as TOML that `load` reads back to an equal config.
 

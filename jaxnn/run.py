@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-import tomllib
 from typing import Any
 
 import jax
@@ -125,7 +124,7 @@ def read_metrics(workdir: str) -> list[dict]:
     return jsonl.read(os.path.join(workdir, METRICS))
 
 
-def _metrics_until(workdir: str, epoch) -> list[dict]:
+def _metrics_until(workdir: str, epoch: int | jax.Array) -> list[dict]:
     """The per-epoch metrics of a resumed run's epochs 1 to ``epoch`` (its checkpoint's); a
     kill leaves those, and maybe later ones, which are dropped.
 
@@ -246,7 +245,8 @@ def _restore(config: Config, workdir: str, state: TrainState, best: dict):
     path = os.path.join(workdir, CHECKPOINT)
     saved, trained = checkpoint.load_noted(path, {"state": state, **_best_arrays(best)})
     if trained is not None:  # an edited config.toml would train on with another config
-        change = config_lib.resume_change(config_lib.from_dict(tomllib.loads(trained)), config)
+        change = config_lib.resume_change(
+            config_lib.loads(trained, os.path.join(workdir, CONFIG)), config)
         if change is not None:
             key, was, now = change
             raise RunError(f"{os.path.join(workdir, CONFIG)}: {key} is {now!r}, but the run "

@@ -213,7 +213,9 @@ def test_a_batched_grid_resumes_a_half_recorded_chunk_in_its_own_places(tmp_path
                       "training.precision='float32'",
                       grid="{learning_rate = [0.05, 0.2, 0.5, 0.7]}")
     sweep.run_sweep(cfg, tmp_path / "full")
-    real = interrupt_on_call(monkeypatch, execute, "result_rows", 2)  # the second batch
+    # Killed before the second batch's rows: the first batch's two remain, and the second of
+    # them is then cut in half, as a kill while appending them would leave it.
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 2)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "part")
     monkeypatch.setattr(execute, "result_rows", real)

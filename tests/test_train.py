@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -189,13 +191,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     # A writer killed mid-write leaves its temporary file: the next save removes it. The
     # checkpoint's mode is any new file's (the umask's), not a temporary file's 0o600.
-    (tmp_path / ".c.npz.tmp-1234-abcd").write_bytes(b"half a checkpoint")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".c.npz.tmp-{dead}-abcd").write_bytes(b"half a checkpoint")
+    live = tmp_path / f".c.npz.tmp-{os.getpid()}-ef01"  # another save under way: kept
+    live.write_bytes(b"being written")
     umask = os.umask(0o022)
     try:
         checkpoint.save(path, {"w": np.zeros(3)})
     finally:
         os.umask(umask)
-    assert os.listdir(tmp_path) == ["c.npz"]
+    assert sorted(os.listdir(tmp_path)) == [live.name, "c.npz"]
     assert os.stat(path).st_mode & 0o777 == 0o644
 
 

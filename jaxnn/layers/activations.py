@@ -9,10 +9,12 @@ their rules contract ``dy`` with the Jacobian along ``axis``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn.layer import Layer, Shape, ShapeError, check_single, stateless
 
@@ -128,8 +130,8 @@ def _elu_slope(x: jax.Array) -> jax.Array:
 
 
 def _is_number(value) -> bool:
-    """A real number (a bool is not one here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A real number, numpy's too (a bool is not one here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 def _check_alpha(layer: str, alpha: float) -> None:
@@ -137,9 +139,10 @@ def _check_alpha(layer: str, alpha: float) -> None:
         raise ValueError(f"{layer}: alpha must be a positive finite number, got {alpha!r}")
 
 
-def _check_axis(layer: str, axis: int) -> None:
-    if not isinstance(axis, int) or isinstance(axis, bool):
+def _check_axis(layer: str, axis: int) -> int:
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool | np.bool_):
         raise ValueError(f"{layer}: axis must be an int, got {axis!r}")
+    return int(axis)
 
 
 def Elu(alpha: float = 1.0) -> Layer:
@@ -204,7 +207,7 @@ def Silu() -> Layer:
 
 def Softmax(axis: int = -1) -> Layer:
     """``y = exp(z) / sum(exp(z))`` along ``axis``; ``dz = y ⊙ (dy - sum(dy ⊙ y))``."""
-    _check_axis("Softmax", axis)
+    axis = _check_axis("Softmax", axis)
 
     def input_grad(x, y, dy):
         del x
@@ -216,7 +219,7 @@ def Softmax(axis: int = -1) -> Layer:
 
 def LogSoftmax(axis: int = -1) -> Layer:
     """``y = z - logsumexp(z)`` along ``axis``; ``dz = dy - exp(y) sum(dy)``."""
-    _check_axis("LogSoftmax", axis)
+    axis = _check_axis("LogSoftmax", axis)
 
     def input_grad(x, y, dy):
         del x

@@ -159,7 +159,7 @@ def Conv2D(
     return with_rule_gradient(stateless(init, apply, backward, name=name))
 
 
-def _positive_int(value, what: str, layer: str) -> int:
+def _one_positive_int(value, what: str, layer: str) -> int:
     """``value`` (or the one entry of a 1-sequence) as a positive int."""
     single = value[0] if isinstance(value, list | tuple) and len(value) == 1 else value
     if isinstance(single, list | tuple):
@@ -222,8 +222,8 @@ def Conv1D(
         padding or initializer.
     """
     features = positive_int(features, "features", "Conv1D")
-    k = _positive_int(kernel_size, "kernel_size", "Conv1D")
-    s = _positive_int(stride, "stride", "Conv1D")
+    k = _one_positive_int(kernel_size, "kernel_size", "Conv1D")
+    s = _one_positive_int(stride, "stride", "Conv1D")
     padding = _check_padding_1d(padding, "Conv1D")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -159,7 +158,7 @@ def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: st
 
 def study_config(study, source: str) -> Config:
     """The sweep config the study was created with."""
-    return config_lib.from_dict(tomllib.loads(study.user_attrs[CONFIG_ATTR]), source)
+    return config_lib.loads(study.user_attrs[CONFIG_ATTR], source)
 
 
 def _check_resumed_config(study, config: Config) -> None:
