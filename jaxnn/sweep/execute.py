@@ -191,7 +191,7 @@ class InFlight:
     def __init__(self, bytes_per_trial: int):
         self.budget = host.memory_budget() if jax.process_count() == 1 else 0
         self.bytes_per_trial = bytes_per_trial
-        self.queue: collections.deque = collections.deque()  # (trials, collect)
+        self.queue: collections.deque = collections.deque()  # (trials, collect, ready)
 
     def start(self, trials: int, launch: Callable[[], tuple[Callable[[], None],
                                                              Callable[[], bool]]]) -> None:
