@@ -335,6 +335,7 @@ def test_random_search_is_seeded(tmp_path):
                        "high = 0.2}}"), "sweep.random.momentum"),
     ("sweep.colour=1", "sweep.colour"),
     ("sweep.pack_widths=0", "sweep.pack_widths"),  # 0 == False, but no switch
+    ("sweep.count=3", "sweep.count"),  # no random table to draw from
     # What no trial may vary, and two names for one key (the last would silently win).
     ("sweep.grid={'data.limit' = [100, 400]}", "sweep.grid.data.limit"),
     ("sweep.grid={'training.precision' = ['float32', 'float64']}",

@@ -93,6 +93,9 @@ def spec_of(config: Config) -> dict:
             raise ConfigError(source, "sweep.batch", f"expected batch >= 1, got {spec['batch']}")
         if spec.get("random") and spec.get("count", 0) < 1:
             raise ConfigError(source, "sweep.count", "random search needs count >= 1")
+        if spec.get("count", 0) > 1 and not spec.get("random"):
+            raise ConfigError(source, "sweep.count", "count draws from the random table per "
+                              "grid point, and there is none: it would change nothing")
     else:
         if "count" in spec:
             raise ConfigError(source, "sweep.count", f'search = "{search}" asks for '
