@@ -49,16 +49,19 @@ def result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
         diverged = bool(np.any(bad >= 0))
         status = ("diverged" if diverged else "completed" if test_metrics is not None
                   else "pruned")
+        # A diverged trial's curves end before the epoch it diverged in: the epochs after
+        # it were computed from non-finite params (their accuracy is meaningless).
+        finite = int(np.argmax(bad >= 0)) if diverged else len(bad)
         row = {"trial": trial.index, "values": trial.values, "status": status,
                "diverged_step": int(bad[bad >= 0][0]) if diverged else None,
-               "epochs": len(bad)}
+               "epochs": finite + 1 if diverged else finite}
         for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             if name in metrics:
                 row[name] = None if diverged else _finite(metrics[name][position][-1])
         for name in ("loss", "accuracy"):
             row[f"test_{name}"] = (None if diverged or test_metrics is None
                                    else _finite(test_metrics[name][position]))
-        row["curves"] = {name: [_finite(v) for v in metrics[name][position]]
+        row["curves"] = {name: [_finite(v) for v in metrics[name][position][:finite]]
                          for name in CURVES if name in metrics}
         rows.append(row)
     return rows
