@@ -125,7 +125,8 @@ def test_divergent_trial_is_marked_and_neighbours_finish(tmp_path):
     steps = run.prepare(cfg).x_train.shape[0] // cfg.training.batch_size
     diverged_in = by_lr[1000.0]["diverged_step"] // steps + 1
     assert by_lr[1000.0]["epochs"] == diverged_in
-    assert all(len(curve) == diverged_in - 1 for curve in by_lr[1000.0]["curves"].values())
+    for curve in by_lr[1000.0]["curves"].values():
+        assert len(curve) == 4 and curve[diverged_in - 1:] == [None] * (5 - diverged_in)
     for lr in (0.05, 0.2):
         assert by_lr[lr]["status"] == "completed"
         assert by_lr[lr]["test_accuracy"] > 0.7

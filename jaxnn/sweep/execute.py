@@ -49,8 +49,9 @@ def result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
         diverged = bool(np.any(bad >= 0))
         status = ("diverged" if diverged else "completed" if test_metrics is not None
                   else "pruned")
-        # A diverged trial's curves end before the epoch it diverged in: the epochs after
-        # it were computed from non-finite params (their accuracy is meaningless).
+        # A diverged trial's curves hold nothing from the epoch it diverged in: those epochs
+        # were computed from non-finite params (their accuracy is meaningless). They keep
+        # their length, the epochs its chunk trained, as a pruning rung reads them.
         finite = int(np.argmax(bad >= 0)) if diverged else len(bad)
         row = {"trial": trial.index, "values": trial.values, "status": status,
                "diverged_step": int(bad[bad >= 0][0]) if diverged else None,
@@ -61,7 +62,8 @@ def result_rows(chunk_trials, metrics, test_metrics) -> list[dict]:
         for name in ("loss", "accuracy"):
             row[f"test_{name}"] = (None if diverged or test_metrics is None
                                    else _finite(test_metrics[name][position]))
-        row["curves"] = {name: [_finite(v) for v in metrics[name][position][:finite]]
+        row["curves"] = {name: [_finite(v) if epoch < finite else None
+                                for epoch, v in enumerate(metrics[name][position])]
                          for name in CURVES if name in metrics}
         rows.append(row)
     return rows
