@@ -146,7 +146,7 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     if os.path.exists(results_path) and not resume:
         raise rundir.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
                               "choose another directory")
-    if any(os.path.exists(os.path.join(workdir, name)) for name in run.RUN_FILES):
+    if run.holds_run(workdir):
         raise rundir.RunError(f"{workdir} holds a training run; a sweep needs another "
                               "directory")
     if resume and not os.path.exists(results_path):
