@@ -265,7 +265,7 @@ def _apply(base: Config, values: dict, where: str) -> Config:
         if layer_path(name) is not None:
             _set_layer_value(raw, name, value, base, where)
             continue
-        section, key = (NUMERIC.get(name) or STRUCTURAL.get(name) or name).split(".")
+        section, key = _target(name).split(".")
         if section not in raw or section == "sweep":
             raise ConfigError(base.source, where, f"unknown section {section!r}")
         raw[section][key] = value
