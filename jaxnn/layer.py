@@ -166,14 +166,23 @@ def param_dtype(dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
+def is_integer(value: Any) -> bool:
+    """Whether a layer argument is an integer: Python's or numpy's, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def is_real(value: Any) -> bool:
+    """Whether a layer argument is a real number: Python's or numpy's, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
 def positive_int(value: Any, what: str, layer: str) -> int:
-    """``value`` as a Python int (numpy's integers too, not a bool), checked >= 1.
+    """``value`` (`is_integer`) as a Python int, checked >= 1.
 
     Raises:
       ValueError: naming ``layer`` and ``what``, quoting ``value``.
     """
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_) \
-            or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{layer}: {what} must be a positive int, got {value!r}")
     return int(value)
 

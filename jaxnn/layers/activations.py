@@ -9,14 +9,20 @@ their rules contract ``dy`` with the Jacobian along ``axis``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxnn.layer import Layer, Shape, ShapeError, check_single, stateless
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    check_single,
+    is_integer,
+    is_real,
+    stateless,
+)
 
 
 def _activation(
@@ -75,7 +81,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     Raises:
       ValueError: for a ``negative_slope`` that is not a finite number.
     """
-    if not _is_number(negative_slope) or not math.isfinite(negative_slope):
+    if not is_real(negative_slope) or not math.isfinite(negative_slope):
         raise ValueError(f"LeakyRelu: negative_slope must be a finite number, got "
                          f"{negative_slope!r}")
 
@@ -129,18 +135,13 @@ def _elu_slope(x: jax.Array) -> jax.Array:
     return jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)) + 1
 
 
-def _is_number(value) -> bool:
-    """A real number, numpy's too (a bool is not one here)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-
-
 def _check_alpha(layer: str, alpha: float) -> None:
-    if not _is_number(alpha) or not math.isfinite(alpha) or alpha <= 0:
+    if not is_real(alpha) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"{layer}: alpha must be a positive finite number, got {alpha!r}")
 
 
 def _check_axis(layer: str, axis: int) -> int:
-    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool | np.bool_):
+    if not is_integer(axis):
         raise ValueError(f"{layer}: axis must be an int, got {axis!r}")
     return int(axis)
 

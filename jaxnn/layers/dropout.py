@@ -7,7 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, check_single, stateless
+from jaxnn.layer import Layer, Shape, check_single, is_real, stateless
 
 
 def Dropout(rate: float | jax.Array) -> Layer:
@@ -22,7 +22,7 @@ def Dropout(rate: float | jax.Array) -> Layer:
       A parameter-free `Layer`. ``apply(..., train=True)`` needs ``key``; ``backward`` with
       the same ``key`` rebuilds the same mask, so ``dx = dy ⊙ mask / (1 - rate)``.
     """
-    if not isinstance(rate, numbers.Real | jax.Array) or isinstance(rate, bool):
+    if not (is_real(rate) or isinstance(rate, jax.Array)):
         raise ValueError(f"Dropout: rate must be a number or a (traced) array, got {rate!r}")
     if isinstance(rate, numbers.Real) and not 0 <= rate < 1:
         raise ValueError(f"Dropout: rate is the probability of dropping, in [0, 1); got {rate}")
