@@ -314,17 +314,12 @@ class GroupProgram:
         """The chunk sizes a segment program is compiled for."""
         return sorted({size for kind, _, size, _ in self.compiled if kind == "segment"})
 
-    def __call__(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
-                 stop_epoch: int) -> Segment:
-        """Trains ``chunk_trials`` (padded to ``size`` by repeating the last one) from epoch
-        ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0, else from
-        ``states`` (one `TrainState` per trial, host arrays)."""
-        return self.dispatch(chunk_trials, size, states, first_epoch, stop_epoch).collect()
-
     def dispatch(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
                  stop_epoch: int) -> Started:
-        """Starts what `__call__` does (compiling its program if need be) and returns at
-        once, before it has run."""
+        """Starts training ``chunk_trials`` (padded to ``size`` by repeating the last one)
+        from epoch ``first_epoch`` to ``stop_epoch``: from scratch when ``first_epoch`` is 0,
+        else from ``states`` (one `TrainState` per trial, host arrays). Compiles its program
+        if need be, and returns before it has run."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
         seeds = sorted({t.config.training.seed for t in padded})

@@ -181,14 +181,6 @@ def _lock_as_transactions_begin(engine) -> None:
     engine.dispose()  # the connections opened before these listeners
 
 
-def _comparable(config: Config) -> dict:
-    """What workers must agree on: the config but its output and progress settings."""
-    values = config_lib.to_dict(config)
-    values.pop("output", None)
-    values.get("training", {}).pop("progress", None)
-    return values
-
-
 def _create(storage, name: str, config: Config, plan):
     """Creates the study with its config and one WAITING trial per budget slot; None when
     another worker created it first."""
@@ -213,18 +205,6 @@ def _sampler(plan):
     return search.sampler(plan.search, None)
 
 
-def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(key, mine, theirs)`` for every key where two nested dicts differ."""
-    found = []
-    for key in sorted(set(mine) | set(theirs)):
-        a, b = mine.get(key), theirs.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append((f"{prefix}{key}", a, b))
-    return found
-
-
 def join(storage, name: str, config: Config, plan):
     """The shared study ``name``, created with the sweep's budget by the first worker.
 
@@ -242,10 +222,10 @@ def join(storage, name: str, config: Config, plan):
             raise rundir.RunError(f"study {name!r} has no trial budget: its creator died "
                                   "while enqueueing it; delete it or use another name")
         time.sleep(0.2)
-    differences = _differences(_comparable(config),
-                               _comparable(search.study_config(study, f"study {name!r}")))
-    if differences:
-        key, mine, theirs = differences[0]
+    # Workers may differ only where a resume may (output, progress: `config.RESUMABLE`).
+    change = config_lib.resume_change(search.study_config(study, f"study {name!r}"), config)
+    if change is not None:
+        key, theirs, mine = change
         raise rundir.RunError(f"{config.source}: {key} = {mine!r}, but study {name!r} was "
                               f"created with {theirs!r}; every worker of a study runs the "
                               "same sweep")
