@@ -18,7 +18,9 @@ With --scaling N...: the same grid cut or repeated over seeds to N trials, timed
 jitted program per width), with compile time apart where there is one. With --family cnn,
 the same for the CNN group: `cnn_base`'s CNN swept over its first convolution's channels
 (8, 16, 24, 32) x learning rate x seed, in raw JAX and PyTorch by `_jax_cnn` and `_torch_cnn`
-(no Equinox ensemble: `eqx.nn.MLP` only).
+(no Equinox ensemble: `eqx.nn.MLP` only). With --mnist-sized, the MLP on synthetic data of
+MNIST's size (60,000 x 784) instead of digits; --loop-repeats K times the loops in the first
+K repeats only (on a GPU a 1024-trial loop takes minutes).
 
 With --channels: the CNN of configs/cnn_digits.toml (without its Dropout) swept over its
 first convolution's channel counts {8, 16, 32} x 4 learning rates, 12 trials, timed for
@@ -29,6 +31,8 @@ Run: python experiments/benchmark_sweep.py [--widths 16 32 64 128] [--repeats 3]
      python experiments/benchmark_sweep.py --scaling 1 8 32 128 --family cnn --epochs 5
          [--contenders jaxnn "PyTorch loop" "torch.func vmap"]
      python experiments/benchmark_sweep.py --channels --epochs 5
+     python experiments/benchmark_sweep.py --scaling 1024 --mnist-sized --epochs 2 \
+         --repeats 3 --loop-repeats 1 --contenders jaxnn "raw JAX loop"   (the GPU run)
 """
 
 from __future__ import annotations
@@ -44,10 +48,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnn import benchmarking, run, sweep
 from jaxnn import config as config_lib
+from jaxnn import data as data_lib
 
 CONFIG = "configs/sweep_lr_width.toml"
 CNN_CONFIG = "configs/cnn_digits.toml"
@@ -159,7 +165,7 @@ def raw_jax_loop(cfg, dataset, trials, family=MLP) -> tuple[float, float]:
                                                                    yb).mean()
 
         @jax.jit
-        def train(key, lr):
+        def train(key, lr, x, y):  # the data as arguments, not constants in the program
             opt = optax.sgd(lr, momentum=0.9)
             params = init(key)
 
@@ -184,15 +190,18 @@ def raw_jax_loop(cfg, dataset, trials, family=MLP) -> tuple[float, float]:
         return train
 
     start, compiling = time.perf_counter(), 0.0
-    for trial in trials:
+    for done, trial in enumerate(trials, 1):
         width = family.width_of(trial)
         key = jax.random.key(trial.config.training.seed)
         lr = jnp.float32(trial.config.optimizer.learning_rate)
         if width not in programs:
             compile_start = time.perf_counter()
-            programs[width] = make(width).lower(key, lr).compile()
+            programs[width] = make(width).lower(key, lr, x, y).compile()
             compiling += time.perf_counter() - compile_start
-        jax.block_until_ready(programs[width](key, lr))
+        jax.block_until_ready(programs[width](key, lr, x, y))
+        if len(trials) >= 256 and done % (len(trials) // 8) == 0:  # a long loop's rate
+            print(f"  raw JAX loop: {done}/{len(trials)} trials in "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
     return time.perf_counter() - start, compiling
 
 
@@ -292,7 +301,7 @@ def equinox_ensemble(cfg, dataset, trials, family=MLP) -> tuple[float | None, fl
     steps = n // batch
 
     def make(width):
-        def one_trial(key, lr):
+        def one_trial(key, lr, x, y):
             model = eqx.nn.MLP(x.shape[1], 10, width, 2, activation=jax.nn.relu, key=key)
             params, static = eqx.partition(model, eqx.is_array)
             opt = optax.sgd(lr, momentum=0.9)
@@ -314,16 +323,16 @@ def equinox_ensemble(cfg, dataset, trials, family=MLP) -> tuple[float | None, fl
 
             return jax.lax.scan(epoch, (params, opt.init(params)), jnp.arange(epochs))[0][0]
 
-        return jax.jit(jax.vmap(one_trial))
+        return jax.jit(jax.vmap(one_trial, in_axes=(0, 0, None, None)))
 
     start, compiling = time.perf_counter(), 0.0
     for width, group in _by_width(trials, family).items():
         keys = jnp.stack([jax.random.key(t.config.training.seed) for t in group])
         lrs = jnp.asarray([t.config.optimizer.learning_rate for t in group], jnp.float32)
         compile_start = time.perf_counter()
-        program = make(width).lower(keys, lrs).compile()
+        program = make(width).lower(keys, lrs, x, y).compile()
         compiling += time.perf_counter() - compile_start
-        jax.block_until_ready(program(keys, lrs))
+        jax.block_until_ready(program(keys, lrs, x, y))
     return time.perf_counter() - start, compiling
 
 
@@ -362,6 +371,9 @@ SCALING_CONTENDERS = {  # name -> fn(cfg, dataset, trials, family) -> (seconds, 
 }
 
 
+LOOPS = ("raw JAX loop", "PyTorch loop")  # one trial after another: the slow contenders
+
+
 def cnn_base(epochs: int, lrs: list[float], widths: list[int]):
     """The CNN group's sweep: configs/cnn_digits.toml without Dropout, trained like the MLP
     (SGD with momentum 0.9, constant rate, no weight decay), its first convolution's
@@ -375,8 +387,25 @@ def cnn_base(epochs: int, lrs: list[float], widths: list[int]):
         "learning_rate": lrs, CNN.width_name: widths}})
 
 
+def mnist_sized(rows: int, seed: int = 0) -> data_lib.Dataset:
+    """Synthetic data of MNIST's size: ``rows`` x 784 training rows (a tenth held out for
+    validation, as jaxnn splits MNIST) and 10,000 test rows, 10 classes, each class a random
+    prototype plus unit noise, standardised."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(size=(10, 784)).astype(np.float32)
+
+    def draw(count):
+        labels = rng.integers(0, 10, count).astype(np.int32)
+        noise = rng.standard_normal((count, 784), dtype=np.float32)
+        return 0.3 * prototypes[labels] + noise, labels
+
+    return data_lib.split(*draw(rows), num_classes=10, test=draw(10_000),
+                          name=f"synthetic MNIST-sized data ({rows} x 784)")
+
+
 def scaling(args, base, family) -> None:
-    """Wall time against the number of trials, every contender in the same run."""
+    """Wall time against the number of trials, every contender in the same run (the loops
+    in the first ``args.loop_repeats`` repeats only)."""
     grid = base.sweep["grid"]
     lrs, widths = grid["learning_rate"], grid[family.width_name]
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
@@ -384,17 +413,24 @@ def scaling(args, base, family) -> None:
     for count in args.scaling:
         cfg = base.replace(sweep={**base.sweep, "grid": scaling_grid(
             count, lrs, widths, family.width_name)})
-        dataset = run.prepare(cfg)
+        if args.mnist_sized:
+            dataset = mnist_sized(args.mnist_sized).astype(np.dtype(cfg.training.precision))
+            run.check_against_data(cfg, dataset)
+        else:
+            dataset = run.prepare(cfg)
         plan = sweep.make_plan(cfg, dataset)
         trials = plan.trials
         print(f"N = {len(trials)}: {len(plan.groups)} jaxnn program(s)", flush=True)
-        for _ in range(args.repeats):
-            order = list(args.contenders)
+        for repeat in range(args.repeats):
+            order = [name for name in args.contenders
+                     if repeat < args.loop_repeats or name not in LOOPS]
             shuffler.shuffle(order)
             for name in order:
                 seconds, compiling = SCALING_CONTENDERS[name](cfg, dataset, trials, family)
                 if seconds is not None:
                     times.setdefault((name, count), []).append((seconds, compiling))
+                    print(f"  {name}: {seconds:.2f} s, of which compiling {compiling:.2f} s",
+                          flush=True)
     rows = scaling_rows(times, args.scaling)
     print(rows)
     if args.plot:
@@ -493,10 +529,20 @@ def main() -> None:
                         default=list(SCALING_CONTENDERS), metavar="NAME",
                         help="with --scaling: only these (default: all of "
                              f"{', '.join(SCALING_CONTENDERS)})")
+    parser.add_argument("--loop-repeats", type=int, default=None, metavar="K",
+                        help="with --scaling: run the loops (raw JAX, PyTorch) in the first K "
+                             "repeats only (default: every repeat)")
+    parser.add_argument("--mnist-sized", type=int, nargs="?", const=60_000, default=0,
+                        metavar="ROWS", help="with --scaling: the MLP on synthetic "
+                        "MNIST-sized data (ROWS x 784, default 60000) instead of digits")
     parser.add_argument("--channels", action="store_true",
                         help="time the CNN channel-count sweep (packed, per count, planned)")
     benchmarking.add_host_flags(parser, cpu_devices=True)
     args = parser.parse_args()
+    if args.loop_repeats is None:
+        args.loop_repeats = args.repeats
+    if args.mnist_sized and (args.family == "cnn" or not args.scaling):
+        parser.error("--mnist-sized goes with --scaling and the MLP family")
     host_line = benchmarking.setup_host(args)
     if args.channels:
         return channel_packing(args, host_line)
