@@ -455,25 +455,28 @@ def test_short_programs_compile_with_the_older_emitters(monkeypatch):
         "xla_cpu_use_fusion_emitters"] is False
     assert programs.compiler_options(run_once=True) == {
         "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert programs.compiler_options() == {"xla_gpu_enable_triton_gemm": False}
+    assert programs.compiler_options(run_once=True) == {"xla_gpu_enable_triton_gemm": False}
 
 
-def test_a_jaxlib_without_the_emitter_switch_compiles_without_it():
+@pytest.mark.parametrize("switch", ["xla_cpu_use_fusion_emitters", "xla_gpu_enable_triton_gemm"])
+def test_a_jaxlib_without_an_optional_switch_compiles_without_it(switch):
     from jaxnn.sweep import programs
 
     lowered = jax.jit(lambda x: x * 2).lower(jnp.ones(3))
-    switch = {"xla_cpu_use_fusion_emitters": False}
     seen = []
 
     class Lowered:  # refuses the switch as a jaxlib without it does
         def compile(self, compiler_options=None):
             seen.append(compiler_options)
-            if "xla_cpu_use_fusion_emitters" in (compiler_options or {}):
+            if switch in (compiler_options or {}):
                 raise jax.errors.JaxRuntimeError(
-                    "INVALID_ARGUMENT: No such compile option: 'xla_cpu_use_fusion_emitters'")
+                    f"INVALID_ARGUMENT: No such compile option: '{switch}'")
             return lowered.compile(compiler_options=compiler_options)
 
     compiled = programs.compile_lowered(Lowered(), {"xla_backend_optimization_level": 1,
-                                                    **switch})
+                                                    switch: False})
     assert seen[-1] == {"xla_backend_optimization_level": 1}
     np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
     with pytest.raises(jax.errors.JaxRuntimeError):  # other errors are not swallowed
