@@ -189,7 +189,8 @@ def train_and_evaluate(
     started = time.perf_counter()
     enable_precision(config)
     workdir = os.fspath(workdir)
-    if resume and os.path.exists(os.path.join(workdir, CONFIG)) and not holds_run(workdir):
+    if (resume and os.path.exists(os.path.join(workdir, CONFIG))
+            and rundir.holds(workdir) != rundir.RUN):
         resume = False  # stopped before it trained anything (while compiling): it starts anew
     _check_directory(workdir, resume)
     dataset = prepare(config)
@@ -223,24 +224,19 @@ def _initial_state(trainer: Trainer, key: jax.Array, hparams: dict) -> TrainStat
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)  # a directory holding one of them holds a run
 
 
-def holds_run(workdir: str) -> bool:
-    """Whether ``workdir`` holds a training run (one of `RUN_FILES`)."""
-    return any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES)
-
-
 def _check_directory(workdir: str, resume: bool) -> None:
-    """Refuses a new run in a directory that holds one or a sweep, and a resume of nothing."""
+    """Refuses a new run in a directory that holds one, a sweep or a report, and a resume
+    of nothing."""
     if resume and not os.path.exists(os.path.join(workdir, CHECKPOINT)):
         raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
     if resume or not os.path.isdir(workdir):
         return
-    if holds_run(workdir):
+    held = rundir.holds(workdir)
+    if held == rundir.RUN:
         raise RunError(f"{workdir} already holds a run; continue it with --resume or choose "
                        "another directory")
-    from jaxnn.sweep import RESULTS, SWEEP_CONFIG
-
-    if any(os.path.exists(os.path.join(workdir, f)) for f in (SWEEP_CONFIG, RESULTS)):
-        raise RunError(f"{workdir} holds a sweep; a training run needs another directory")
+    if held:
+        raise RunError(f"{workdir} holds {held}; a training run needs another directory")
 
 
 def _restore(config: Config, workdir: str, state: TrainState, best: dict):

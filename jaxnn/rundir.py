@@ -23,6 +23,29 @@ class RunError(Exception):
     """A run or sweep directory that cannot be used (taken, busy, or holding another run)."""
 
 
+RUN = "a training run"
+SWEEP = "a sweep"
+REPORT = "a shared study's report"
+
+
+def holds(workdir: str | os.PathLike) -> str | None:
+    """What ``workdir`` holds: `RUN`, `REPORT` or `SWEEP` (by the files that make one), or
+    None. A report is told from a sweep by its `jaxnn.sweep.workers.REPORT_OF`: both
+    have results and a sweep config."""
+    from jaxnn.run import RUN_FILES
+    from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG
+    from jaxnn.sweep.workers import REPORT_OF
+
+    def has(*names: str) -> bool:
+        return any(os.path.exists(os.path.join(workdir, name)) for name in names)
+
+    if has(*RUN_FILES):
+        return RUN
+    if has(REPORT_OF):
+        return REPORT
+    return SWEEP if has(RESULTS, SWEEP_CONFIG) else None
+
+
 def create(parent: str | os.PathLike, stem: str) -> str:
     """A new, empty directory ``parent/stem-<time>[-N]``, created atomically."""
     parent = os.fspath(parent)

@@ -162,12 +162,20 @@ def test_two_workers_one_killed_lose_nothing_and_report_as_one(tmp_path, kind):
     # (here "local") or a run's, which stay as they were.
     assert workers.write_report(storage, "shared", str(tmp_path / "shared"))["table"] == \
         shared["table"]
-    for other in ("alone", "local"):
+    for other, held in (("alone", "another study's report"), ("local", "a sweep")):
         before = {p.name: p.read_bytes() for p in (tmp_path / other).iterdir() if p.is_file()}
-        with pytest.raises(run.RunError, match="holds other results"):
+        with pytest.raises(run.RunError, match=f"holds {held}; report into a new directory"):
             workers.write_report(storage, "shared", str(tmp_path / other))
         assert {p.name: p.read_bytes() for p in (tmp_path / other).iterdir()
                 if p.is_file()} == before
+    # ... and a report is neither resumed nor written into by a sweep or a run.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir() if p.is_file()}
+    for args in (["sweep", "--resume", str(tmp_path / "shared")],
+                 ["sweep", path, "--workdir", str(tmp_path / "shared")],
+                 ["train", path, "--workdir", str(tmp_path / "shared")]):
+        assert cli.main(args) == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()
+            if p.is_file()} == before
 
 
 def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypatch):

@@ -140,15 +140,13 @@ def run_sweep(
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
     """Checks the sweep directory and returns the finished trials by index (resume); writes
     the config and an empty results file for a new sweep."""
-    from jaxnn import run
-
     results_path = os.path.join(workdir, RESULTS)
-    if os.path.exists(results_path) and not resume:
+    held = rundir.holds(workdir)
+    if held == rundir.SWEEP and not resume and os.path.exists(results_path):
         raise rundir.RunError(f"{workdir} already holds a sweep; continue it with --resume or "
                               "choose another directory")
-    if run.holds_run(workdir):
-        raise rundir.RunError(f"{workdir} holds a training run; a sweep needs another "
-                              "directory")
+    if held not in (None, rundir.SWEEP):  # a report's trials are its study's, not a sweep's
+        raise rundir.RunError(f"{workdir} holds {held}; a sweep needs another directory")
     if resume and not os.path.exists(results_path):
         raise rundir.RunError(f"{workdir}: nothing to resume ({RESULTS} not found)")
     rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []

@@ -397,8 +397,9 @@ def _check_report_directory(workdir: str, url: str, name: str) -> None:
     except (OSError, ValueError):
         same = False
     if not same:
-        raise rundir.RunError(f"{workdir} holds other results (a run, a sweep or another "
-                              "study's report); report into a new directory")
+        held = rundir.holds(workdir)
+        what = "another study's report" if held == rundir.REPORT else held or "other files"
+        raise rundir.RunError(f"{workdir} holds {what}; report into a new directory")
 
 
 def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, Any]:
