@@ -637,6 +637,21 @@ def test_sum_pool_equals_numpy(window, stride, padding, key):
         xx, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))))
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.int8])
+def test_max_pool_of_integers_pads_with_the_least_value(dtype):
+    """Padded cells hold the dtype's least value (-inf has no integer), so they never win,
+    and the output keeps the input's dtype."""
+    x = jnp.asarray(np.random.default_rng(0).integers(
+        jnp.iinfo(dtype).min, jnp.iinfo(dtype).max, (2, 5, 5, 3), endpoint=True), dtype)
+    y = _leaf(MaxPool2D(3, 2, "SAME"))((), x)
+    padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)),
+                    constant_values=jnp.iinfo(dtype).min)
+    want = np.stack([np.stack([padded[:, 2 * a:2 * a + 3, 2 * b:2 * b + 3].max(axis=(1, 2))
+                               for b in range(3)], 1) for a in range(3)], 1)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, want)
+
+
 def test_global_avg_pool_equals_numpy_mean(key):
     layer = GlobalAvgPool()
     x = jax.random.normal(key, (3, 4, 5, 2))

@@ -70,6 +70,11 @@ def _route_to_first_max(views, y, dy):
     return routed
 
 
+def _lowest(dtype) -> float | int:
+    """What a padded cell holds in max pooling: -inf, or an integer dtype's least value."""
+    return -jnp.inf if jnp.issubdtype(dtype, jnp.inexact) else jnp.iinfo(dtype).min
+
+
 def MaxPool2D(
     window: int | tuple[int, int] = 2,
     stride: int | tuple[int, int] | None = None,
@@ -81,7 +86,7 @@ def MaxPool2D(
       window: pooling window (an int for square windows).
       stride: step between windows; defaults to ``window`` (non-overlapping).
       padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)); padded cells
-        hold -inf and never win.
+        hold -inf (an integer input's least value) and never win.
 
     Returns:
       A parameter-free `Layer`.
@@ -91,12 +96,12 @@ def MaxPool2D(
     def apply(params, x, *, key=None, train=False):
         del params, key, train
         pads, _ = geometry(x)
-        return reduce(x, -jnp.inf, lax.max, pads)
+        return reduce(x, _lowest(x.dtype), lax.max, pads)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, key, train
         pads, out_hw = geometry(x)
-        padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+        padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=_lowest(x.dtype))
         views = _spatial.window_slices(padded, window, strides, out_hw)
         routed = _route_to_first_max(views, y, dy)
         dx = _spatial.scatter_windows(routed, padded.shape[1:3], window, strides)
