@@ -12,6 +12,7 @@ from fresh import fresh_python
 from interrupts import interrupt_on_call
 
 from jaxnn import cli, config, run, sweep
+from jaxnn.config import ConfigError
 from jaxnn.sweep import execute, pruning, search
 from jaxnn.sweep import spec as spec_lib
 from jaxnn.train import default_hparams, make_train
@@ -45,6 +46,11 @@ def test_rungs_and_brackets():
     band = pruning.from_spec({"method": "hyperband", "eta": 3, "min_epochs": 1}, 9, "c.toml")
     assert [band.rungs(b) for b in range(band.brackets)] == [(1, 3), (3,), ()]
     assert [band.bracket_of(p) for p in range(5)] == [0, 1, 2, 0, 1]
+    # Brackets past the last with a rung would train to the end like it: refused.
+    assert pruning.from_spec({"method": "hyperband", "brackets": 3}, 9, "c.toml").brackets == 3
+    with pytest.raises(ConfigError, match=r"sweep.pruning.brackets.*only 2 have a rung.*at "
+                                          r"most 3"):
+        pruning.from_spec({"method": "hyperband", "brackets": 10}, 9, "c.toml")
     # The best 1/eta of those that reached the rung; a diverged trial (None) never survives.
     assert pruning.survivors({0: 0.5, 1: 0.9, 2: None, 3: 0.7, 4: 0.1, 5: 0.2}, 3,
                              higher=True) == {1, 3}

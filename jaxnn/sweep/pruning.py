@@ -98,6 +98,10 @@ def from_spec(table: object, epochs: int, source: str) -> Pruning | None:
         brackets = 1
     elif brackets is None:
         brackets = most + 1  # and one bracket that trains every trial to the end
+    elif brackets > most + 1:  # brackets past that would have no rung either: nothing pruned
+        raise ConfigError(source, f"{where}.brackets", f"{brackets} brackets, but with eta = "
+                          f"{eta} and min_epochs = {min_epochs} only {most} have a rung before "
+                          f"epoch {epochs}; at most {most + 1} (the last trains to the end)")
     return Pruning(method, eta, min_epochs, brackets, epochs)
 
 
