@@ -59,6 +59,31 @@ def test_every_trial_equals_the_config_trained_alone(tmp_path, pack, grid):
     assert summary["test_loss"] == pytest.approx(best["test_loss"], rel=1e-9)
 
 
+def test_a_program_recompiles_when_a_later_batch_widens_the_draw():
+    """A width-4 program trains a first batch from a draw at width 4; a later batch with a
+    width-9 trial widens the draw, and the same program compiles again for the wider
+    arguments (keyed by their shapes): every trial still equals its lone run."""
+    cfg = small_sweep("sweep.pack_widths=false")
+    run.enable_precision(cfg)
+    dataset = run.prepare(cfg)
+    plan = sweep.make_plan(cfg, dataset)
+    by = {(t.values["learning_rate"], t.values["width"]): t for t in plan.trials}
+    rows = []
+    trainer = execute.Sweep(cfg, plan, dataset, {}, rows.extend)
+    for batch in ([by[0.02, 4]], [by[0.2, 4], by[0.02, 9]]):
+        trainer.train_batch(sweep.make_plan(cfg, dataset, batch))
+    narrow = next(p for p in trainer.programs.values() if p.config.model.hidden == (4, 4))
+    widths = [key for key in narrow.compiled if key[0] != "init"]
+    assert len(widths) == 2  # the width-4 program, for a width-4 draw and a width-9 one
+    assert sorted(row["trial"] for row in rows) == sorted(t.index for t in by.values()
+                                                          if t is not by[0.2, 9])
+    for row in rows:
+        alone = plan.trials[row["trial"]].config
+        _, metrics = make_train(alone, dataset, mesh=None)(
+            jax.random.key(alone.training.seed), default_hparams(alone, jnp.float64))
+        assert row["val_loss"] == pytest.approx(float(metrics["val_loss"][-1]), rel=1e-9)
+
+
 def test_packed_initial_params_do_not_depend_on_padding(tmp_path):
     a = sweep.run_sweep(small_sweep("sweep.pack_widths=true"), tmp_path / "a",
                         return_params=True)
