@@ -235,6 +235,33 @@ def test_killed_adaptive_search_resumes_without_losing_or_repeating(tmp_path, mo
     assert len(out["results"]) == 6
 
 
+def test_a_resumed_search_asks_for_new_values_and_a_moved_one_keeps_its_study(tmp_path,
+                                                                             monkeypatch):
+    """Stopped in its second batch, a random search resumes with its sampler reseeded by
+    the trials it holds: the third batch's values are new, not the first batch's again.
+    Moved to another directory, the sweep still finds its study (and its config check)."""
+    cfg = tiny("sweep.search='random'", "sweep.trials=6", "sweep.batch=2", SPACE,
+               "training.epochs=2")
+    workdir = tmp_path / "random"
+    real = interrupt_on_call(monkeypatch, execute, "result_rows", 2)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, workdir)
+    monkeypatch.setattr(execute, "result_rows", real)
+    moved = tmp_path / "moved"
+    os.rename(workdir, moved)
+    edited = (moved / sweep.SWEEP_CONFIG).read_text().replace("epochs = 2", "epochs = 3")
+    (moved / sweep.SWEEP_CONFIG).write_text(edited)
+    assert cli.main(["sweep", "--resume", str(moved)]) == 2  # the study's config is checked
+    (moved / sweep.SWEEP_CONFIG).write_text(edited.replace("epochs = 3", "epochs = 2"))
+    assert cli.main(["sweep", "--resume", str(moved)]) == 0
+    rows = sweep.read_results(str(moved))
+    assert sorted(r["trial"] for r in rows) == list(range(6))
+    assert len({tuple(sorted(r["values"].items())) for r in rows}) == 6
+    assert optuna.get_all_study_names(
+        optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(moved / sweep.STUDY_FILE)))) == ["random"]
+
+
 def test_hyperband_brackets_prune_at_their_own_rungs(tmp_path):
     cfg = tiny("sweep.search='random'", "sweep.trials=6", "sweep.batch=6", SPACE,
                "sweep.pruning={method = 'hyperband', eta = 3, min_epochs = 1}",

@@ -116,7 +116,8 @@ def run_sweep(
         study, refused = None, None
         if writer:
             try:
-                study = search.open_study(config, plan.spec, workdir, plan.metric, resume)
+                study = search.open_study(config, plan.spec, workdir, plan.metric, resume,
+                                          recorded=bool(done))
             except rundir.RunError as error:
                 refused = str(error)
         if jax.process_count() > 1:  # the others would wait for process 0 forever

@@ -25,6 +25,8 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from jaxnn import config as config_lib
 from jaxnn import rundir
 from jaxnn.config import Config, ConfigError
@@ -125,26 +127,35 @@ def storage_of(spec: Mapping[str, Any], workdir: str):
 
 
 def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: str,
-               resume: bool):
+               resume: bool, recorded: bool = False):
     """Creates the sweep's study (named after its directory, ``config`` kept in it), or
     loads it to resume.
 
+    A resumed study's sampler is seeded by the sweep's seed and the trials the study holds,
+    so it asks for new values, not again for those it asked before the sweep stopped (the
+    values after a resume are not those an uninterrupted sweep would have drawn).
+    ``recorded``: the resumed sweep has finished trials (so its study must exist).
+
     Raises:
       RunError: a new sweep whose study name the storage already holds, or a resumed one
-        whose config differs from the study's (beyond `jaxnn.config.RESUMABLE`).
+        whose config differs from the study's (beyond `jaxnn.config.RESUMABLE`) or whose
+        study is missing.
     """
     optuna = _quiet()
     name = os.path.basename(os.path.normpath(workdir))
     storage = storage_of(spec, workdir)
     direction = "maximize" if metric.endswith("accuracy") else "minimize"
-    chosen = sampler(spec["search"], spec.get("seed", 0))
+    seed = spec.get("seed", 0)
+    chosen = sampler(spec["search"], seed)
     if resume:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage, sampler=chosen)
-        except KeyError:
-            pass  # killed before the study was created
-        else:
+        study = _resumed_study(optuna, name, storage, spec, recorded)
+        if study is not None:
             _check_resumed_config(study, config)
+            # Seeded as at the start, the sampler would ask again for the values it asked
+            # before the sweep stopped: seeded by the trials the study holds, it goes on.
+            asked = len(study.get_trials(deepcopy=False))
+            study.sampler = sampler(spec["search"], int(
+                np.random.SeedSequence([seed, asked]).generate_state(1)[0]))
             return study
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction=direction,
@@ -154,6 +165,27 @@ def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: st
                               "resume that sweep or choose another directory") from None
     study.set_user_attr(CONFIG_ATTR, config_lib.dumps(config))
     return study
+
+
+def _resumed_study(optuna, name: str, storage, spec: Mapping[str, Any], recorded: bool):
+    """The study a resumed sweep continues, or None when it was stopped before creating it.
+    The directory's own journal holds its sweep's study alone, found whatever the directory
+    is called now (moved or copied); a ``[sweep] storage`` is searched by name.
+
+    Raises:
+      RunError: no study, but the sweep recorded trials (it would start a second one).
+    """
+    names = [name] if spec.get("storage") else optuna.get_all_study_names(storage)
+    if len(names) == 1:
+        with contextlib.suppress(KeyError):
+            return optuna.load_study(study_name=names[0], storage=storage)
+    if recorded or len(names) > 1:
+        where = spec.get("storage") or STUDY_FILE
+        raise rundir.RunError(
+            f"{name}: no study of this sweep in {where} (it holds "
+            f"{', '.join(map(repr, names)) if len(names) > 1 else 'none of that name'}); a "
+            "sweep with [sweep] storage resumes only in a directory of the name it began in")
+    return None
 
 
 def study_config(study, source: str) -> Config:
