@@ -293,6 +293,28 @@ def test_study_in_a_storage_url(tmp_path):
     assert len(optuna.get_all_study_names(url)) == 2
 
 
+@pytest.mark.parametrize("storage", ["{tmp}/missing/studies.journal", "notadialect://x",
+                                     "sqlite:///{tmp}/missing/studies.db"])
+def test_a_storage_that_cannot_be_opened_is_one_error_before_the_directory(tmp_path, capsys,
+                                                                            storage):
+    path = tmp_path / "sweep.toml"
+    path.write_text(config.dumps(tiny("sweep.grid={learning_rate = [0.05, 0.2]}",
+                                      f"sweep.storage='{storage.format(tmp=tmp_path)}'")))
+    assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "s")]) == 2
+    assert "sweep.storage" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "missing").exists()
+
+
+def test_a_journal_path_as_the_storage(tmp_path):
+    journal = tmp_path / "studies.journal"
+    cfg = tiny("sweep.grid={learning_rate = [0.05, 0.2]}", f"sweep.storage='{journal}'",
+               "training.epochs=2")
+    sweep.run_sweep(cfg, tmp_path / "first")
+    storage = optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert optuna.get_all_study_names(storage) == ["first"]
+
+
 @pytest.mark.parametrize(("override", "key"), [
     ("sweep.search='bayes'", "sweep.search"),
     ("sweep.search='tpe'", "sweep.trials"),

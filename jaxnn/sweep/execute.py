@@ -111,6 +111,8 @@ def run_sweep(
     plan = make_plan(config, dataset)
     # With several hosts (jax.distributed), every host computes and the first one writes.
     writer = jax.process_index() == 0
+    if writer and plan.spec.get("storage"):  # a bad one is refused before the directory is made
+        search.configured_storage(plan.spec["storage"], config.source)
     with rundir.locked(workdir) if writer else contextlib.nullcontext():
         done = _start(config, plan, workdir, resume, writer)
         study, refused = None, None

@@ -107,7 +107,32 @@ def sampler(search: str, seed: int):
 CONFIG_ATTR = "jaxnn_config"  # the study's user attribute holding its sweep config (TOML)
 
 
-def storage_of(spec: Mapping[str, Any], workdir: str):
+def configured_storage(url: str, source: str):
+    """The ``[sweep] storage`` of the config file ``source``: a database URL, else a journal
+    file in an existing directory.
+
+    Raises:
+      ConfigError: naming ``sweep.storage``, when it cannot be opened (a bad URL, a missing
+        driver or directory, an unreachable server).
+    """
+    optuna = _quiet()
+    try:
+        if "://" not in url:
+            directory = os.path.dirname(os.path.abspath(url))
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(f"no directory {directory}")
+            journal = optuna.storages.journal
+            return journal.JournalStorage(journal.JournalFileBackend(url))
+        return optuna.storages.RDBStorage(url)
+    except ImportError as error:  # the database's driver
+        raise ConfigError(source, "sweep.storage", f"{url!r}: {error} (for PostgreSQL: pip "
+                          "install 'jaxnn[postgres]')") from None
+    except Exception as error:  # OSError, a bad URL, or the database's own errors
+        raise ConfigError(source, "sweep.storage", f"{url!r}: cannot open it: "
+                          f"{str(error).splitlines()[0]}") from None
+
+
+def storage_of(spec: Mapping[str, Any], workdir: str, source: str = ""):
     """The study's storage: ``[sweep] storage`` (a URL) or a journal file in ``workdir``.
 
     The journal's lock file (Optuna's, a symlink) is only ever taken by the process that
@@ -118,7 +143,7 @@ def storage_of(spec: Mapping[str, Any], workdir: str):
     """
     optuna = _quiet()
     if spec.get("storage"):
-        return spec["storage"]
+        return configured_storage(spec["storage"], source)
     path = os.path.abspath(os.path.join(workdir, STUDY_FILE))
     with contextlib.suppress(FileNotFoundError):
         os.remove(path + JOURNAL_LOCK_SUFFIX)
@@ -143,7 +168,7 @@ def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: st
     """
     optuna = _quiet()
     name = os.path.basename(os.path.normpath(workdir))
-    storage = storage_of(spec, workdir)
+    storage = storage_of(spec, workdir, config.source)
     direction = "maximize" if metric.endswith("accuracy") else "minimize"
     seed = spec.get("seed", 0)
     chosen = sampler(spec["search"], seed)
