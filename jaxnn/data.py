@@ -277,7 +277,8 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
 
     Raises:
       DataError: naming ``source`` and the first row at fault (a label that is not an
-        integer, negative, too large, or that leaves classes without examples).
+        integer, negative, too large, or that leaves classes without examples), or when
+        there would be one class.
     """
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
@@ -293,6 +294,10 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
                         "labels are integers >= 0")
     labels = y.astype(np.int64)
     top = int(np.argmax(labels))
+    if max(num_classes, int(labels[top]) + 1) < 2 and len(labels):
+        raise DataError(f"{source}: every label is 0: one class, whose loss is 0 whatever "
+                        "the weights; a classifier needs at least 2 (data.task = "
+                        "'regression' for real-valued targets)")
     if num_classes:
         if labels[top] >= num_classes:
             raise DataError(f"{source}: label {labels[top]} at row {top} is not below the "

@@ -292,6 +292,7 @@ def _features(n=40):
     (lambda x, y: y.__setitem__(5, 2.5), ["label 2.5 at row 5"]),
     (lambda x, y: y.__setitem__(3, -1), ["label -1.0 at row 3"]),
     (lambda x, y: y.__setitem__(slice(None), np.arange(40) % 3), []),  # integers: trains
+    (lambda x, y: y.__setitem__(slice(None), 0), ["every label is 0", "at least 2"]),
     ("strings", ["labels must be numbers, got dtype <U"]),
     (lambda x, y: x.__setitem__((11, 2), np.nan), ["features at row 11 holds nan"]),
     (lambda x, y: x.__setitem__((4, 0), np.inf), ["features at row 4 holds inf"]),
