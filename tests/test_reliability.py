@@ -344,7 +344,7 @@ def test_idx_labels_outside_the_ten_classes_are_refused(tmp_path, capsys):
 def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
     if case in ("header_only", "no_test_split", "binary_csv"):
         path = tmp_path / "data.csv"
-        path.write_text({"header_only": "a,b,label\n", "no_test_split": "a,b,label\n1,2,0\n",
+        path.write_text({"header_only": "a,b,label\n", "no_test_split": "a,b,label\n1,2,0\n3,4,1\n",
                          "binary_csv": ""}[case])
         if case == "binary_csv":
             path.write_bytes(b"\x80\x81,label\n")
