@@ -204,7 +204,8 @@ def _check_values(config: Config) -> None:
             raise ConfigError(source, key, message)
 
     def choice(value: str, options: tuple[str, ...], key: str) -> None:
-        require(value in options, key, f"{value!r} is not one of {', '.join(options)}")
+        require(value in options, key, f"{value!r} is not one of "
+                f"{', '.join(option or repr(option) for option in options)}")
 
     opt, sched, train, data, model = (config.optimizer, config.schedule, config.training,
                                       config.data, config.model)

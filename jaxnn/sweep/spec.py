@@ -76,10 +76,11 @@ def spec_of(config: Config) -> dict:
             raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
     if not spec.get("grid") and not spec.get("random"):
         raise ConfigError(source, "sweep", "needs a grid or a random table")
-    for key in ("count", "seed", "trials_per_chunk", "trials", "batch"):
-        value = spec.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(source, f"sweep.{key}", f"expected an int >= 0, got {value!r}")
+    for key, low in (("count", 0), ("seed", 0), ("trials_per_chunk", 0), ("trials", 1),
+                     ("batch", 1)):
+        value = spec.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(source, f"sweep.{key}", f"expected an int >= {low}, got {value!r}")
     search = spec.setdefault("search", "grid")
     if search not in SEARCHES:
         raise ConfigError(source, "sweep.search", f"{search!r} is not one of "
