@@ -169,9 +169,10 @@ def make_step(
       optimizer: an optax optimizer.
       backprop: "autodiff" (``jax.value_and_grad``) or "manual" (the layers' delta rules).
       compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and backward passes
-        run on copies of the params, state and inputs cast to it, while the params themselves
-        (the master weights), their gradients, the state, the optimizer and the loss stay in
-        the params' dtype. None: everything in the params' dtype.
+        run on copies of the params and inputs cast to it, while the params themselves (the
+        master weights), their gradients, the state (BatchNorm's running statistics, updated
+        in their own dtype), the optimizer and the loss stay in the params' dtype. None:
+        everything in the params' dtype.
 
     Returns:
       The pure step function (jit it, or call it inside a compiled loop).
@@ -186,13 +187,13 @@ def make_step(
 
         if backprop == "manual":
             value, grads, pred, new_state = manual.value_grad_and_output(
-                net, loss, to_compute(params), to_compute(model_state), to_compute(x), y,
+                net, loss, to_compute(params), model_state, to_compute(x), y,
                 key=key, train=True, loss_dtype=master_dtype)
             grads = cast_floating(grads, master_dtype)
         else:
             def objective(p):  # The casts' transposes bring gradients back to master_dtype.
-                pred, new_state = net.apply(to_compute(p), to_compute(model_state),
-                                            to_compute(x), key=key, train=True)
+                pred, new_state = net.apply(to_compute(p), model_state, to_compute(x),
+                                            key=key, train=True)
                 pred = pred.astype(master_dtype)
                 return loss.value(pred, y), (pred, new_state)
 

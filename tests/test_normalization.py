@@ -93,6 +93,29 @@ def test_running_statistics_after_training_steps_equal_a_numpy_ema(key):
 
 
 @pytest.mark.parametrize("backprop", ["autodiff", "manual"])
+def test_mixed_precision_updates_the_statistics_in_their_own_dtype(backprop, key):
+    """With bfloat16 compute, the float32 running mean follows a float32 EMA of the
+    batches' means (in bfloat16, 0.99 rounds to 0.988 and small updates round away: it
+    stalled near 8 of 10)."""
+    net = serial(BatchNorm(), Dense(2))
+    _, params, state = net.init(key, (None, 3))
+    params, state = jax.tree.map(lambda a: a.astype(jnp.float32), (params, state))
+    opt = optax.sgd(0.0)
+    step = jax.jit(make_step(net, losses.mse, opt, backprop=backprop,
+                             compute_dtype=jnp.bfloat16))
+    opt_state = opt.init(params)
+    x = (jax.random.normal(key, (64, 3)) + 10.0).astype(jnp.float32)
+    batch_mean = np.asarray(jnp.mean(x.astype(jnp.bfloat16), axis=0), np.float64)
+    for _ in range(600):
+        params, state, opt_state, _, _ = step(params, state, opt_state, x,
+                                              jnp.zeros((64, 2), jnp.float32))
+    assert state[0]["mean"].dtype == jnp.float32
+    want = batch_mean * (1 - np.float32(0.99) ** 600)  # the EMA from 0
+    eps = float(jnp.finfo(jnp.bfloat16).eps)
+    np.testing.assert_allclose(state[0]["mean"], want, rtol=eps)
+
+
+@pytest.mark.parametrize("backprop", ["autodiff", "manual"])
 def test_vmapped_trials_each_keep_their_own_statistics(backprop, key):
     """Three trials (learning rates) of a net whose BatchNorm sees trained features:
     vmapped, each trial's params and state equal its solo run's."""

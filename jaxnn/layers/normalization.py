@@ -123,8 +123,8 @@ def BatchNorm(
     def statistics(x, state, train):
         """``(axes, mean, var)``: the batch's in training, the running ones otherwise."""
         axes = tuple(range(x.ndim - 1))
-        if not train:
-            return axes, _channels(state["mean"], x.ndim), _channels(state["var"], x.ndim)
+        if not train:  # (float32 statistics normalize a bfloat16 input in its dtype)
+            return axes, *(_channels(state[k].astype(x.dtype), x.ndim) for k in ("mean", "var"))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         return axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
 
@@ -134,9 +134,13 @@ def BatchNorm(
         y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
         if not train:
             return y, state
-        keep = jnp.asarray(momentum, x.dtype)
-        new_state = {name: keep * state[name] + (1 - keep) * jax.lax.stop_gradient(
-            batch.reshape(-1)) for name, batch in (("mean", mean), ("var", var))}
+        # In the statistics' own dtype: in a bfloat16 input's, 0.99 rounds to 0.988 and
+        # small updates round away, so the running mean stalled short of the batches'.
+        new_state = {}
+        for name, batch in (("mean", mean), ("var", var)):
+            keep = jnp.asarray(momentum, state[name].dtype)
+            new_state[name] = keep * state[name] + (1 - keep) * jax.lax.stop_gradient(
+                batch.reshape(-1)).astype(state[name].dtype)
         return y, new_state
 
     def backward(params, state, x, y, dy, *, key=None, train=False):
