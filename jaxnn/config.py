@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import tomllib
@@ -236,6 +237,8 @@ def _check_values(config: Config) -> None:
     choice(train.precision, ("float32", "float64"), "training.precision")
     choice(train.compute_dtype, ("", "float32", "bfloat16"), "training.compute_dtype")
     choice(train.backprop, ("autodiff", "manual"), "training.backprop")
+    for key, seed in (("training.seed", train.seed), ("data.seed", data.seed)):
+        require(0 <= seed <= MAX_SEED, key, f"must be in [0, 2**32 - 1], got {seed}")
     require(train.patience >= 0, "training.patience", "must be >= 0")
     require(train.chunk_epochs >= 0, "training.chunk_epochs", "must be >= 0")
     choice(data.name, DATASETS, "data.name")
@@ -377,13 +380,17 @@ def _toml_key(key: str) -> str:
     return key if key and all(c.isalnum() or c in "_-" for c in key) else _toml_value(key)
 
 
+MAX_SEED = 2**32 - 1  # JAX's and NumPy's seeds: larger ones were truncated or refused late
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON's escapes are TOML's (control characters too); DEL must be escaped in TOML.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

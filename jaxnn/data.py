@@ -292,6 +292,10 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
         row = int(np.argmax(bad))
         raise DataError(f"{source}: label {y[row].item()!r} at row {row}: classification "
                         "labels are integers >= 0")
+    if (y > MAX_CLASSES).any():  # before the int64 cast, which wraps 1e19 and 2**64 - 1
+        row = int(np.argmax(y > MAX_CLASSES))
+        raise DataError(f"{source}: label {int(y[row])} at row {row} is above {MAX_CLASSES}, "
+                        "the most classes a classifier here takes")
     labels = y.astype(np.int64)
     top = int(np.argmax(labels))
     if max(num_classes, int(labels[top]) + 1) < 2 and len(labels):
@@ -399,6 +403,9 @@ def load(config) -> Dataset:
             y = y[:, None] if y.ndim == 1 else y
             check_finite(y, path, f"target {cfg.label or default_label!r}")
         check_finite(x, path, "features")
+        precision = config.training.precision
+        with np.errstate(over="ignore"):  # finite in the file, past the precision's range
+            check_finite(x.astype(precision), path, f"features (in {precision})")
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
         if test is not None:

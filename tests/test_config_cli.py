@@ -247,3 +247,15 @@ def test_a_second_run_of_a_config_compiles_nothing_new(tmp_path):
                        capture_output=True, env={**os.environ, "JAXNN_COMPILE_CACHE": str(cache)})
         assert (set(os.listdir(cache)) != entries[0]) == grows
 
+
+
+def test_strings_with_control_characters_round_trip_and_seeds_are_32_bit(tmp_path):
+    """A stored config stays valid TOML whatever its strings hold (a run must resume from
+    it); seeds past 32 bits were truncated (two "different" seeds, one run) or refused late."""
+    tiny = os.path.join(ROOT, "configs", "tiny.toml")
+    cfg = config.load(tiny, ['output.dir="a\\nb\\u0001c\\u007f\\"d\\\\"'])
+    assert cfg.output.dir == 'a\nb\x01c\x7f"d\\'
+    assert config.loads(config.dumps(cfg), "again.toml").output.dir == cfg.output.dir
+    for key, value in (("training.seed", 2**32), ("data.seed", -1)):
+        with pytest.raises(config.ConfigError, match=rf"{key}: must be in \[0, 2\*\*32 - 1\]"):
+            config.load(tiny, [f"{key}={value}"])

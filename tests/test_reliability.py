@@ -293,9 +293,11 @@ def _features(n=40):
     (lambda x, y: y.__setitem__(3, -1), ["label -1.0 at row 3"]),
     (lambda x, y: y.__setitem__(slice(None), np.arange(40) % 3), []),  # integers: trains
     (lambda x, y: y.__setitem__(slice(None), 0), ["every label is 0", "at least 2"]),
+    (lambda x, y: y.__setitem__(9, 1e19), ["label 10000000000000000000 at row 9", "classes"]),
     ("strings", ["labels must be numbers, got dtype <U"]),
     (lambda x, y: x.__setitem__((11, 2), np.nan), ["features at row 11 holds nan"]),
     (lambda x, y: x.__setitem__((4, 0), np.inf), ["features at row 4 holds inf"]),
+    (lambda x, y: x.__setitem__((5, 1), 1e39), ["features (in float32) at row 5 holds inf"]),
 ])
 def test_bad_npz_values_are_refused_naming_the_row(tmp_path, capsys, change, fragments):
     x, y = _features(), (np.arange(40) % 3).astype(np.float64)

@@ -81,6 +81,8 @@ def spec_of(config: Config) -> dict:
         value = spec.get(key, low)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(source, f"sweep.{key}", f"expected an int >= {low}, got {value!r}")
+    if spec.get("seed", 0) > config_lib.MAX_SEED:  # Optuna's samplers take 32-bit seeds
+        raise ConfigError(source, "sweep.seed", f"must be <= 2**32 - 1, got {spec['seed']}")
     search = spec.setdefault("search", "grid")
     if search not in SEARCHES:
         raise ConfigError(source, "sweep.search", f"{search!r} is not one of "
