@@ -327,6 +327,8 @@ def test_a_journal_path_as_the_storage(tmp_path):
     ("sweep.pruning={method = 'median'}", "sweep.pruning.method"),
     (("sweep.pruning={}", "data.validation_fraction=0.0"), "sweep.pruning"),
     ("data.validation_fraction=0.0", "data.validation_fraction"),
+    (("data.name='regression'", "model.loss='mse'", "sweep.metric='val_accuracy'"),
+     "sweep.metric: val_accuracy needs a classification task"),
     (("sweep.count=1", "sweep.random={width = {distribution = 'int', low = 2.5, high = 9}}"),
      "sweep.random.width"),
 ])

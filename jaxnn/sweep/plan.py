@@ -236,6 +236,9 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     metric = spec.get("metric", "auto")
     if metric == "auto":
         metric = "val_accuracy" if dataset.num_classes else "val_loss"
+    if metric == "val_accuracy" and not dataset.num_classes:  # else no value to rank by
+        raise ConfigError(config.source, "sweep.metric", "val_accuracy needs a classification "
+                          "task; this data is a regression (use val_loss)")
     if not all_trials:  # an adaptive search's batches are sharded as the whole sweep is
         devices = min(jax.device_count(), spec["batch"]) if _split_cpu() else jax.device_count()
         return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune)
