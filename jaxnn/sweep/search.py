@@ -124,12 +124,17 @@ def configured_storage(url: str, source: str):
             journal = optuna.storages.journal
             return journal.JournalStorage(journal.JournalFileBackend(url))
         return optuna.storages.RDBStorage(url)
-    except ImportError as error:  # the database's driver
-        raise ConfigError(source, "sweep.storage", f"{url!r}: {error} (for PostgreSQL: pip "
-                          "install 'jaxnn[postgres]')") from None
-    except Exception as error:  # OSError, a bad URL, or the database's own errors
-        raise ConfigError(source, "sweep.storage", f"{url!r}: cannot open it: "
-                          f"{str(error).splitlines()[0]}") from None
+    except Exception as error:  # a driver, OSError, a bad URL, or the database's own errors
+        raise ConfigError(source, "sweep.storage",
+                          f"{url!r}: {storage_failure(error)}") from None
+
+
+def storage_failure(error: Exception) -> str:
+    """Why a storage could not be opened, in a line: a missing database driver (and the
+    extra that installs PostgreSQL's), else the first line of the error."""
+    if isinstance(error, ImportError):
+        return f"{error} (for PostgreSQL: pip install 'jaxnn[postgres]')"
+    return f"cannot open it: {str(error).splitlines()[0]}"
 
 
 def storage_of(spec: Mapping[str, Any], workdir: str, source: str = ""):

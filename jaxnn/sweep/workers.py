@@ -143,12 +143,8 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
                 None, "", ":memory:"):  # a file other processes share (not one to drop)
             _lock_as_transactions_begin(storage.engine)
         return storage
-    except ImportError as error:  # the database's driver
-        raise rundir.RunError(f"--storage {url}: {error} (for PostgreSQL: pip install "
-                              "'jaxnn[postgres]')") from None
-    except Exception as error:  # OSError, or the database's own errors
-        raise rundir.RunError(f"--storage {url}: cannot open it: "
-                              f"{str(error).splitlines()[0]}") from None
+    except Exception as error:  # the database's driver, OSError, or the database's errors
+        raise rundir.RunError(f"--storage {url}: {search.storage_failure(error)}") from None
 
 
 def _check_database_file(url: str) -> None:
