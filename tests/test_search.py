@@ -289,6 +289,11 @@ def test_study_in_a_storage_url(tmp_path):
     # A second sweep of that name in the same storage is refused; another name is not.
     with pytest.raises(run.RunError, match="already holds a study named 'first'"):
         sweep.run_sweep(cfg, tmp_path / "other" / "first")
+    # The refused sweep wrote nothing to resume: resumed, it would add its trials to the
+    # other sweep's study.
+    with pytest.raises(run.RunError, match="nothing to resume"):
+        sweep.run_sweep(cfg, tmp_path / "other" / "first", resume=True)
+    assert len(optuna.load_study(study_name="first", storage=url).trials) == 2
     sweep.run_sweep(cfg, tmp_path / "second")
     assert len(optuna.get_all_study_names(url)) == 2
 

@@ -126,6 +126,8 @@ def run_sweep(
             refused = _from_process_0(refused)
         if refused is not None:
             raise rundir.RunError(refused)
+        if writer and not resume:
+            _write_new(config, workdir)
         if writer:
             search.record(study, done.values(), plan.space, plan.metric)
         results_path = os.path.join(workdir, RESULTS)
@@ -141,8 +143,7 @@ def run_sweep(
 
 
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
-    """Checks the sweep directory and returns the finished trials by index (resume); writes
-    the config and an empty results file for a new sweep."""
+    """Checks the sweep directory and returns the finished trials by index (resume)."""
     results_path = os.path.join(workdir, RESULTS)
     held = rundir.holds(workdir)
     if held == rundir.SWEEP and not resume and os.path.exists(results_path):
@@ -163,12 +164,16 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("jaxnn sweep: directory checked")
-    if writer and not resume:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
-            handle.write(config_lib.dumps(config))
-        jsonl.rewrite(results_path, [])
     return done
+
+
+def _write_new(config: Config, workdir: str) -> None:
+    """Writes a new sweep's config and empty results file: once its study is open, so that
+    a sweep refused for its study's name leaves nothing a ``--resume`` would continue in
+    the other sweep's study."""
+    with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
+        handle.write(config_lib.dumps(config))
+    jsonl.rewrite(os.path.join(workdir, RESULTS), [])
 
 
 def _from_process_0(value: Any) -> Any:
