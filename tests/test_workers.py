@@ -102,6 +102,22 @@ print(claimed)
 """
 
 
+def test_workers_on_a_plain_sweeps_study_are_refused_at_once(tmp_path, capsys):
+    """A `jaxnn sweep` with ``[sweep] storage`` makes a study without a trial budget;
+    workers joining it waited for one and then blamed its creator's death."""
+    storage = str(tmp_path / "study.journal")
+    path = scenario.sweep_config(str(tmp_path / "a.toml"),
+                                 [*scenario.SWEEP, "training.epochs=1",
+                                  "sweep.grid={learning_rate = [0.1]}",
+                                  f"sweep.storage='{storage}'"])
+    assert cli.main(["sweep", path, "--workdir", str(tmp_path / "plain")]) == 0
+    started = time.monotonic()
+    assert cli.main(["sweep", path, "--storage", storage, "--study", "plain"]) == 2
+    assert time.monotonic() - started < workers.READY_TIMEOUT_S
+    err = capsys.readouterr().err
+    assert f"jaxnn sweep --resume {tmp_path / 'plain'}" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_workers_claiming_at_once_never_claim_one_trial_twice(tmp_path, kind):
     """Three processes claim the slots of one study at the same moment: each trial goes to

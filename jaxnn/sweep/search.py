@@ -105,6 +105,8 @@ def sampler(search: str, seed: int):
 
 
 CONFIG_ATTR = "jaxnn_config"  # the study's user attribute holding its sweep config (TOML)
+# A `jaxnn sweep`'s study (not a workers' study): the sweep directory it belongs to.
+DIRECTORY_ATTR = "jaxnn_sweep_directory"
 
 
 def configured_storage(url: str, source: str):
@@ -194,6 +196,7 @@ def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: st
         raise rundir.RunError(f"the study storage already holds a study named {name!r}; "
                               "resume that sweep or choose another directory") from None
     study.set_user_attr(CONFIG_ATTR, config_lib.dumps(config))
+    study.set_user_attr(DIRECTORY_ATTR, os.path.abspath(workdir))
     return study
 
 

@@ -212,6 +212,11 @@ def join(storage, name: str, config: Config, plan):
     if study is not None:
         return study
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(plan))
+    if search.DIRECTORY_ATTR in study.user_attrs:
+        where = study.user_attrs[search.DIRECTORY_ATTR]
+        raise rundir.RunError(f"study {name!r} is the study of the sweep in {where}, not a "
+                              f"workers' study: continue it with jaxnn sweep --resume {where}, "
+                              "or give the workers another --study name")
     deadline = time.monotonic() + READY_TIMEOUT_S
     while BUDGET_ATTR not in study.user_attrs:
         if time.monotonic() > deadline:
