@@ -331,6 +331,8 @@ def test_a_journal_path_as_the_storage(tmp_path):
     ("sweep.pruning={rate = 2}", "sweep.pruning.rate"),
     ("sweep.pruning={method = 'median'}", "sweep.pruning.method"),
     (("sweep.pruning={}", "data.validation_fraction=0.0"), "sweep.pruning"),
+    (("sweep.pruning={}", "sweep.batch=1"), "sweep.pruning: prunes nothing: a batch of 1"),
+    ("sweep.pruning={method = 'hyperband'}", "sweep.pruning: prunes nothing"),
     ("data.validation_fraction=0.0", "data.validation_fraction"),
     (("data.name='regression'", "model.loss='mse'", "sweep.metric='val_accuracy'"),
      "sweep.metric: val_accuracy needs a classification task"),

@@ -195,8 +195,11 @@ def bucket(width: int) -> int:
     return size
 
 
-def _pruning(config: Config, spec: dict, all_trials, dataset) -> Pruning | None:
-    """The validated ``[sweep.pruning]``; pruning needs validation data and one epoch count."""
+def _pruning(config: Config, spec: dict, all_trials, dataset,
+             together: int | None) -> Pruning | None:
+    """The validated ``[sweep.pruning]``; pruning needs validation data, one epoch count and
+    (``together``: the trials a batch trains together, None for a batch's own plan) trials
+    enough to rank."""
     if "pruning" not in spec:
         return None
     epochs = {t.config.training.epochs for t in all_trials} or {config.training.epochs}
@@ -206,7 +209,10 @@ def _pruning(config: Config, spec: dict, all_trials, dataset) -> Pruning | None:
     if len(dataset.x_val) == 0:
         raise ConfigError(config.source, "sweep.pruning", "pruning ranks trials on the "
                           "validation split; data.validation_fraction is 0")
-    return from_spec(spec["pruning"], epochs.pop(), config.source)
+    pruning = from_spec(spec["pruning"], epochs.pop(), config.source)
+    if together is not None:
+        pruning.check_prunes(together, config.source)
+    return pruning
 
 
 def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> Plan:
@@ -229,7 +235,8 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     if spec["search"] != "grid" and batch is None:
         check_trials(config, [make_trial(-1, values, config) for values in corners(space)],
                      dataset)
-    prune = _pruning(config, spec, all_trials, dataset)
+    prune = _pruning(config, spec, all_trials, dataset,
+                     None if batch is not None else spec.get("batch", len(all_trials)))
     if len(dataset.x_val) == 0:
         raise ConfigError(config.source, "data.validation_fraction", "a sweep ranks its "
                           "trials on the validation split, and this one is empty (0)")

@@ -55,6 +55,15 @@ class Pruning(NamedTuple):
             math.log(self.epochs / first, self.eta) - 1e-9)
         return tuple(first * self.eta ** k for k in range(count))
 
+    def check_prunes(self, together: int, source: str) -> None:
+        """Refuses a sweep whose batches of ``together`` trials deal at most one trial to
+        each bracket: a rung keeps at least one, so nothing would ever be pruned."""
+        if -(-together // self.brackets) < 2:  # bracket 0, which has a rung, gets the most
+            raise ConfigError(source, "sweep.pruning", f"prunes nothing: a batch of "
+                              f"{together} trial(s) trained together deals at most one to each "
+                              f"of its {self.brackets} bracket(s), and a rung keeps at least one; "
+                              f"train at least {2 * self.brackets} together (sweep.batch)")
+
     def bracket_of(self, position: int) -> int:
         """The bracket of a batch's ``position``-th trial (dealt in turn)."""
         return position % self.brackets
