@@ -48,7 +48,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """The data set; ``name`` is digits, mnist, fashion_mnist, npz, csv, spirals, moons or
-    regression. ``path`` is the IDX directory (mnist, fashion_mnist) or the file (npz, csv)."""
+    regression. ``path`` is the IDX directory (mnist, fashion_mnist) or the file (npz, csv);
+    a relative one is made absolute as the config loads (`data_path`), so that the copy a
+    run or sweep directory keeps finds the data from any working directory."""
 
     name: str = "digits"
     path: str = ""
@@ -278,6 +280,8 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
                 _coerce(raw[name], dict, source, "sweep") for name in raw}
     config = Config(**sections, source=source)
     _check_values(config)
+    if config.data.path:
+        config = config.replace(data={"path": os.path.abspath(data_path(config))})
     return config
 
 

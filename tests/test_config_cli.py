@@ -201,6 +201,28 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(tmp_path / "nothing")]) == 2
 
 
+def test_a_relative_data_path_is_stored_absolute(tmp_path, capsys, monkeypatch):
+    """A run's config.toml keeps the data path resolved (from the working directory, else
+    beside the config), so --resume from another directory finds the data."""
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "d.npz", x=np.random.default_rng(0).normal(size=(60, 3)),
+             y=np.arange(60) % 2)
+    tiny = os.path.join(CONFIGS, "tiny.toml")
+    beside = write(tmp_path, '[data]\nname = "npz"\npath = "data/d.npz"\n', "beside.toml")
+    assert config.load(beside).data.path == str(tmp_path / "data" / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    flags = ["--set", 'data={name = "npz", path = "data/d.npz"}', "--set", "training.epochs=1",
+             "--set", "output.plots=false"]
+    assert cli.main(["train", tiny, *flags, "--workdir", "run"]) == 0
+    stored = config.load(tmp_path / "run" / "config.toml")
+    assert stored.data.path == str(tmp_path / "data" / "d.npz")
+    monkeypatch.chdir(tmp_path / "data")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+
+
 def test_cli_summary(capsys):
     assert cli.main(["summary", os.path.join(CONFIGS, "cnn_digits.toml")]) == 0
     out = capsys.readouterr().out
