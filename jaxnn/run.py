@@ -85,6 +85,11 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "model.loss", (
             "softmax_cross_entropy needs class labels, and these data are a regression task "
             '(data.task); use "mse"'))
+    if config.model.loss != "softmax_cross_entropy" and dataset.num_classes:
+        # The other losses compare outputs with targets of their shape: class labels are not.
+        raise ConfigError(config.source, "model.loss", (
+            f"{config.model.loss} needs targets shaped like the outputs, and these data are "
+            'class labels (data.task = "classification"); use "softmax_cross_entropy"'))
     if config.training.batch_size > len(dataset.x_train):
         raise ConfigError(config.source, "training.batch_size",
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "

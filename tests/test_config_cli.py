@@ -73,6 +73,9 @@ BAD_CONFIGS = [
     # A single regression output under softmax: the loss is 0 whatever the weights.
     ('[data]\nname = "regression"\n', "model.loss",
      "softmax_cross_entropy needs class labels"),
+    # Outputs against integer labels: mse ended in a broadcasting traceback.
+    ('[model]\nloss = "mse"\n', "model.loss", 'class labels (data.task = "classification")'),
+    ('[model]\nloss = "sigmoid_binary_cross_entropy"\n', "model.loss", "needs targets shaped"),
 ]
 
 
