@@ -95,10 +95,17 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "
                           "training examples")
     per_epoch = len(dataset.x_train) // config.training.batch_size
-    if config.training.epochs * per_epoch > MAX_STEPS:
-        raise ConfigError(config.source, "training.epochs", (
-            f"{config.training.epochs} epochs of {per_epoch} steps are more steps than a run "
-            f"counts ({MAX_STEPS:,}: int32 counters)"))
+    sched = config.schedule
+    # The schedule's epochs become steps too (as Python ints, which overflowed JAX's int32).
+    for key, epochs in (("training.epochs", (config.training.epochs,)),
+                        ("schedule.boundaries", sched.boundaries),
+                        ("schedule.decay_epochs", (sched.decay_epochs,)),
+                        ("schedule.warmup_epochs", (sched.warmup_epochs,))):
+        for value in epochs:
+            if value * per_epoch > MAX_STEPS:
+                raise ConfigError(config.source, key, (
+                    f"{value} epochs of {per_epoch} steps are more steps than a run counts "
+                    f"({MAX_STEPS:,}: int32 counters)"))
     _, params = models.check(config, dataset.input_shape, dataset.output_size)
     # Params beyond the device's memory (with their gradients and optimizer state) would
     # hang allocating; a sweep's planner also checks its chunks' activations and orders.

@@ -431,6 +431,13 @@ def test_a_run_beyond_device_memory_or_its_counters_is_refused(tmp_path, capsys)
     fails(capsys, ["train", config, "--workdir", str(workdir), "--set",
                    "training.epochs=100000000000000000000"], "training.epochs: "
           "100000000000000000000 epochs of", "more steps than a run counts")
+    # The schedule's epochs, as steps, overflowed JAX's int32 (a traceback).
+    for flags, key in ((["schedule={name = \"step\", boundaries = [1e300], scales = [0.5]}"],
+                        "schedule.boundaries: 1e+300 epochs of"),
+                       (["schedule={name = \"exponential\", decay_epochs = 1e307}"],
+                        "schedule.decay_epochs: 1e+307 epochs of")):
+        fails(capsys, ["train", config, "--workdir", str(workdir), "--set", *flags], key,
+              "more steps than a run counts")
     assert not workdir.exists()
 
 
