@@ -211,11 +211,15 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
                                 f"{labels!r}")
             if missing:
                 raise DataError(f"{path}: no array named {missing[0]!r}; has {archive.files}")
-            x = archive[features]
+            x, y = archive[features], archive[labels]
+            for name, array in ((features, x), (labels, y)):
+                if array.ndim == 0:
+                    raise DataError(f"{path}: array {name!r} is 0-d (one value); it needs one "
+                                    "row per example")
             if x.dtype.kind not in "biuf":  # complex, strings, objects
                 raise DataError(f"{path}: array {features!r} holds {x.dtype} values; features "
                                 "are real numbers")
-            return x.astype(np.float64), archive[labels]
+            return x.astype(np.float64), y
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except DataError:

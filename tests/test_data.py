@@ -110,6 +110,13 @@ def test_npz_and_csv_named_columns(tmp_path):
         with pytest.raises(data.DataError, match=f"array 'x' holds {values.dtype} values"):
             data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "odd.npz"),
                                         "features": (), "task": "classification"}))
+    # A 0-d array holds one value, not rows: len() of it was a TypeError traceback.
+    for arrays, name in (({"x": np.array(3.0), "y": np.arange(9) % 2}, "x"),
+                         ({"x": np.ones((9, 2)), "y": np.array(1.0)}, "y")):
+        np.savez(tmp_path / "scalar.npz", **arrays)
+        with pytest.raises(data.DataError, match=f"scalar.npz: array '{name}' is 0-d"):
+            data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "scalar.npz"),
+                                        "features": (), "task": "regression"}))
     with pytest.raises(data.DataError, match="features and the labels are one array, 'y'"):
         data.load(cfg.replace(data={"name": "npz", "path": str(tmp_path / "none.npz"),
                                     "features": ("y",)}))
