@@ -34,7 +34,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
 def _workdir(config: Config, path: str | None) -> str:
     """A new, unique ``OUTPUT_DIR/NAME-TIME[-N]`` directory."""
     stem = os.path.splitext(os.path.basename(path))[0] if path else "mlp_digits"
-    return rundir.create(config.output.dir, stem)
+    try:
+        return rundir.create(config.output.dir, stem)
+    except rundir.RunError as error:  # a file, or a directory that cannot be made
+        raise ConfigError(config.source, "output.dir", str(error)) from None
 
 
 def _directory(args: argparse.Namespace, stored: str):

@@ -46,10 +46,28 @@ def holds(workdir: str | os.PathLike) -> str | None:
     return SWEEP if has(RESULTS, SWEEP_CONFIG) else None
 
 
+def make_directory(path: str) -> None:
+    """Creates ``path`` and its parents, unless it is a directory already.
+
+    Raises:
+      RunError: naming ``path`` when it is a file or cannot be created.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"{path} is a file, not a directory; choose another directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{path}: cannot create the directory ({error.strerror})") from None
+
+
 def create(parent: str | os.PathLike, stem: str) -> str:
-    """A new, empty directory ``parent/stem-<time>[-N]``, created atomically."""
+    """A new, empty directory ``parent/stem-<time>[-N]``, created atomically.
+
+    Raises:
+      RunError: naming ``parent`` when it is a file or cannot be created.
+    """
     parent = os.fspath(parent)
-    os.makedirs(parent, exist_ok=True)
+    make_directory(parent)
     base = os.path.join(parent, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     for attempt in range(1, 10_000):
         path = base if attempt == 1 else f"{base}-{attempt}"
@@ -70,12 +88,7 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         file or cannot be created.
     """
     path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunError(f"{path} is a file, not a directory; choose another directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise RunError(f"{path}: cannot create the directory ({error.strerror})") from None
+    make_directory(path)
     lock_path = os.path.join(path, LOCK)
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

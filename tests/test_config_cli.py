@@ -112,7 +112,13 @@ def test_directories_that_are_files_are_one_error(tmp_path, capsys, monkeypatch)
             (["train", tiny, "--workdir", str(taken)], "is a file, not a directory"),
             (["train", "--resume", str(taken)], "nothing to resume (not a directory)"),
             (["train", tiny, "--workdir", str(tmp_path / "run"), "--compile-cache", str(taken)],
-             "cannot be the compile cache's directory (a file)")):
+             "cannot be the compile cache's directory (a file)"),
+            # output.dir (where a new directory is made) was a FileExistsError traceback.
+            (["train", tiny, "--set", f"output.dir={str(taken)!r}"],
+             f"{tiny}: output.dir: {taken} is a file, not a directory"),
+            (["sweep", tiny, "--set", "sweep.grid={learning_rate = [0.1]}", "--set",
+              f"output.dir={str(taken / 'runs')!r}"],
+             f"{tiny}: output.dir: {taken / 'runs'}: cannot create the directory")):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
