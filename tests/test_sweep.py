@@ -381,6 +381,11 @@ def test_random_search_is_seeded(tmp_path):
                        "low = 0.1, high = 0.2}}"), "sweep.random.momentum.lowe"),
     (("sweep.count=2", "sweep.random={momentum = {distribution = 'uniform', low = 0.1, "
                        "high = 0.2, log = 'yes'}}"), "sweep.random.momentum.log"),
+    # Ranges no draw can span (1e400 reads as inf): numpy's OverflowError traceback.
+    (("sweep.count=2", "sweep.random={weight_decay = {distribution = 'log_uniform', "
+                       "low = 1e-4, high = 1e400}}"), "sweep.random.weight_decay: needs a finite"),
+    (("sweep.count=2", "sweep.random={momentum = {distribution = 'uniform', low = -1e308, "
+                       "high = 1e308}}"), "sweep.random.momentum: needs a finite range"),
 ])
 def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     path = tmp_path / "s.toml"
