@@ -307,6 +307,19 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
                                      ("--num-processes", getattr(args, "num_processes", None)),
                                      ("--process-id", getattr(args, "process_id", None)))
             if value is not None]
+    # An empty value reads as the flag left out (a default directory, no resume): refused.
+    empty = [flag for flag, name in (("--workdir", "workdir"), ("--resume", "resume"),
+                                     ("--compile-cache", "compile_cache"),
+                                     ("--storage", "storage"), ("--study", "study"))
+             if getattr(args, name, None) == ""]
+    if empty:
+        print(f"jaxnn: error: {empty[0]}: empty; give a value or leave the flag out",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "resume", None) and args.workdir is not None:
+        print(f"jaxnn: error: --workdir: not with --resume (a resumed {args.command} "
+              f"continues in its own directory, {args.resume})", file=sys.stderr)
+        return EXIT_USAGE
     if spmd and not args.distributed:
         print(f"jaxnn: error: {spmd[0]}: only with --distributed", file=sys.stderr)
         return EXIT_USAGE

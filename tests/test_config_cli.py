@@ -125,6 +125,23 @@ def test_directories_that_are_files_are_one_error(tmp_path, capsys, monkeypatch)
     assert taken.read_text() == "kept" and not (tmp_path / "run").exists()
 
 
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, monkeypatch):
+    """An empty --workdir (or --resume, ...) read as the flag left out, and --workdir beside
+    --resume was ignored: each is one error, before anything is written."""
+    tiny = os.path.join(CONFIGS, "tiny.toml")
+    monkeypatch.chdir(tmp_path)
+    for argv, fragment in (
+            (["train", tiny, "--workdir", ""], "--workdir: empty; give a value"),
+            (["train", "--resume", ""], "--resume: empty; give a value"),
+            (["sweep", tiny, "--workdir", ""], "--workdir: empty; give a value"),
+            (["train", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume"),
+            (["sweep", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxnn: error: {fragment}") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_run_and_a_sweep_never_share_a_directory(tmp_path, capsys):
     """Each kind refuses a directory holding the other's files, which stay as they were."""
     tiny = os.path.join(CONFIGS, "tiny.toml")
