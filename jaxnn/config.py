@@ -257,6 +257,9 @@ def _check_values(config: Config) -> None:
     require(0 <= model.dropout < 1, "model.dropout", f"must be in [0, 1), got {model.dropout}")
     require(model.init_scale > 0, "model.init_scale", f"must be > 0, got {model.init_scale}")
     require(all(width >= 1 for width in model.hidden), "model.hidden", "widths must be >= 1")
+    require(not model.layers or model.hidden in ((), ModelConfig.hidden), "model.hidden",
+            f"{list(model.hidden)} is not used: model.layers gives the whole network; leave "
+            "model.hidden out (or []) with model.layers")
     for index, spec in enumerate(model.layers):
         require(isinstance(spec, dict) and isinstance(spec.get("type"), str),
                 f"model.layers[{index}]", 'expected a table with a "type", e.g. '
@@ -279,6 +282,10 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
     sections = {name: _section(name, raw[name], source) if name != "sweep" else
                 _coerce(raw[name], dict, source, "sweep") for name in raw}
     config = Config(**sections, source=source)
+    model = raw.get("model", {})
+    if model.get("layers") == [] and "hidden" not in model:  # stored configs give both
+        raise ConfigError(source, "model.layers", "empty: no network to train; list its "
+                          "layers, or leave model.layers out for the MLP of model.hidden")
     _check_values(config)
     if config.data.path:
         config = config.replace(data={"path": os.path.abspath(data_path(config))})

@@ -76,6 +76,10 @@ BAD_CONFIGS = [
     # Outputs against integer labels: mse ended in a broadcasting traceback.
     ('[model]\nloss = "mse"\n', "model.loss", 'class labels (data.task = "classification")'),
     ('[model]\nloss = "sigmoid_binary_cross_entropy"\n', "model.loss", "needs targets shaped"),
+    # The MLP shorthand beside model.layers, or no layers at all: the default MLP trained.
+    ("[model]\nlayers = []\n", "model.layers", "empty: no network to train"),
+    ('[model]\nhidden = [32]\nlayers = [{type = "Flatten"}, {type = "Dense", features = 10}]\n',
+     "model.hidden", "[32] is not used: model.layers gives the whole network"),
 ]
 
 
