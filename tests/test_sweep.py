@@ -386,6 +386,8 @@ def test_random_search_is_seeded(tmp_path):
                        "low = 1e-4, high = 1e400}}"), "sweep.random.weight_decay: needs a finite"),
     (("sweep.count=2", "sweep.random={momentum = {distribution = 'uniform', low = -1e308, "
                        "high = 1e308}}"), "sweep.random.momentum: needs a finite range"),
+    (("sweep.count=2", "sweep.random={seed = {distribution = 'int', low = 1, "
+                       f"high = 1{'0' * 400}}}}}"), "sweep.random.seed: needs a finite range"),
 ])
 def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     path = tmp_path / "s.toml"

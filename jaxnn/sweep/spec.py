@@ -183,7 +183,11 @@ def _distribution(name: str, dist: Any, source: str) -> Distribution:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) \
             or not low < high:
         raise ConfigError(source, key, f"needs numbers low < high, got {low!r}, {high!r}")
-    if not math.isfinite(float(high) - float(low)):  # 1e400 reads as inf; -1e308 to 1e308
+    try:  # 1e400 reads as inf; -1e308 to 1e308 overflows; so does an int past float's range
+        finite = math.isfinite(float(high) - float(low))
+    except OverflowError:
+        finite = False
+    if not finite:
         raise ConfigError(source, key, f"needs a finite range, got {low!r} to {high!r}")
     known = hyperparameters.BY_NAME.get(name)
     if kind == "int" or (kind in ("uniform", "log_uniform") and known is not None
