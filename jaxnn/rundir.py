@@ -64,7 +64,8 @@ def create(parent: str | os.PathLike, stem: str) -> str:
     """A new, empty directory ``parent/stem-<time>[-N]``, created atomically.
 
     Raises:
-      RunError: naming ``parent`` when it is a file or cannot be created.
+      RunError: naming ``parent`` when it is a file or it or the new directory cannot be
+        created (e.g. a read-only ``parent``).
     """
     parent = os.fspath(parent)
     make_directory(parent)
@@ -75,6 +76,9 @@ def create(parent: str | os.PathLike, stem: str) -> str:
             os.mkdir(path)
         except FileExistsError:
             continue
+        except OSError as error:
+            raise RunError(f"{parent}: cannot create a directory in it ({error.strerror})") \
+                from None
         return path
     raise RunError(f"{base}: no free directory name")
 

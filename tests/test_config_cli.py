@@ -127,6 +127,16 @@ def test_directories_that_are_files_are_one_error(tmp_path, capsys, monkeypatch)
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
     assert taken.read_text() == "kept" and not (tmp_path / "run").exists()
+    # A run's new directory that cannot be made (a read-only output.dir: root ignores
+    # permissions, so the refusal is simulated) was a PermissionError traceback.
+    def refuse(path, *unused_args, **unused_kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    assert cli.main(["train", tiny, "--set", f"output.dir={str(tmp_path)!r}"]) == 2
+    err = capsys.readouterr().err
+    assert f"output.dir: {tmp_path}: cannot create a directory in it (Permission denied)" \
+        in err and err.count("\n") == 1, err
 
 
 def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, monkeypatch):
