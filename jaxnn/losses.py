@@ -3,6 +3,10 @@
 A `Loss` is a NamedTuple ``(value, grad)``: ``value(pred, target) -> scalar`` and
 ``grad(pred, target) -> dL/dpred`` (the delta at the output, already divided by the batch
 size ``m``). Calling a loss calls ``value``. The batch is the leading axis.
+
+Predictions and targets must have the same shape (integer labels: the logits' without the
+class axis); a loss refuses others rather than broadcast them, as ``(N, 1) - (N,)`` would
+silently to ``(N, N)``.
 """
 
 from __future__ import annotations
@@ -36,11 +40,22 @@ def _batch_mean_of_sums(per_element: jax.Array) -> jax.Array:
     return jnp.sum(per_element) / per_element.shape[0]
 
 
+def _check_same_shape(loss: str, pred: jax.Array, target: jax.Array) -> None:
+    """Raises ValueError unless ``pred`` and ``target`` have one shape (static, so this
+    works under ``jax.jit``)."""
+    if jnp.shape(pred) != jnp.shape(target):
+        raise ValueError(f"{loss}: predictions of shape {jnp.shape(pred)} and targets of "
+                         f"shape {jnp.shape(target)} differ; reshape the targets to the "
+                         f"predictions' shape (e.g. y[:, None] for one output)")
+
+
 def _mse_value(pred, target):
+    _check_same_shape("mse", pred, target)
     return _batch_mean_of_sums(0.5 * (pred - target) ** 2)
 
 
 def _mse_grad(pred, target):
+    _check_same_shape("mse", pred, target)
     return (pred - target) / pred.shape[0]
 
 
@@ -49,19 +64,30 @@ mse = Loss(_mse_value, _mse_grad, "mse")
 
 
 def _as_probabilities(logits, target):
-    """Integer labels (one rank lower than logits) become one-hot rows; else taken as given."""
-    if target.ndim == logits.ndim - 1:
+    """Integer labels (`_are_labels`) become one-hot rows; rows are taken as given."""
+    if _are_labels(logits, target):
         return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+    return target.astype(logits.dtype)
+
+
+def _are_labels(logits, target) -> bool:
+    """Whether ``target`` holds integer labels (True) or rows like the logits (False).
+
+    Raises:
+      ValueError: for a shape that is neither, quoting both shapes.
+    """
+    if target.shape == logits.shape[:-1]:
+        return True
     if target.shape != logits.shape:
         raise ValueError(
             f"softmax_cross_entropy: targets of shape {target.shape} fit neither integer "
             f"labels {logits.shape[:-1]} nor one-hot rows {logits.shape}"
         )
-    return target.astype(logits.dtype)
+    return False
 
 
 def _sce_value(logits, target):
-    if target.ndim == logits.ndim - 1:
+    if _are_labels(logits, target):
         # Integer labels: logsumexp(z) - z[label], picking the label's logit rather than
         # multiplying log-probabilities by one-hot rows (which made workload A's CPU train
         # step 11-18% slower) or normalizing every logit (2.6-4% slower than this).
@@ -74,7 +100,7 @@ def _sce_value(logits, target):
 def _sce_grad(logits, target):
     probs = _as_probabilities(logits, target)
     softmax = jax.nn.softmax(logits, axis=-1)
-    if target.ndim == logits.ndim - 1:  # one-hot rows: each sums to 1
+    if _are_labels(logits, target):  # one-hot rows: each sums to 1
         return (softmax - probs) / logits.shape[0]
     return (softmax * probs.sum(axis=-1, keepdims=True) - probs) / logits.shape[0]
 
@@ -88,12 +114,14 @@ rows ``t`` (which need not sum to 1), ``(softmax(z) Σt - t) / m``.
 
 
 def _sbce_value(logits, target):
+    _check_same_shape("sigmoid_binary_cross_entropy", logits, target)
     target = target.astype(logits.dtype)
     # log(1 + exp(z)) - y z, written to stay finite for large |z|.
     return _batch_mean_of_sums(jax.nn.softplus(logits) - target * logits)
 
 
 def _sbce_grad(logits, target):
+    _check_same_shape("sigmoid_binary_cross_entropy", logits, target)
     return (jax.nn.sigmoid(logits) - target.astype(logits.dtype)) / logits.shape[0]
 
 
@@ -102,11 +130,13 @@ sigmoid_binary_cross_entropy = Loss(_sbce_value, _sbce_grad, "sigmoid_binary_cro
 
 
 def _bce_value(probs, target):
+    _check_same_shape("binary_cross_entropy", probs, target)
     target = target.astype(probs.dtype)
     return _batch_mean_of_sums(-(target * jnp.log(probs) + (1 - target) * jnp.log1p(-probs)))
 
 
 def _bce_grad(probs, target):
+    _check_same_shape("binary_cross_entropy", probs, target)
     target = target.astype(probs.dtype)
     return (probs - target) / (probs * (1 - probs)) / probs.shape[0]
 

@@ -97,3 +97,19 @@ def test_cross_entropy_rejects_mismatched_targets(key):
         losses.softmax_cross_entropy(logits, jnp.zeros((7, 3)))
     with pytest.raises(ValueError, match="unknown loss"):
         losses.get("hinge")
+
+
+@pytest.mark.parametrize("loss", list(losses.LOSSES.values()), ids=lambda loss: loss.name)
+def test_losses_refuse_targets_they_would_broadcast(loss):
+    # Under JAX's default rank promotion (N, 1) - (N,) broadcast to (N, N) without a word.
+    pred = jnp.full((4, 1), 0.5)
+    # (4,) would be integer labels for softmax_cross_entropy; (3,) are too few.
+    shapes = [(4, 2), (3, 1), (3,) if "softmax" in loss.name else (4,)]
+    with jax.numpy_rank_promotion("allow"):
+        for target in (jnp.ones(shape) for shape in shapes):
+            for fn in (loss.value, jax.jit(loss.grad)):
+                with pytest.raises(ValueError) as error:
+                    fn(pred, target)
+                assert f"{loss.name}: " in str(error.value)
+                assert str(pred.shape) in str(error.value)
+                assert str(target.shape) in str(error.value)
