@@ -404,7 +404,7 @@ def load(config) -> Dataset:
             y, num_classes = as_labels(y, f"{path}: {cfg.label or default_label}",
                                        cfg.num_classes)
         else:
-            y = y[:, None] if y.ndim == 1 else y
+            y = y.reshape(len(y), -1)  # (n, outputs), as the network gives them
             check_finite(y, path, f"target {cfg.label or default_label!r}")
         check_finite(x, path, "features")
         precision = config.training.precision

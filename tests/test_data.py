@@ -67,6 +67,17 @@ def test_mnist_directory_config(tmp_path):
     assert dataset.num_classes == 10
 
 
+def test_regression_targets_come_as_network_outputs(tmp_path):
+    # The network gives (n, outputs): (n, 2, 3) targets met (n, 6) predictions in the loss.
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    np.savez(tmp_path / "d.npz", x=x, y=np.stack([x[:, :2]] * 3, axis=-1))
+    cfg = config.from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz"),
+                                     "task": "regression"}})
+    dataset = data.load(cfg)
+    assert dataset.output_size == 6
+    assert dataset.y_train.shape[1:] == dataset.y_test.shape[1:] == (6,)
+
+
 def test_mnist_missing_file_is_named(tmp_path):
     directory = _mnist_dir(tmp_path / "mnist")
     (directory / "t10k-labels-idx1-ubyte.gz").unlink()
