@@ -214,6 +214,18 @@ def test_shape_errors_name_layer_and_shapes(net, shape, fragments, key):
         summary(net, shape)
 
 
+def test_shape_errors_name_the_layer_as_its_name_reads(key):
+    # AvgPool2D's errors named it without count_include_pad=False, and inside a net the
+    # message then named it twice.
+    layer = AvgPool2D(3, count_include_pad=False)
+    with pytest.raises(ShapeError) as error:
+        serial(layer).init(key, (None, 2, 2, 1))
+    assert error.value.reason.startswith("window")
+    with pytest.raises(ShapeError) as error:
+        layer.init(key, (None, 2, 2, 1))
+    assert str(error.value).startswith(f"{layer.name}: window")
+
+
 def test_forgotten_parentheses_are_caught():
     with pytest.raises(TypeError, match=r"Relu\(\)"):
         serial(Dense(3), Relu)

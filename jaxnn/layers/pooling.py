@@ -21,7 +21,9 @@ from jaxnn.layer import Layer, Shape, ShapeError, check_rank, stateless, with_ru
 from jaxnn.layers import _spatial
 
 
-def _pool(kind, window, stride, padding):
+def _pool(kind, window, stride, padding, options=""):
+    """The checked arguments, name, ``init`` and window helpers of a pooling layer;
+    ``options`` (e.g. ``", count_include_pad=False"``) ends its name."""
     window = _spatial.pair(window, "window", kind)
     strides = _spatial.pair(window if stride is None else stride, "stride", kind)
     padding = _spatial.check_padding(padding, kind)
@@ -30,7 +32,7 @@ def _pool(kind, window, stride, padding):
         if any(pad >= size for size, pair in zip(window, pads, strict=True) for pad in pair):
             raise ValueError(f"{kind}: padding must be smaller than the window {window} (a "
                              f"window of padding alone has no value), got {padding!r}")
-    name = f"{kind}({window}, stride={strides}, padding={padding!r})"
+    name = f"{kind}({window}, stride={strides}, padding={padding!r}{options})"
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
@@ -129,12 +131,12 @@ def AvgPool2D(
     Returns:
       A parameter-free `Layer`.
     """
-    name, window, strides, init, geometry, reduce = _pool("AvgPool2D", window, stride, padding)
     if not isinstance(count_include_pad, bool):
         raise ValueError(f"AvgPool2D: count_include_pad must be True or False, got "
                          f"{count_include_pad!r}")
-    if not count_include_pad:
-        name = name[:-1] + ", count_include_pad=False)"
+    name, window, strides, init, geometry, reduce = _pool(
+        "AvgPool2D", window, stride, padding,
+        "" if count_include_pad else ", count_include_pad=False")
 
     def divisor(x, pads):
         if count_include_pad:
