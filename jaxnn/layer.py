@@ -194,10 +194,20 @@ def is_multi_shape(shape: Any) -> bool:
 
 
 def check_single(name: str, input_shape: Any) -> None:
-    """Raises `ShapeError` where ``input_shape`` is a tuple of branches' shapes."""
+    """Raises `ShapeError` unless ``input_shape`` is one shape (not a tuple of branches'
+    shapes) whose dimensions are sizes: ints >= 1 (the batch's >= 0), or None where unknown.
+
+    Every leaf layer's ``init`` calls it first, so that a 0 or a float in a shape is refused
+    naming the layer rather than failing inside an initializer or a JAX call.
+    """
     if is_multi_shape(input_shape):
         raise ShapeError(f"{name} takes one input, got the {len(input_shape)} branches "
                          f"{tuple(input_shape)}; join them first (FanInSum, FanInConcat)")
+    for axis, dim in enumerate(input_shape):
+        if dim is not None and (not is_integer(dim) or dim < (0 if axis == 0 else 1)):
+            raise ShapeError(f"{name}: input shape {tuple(input_shape)} has {dim!r} at axis "
+                             f"{axis}; sizes are ints >= 1 (the batch's >= 0), or None where "
+                             f"unknown")
 
 
 def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str = "") -> None:

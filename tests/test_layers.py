@@ -13,6 +13,7 @@ from numerics import assert_close
 import jaxnn
 from jaxnn import (
     AvgPool2D,
+    BatchNorm,
     Conv1D,
     Conv2D,
     Conv2DTranspose,
@@ -25,6 +26,7 @@ from jaxnn import (
     GlobalAvgPool,
     GroupNorm,
     Identity,
+    LayerNorm,
     LeakyRelu,
     LogSoftmax,
     MaxPool2D,
@@ -224,6 +226,22 @@ def test_shape_errors_name_the_layer_as_its_name_reads(key):
     with pytest.raises(ShapeError) as error:
         layer.init(key, (None, 2, 2, 1))
     assert str(error.value).startswith(f"{layer.name}: window")
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [*SHAPE_CASES, (BatchNorm(), (3,)), (LayerNorm(), (4,)), (GroupNorm(2), (3, 4))],
+    ids=lambda c: str(c))
+def test_degenerate_input_shapes_are_refused_naming_the_layer(layer, shape, key):
+    # A 0 or a float among the sizes failed in an initializer (ZeroDivisionError) or in JAX
+    # (TypeError), naming no layer, or passed through a parameter-free one.
+    first = layer.children[0].name if layer.children else layer.name
+    for size in (0, float(shape[-1])):
+        bad = (None, *shape[:-1], size)
+        with pytest.raises(ShapeError) as error:
+            layer.init(key, bad)
+        assert first in str(error.value)
+        assert f"{bad} has {size!r} at axis {len(bad) - 1}" in str(error.value)
 
 
 def test_forgotten_parentheses_are_caught():

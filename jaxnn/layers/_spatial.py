@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Shape, ShapeError, param_dtype, positive_int
+from jaxnn.layer import Shape, ShapeError, check_rank, param_dtype, positive_int
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -78,11 +78,7 @@ def infer_nhwc(
     layer: str, input_shape: Shape, window, strides, padding: Padding
 ) -> tuple[Pairs, tuple[int, int]]:
     """Checks an NHWC input shape and returns ``(pads, (out_h, out_w))``."""
-    if len(input_shape) != 4:
-        raise ShapeError(
-            f"{layer} expects NHWC input of rank 4 (batch, height, width, channels), got shape "
-            f"{tuple(input_shape)}"
-        )
+    check_rank(layer, input_shape, 4, "NHWC (batch, height, width, channels)")
     if any(dim is None for dim in input_shape[1:]):
         raise ShapeError(f"{layer} needs known height, width and channels, got {input_shape}")
     in_hw = tuple(input_shape[1:3])

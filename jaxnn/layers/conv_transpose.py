@@ -110,7 +110,7 @@ def Conv2DTranspose(
         in_hw = tuple(input_shape[1:3])
         padded = tuple((n - 1) * s + 1 + lo + hi
                        for n, s, (lo, hi) in zip(in_hw, strides, pads, strict=True))
-        if min(in_hw) < 1 or any(p < k for p, k in zip(padded, window, strict=True)):
+        if any(p < k for p, k in zip(padded, window, strict=True)):
             raise ShapeError(
                 f"{name}: kernel {window} does not fit the stride-dilated, padded input "
                 f"{padded} (input {in_hw}, stride {strides}, padding {pads})"

@@ -32,7 +32,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
-    is_multi_shape,
+    check_single,
     param_dtype,
     positive_int,
     stateless,
@@ -41,7 +41,8 @@ from jaxnn.layer import (
 
 def _check_input(name: str, input_shape: Shape, min_rank: int = 2) -> int:
     """The number of channels (last axis) of a single, known-channel input."""
-    if is_multi_shape(input_shape) or len(input_shape) < min_rank:
+    check_single(name, input_shape)
+    if len(input_shape) < min_rank:
         raise ShapeError(f"{name} expects input of rank >= {min_rank} (batch, ..., channels), "
                          f"got shape {tuple(input_shape)}")
     channels = input_shape[-1]

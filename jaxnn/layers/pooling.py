@@ -213,8 +213,6 @@ def GlobalAvgPool() -> Layer:
         if any(dim is None for dim in input_shape[1:]):
             raise ShapeError(f"{name} needs known height, width and channels, got "
                              f"{tuple(input_shape)}")
-        if min(input_shape[1:3]) < 1:
-            raise ShapeError(f"{name} needs a non-empty image, got shape {tuple(input_shape)}")
         return (input_shape[0], input_shape[3]), ()
 
     def apply(params, x, *, key=None, train=False):
