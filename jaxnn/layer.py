@@ -187,6 +187,18 @@ def positive_int(value: Any, what: str, layer: str) -> int:
     return int(value)
 
 
+def check_bool(value: Any, what: str, layer: str) -> bool:
+    """``value`` (Python's or numpy's bool) as a Python bool; a layer's on/off option.
+
+    Raises:
+      ValueError: naming ``layer`` and ``what``, quoting ``value`` (a string such as
+        ``"false"`` would otherwise read as True).
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{layer}: {what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def is_multi_shape(shape: Any) -> bool:
     """Whether ``shape`` is a tuple of shapes (the activations of parallel branches)."""
     return isinstance(shape, tuple) and len(shape) > 0 and all(

@@ -285,6 +285,28 @@ def test_new_layers_reject_bad_arguments_quoting_them(make, quoted):
     assert quoted in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "option"),
+    [(lambda bad: Dense(3, use_bias=bad), "use_bias"),
+     (lambda bad: Dense(3, shared_bias=bad), "shared_bias"),
+     (lambda bad: Conv2D(2, use_bias=bad), "use_bias"),
+     (lambda bad: Conv1D(2, use_bias=bad), "use_bias"),
+     (lambda bad: Conv2DTranspose(2, use_bias=bad), "use_bias"),
+     (lambda bad: BatchNorm(use_scale=bad), "use_scale"),
+     (lambda bad: BatchNorm(use_bias=bad), "use_bias"),
+     (lambda bad: LayerNorm(use_scale=bad), "use_scale"),
+     (lambda bad: GroupNorm(2, use_bias=bad), "use_bias"),
+     (lambda bad: Gelu(approximate=bad), "approximate"),
+     (lambda bad: AvgPool2D(2, count_include_pad=bad), "count_include_pad")],
+)
+def test_boolean_options_refuse_other_values(make, option):
+    # The string "false" is truthy: it turned the option on.
+    for bad in ("false", 0, None):
+        with pytest.raises(ValueError, match=f"{option} must be True or False, got {bad!r}"):
+            make(bad)
+    make(np.bool_(False))
+
+
 def test_layer_is_a_namedtuple_of_three_functions(key):
     init, apply, backward = Dense(3)
     out_shape, params, state = init(key, (None, 2))

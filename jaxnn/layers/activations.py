@@ -18,6 +18,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_bool,
     check_single,
     is_integer,
     is_real,
@@ -101,8 +102,7 @@ def Gelu(approximate: bool = True) -> Layer:
     ``0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 a z^2)`` with ``t = tanh(c (z + a z^3))``,
     ``c = sqrt(2 / π)``, ``a = 0.044715``.
     """
-    if not isinstance(approximate, bool):
-        raise ValueError(f"Gelu: approximate must be True or False, got {approximate!r}")
+    approximate = check_bool(approximate, "approximate", "Gelu")
     c, a = math.sqrt(2 / math.pi), 0.044715
 
     def input_grad(x, y, dy):

@@ -16,7 +16,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.layer import Layer, Shape, ShapeError, check_rank, param_dtype, positive_int, stateless
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    check_bool,
+    check_rank,
+    param_dtype,
+    positive_int,
+    stateless,
+)
 from jaxnn.layers import _affine
 
 
@@ -45,6 +54,8 @@ def Dense(
       shared, absent without bias).
     """
     features = positive_int(features, "features", "Dense")
+    use_bias = check_bool(use_bias, "use_bias", "Dense")
+    shared_bias = check_bool(shared_bias, "shared_bias", "Dense")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     bias_shape = () if shared_bias else (features,)

@@ -32,6 +32,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_bool,
     check_single,
     param_dtype,
     positive_int,
@@ -80,7 +81,10 @@ def _affine_grads(params, xhat, dy, axes):
     return grads
 
 
-def _check_options(name: str, epsilon: float, momentum: float | None = None) -> None:
+def _check_options(name: str, epsilon: float, use_scale: bool, use_bias: bool,
+                   momentum: float | None = None) -> None:
+    check_bool(use_scale, "use_scale", name)
+    check_bool(use_bias, "use_bias", name)
     if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
         raise ValueError(f"{name}: epsilon must be finite and > 0, got {epsilon!r}")
     if momentum is not None and (not isinstance(momentum, numbers.Real)
@@ -111,7 +115,7 @@ def BatchNorm(
     Returns:
       A `Layer` with state ``{"mean": (C,), "var": (C,)}`` (init 0 and 1).
     """
-    _check_options("BatchNorm", epsilon, momentum)
+    _check_options("BatchNorm", epsilon, use_scale, use_bias, momentum)
     name = f"BatchNorm(momentum={momentum})"
 
     def init(key: jax.Array, input_shape: Shape):
@@ -226,7 +230,7 @@ def LayerNorm(
       use_bias: learn the per-feature shift ``β`` (params ``"bias"``, init 0).
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
     """
-    _check_options("LayerNorm", epsilon)
+    _check_options("LayerNorm", epsilon, use_scale, use_bias)
     return _per_example_norm(
         "LayerNorm()", lambda x: (x, (x.ndim - 1,)), lambda x, shape: x, epsilon, use_scale,
         use_bias, dtype)
@@ -252,7 +256,7 @@ def GroupNorm(
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
     """
     num_groups = positive_int(num_groups, "num_groups", "GroupNorm")
-    _check_options("GroupNorm", epsilon)
+    _check_options("GroupNorm", epsilon, use_scale, use_bias)
     name = f"GroupNorm({num_groups})"
 
     def check(input_shape):

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxnn.layer import Layer, Shape, ShapeError, check_rank, stateless, with_rule_gradient
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    ShapeError,
+    check_bool,
+    check_rank,
+    stateless,
+    with_rule_gradient,
+)
 from jaxnn.layers import _spatial
 
 
@@ -131,9 +139,7 @@ def AvgPool2D(
     Returns:
       A parameter-free `Layer`.
     """
-    if not isinstance(count_include_pad, bool):
-        raise ValueError(f"AvgPool2D: count_include_pad must be True or False, got "
-                         f"{count_include_pad!r}")
+    count_include_pad = check_bool(count_include_pad, "count_include_pad", "AvgPool2D")
     name, window, strides, init, geometry, reduce = _pool(
         "AvgPool2D", window, stride, padding,
         "" if count_include_pad else ", count_include_pad=False")
