@@ -270,6 +270,12 @@ def test_bad_constructor_arguments(make):
      (lambda: Conv2DTranspose(0), "0"), (lambda: Conv2DTranspose(2, (3, 0)), "(3, 0)"),
      (lambda: Conv2DTranspose(2, stride=0), "0"),
      (lambda: Conv2DTranspose(2, padding="FULL"), "'FULL'"),
+     # explicit pads are ints as given: int() truncated 1.5 and read "2" as 2
+     (lambda: Conv2D(2, padding=((1.5, 1), (1, 1))), "((1.5, 1), (1, 1))"),
+     (lambda: Conv2D(2, padding=((1, "2"), (1, 1))), "((1, '2'), (1, 1))"),
+     (lambda: Conv2DTranspose(2, padding=((0, 0), (True, 0))), "((0, 0), (True, 0))"),
+     (lambda: MaxPool2D(2, padding=((1, 0.5), (0, 0))), "((1, 0.5), (0, 0))"),
+     (lambda: Conv1D(2, padding=(1.5, 0)), "(1.5, 0)"), (lambda: Conv2D(2, padding=1.5), "1.5"),
      (lambda: SumPool2D(0), "0"), (lambda: SumPool2D(2, padding="FULL"), "'FULL'"),
      # a window of padding alone (MaxPool2D's -inf, AvgPool2D's 0 / 0)
      (lambda: MaxPool2D(2, padding=2), "smaller than the window (2, 2)"),
@@ -804,11 +810,15 @@ def test_convolutions_promote_their_input_as_dense_does(make, shape, dtype, key)
 
 
 def test_numpy_integers_are_integer_arguments():
-    """Sizes from numpy (``np.int64``, e.g. read from an array or a table) are ints, as in
-    Flax and PyTorch; a numpy bool is no size."""
+    """Sizes and paddings from numpy (``np.int64``, e.g. read from an array or a table) are
+    ints, as in Flax and PyTorch; a numpy bool is no size."""
     layers = [Dense(np.int64(3)), Conv2D(2, np.int64(3)), Conv1D(np.int32(2), np.int64(3)),
               GroupNorm(np.int64(2)), FanOut(np.int64(2)), MaxPool2D((np.int64(2), 2))]
     assert [layer.name.split(",")[0] for layer in layers] == [
         "Dense(3)", "Conv2D(2", "Conv1D(2", "GroupNorm(2)", "FanOut(2)", "MaxPool2D((2"]
+    paddings = [Conv2D(2, padding=np.int64(1)), Conv2D(2, padding=((np.int64(1), 0), (0, 2))),
+                Conv1D(2, padding=(np.int32(1), 2)), SumPool2D(2, padding=np.int64(1))]
+    assert [layer.name.split("padding=")[1] for layer in paddings] == [
+        "1)", "((1, 0), (0, 2)))", "(1, 2))", "1)"]
     with pytest.raises(ValueError, match="window must be a positive int"):
         MaxPool2D(np.bool_(True))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Shape, ShapeError, check_rank, param_dtype, positive_int
+from jaxnn.layer import Shape, ShapeError, check_rank, is_integer, param_dtype, positive_int
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -39,20 +39,21 @@ def check_padding(padding: Padding, layer: str) -> Padding:
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f'{layer}: padding must be "SAME", "VALID" or an int, got {padding!r}')
         return padding.upper()
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    if is_integer(padding):
         if padding < 0:
             raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
-        return padding
+        return int(padding)
     try:
-        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        pads = tuple((lo, hi) for lo, hi in padding)
     except (TypeError, ValueError):
         pads = ()
-    if len(pads) != 2 or any(p < 0 for pad in pads for p in pad):
+    # Entries are ints as given: int() truncated 1.5 to 1 and read "2" as 2.
+    if len(pads) != 2 or not all(is_integer(p) and p >= 0 for pad in pads for p in pad):
         raise ValueError(
-            f'{layer}: padding must be "SAME", "VALID", an int or ((lo, hi), (lo, hi)); '
-            f"got {padding!r}"
+            f'{layer}: padding must be "SAME", "VALID", an int or ((lo, hi), (lo, hi)) of '
+            f"ints >= 0; got {padding!r}"
         )
-    return pads
+    return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
 def explicit_pads(

@@ -33,6 +33,7 @@ from jaxnn.layer import (
     ShapeError,
     check_bool,
     check_rank,
+    is_integer,
     param_dtype,
     positive_int,
     stateless,
@@ -171,17 +172,15 @@ def _one_positive_int(value, what: str, layer: str) -> int:
 
 def _check_padding_1d(padding, layer: str):
     """A 1-D padding spec: "SAME", "VALID", an int >= 0 or a pair (lo, hi) of them."""
-    if isinstance(padding, str) or (isinstance(padding, int) and not isinstance(padding, bool)):
+    if isinstance(padding, str) or is_integer(padding):
         return _spatial.check_padding(padding, layer)
     pads = tuple(padding) if isinstance(padding, list | tuple) else ()
-    if len(pads) != 2 or not all(
-        isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads
-    ):
+    if len(pads) != 2 or not all(is_integer(p) and p >= 0 for p in pads):
         raise ValueError(
             f'{layer}: padding must be "SAME", "VALID", an int or a pair (lo, hi) of ints >= 0; '
             f"got {padding!r}"
         )
-    return pads
+    return tuple(int(p) for p in pads)
 
 
 def Conv1D(
