@@ -46,7 +46,8 @@ ChildPullback = Callable[[int, Any], tuple[Any, Any]]
 
 class Wiring(NamedTuple):
     """How a combinator routes values through its children; each function is handed a
-    ``child`` callable that runs child ``i`` (the traversal supplies it).
+    ``child`` callable that runs child ``i`` (the traversal supplies it). A combinator's
+    params and state are tuples with one entry per child, in order.
 
     Attributes:
       init: ``init(child, key, input_shape) -> (output_shape, params, state)`` with
@@ -127,9 +128,29 @@ def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | Non
             train=train, path=(*path, index))
         return y, child_new_state
 
+    for what, value in (("params", params), ("state", state)):
+        _check_per_child(layer, path, what, value)
     y, new_state = layer.wiring.forward(child, params, state, x, key)
     children = tuple(tapes[index] for index in sorted(tapes))
     return y, new_state, Tape(layer, path, params, state, x, y, key, train, children)
+
+
+def _check_per_child(layer: Layer, path: tuple[int, ...], what: str, value: Any) -> None:
+    """Raises ValueError unless a combinator's ``value`` (its params or state) is a tuple
+    with one entry per child: other ones (``()`` for a network's state) failed indexing."""
+    num = len(layer.children)
+    if isinstance(value, tuple | list) and len(value) == num:
+        return
+    if not jax.tree.leaves(value):
+        got = repr(value)
+    elif isinstance(value, tuple | list):
+        got = f"a {type(value).__name__} of {len(value)} entries"
+    else:
+        got = f"a {type(value).__name__}"
+    verb = "do" if what == "params" else "does"
+    raise ValueError(f"{_label(layer, path)}: the {what} {verb} not match the network, which "
+                     f"takes a tuple of {num} entries (one per child layer, as its init "
+                     f"returns them); got {got}")
 
 
 def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:

@@ -193,6 +193,26 @@ def test_apply_on_inputs_of_other_shapes_names_the_layer(key):
             both.apply(params, state, wrong)
 
 
+def test_apply_with_state_or_params_of_another_network_says_so(key):
+    # () as the state of a net with BatchNorm raised IndexError from inside serial.
+    net = serial(Dense(4), Residual(Dense(4), BatchNorm()))
+    _, params, state = net.init(key, (None, 3))
+    x = jnp.ones((2, 3))
+    expected = "takes a tuple of {} entries (one per child layer, as its init returns them)"
+    for wrong_params, wrong_state, said in (
+            (params, (), "serial(Dense(4), Residual(Dense(4), BatchNorm(momentum=0.99))): "
+             "the state does not match the network, which " + expected.format(2) + "; got ()"),
+            (params, (state[0], state[1][:2]), "layer 1 (Residual(Dense(4), BatchNorm("
+             "momentum=0.99))): the state does not match the network, which "
+             + expected.format(3) + "; got a tuple of 2 entries"),
+            (params[:1], state, "the params do not match the network, which "
+             + expected.format(2) + "; got a tuple of 1 entries")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            net.apply(wrong_params, wrong_state, x, train=True)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            manual.grad(net, losses.mse, wrong_params, wrong_state, x, jnp.ones((2, 4)))
+
+
 def test_combinators_reject_non_layers():
     with pytest.raises(TypeError, match=r"parallel: argument 1 is not a Layer.*Relu\(\)"):
         parallel(Dense(2), Relu)
