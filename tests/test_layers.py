@@ -415,6 +415,19 @@ def test_dropout_rate_is_drop_probability(key):
         _leaf(layer, train=True)((), x)
 
 
+def test_dropout_of_rate_zero_needs_no_key(key):
+    # It drops nothing, so training needs no key (it demanded one), forward or rule.
+    net = serial(Dense(3), Dropout(0.0), Tanh())
+    _, params, state = net.init(key, (None, 4))
+    x, y = jax.random.normal(key, (5, 4)), jnp.ones((5, 3))
+    np.testing.assert_array_equal(net.apply(params, state, x, train=True)[0],
+                                  net.apply(params, state, x)[0])
+    manual = jaxnn.manual.grad(net, jaxnn.losses.mse, params, state, x, y, train=True)
+    autodiff = jax.grad(lambda p: jaxnn.losses.mse(
+        net.apply(p, state, x, train=True)[0], y))(params)
+    jax.tree.map(lambda m, a: np.testing.assert_allclose(m, a, rtol=1e-12), manual, autodiff)
+
+
 def test_dropout_rate_can_be_traced(key):
     x = jnp.ones((100, 100))
 

@@ -20,13 +20,15 @@ def Dropout(rate: float | jax.Array) -> Layer:
 
     Returns:
       A parameter-free `Layer`. ``apply(..., train=True)`` needs ``key``; ``backward`` with
-      the same ``key`` rebuilds the same mask, so ``dx = dy ⊙ mask / (1 - rate)``.
+      the same ``key`` rebuilds the same mask, so ``dx = dy ⊙ mask / (1 - rate)``. With a
+      Python ``rate`` of 0 it is the identity in both modes and needs no key.
     """
     if not (is_real(rate) or isinstance(rate, jax.Array)):
         raise ValueError(f"Dropout: rate must be a number or a (traced) array, got {rate!r}")
     if isinstance(rate, numbers.Real) and not 0 <= rate < 1:
         raise ValueError(f"Dropout: rate is the probability of dropping, in [0, 1); got {rate}")
     name = f"Dropout({rate})" if isinstance(rate, numbers.Real) else "Dropout(<traced rate>)"
+    identity = isinstance(rate, numbers.Real) and rate == 0  # in training too
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
@@ -43,13 +45,13 @@ def Dropout(rate: float | jax.Array) -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params
-        if not train:
+        if not train or identity:
             return x
         return x * scale(x, key)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y
-        if not train:
+        if not train or identity:
             return (), dy
         return (), dy * scale(x, key)
 
