@@ -33,9 +33,15 @@ class Row(NamedTuple):
     @property
     def values_per_example(self) -> int:
         """The number of activation values this row's output holds per example (every
-        branch's, for a tuple of branches)."""
-        shapes = self.output_shape if is_multi_shape(self.output_shape) else (self.output_shape,)
-        return sum(math.prod(shape[1:]) for shape in shapes)
+        branch's, for a tuple of branches, nested ones too)."""
+        return sum(math.prod(shape[1:]) for shape in _single_shapes(self.output_shape))
+
+
+def _single_shapes(shape: Any) -> list[Shape]:
+    """The shapes in ``shape``, a shape or (nested) tuple of branches' shapes, in order."""
+    if not is_multi_shape(shape):
+        return [shape]
+    return [single for branch in shape for single in _single_shapes(branch)]
 
 
 def param_count(params: Any) -> int:
@@ -106,10 +112,13 @@ def rows(net: Layer, input_shape: Shape) -> list[Row]:
     return result
 
 
-def _format_shape(shape: Any) -> str:
-    if shape and isinstance(shape[0], tuple):
-        return ", ".join(_format_shape(s) for s in shape)
-    return str(tuple(shape))
+def _format_shape(shape: Any, nested: bool = False) -> str:
+    """``(None, 3)``; branches as ``(None, 3), (None, 4)``, those of a branch inside in
+    parentheses, ``((None, 3), (None, 3)), (None, 4)``."""
+    if not is_multi_shape(shape):
+        return str(tuple(shape))
+    branches = ", ".join(_format_shape(s, nested=True) for s in shape)
+    return f"({branches})" if nested else branches
 
 
 def summary(net: Layer, input_shape: Shape) -> str:
@@ -120,6 +129,8 @@ def summary(net: Layer, input_shape: Shape) -> str:
         1      Residual        (None, 8, 8, 16)
         1.0      FanOut(2)     (None, 8, 8, 16), (None, 8, 8, 16)
         ...
+
+    and the branches of a branch in parentheses: ``((None, 3), (None, 3)), (None, 4)``.
 
     Args:
       net: a layer or a combinator such as `serial`.

@@ -31,6 +31,7 @@ from jaxnn import (
     serial,
     summary,
 )
+from jaxnn.summary import rows
 
 RTOL = 1e-10
 
@@ -234,6 +235,15 @@ def test_summary_shows_branches_indented():
     _, params, state = net.init(jax.random.key(0), (None, *shape))
     assert f"total params: {sum(p.size for p in jax.tree.leaves(params)):,}" in text
     assert f"state (not trained): {sum(s.size for s in jax.tree.leaves(state)):,}" in text
+
+
+def test_summary_shows_branches_of_branches_nested():
+    # They were flattened: "(None, 3), (None, 3), (None, 4)" read as three branches.
+    net = serial(FanOut(2), parallel(serial(FanOut(2)), Dense(4)))
+    line = next(line for line in summary(net, (None, 3)).splitlines()
+                if line.startswith("1 "))
+    assert line.split("parallel")[1].strip() == "((None, 3), (None, 3)), (None, 4)"
+    assert rows(net, (None, 3))[1].values_per_example == 3 + 3 + 4
 
 
 def test_branching_net_jits_and_vmaps_over_params(key):
