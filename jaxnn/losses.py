@@ -63,13 +63,6 @@ mse = Loss(_mse_value, _mse_grad, "mse")
 """``J = 1/2 ||a - y||^2`` averaged over the batch; ``dJ/da = (a - y) / m``."""
 
 
-def _as_probabilities(logits, target):
-    """Integer labels (`_are_labels`) become one-hot rows; rows are taken as given."""
-    if _are_labels(logits, target):
-        return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
-    return target.astype(logits.dtype)
-
-
 def _are_labels(logits, target) -> bool:
     """Whether ``target`` holds integer labels (True) or rows like the logits (False).
 
@@ -86,22 +79,38 @@ def _are_labels(logits, target) -> bool:
     return False
 
 
+def _label_indices(logits, target) -> tuple[jax.Array, jax.Array]:
+    """``(indices, in_range)``: integer labels as int32 indices, and whether each lies in
+    [0, C) -- judged before the cast, so that a large int64 label cannot wrap into range."""
+    in_range = (target >= 0) & (target < logits.shape[-1])
+    return target.astype(jnp.int32), in_range
+
+
 def _sce_value(logits, target):
     if _are_labels(logits, target):
         # Integer labels: logsumexp(z) - z[label], picking the label's logit rather than
         # multiplying log-probabilities by one-hot rows (which made workload A's CPU train
         # step 11-18% slower) or normalizing every logit (2.6-4% slower than this).
-        picked = jnp.take_along_axis(logits, target[..., None].astype(jnp.int32), axis=-1)
-        return _batch_mean_of_sums(jax.nn.logsumexp(logits, axis=-1) - picked[..., 0])
+        indices, in_range = _label_indices(logits, target)
+        picked = jnp.take_along_axis(logits, indices[..., None], axis=-1)[..., 0]
+        # A label out of range picks a wrapped (-1: the last) or NaN logit; it adds 0.
+        per_example = jnp.where(in_range, jax.nn.logsumexp(logits, axis=-1) - picked,
+                                jnp.zeros((), logits.dtype))
+        return _batch_mean_of_sums(per_example)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return _batch_mean_of_sums(-_as_probabilities(logits, target) * log_probs)
+    return _batch_mean_of_sums(-target.astype(logits.dtype) * log_probs)
 
 
 def _sce_grad(logits, target):
-    probs = _as_probabilities(logits, target)
     softmax = jax.nn.softmax(logits, axis=-1)
     if _are_labels(logits, target):  # one-hot rows: each sums to 1
-        return (softmax - probs) / logits.shape[0]
+        indices, in_range = _label_indices(logits, target)
+        onehot = jax.nn.one_hot(indices, logits.shape[-1], dtype=logits.dtype)
+        # Multiplying by in_range / m, instead of dividing by m, zeroes the rows of labels
+        # out of range without another pass over the logits.
+        scale = in_range.astype(logits.dtype) / logits.shape[0]
+        return (softmax - onehot) * scale[..., None]
+    probs = target.astype(logits.dtype)
     return (softmax * probs.sum(axis=-1, keepdims=True) - probs) / logits.shape[0]
 
 
@@ -110,6 +119,11 @@ softmax_cross_entropy = Loss(_sce_value, _sce_grad, "softmax_cross_entropy")
 
 Fused with its softmax, the manual gradient is ``(softmax(z) - onehot(y)) / m``; for target
 rows ``t`` (which need not sum to 1), ``(softmax(z) Σt - t) / m``.
+
+An integer label outside [0, C) -- such as -1 marking a padding example -- is its one-hot
+row as ``jax.nn.one_hot`` gives it, all zeros: the example adds nothing to the loss or its
+gradient, value and manual gradient alike, but still counts in the batch size ``m``. Labels
+are traced values, so they are not checked; the CLI's data loading refuses them.
 """
 
 

@@ -91,6 +91,26 @@ def test_manual_loss_gradient_equals_autodiff(loss, key):
                                    rtol=1e-10, atol=1e-14)
 
 
+def test_cross_entropy_labels_out_of_range_add_nothing(key):
+    # The value wrapped -1 to the last class and gave NaN for labels >= C, while the manual
+    # gradient took them as all-zero one-hot rows. 2**40 would wrap to 0 as an int32.
+    logits, labels, _ = _data(key)
+    labels = labels.at[2].set(-1).at[4].set(5).at[5].set(2**40)
+    in_range = np.array([True, True, False, True, False, False, True])
+    loss = losses.softmax_cross_entropy
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(in_range, labels, 0))
+    for value in (loss.value, jax.jit(loss.value)):
+        np.testing.assert_allclose(value(logits, labels),
+                                   jnp.sum(jnp.where(in_range, per_example, 0)) / 7, rtol=1e-12)
+    onehot = jax.nn.one_hot(labels, 5, dtype=logits.dtype)
+    np.testing.assert_allclose(loss(logits, labels), loss(logits, onehot), rtol=1e-12)
+    manual, autodiff = loss.grad(logits, labels), jax.grad(loss.value)(logits, labels)
+    np.testing.assert_allclose(manual, autodiff, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(manual[~in_range], 0)
+    np.testing.assert_allclose(manual, loss.grad(logits, onehot), rtol=1e-12, atol=1e-14)
+
+
 def test_cross_entropy_rejects_mismatched_targets(key):
     logits, _, _ = _data(key)
     with pytest.raises(ValueError, match="softmax_cross_entropy"):
