@@ -67,9 +67,13 @@ def _are_labels(logits, target) -> bool:
     """Whether ``target`` holds integer labels (True) or rows like the logits (False).
 
     Raises:
-      ValueError: for a shape that is neither, quoting both shapes.
+      ValueError: for a shape that is neither, quoting both shapes, or labels that are not
+        integers.
     """
     if target.shape == logits.shape[:-1]:
+        if not jnp.issubdtype(target.dtype, jnp.integer):  # 1.7 would be cast to label 1
+            raise ValueError(f"softmax_cross_entropy: labels of shape {target.shape} must be "
+                             f"integers, got {target.dtype}")
         return True
     if target.shape != logits.shape:
         raise ValueError(

@@ -133,3 +133,12 @@ def test_losses_refuse_targets_they_would_broadcast(loss):
                 assert f"{loss.name}: " in str(error.value)
                 assert str(pred.shape) in str(error.value)
                 assert str(target.shape) in str(error.value)
+
+
+def test_float_labels_are_refused():
+    """(4,) float targets against (4, 3) logits were cast to int32 labels: 1.7 read as 1."""
+    logits = jnp.zeros((4, 3))
+    for fn in (losses.softmax_cross_entropy.value, jax.jit(losses.softmax_cross_entropy.grad)):
+        with pytest.raises(ValueError, match=r"labels of shape \(4,\) must be integers, got "
+                                             r"float"):
+            fn(logits, jnp.asarray([0.0, 1.7, 2.0, 1.0]))
