@@ -258,9 +258,15 @@ def test_a_relative_data_path_is_stored_absolute(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", tiny, *flags, "--workdir", "run"]) == 0
     stored = config.load(tmp_path / "run" / "config.toml")
     assert stored.data.path == str(tmp_path / "data" / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    grid = ["--set", "sweep.grid={learning_rate = [0.05, 0.1]}"]
+    assert cli.main(["sweep", tiny, *flags, *grid, "--workdir", "sweep"]) == 0
+    for kept in ("sweep.toml", "best.toml"):  # (the study keeps sweep.toml's text)
+        assert config.load(tmp_path / "sweep" / kept).data.path == stored.data.path, kept
     monkeypatch.chdir(tmp_path / "data")
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert cli.main(["train", str(tmp_path / "sweep" / "best.toml"), "--workdir", "best"]) == 0
 
 
 def test_cli_summary(capsys):
