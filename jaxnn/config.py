@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -229,6 +230,8 @@ def _check_values(config: Config) -> None:
             f"needs one scale per boundary ({len(sched.boundaries)} boundaries)")
     require(all(b >= 0 for b in sched.boundaries), "schedule.boundaries",
             f"epochs must be >= 0, got {list(sched.boundaries)}")
+    require(all(a < b for a, b in itertools.pairwise(sched.boundaries)),
+            "schedule.boundaries", f"epochs must increase, got {list(sched.boundaries)}")
     require(all(f >= 0 for f in sched.scales), "schedule.scales",
             f"factors must be >= 0, got {list(sched.scales)}")
     require(sched.warmup_epochs >= 0, "schedule.warmup_epochs",

@@ -17,12 +17,17 @@ import optax
 from jaxnn.config import OptimizerConfig, ScheduleConfig
 
 
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    """A schedule's point given in (fractional) epochs, as a step count >= 1."""
+    return max(1, round(epochs * steps_per_epoch))
+
+
 def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     """The schedule's shape with peak 1 (optax); epochs become steps."""
     total = max(1, steps_per_epoch * epochs)
 
     def steps(epochs_: float) -> int:
-        return max(1, round(epochs_ * steps_per_epoch))
+        return epochs_to_steps(epochs_, steps_per_epoch)
 
     if cfg.name == "constant":
         return optax.constant_schedule(1.0)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import checkpoint, host, jsonl, losses, models, plots, rundir
+from jaxnn import checkpoint, host, jsonl, losses, models, optim, plots, rundir
 from jaxnn import config as config_lib
 from jaxnn import data as data_lib
 from jaxnn.compile_options import compile_lowered, compiler_options
@@ -106,6 +106,11 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
                 raise ConfigError(config.source, key, (
                     f"{value} epochs of {per_epoch} steps are more steps than a run counts "
                     f"({MAX_STEPS:,}: int32 counters)"))
+    steps = [optim.epochs_to_steps(b, per_epoch) for b in sched.boundaries]
+    if len(set(steps)) < len(steps):  # optax would keep one of their scales
+        raise ConfigError(config.source, "schedule.boundaries", (
+            f"{list(sched.boundaries)} epochs of {per_epoch} steps fall on the same steps "
+            f"{steps}; give boundaries at least one step apart"))
     _, params = models.check(config, dataset.input_shape, dataset.output_size)
     # Params beyond the device's memory (with their gradients and optimizer state) would
     # hang allocating; a sweep's planner also checks its chunks' activations and orders.

@@ -55,6 +55,9 @@ BAD_CONFIGS = [
      "factors must be >= 0, got [-0.5]"),
     ('[schedule]\nname = "step"\nboundaries = [-1]\nscales = [0.5]\n',
      "schedule.boundaries", "epochs must be >= 0"),
+    # optax's piecewise schedule keeps one scale of a repeated boundary.
+    ('[schedule]\nname = "step"\nboundaries = [4, 2, 2]\nscales = [0.5, 0.5, 0.1]\n',
+     "schedule.boundaries", "epochs must increase, got [4.0, 2.0, 2.0]"),
     ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = -5\n', "schedule.warmup_epochs",
      "must be >= 0"),
     ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be >= 0"),

@@ -438,6 +438,10 @@ def test_a_run_beyond_device_memory_or_its_counters_is_refused(tmp_path, capsys)
                         "schedule.decay_epochs: 1e+307 epochs of")):
         fails(capsys, ["train", config, "--workdir", str(workdir), "--set", *flags], key,
               "more steps than a run counts")
+    # Boundaries apart in epochs, one step as steps: optax kept one of their scales.
+    fails(capsys, ["train", config, "--workdir", str(workdir), "--set",
+                   "schedule={name = \"step\", boundaries = [1.0, 1.01], scales = [0.5, 0.1]}"],
+          "schedule.boundaries: [1.0, 1.01] epochs of", "fall on the same steps")
     assert not workdir.exists()
 
 
