@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,11 +40,23 @@ class Experiment:
         return os.path.join(self.out, filename)
 
     def sweep(self, config: Config | None = None, subdir: str = "sweep") -> dict[str, Any]:
-        """Runs the (given or experiment's) sweep into ``OUT/<subdir>``, replacing old results."""
+        """Runs the (given or experiment's) sweep into ``OUT/<subdir>``, replacing an earlier
+        run's sweep there once this one has finished: it runs in a new directory beside it,
+        so a failed or interrupted run leaves the earlier sweep whole (deleting its results
+        first, a second run was then refused for the study it left, results lost)."""
         workdir = self.path(subdir)
-        if os.path.exists(os.path.join(workdir, sweep.RESULTS)):
-            os.remove(os.path.join(workdir, sweep.RESULTS))
-        return sweep.run_sweep(config or self.config, workdir, dataset=self.dataset)
+        scratch = tempfile.mkdtemp(prefix=".new-", dir=self.out)
+        fresh = os.path.join(scratch, subdir)  # its name is the study's
+        try:
+            result = sweep.run_sweep(config or self.config, fresh, dataset=self.dataset)
+            if os.path.exists(workdir):
+                shutil.rmtree(workdir)
+            os.rename(fresh, workdir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result["plots"] = [os.path.join(workdir, os.path.relpath(path, fresh))
+                           for path in result["plots"]]
+        return result
 
     def figure(self, path: str) -> None:
         """Records a figure written by a `jaxnn.plots` helper."""

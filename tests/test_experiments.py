@@ -1,5 +1,6 @@
 """Every experiment runs end to end with --quick and writes well-formed outputs."""
 
+import pathlib
 import re
 import time
 
@@ -37,3 +38,38 @@ def test_every_experiment_has_a_config_and_is_in_the_readme():
         assert f"experiments/{name}.py" in readme, name
     for name in NAMES:
         assert (EXPERIMENTS.parent / "configs" / "experiments" / f"{name}.toml").exists()
+
+
+def test_a_rerun_replaces_the_sweep_and_a_failed_one_keeps_it(tmp_path, monkeypatch):
+    """Run again into the same --out, an experiment deleted its sweep's results.jsonl and
+    was then refused for the study left beside it: the results were lost."""
+    import os
+
+    import optuna
+
+    from jaxnn import config, experiment, sweep
+
+    def tiny(rates):
+        return config.load(os.path.join(experiment.ROOT, "configs", "tiny.toml"), [
+            f"sweep.grid={{learning_rate = {rates}}}", "training.epochs=1", "output.plots=false"])
+
+    exp = experiment.Experiment("t", tiny([0.05, 0.1]), str(tmp_path), quick=True)
+    exp.sweep()
+    exp.sweep(tiny([0.2, 0.3]))
+    rates = sorted(r["values"]["learning_rate"] for r in sweep.read_results(tmp_path / "sweep"))
+    assert rates == [0.2, 0.3]
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "sweep" / sweep.STUDY_FILE))
+    study = optuna.load_study(study_name="sweep",
+                              storage=optuna.storages.journal.JournalStorage(journal))
+    assert sorted(t.params["learning_rate"] for t in study.trials) == [0.2, 0.3]
+
+    def interrupted(config_, workdir, **unused_kwargs):
+        os.makedirs(workdir)
+        (pathlib.Path(workdir) / sweep.RESULTS).write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exp.sweep(tiny([0.4, 0.5]))
+    assert len(sweep.read_results(tmp_path / "sweep")) == 2
+    assert sorted(os.listdir(tmp_path)) == ["sweep"]
