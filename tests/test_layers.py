@@ -708,6 +708,33 @@ def test_sum_pool_equals_numpy(window, stride, padding, key):
         xx, 0.0, lax.add, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_max_pool_rule_routes_every_window_when_xla_computes_its_input_twice(dtype):
+    """In one compiled program, XLA computed a transposed convolution + GroupNorm's output
+    once into the pool's forward and again, to other bits, into its rule, which compared the
+    rule's copy with the forward's maximum: 27 (float64) / 49 (float32) windows matched no
+    cell and lost their gradient (CPU, AVX-512). Every window's dy must arrive, where
+    jax.grad of lax.reduce_window sends it."""
+    feed = jaxnn.serial(jaxnn.Conv2DTranspose(4, 3, stride=2, padding=1), jaxnn.GroupNorm(2))
+    pool = MaxPool2D(2)
+    _, params, state = feed.init(jax.random.key(0), (None, 8, 8, 1))
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 1), dtype)
+    dy = jax.random.normal(jax.random.key(3), (16, 7, 7, 4), dtype)  # (15 x 15 pooled)
+
+    @jax.jit
+    def rule_and_vjp(params, x, dy):
+        a = feed.apply(params, state, x)[0]
+        y = pool.apply((), (), a)[0]
+        _, dx = pool.backward((), (), a, y, dy)
+        return dx, jax.vjp(lambda z: pool.reference.apply((), (), z)[0], a)[1](dy)[0]
+
+    dx, want = rule_and_vjp(params, x, dy)
+    per_window = np.asarray(dx)[:, :14, :14].reshape(16, 7, 2, 7, 2, 4).sum(axis=(2, 4))
+    np.testing.assert_allclose(per_window, dy, rtol=0, atol=0)  # one cell takes it whole
+    np.testing.assert_array_equal(dx, want)
+
+
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.int8])
 def test_max_pool_of_integers_pads_with_the_least_value(dtype):
     """Padded cells hold the dtype's least value (-inf has no integer), so they never win,

@@ -10,6 +10,7 @@ Global average pooling spreads ``dy`` evenly over the whole image.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -61,13 +62,18 @@ def _pool(kind, window, stride, padding, options=""):
     return name, window, strides, init, geometry, reduce
 
 
-def _route_to_first_max(views, y, dy):
+def _route_to_first_max(views, dy):
     """``dy`` routed, per window, to the first view (row-major window order) equal to the
-    window's maximum ``y``: where ``jax.grad`` of ``lax.reduce_window`` max sends it.
+    window's maximum: where ``jax.grad`` of ``lax.reduce_window`` max sends it.
 
     Elementwise compares over the strided views, with no arg-max over a stacked window axis
-    (whose transposes made the rule 3x slower on CPU for 2x2 windows).
+    (whose transposes made the rule 3x slower on CPU for 2x2 windows). The maximum is taken
+    here, from the views themselves, not from the forward pass's output: inside one
+    compiled program XLA may compute the input twice, once into the forward's pooling and
+    once into these views, not always to the same bits (a GroupNorm after a transposed
+    convolution did), and then no view equalled the forward's maximum and ``dy`` was lost.
     """
+    y = functools.reduce(jnp.maximum, views)
     zero = jnp.zeros((), dy.dtype)
     routed, taken = [], None
     for view in views:
@@ -109,11 +115,14 @@ def MaxPool2D(
         return reduce(x, _lowest(x.dtype), lax.max, pads)
 
     def backward(params, x, y, dy, *, key=None, train=False):
-        del params, key, train
+        del params, y, key, train  # y: its maximum is taken again (`_route_to_first_max`)
         pads, out_hw = geometry(x)
+        # One copy of x for every view and their maximum: fused into each, XLA could
+        # compute x again per consumer, to other bits.
+        x = lax.optimization_barrier(x)
         padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=_lowest(x.dtype))
         views = _spatial.window_slices(padded, window, strides, out_hw)
-        routed = _route_to_first_max(views, y, dy)
+        routed = _route_to_first_max(views, dy)
         dx = _spatial.scatter_windows(routed, padded.shape[1:3], window, strides)
         return (), _spatial.crop(dx, pads)
 
