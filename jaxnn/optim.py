@@ -58,6 +58,13 @@ def schedule(
     return lambda count: peak * jnp.asarray(unit(jnp.asarray(count, peak.dtype)), peak.dtype)
 
 
+# The [optimizer] keys each optimizer reads besides learning_rate and weight_decay (which
+# all read); a sweep of a key none of its optimizers reads is refused (`jaxnn.sweep.spec`).
+KEYS_READ = {"sgd": (), "momentum": ("momentum",), "nesterov": ("momentum",),
+             "adam": ("b1", "b2", "eps"), "adamw": ("b1", "b2", "eps"),
+             "rmsprop": ("decay", "eps", "momentum")}
+
+
 def optimizer(
     cfg: OptimizerConfig,
     sched: ScheduleConfig,

@@ -388,6 +388,16 @@ def test_random_search_is_seeded(tmp_path):
                        "high = 1e308}}"), "sweep.random.momentum: needs a finite range"),
     (("sweep.count=2", "sweep.random={seed = {distribution = 'int', low = 1, "
                        f"high = 1{'0' * 400}}}}}"), "sweep.random.seed: needs a finite range"),
+    # What no trial reads: every value trained alike (tiny.toml's optimizer is momentum).
+    ("sweep.grid={b1 = [0.9, 0.5]}",
+     "sweep.grid.b1: b1 is read by none of this sweep's optimizers (momentum): every value"),
+    ("sweep.grid={'optimizer.b2' = [0.9, 0.99], optimizer = ['sgd', 'momentum']}",
+     "sweep.grid.optimizer.b2: b2 is read by none of this sweep's optimizers (momentum, sgd)"),
+    ("sweep.grid={'training.progress' = [true, false]}",
+     "sweep.grid.training.progress: cannot be swept"),
+    (("model.hidden=[]", "model.layers=[{type = 'Dense', features = 5}, {type = 'Relu'}, "
+      "{type = 'Dense', features = 10}]", "sweep.grid={activation = ['relu', 'tanh']}"),
+     "sweep.grid.activation: model.activation is not read by a model.layers net"),
 ])
 def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     path = tmp_path / "s.toml"

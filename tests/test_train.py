@@ -323,3 +323,36 @@ for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
 print("sharded == unsharded")
 """
     assert "sharded == unsharded" in fresh_python(script, devices=4)
+
+
+@pytest.mark.parametrize("name", config.OPTIMIZERS)
+def test_keys_read_are_what_each_optimizer_reads(name):
+    """`optim.KEYS_READ`, which a sweep trusts to refuse sweeping a key no trial reads,
+    against the optimizers themselves: changing a key changes the updates exactly when the
+    optimizer is listed as reading it."""
+    import dataclasses
+
+    from jaxnn import optim
+    from jaxnn.train import OPTAX_PROMOTION
+
+    params = {"w": jnp.asarray([1.0, -2.0])}
+    grads = [{"w": jnp.asarray(g)} for g in ([0.3, 0.1], [-0.6, 0.2], [0.1, -0.4])]
+    hparams = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.0, "b1": 0.9}
+
+    def updates(cfg, values):
+        opt = optim.optimizer(cfg, config.ScheduleConfig(),
+                              {k: jnp.asarray(v) for k, v in values.items()}, 10, 1)
+        with OPTAX_PROMOTION():  # as training runs optax (its int32 step counts)
+            state, out = opt.init(params), []
+            for grad in grads:
+                update, state = opt.update(grad, state, params)
+                out.append(update["w"])
+        return np.asarray(out)
+
+    base = config.OptimizerConfig(name=name)
+    reference = updates(base, hparams)
+    for key, other in (("momentum", 0.5), ("b1", 0.5), ("b2", 0.9), ("eps", 0.1),
+                       ("decay", 0.5)):
+        changed = updates(base, {**hparams, key: other}) if key in hparams else \
+            updates(dataclasses.replace(base, **{key: other}), hparams)
+        assert (not np.allclose(changed, reference)) == (key in optim.KEYS_READ[name]), key

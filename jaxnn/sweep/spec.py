@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxnn import config as config_lib
-from jaxnn import hyperparameters
+from jaxnn import hyperparameters, optim
 from jaxnn.config import Config, ConfigError
 
 # Names a sweep may vary, from the one table (`jaxnn.hyperparameters`): those that keep the
@@ -71,6 +71,7 @@ def spec_of(config: Config) -> dict:
                                   "config key as \"section.key\" or a layer's as "
                                   "\"model.layers[i].key\"")
     _check_targets(spec, source)
+    _check_read(spec, config)
     for name, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ConfigError(source, f"sweep.grid.{name}", "expected a non-empty list")
@@ -126,6 +127,7 @@ def spec_of(config: Config) -> dict:
 # writes one directory.
 FIXED = {"data": "the data is prepared once for every trial; run one sweep per value",
          "output": "a sweep writes one directory", "sweep": "the sweep is one section",
+         "training.progress": "the progress bar is the sweep's, not a trial's",
          "training.precision": "every trial of a sweep runs in one precision; run one sweep "
                                "per precision"}
 
@@ -152,6 +154,33 @@ def _check_targets(spec: dict, source: str) -> None:
                 raise ConfigError(source, f"sweep.{table}.{name}", f"sets {target}, as "
                                   f"{clashes[0]!r} does; sweep it under one name")
             seen.append(name)
+
+
+def _check_read(spec: dict, config: Config) -> None:
+    """Refuses sweeping what no trial reads: an ``[optimizer]`` key none of the sweep's
+    optimizers reads (`jaxnn.optim.KEYS_READ`: ``b1`` under momentum), or
+    ``model.activation`` for a ``model.layers`` net (each layer names its own). Every value
+    would train alike, and ``best.toml`` would pick one of equals."""
+    swept = {_target(name): (table, name, values) for table in ("grid", "random")
+             for name, values in spec.get(table, {}).items()}
+    _, _, chosen = swept.get("optimizer.name", (None, None, [config.optimizer.name]))
+    chosen = chosen.get("values") if isinstance(chosen, dict) else chosen
+    # (Names that are not strings are refused where the trials are made.)
+    optimizers = sorted({o for o in chosen if isinstance(o, str)}) \
+        if isinstance(chosen, list | tuple) else []
+    for target, (table, name, _) in swept.items():
+        section, key = target.split(".", 1)
+        unread = ""
+        reads = [key in optim.KEYS_READ.get(o, (key,)) for o in optimizers]
+        if section == "optimizer" and key not in ("name", "learning_rate", "weight_decay") \
+                and reads and not any(reads):
+            unread = f"{key} is read by none of this sweep's optimizers ({', '.join(optimizers)})"
+        if target == "model.activation" and config.model.layers \
+                and "model.layers" not in swept:
+            unread = "model.activation is not read by a model.layers net (each layer names its own)"
+        if unread:
+            raise ConfigError(config.source, f"sweep.{table}.{name}",
+                              f"{unread}: every value would train alike")
 
 
 _DISTRIBUTION_KEYS = {"choice": ("distribution", "values"),
