@@ -383,8 +383,22 @@ def resume_change(trained: Config, resumed: Config) -> tuple[str, Any, Any] | No
     was, now = _flat(to_dict(trained)), _flat(to_dict(resumed))
     for key in sorted(set(was) | set(now)):
         if key not in RESUMABLE and was.get(key) != now.get(key):
-            return key, was.get(key), now.get(key)
+            return _innermost_change(key, was.get(key), now.get(key))
     return None
+
+
+def _innermost_change(key: str, was: Any, now: Any) -> tuple[str, Any, Any]:
+    """``(key, was, now)`` narrowed into lists and tables to the first value that differs:
+    ``model.layers[1].momentum``, not the whole of ``model.layers`` twice."""
+    if isinstance(was, list | tuple) and isinstance(now, list | tuple) and len(was) == len(now):
+        for index, (a, b) in enumerate(zip(was, now, strict=True)):
+            if a != b:
+                return _innermost_change(f"{key}[{index}]", a, b)
+    if isinstance(was, dict) and isinstance(now, dict):
+        for name in sorted(set(was) | set(now)):
+            if was.get(name) != now.get(name):
+                return _innermost_change(f"{key}.{name}", was.get(name), now.get(name))
+    return key, was, now
 
 
 # --- writing ------------------------------------------------------------------------------

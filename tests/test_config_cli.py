@@ -330,3 +330,15 @@ def test_strings_with_control_characters_round_trip_and_seeds_are_32_bit(tmp_pat
     for key, value in (("training.seed", 2**32), ("data.seed", -1)):
         with pytest.raises(config.ConfigError, match=rf"{key}: must be in \[0, 2\*\*32 - 1\]"):
             config.load(tiny, [f"{key}={value}"])
+
+
+def test_a_resume_change_names_the_nested_value_that_differs():
+    """A refused resume over one layer option named all of model.layers (twice, ~2 KB)."""
+    layers = ("model.layers=[{type = 'Dense', features = 8}, {type = 'BatchNorm', "
+              "momentum = %s}, {type = 'Dense', features = 10}]")
+    trained = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]", layers % 0.9])
+    resumed = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]", layers % 0.8])
+    assert config.resume_change(trained, resumed) == ("model.layers[1].momentum", 0.9, 0.8)
+    fewer = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]"])
+    key, was, now = config.resume_change(trained, fewer)
+    assert key == "model.layers" and len(was) == 3 and not now  # no narrower place
