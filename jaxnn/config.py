@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -295,7 +296,7 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
     return config
 
 
-def _parse_override(text: str, source: str) -> tuple[list[str], Any]:
+def _parse_override(text: str, source: str) -> tuple[list[str | int], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(source, "--set", f"expected key.path=value, got {text!r}")
@@ -303,19 +304,36 @@ def _parse_override(text: str, source: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()  # A bare word is taken as a string.
-    return key.strip().split("."), parsed
+    key = key.strip()
+    # A list's entry by index, as sweep grids name a layer's: "model.layers[1].momentum".
+    indexed = re.fullmatch(r"\w+(?:\.\w+|\[\d+\])*", key) and "[" in key
+    path = [int(index) if index else name for name, index in
+            re.findall(r"(\w+)|\[(\d+)\]", key)] if indexed else key.split(".")
+    return path, parsed
+
+
+def _key_text(path: list[str | int]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)[1:]
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
-    """Applies ``section.key=value`` overrides (values parsed as TOML) to a raw document."""
+    """Applies ``section.key=value`` overrides (values parsed as TOML) to a raw document; a
+    list's entry is named by its index (``model.layers[1].momentum``)."""
     for text in overrides:
         path, value = _parse_override(text, source)
         node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(source, ".".join(path), "cannot set a key inside a value")
-        node[path[-1]] = value
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise ConfigError(source, _key_text(path), "the config has no "
+                                      f"{_key_text(path[:depth + 1])}")
+            elif not isinstance(node, dict):
+                raise ConfigError(source, _key_text(path), "cannot set a key inside a value")
+            if last:
+                node[part] = value
+            else:
+                node = node[part] if isinstance(part, int) else node.setdefault(part, {})
     return raw
 
 

@@ -342,3 +342,20 @@ def test_a_resume_change_names_the_nested_value_that_differs():
     fewer = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]"])
     key, was, now = config.resume_change(trained, fewer)
     assert key == "model.layers" and len(was) == 3 and not now  # no narrower place
+
+
+def test_set_names_a_list_entry_by_its_index(capsys):
+    """`--set model.layers[1].momentum=...` (as sweep grids name a layer's value) was
+    "model.layers[1]: unknown key"."""
+    resnet = os.path.join(CONFIGS, "resnet_digits.toml")
+    loaded = config.load(resnet, ["model.layers[1].momentum=0.8"])
+    assert loaded.model.layers[1]["momentum"] == 0.8
+    assert config.load(os.path.join(CONFIGS, "mlp_digits.toml"),
+                       ["model.hidden[1]=7"]).model.hidden[1] == 7
+    for override, message in (("model.layers[99].features=3", "the config has no "
+                               "model.layers[99]"),
+                              ("model.layers[1].momentum=1.5", "model.layers[1]: "),
+                              ("training.epochs.x=3", "cannot set a key inside a value")):
+        assert cli.main(["summary", resnet, "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
