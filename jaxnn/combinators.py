@@ -33,6 +33,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_layer,
     is_multi_shape,
     positive_int,
     split_key,
@@ -208,9 +209,7 @@ def _located(error: ShapeError, index: int, child: Layer) -> ShapeError:
 def _names(kind: str, layers: Sequence[Layer]) -> str:
     """``"A, B, C"`` for the layers given to ``kind``, checked to be `Layer`s."""
     for index, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            hint = " (did you forget the parentheses, e.g. Relu()?)" if callable(layer) else ""
-            raise TypeError(f"{kind}: argument {index} is not a Layer: {layer!r}{hint}")
+        check_layer(layer, f"{kind}: argument {index}")
     return ", ".join(layer.name for layer in layers)
 
 
@@ -393,6 +392,9 @@ def Residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     """
     from jaxnn.layers.activations import Identity
 
+    if not layers:  # f(x) + x with no f: 2x, never what was meant
+        raise TypeError("Residual needs at least one layer: it computes f(x) + x with "
+                        "f = serial(*layers)")
     name = f"Residual({_names('Residual', layers)}" + (
         "" if shortcut is None else f"; shortcut={_names('Residual', [shortcut])}") + ")"
     body = serial(*layers)

@@ -176,6 +176,19 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
+def check_layer(value: Any, where: str) -> Layer:
+    """``value``, which ``where`` (e.g. "serial: argument 2") takes as a `Layer`.
+
+    Raises:
+      TypeError: quoting ``value``, with a hint where it is a layer's factory (``Relu``
+        for ``Relu()``).
+    """
+    if not isinstance(value, Layer):
+        hint = " (did you forget the parentheses, e.g. Relu()?)" if callable(value) else ""
+        raise TypeError(f"{where} is not a Layer: {value!r}{hint}")
+    return value
+
+
 def positive_int(value: Any, what: str, layer: str) -> int:
     """``value`` (`is_integer`) as a Python int, checked >= 1.
 

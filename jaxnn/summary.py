@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxnn._table import format_table
 from jaxnn.combinators import Tape, trace
-from jaxnn.layer import Layer, Shape, is_multi_shape
+from jaxnn.layer import Layer, Shape, check_layer, is_multi_shape
 
 # Stands in for a PRNG key: tracing `init` on it allocates nothing.
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -80,6 +80,7 @@ def rows(net: Layer, input_shape: Shape) -> list[Row]:
     They come from the network's recorded forward pass (`jaxnn.combinators.trace`, in eval
     mode), run on abstract arrays with a batch of one.
     """
+    check_layer(net, "summary: net")
     _, params, state = shapes(net, input_shape)  # Raises the layer-naming ShapeError.
     dtypes = [leaf.dtype for leaf in jax.tree.leaves(params)
               if jnp.issubdtype(leaf.dtype, jnp.floating)]

@@ -256,3 +256,23 @@ def test_branching_net_jits_and_vmaps_over_params(key):
     ensemble = jax.vmap(lambda p: net.apply(p, state, x)[0])(stacked)
     first = jax.tree.map(lambda leaf: leaf[0], stacked)
     np.testing.assert_allclose(ensemble[0], net.apply(first, state, x)[0], rtol=1e-13)
+
+
+def test_what_is_not_a_layer_or_a_loss_is_one_type_error():
+    """A factory where a layer goes (summary: AttributeError), a loss's name or another
+    library's loss where a jaxnn Loss goes (AttributeError: 'str' object has no attribute
+    'grad'), and an empty Residual (it returned 2x)."""
+    net = serial(Dense(3))
+    _, params, state = net.init(jax.random.key(0), (None, 4))
+    x, y = jnp.ones((2, 4)), jnp.zeros((2, 3))
+    for call, message in (
+            (lambda: serial(Relu), r"serial: argument 0 is not a Layer: .* \(did you forget "
+                                   r"the parentheses"),
+            (lambda: summary(Dense, (None, 4)), r"summary: net is not a Layer: .*Dense"),
+            (lambda: manual.grad(Dense, losses.mse, params, state, x, y),
+             r"manual: net is not a Layer"),
+            (lambda: manual.grad(net, "mse", params, state, x, y),
+             r"manual: loss must be a jaxnn.losses.Loss .*got 'mse'"),
+            (lambda: Residual(), r"Residual needs at least one layer")):
+        with pytest.raises(TypeError, match=message):
+            call()
