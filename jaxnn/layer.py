@@ -166,6 +166,26 @@ def param_dtype(dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
+def float_dtype(value: Any, layer: str) -> Any:
+    """``value``, a layer's ``dtype`` option, checked to name a floating dtype (or be None,
+    the default float).
+
+    Raises:
+      ValueError: naming ``layer``, quoting ``value`` (an integer dtype truncated BatchNorm's
+        statistics to integers, or failed in an initializer).
+    """
+    if value is None:
+        return None
+    try:
+        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except (TypeError, ValueError):
+        floating = False
+    if not floating:
+        raise ValueError(f"{layer}: dtype must be a floating dtype such as float32, float64 "
+                         f"or bfloat16 (or None, the default), got {value!r}")
+    return value
+
+
 def is_integer(value: Any) -> bool:
     """Whether a layer argument is an integer: Python's or numpy's, not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)

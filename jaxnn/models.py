@@ -12,7 +12,7 @@ from typing import Any
 from jaxnn import combinators as C
 from jaxnn import layers as L
 from jaxnn.config import Config, ConfigError, ModelConfig
-from jaxnn.layer import Layer, ShapeError
+from jaxnn.layer import Layer, ShapeError, float_dtype
 from jaxnn.summary import shapes
 
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
@@ -155,6 +155,11 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
             if name in hints and not _fits(value, hints[name]):
                 raise ConfigError(source, f"{key}.{name}", f"{kind}: expected "
                                   f"{_describe(hints[name])}, got {value!r}")
+            if name == "dtype" and name in hints:  # Keyed by the argument, as a type is.
+                try:
+                    float_dtype(value, kind)
+                except ValueError as error:
+                    raise ConfigError(source, f"{key}.dtype", str(error)) from None
         if kind == "Dropout" and "rate" not in kwargs:
             kwargs["rate"] = rate
         try:

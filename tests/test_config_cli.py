@@ -71,6 +71,13 @@ BAD_CONFIGS = [
      "Gelu: expected bool"),
     ('[model]\nlayers = [{type = "Conv2D", features = 4.0, kernel_size = [3, 3]}]\n',
      "model.layers[0].features", "Conv2D: expected int, got 4.0"),
+    # An integer dtype trained BatchNorm on integer statistics; Dense's failed in its init.
+    ('[model]\nlayers = [{type = "BatchNorm", dtype = "int32"}, {type = "Dense", '
+     'features = 10}]\n', "model.layers[0].dtype",
+     "BatchNorm: dtype must be a floating dtype such as float32, float64 or bfloat16 (or None, "
+     "the default), got 'int32'"),
+    ('[model]\nlayers = [{type = "Dense", features = 10, dtype = "int8"}]\n',
+     "model.layers[0].dtype", "Dense: dtype must be a floating dtype"),
     ('[model]\nlayers = [{type = "Dense", features = 10}, {type = "Softmax", axis = 5}]\n',
      "model.layers[1]", "axis 5 is out of range for input of shape (None, 10)"),
     # A single regression output under softmax: the loss is 0 whatever the weights.

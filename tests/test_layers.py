@@ -2,6 +2,7 @@
 
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -311,6 +312,25 @@ def test_boolean_options_refuse_other_values(make, option):
         with pytest.raises(ValueError, match=f"{option} must be True or False, got {bad!r}"):
             make(bad)
     make(np.bool_(False))
+
+
+@pytest.mark.parametrize(
+    ("make", "layer"),
+    [(lambda bad: Dense(3, dtype=bad), "Dense"), (lambda bad: Conv2D(2, dtype=bad), "Conv2D"),
+     (lambda bad: Conv1D(2, dtype=bad), "Conv1D"),
+     (lambda bad: Conv2DTranspose(2, dtype=bad), "Conv2DTranspose"),
+     (lambda bad: BatchNorm(dtype=bad), "BatchNorm"),
+     (lambda bad: LayerNorm(dtype=bad), "LayerNorm"),
+     (lambda bad: GroupNorm(2, dtype=bad), "GroupNorm")],
+)
+def test_dtype_options_refuse_other_than_floating(make, layer, key):
+    # An integer dtype made BatchNorm's statistics integers, or failed in an initializer.
+    for bad in ("int32", jnp.int8, "complex64", "float16x", True):
+        with pytest.raises(ValueError, match=f"^{layer}: dtype must be a floating dtype.*"
+                                             f"got {re.escape(repr(bad))}$"):
+            make(bad)
+    for good in (None, "float32", jnp.bfloat16):
+        make(good)
 
 
 def test_layer_is_a_namedtuple_of_three_functions(key):

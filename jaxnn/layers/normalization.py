@@ -34,6 +34,7 @@ from jaxnn.layer import (
     ShapeError,
     check_bool,
     check_single,
+    float_dtype,
     param_dtype,
     positive_int,
     stateless,
@@ -81,9 +82,10 @@ def _affine_grads(params, xhat, dy, axes):
     return grads
 
 
-def _check_options(name: str, epsilon: float, use_scale: bool, use_bias: bool,
+def _check_options(name: str, epsilon: float, use_scale: bool, use_bias: bool, dtype,
                    momentum: float | None = None) -> None:
     check_bool(use_scale, "use_scale", name)
+    float_dtype(dtype, name)
     check_bool(use_bias, "use_bias", name)
     if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
         raise ValueError(f"{name}: epsilon must be finite and > 0, got {epsilon!r}")
@@ -115,7 +117,7 @@ def BatchNorm(
     Returns:
       A `Layer` with state ``{"mean": (C,), "var": (C,)}`` (init 0 and 1).
     """
-    _check_options("BatchNorm", epsilon, use_scale, use_bias, momentum)
+    _check_options("BatchNorm", epsilon, use_scale, use_bias, dtype, momentum)
     name = f"BatchNorm(momentum={momentum})"
 
     def init(key: jax.Array, input_shape: Shape):
@@ -230,7 +232,7 @@ def LayerNorm(
       use_bias: learn the per-feature shift ``β`` (params ``"bias"``, init 0).
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
     """
-    _check_options("LayerNorm", epsilon, use_scale, use_bias)
+    _check_options("LayerNorm", epsilon, use_scale, use_bias, dtype)
     return _per_example_norm(
         "LayerNorm()", lambda x: (x, (x.ndim - 1,)), lambda x, shape: x, epsilon, use_scale,
         use_bias, dtype)
@@ -256,7 +258,7 @@ def GroupNorm(
       dtype: parameter dtype; default float32 (float64 with ``jax_enable_x64``).
     """
     num_groups = positive_int(num_groups, "num_groups", "GroupNorm")
-    _check_options("GroupNorm", epsilon, use_scale, use_bias)
+    _check_options("GroupNorm", epsilon, use_scale, use_bias, dtype)
     name = f"GroupNorm({num_groups})"
 
     def check(input_shape):
