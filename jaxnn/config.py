@@ -146,6 +146,7 @@ SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)
             if f.name not in ("source",)}
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "exponential", "step", "cosine", "warmup_cosine")
+BACKPROPS = ("autodiff", "manual")  # jax.value_and_grad, or the layers' delta rules
 DATASETS = ("digits", "mnist", "fashion_mnist", "npz", "csv", "spirals", "moons", "regression")
 
 
@@ -242,7 +243,7 @@ def _check_values(config: Config) -> None:
     require(train.batch_size >= 1, "training.batch_size", f"must be >= 1, got {train.batch_size}")
     choice(train.precision, ("float32", "float64"), "training.precision")
     choice(train.compute_dtype, ("", "float32", "bfloat16"), "training.compute_dtype")
-    choice(train.backprop, ("autodiff", "manual"), "training.backprop")
+    choice(train.backprop, BACKPROPS, "training.backprop")
     for key, seed in (("training.seed", train.seed), ("data.seed", data.seed)):
         require(0 <= seed <= MAX_SEED, key, f"must be in [0, 2**32 - 1], got {seed}")
     require(train.patience >= 0, "training.patience", "must be >= 0")

@@ -166,13 +166,13 @@ def param_dtype(dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
-def float_dtype(value: Any, layer: str) -> Any:
-    """``value``, a layer's ``dtype`` option, checked to name a floating dtype (or be None,
-    the default float).
+def float_dtype(value: Any, what: str, layer: str) -> Any:
+    """``value``, a dtype option such as a layer's ``dtype``, checked to name a floating
+    dtype (or be None, the default).
 
     Raises:
-      ValueError: naming ``layer``, quoting ``value`` (an integer dtype truncated BatchNorm's
-        statistics to integers, or failed in an initializer).
+      ValueError: naming ``layer`` and ``what``, quoting ``value`` (an integer dtype truncated
+        BatchNorm's statistics to integers, or failed in an initializer).
     """
     if value is None:
         return None
@@ -181,7 +181,7 @@ def float_dtype(value: Any, layer: str) -> Any:
     except (TypeError, ValueError):
         floating = False
     if not floating:
-        raise ValueError(f"{layer}: dtype must be a floating dtype such as float32, float64 "
+        raise ValueError(f"{layer}: {what} must be a floating dtype such as float32, float64 "
                          f"or bfloat16 (or None, the default), got {value!r}")
     return value
 

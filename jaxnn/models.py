@@ -157,7 +157,7 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
                                   f"{_describe(hints[name])}, got {value!r}")
             if name == "dtype" and name in hints:  # Keyed by the argument, as a type is.
                 try:
-                    float_dtype(value, kind)
+                    float_dtype(value, "dtype", kind)
                 except ValueError as error:
                     raise ConfigError(source, f"{key}.dtype", str(error)) from None
         if kind == "Dropout" and "rate" not in kwargs:

@@ -31,9 +31,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnn import hyperparameters, losses, manual, models, optim
-from jaxnn.config import Config, ConfigError
+from jaxnn.config import BACKPROPS, Config, ConfigError
 from jaxnn.data import Dataset
-from jaxnn.layer import Layer
+from jaxnn.layer import Layer, float_dtype
 
 # optax mixes int32 step counts with floats (schedules, bias correction); its calls are traced
 # under standard promotion so that a user's (or the tests') strict promotion still holds
@@ -176,7 +176,15 @@ def make_step(
 
     Returns:
       The pure step function (jit it, or call it inside a compiled loop).
+
+    Raises:
+      ValueError: for an unknown ``backprop`` (it ran autodiff) or a ``compute_dtype`` that
+        is not floating (an integer one cast the weights to 0).
     """
+    if backprop not in BACKPROPS:
+        raise ValueError(f"make_step: backprop must be one of "
+                         f"{', '.join(map(repr, BACKPROPS))}, got {backprop!r}")
+    float_dtype(compute_dtype, "compute_dtype", "make_step")
 
     def step(params, model_state, opt_state, x, y, key=None):
         leaves = jax.tree_util.tree_leaves(params)

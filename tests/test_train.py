@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -293,6 +294,22 @@ def test_mixed_precision_step_keeps_float32_master_weights(backprop, key):
     # float32 rounding.
     assert float(jnp.max(jnp.abs(pred16 - pred32))) > tolerance(
         jnp.float32, jnp.max(jnp.abs(pred32)))
+
+
+@pytest.mark.parametrize(("argument", "quoted"), [
+    # An unknown backprop ran autodiff; an integer compute dtype cast the weights to 0.
+    ({"backprop": "bogus"}, "backprop must be one of 'autodiff', 'manual', got 'bogus'"),
+    ({"compute_dtype": jnp.int8}, "compute_dtype must be a floating dtype"),
+    ({"compute_dtype": "complex64"}, "got 'complex64'")])
+def test_make_step_refuses_unknown_backprop_and_compute_dtype(argument, quoted):
+    import optax
+
+    import jaxnn
+    from jaxnn.train import make_step
+
+    net = jaxnn.serial(jaxnn.Dense(3))
+    with pytest.raises(ValueError, match=f"^make_step: .*{re.escape(quoted)}"):
+        make_step(net, jaxnn.softmax_cross_entropy, optax.sgd(0.1), **argument)
 
 
 def test_mixed_precision_training_from_config(tmp_path):

@@ -96,7 +96,7 @@ def Conv2D(
     args = _spatial.conv_arguments("Conv2D", features, kernel_size, stride, padding, w_init,
                                    b_init)
     use_bias = check_bool(use_bias, "use_bias", "Conv2D")
-    dtype = float_dtype(dtype, "Conv2D")
+    dtype = float_dtype(dtype, "dtype", "Conv2D")
     window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2D({features}, {window}, stride={strides}, padding={padding!r})"
 
@@ -229,7 +229,7 @@ def Conv1D(
     s = _one_positive_int(stride, "stride", "Conv1D")
     padding = _check_padding_1d(padding, "Conv1D")
     use_bias = check_bool(use_bias, "use_bias", "Conv1D")
-    dtype = float_dtype(dtype, "Conv1D")
+    dtype = float_dtype(dtype, "dtype", "Conv1D")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     name = f"Conv1D({features}, {k}, stride={s}, padding={padding!r})"

@@ -57,7 +57,7 @@ def Dense(
     features = positive_int(features, "features", "Dense")
     use_bias = check_bool(use_bias, "use_bias", "Dense")
     shared_bias = check_bool(shared_bias, "shared_bias", "Dense")
-    dtype = float_dtype(dtype, "Dense")
+    dtype = float_dtype(dtype, "dtype", "Dense")
     w_initializer = initializers.get(w_init)
     b_initializer = initializers.get(b_init)
     bias_shape = () if shared_bias else (features,)

@@ -85,7 +85,7 @@ def _affine_grads(params, xhat, dy, axes):
 def _check_options(name: str, epsilon: float, use_scale: bool, use_bias: bool, dtype,
                    momentum: float | None = None) -> None:
     check_bool(use_scale, "use_scale", name)
-    float_dtype(dtype, name)
+    float_dtype(dtype, "dtype", name)
     check_bool(use_bias, "use_bias", name)
     if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
         raise ValueError(f"{name}: epsilon must be finite and > 0, got {epsilon!r}")
