@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxnn
+from jaxnn import experiment
 
 jax.config.update("jax_enable_x64", True)
 
@@ -109,7 +110,8 @@ def worked_example() -> dict[str, dict[str, float] | float]:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    experiment.argument_parser("backprop_worked_example", __doc__).parse_args(argv)
     result = worked_example()
     print("Forward pass")
     for name, value in result["forward"].items():

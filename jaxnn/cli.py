@@ -23,6 +23,27 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 DEFAULT_SOURCE = "<default config (= configs/mlp_digits.toml)>"
 
 
+def usage_error(message: object, prog: str = "jaxnn") -> int:
+    """Prints ``PROG: error: MESSAGE``, one line on stderr; returns `EXIT_USAGE`."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def empty_flag(flag: str) -> str:
+    """The error for a flag given an empty value, which would read as the flag left out."""
+    return f"{flag}: empty; give a value or leave the flag out"
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can act on, each reported as one line by `usage_error`: a bad config
+    or data, a taken or unusable directory, a bad checkpoint, a network the data's shape
+    does not fit."""
+    from jaxnn.data import DataError
+    from jaxnn.layer import ShapeError
+
+    return ConfigError, rundir.RunError, CheckpointError, DataError, ShapeError
+
+
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """The config at ``path`` with overrides; the built-in default run when ``path`` is None."""
     if path is None:
@@ -298,10 +319,6 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
       owns_process: nothing else runs in this process, so process-wide JAX settings may be
         made: ``jaxnn sweep`` splits the CPU into devices (`jaxnn.host.split_cpu`).
     """
-    from jaxnn.data import DataError
-    from jaxnn.layer import ShapeError
-    from jaxnn.run import RunError
-
     args = parser().parse_args(argv)
     spmd = [flag for flag, value in (("--coordinator", getattr(args, "coordinator", None)),
                                      ("--num-processes", getattr(args, "num_processes", None)),
@@ -313,20 +330,15 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
                                      ("--storage", "storage"), ("--study", "study"))
              if getattr(args, name, None) == ""]
     if empty:
-        print(f"jaxnn: error: {empty[0]}: empty; give a value or leave the flag out",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(empty_flag(empty[0]))
     if getattr(args, "resume", None) and args.workdir is not None:
-        print(f"jaxnn: error: --workdir: not with --resume (a resumed {args.command} "
-              f"continues in its own directory, {args.resume})", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"--workdir: not with --resume (a resumed {args.command} "
+                           f"continues in its own directory, {args.resume})")
     if spmd and not args.distributed:
-        print(f"jaxnn: error: {spmd[0]}: only with --distributed", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"{spmd[0]}: only with --distributed")
     if args.command == "sweep" and args.distributed and args.cpu_devices:
-        print("jaxnn: error: --cpu-devices: not with --distributed (each process's devices "
-              "are its own)", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("--cpu-devices: not with --distributed (each process's devices "
+                           "are its own)")
     if owns_process and args.command == "sweep" and not args.distributed:
         from jaxnn import host
 
@@ -336,9 +348,8 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
             compile_cache.enable(args.compile_cache, whole_programs=owns_process and (
                 args.command == "sweep" and not args.distributed))
         return args.handler(args)
-    except (ConfigError, RunError, CheckpointError, DataError, ShapeError) as error:
-        print(f"jaxnn: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except user_errors() as error:
+        return usage_error(error)
     except rundir.Interrupted as interrupted:
         print(f"jaxnn: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jaxnn import cli, run, rundir, sweep
 from jaxnn import config as config_lib
-from jaxnn import run, sweep
 from jaxnn._table import format_markdown
 from jaxnn.config import Config
 
@@ -83,6 +83,12 @@ class Experiment:
         return headline
 
 
+def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``experiments/<name>.py``'s arguments, its docstring as ``--help``."""
+    return argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def start(
     name: str,
     description: str,
@@ -97,9 +103,13 @@ def start(
       description: the script's docstring, for ``--help``.
       quick: config overrides (``key=value``) of the ``--quick`` cut-down version.
       argv: arguments (default: the command line).
+
+    Raises:
+      SystemExit: with `jaxnn.cli.EXIT_USAGE`, after one line naming the argument, config key
+        or directory at fault (a bad ``--set``, an ``--out`` that cannot be a directory), as
+        the ``jaxnn`` command reports them.
     """
-    parser = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(name, description)
     parser.add_argument("--quick", action="store_true",
                         help="a cut-down version that runs in seconds")
     parser.add_argument("--out", default=str(ROOT / "results" / name),
@@ -107,11 +117,19 @@ def start(
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key")
     args = parser.parse_args(argv)
+    if not args.out:
+        raise SystemExit(cli.usage_error(cli.empty_flag("--out"), parser.prog))
     overrides = [*(quick if args.quick else ()), "training.progress=false",
                  "output.plots=true", *args.set]
-    config = config_lib.load(ROOT / "configs" / "experiments" / f"{name}.toml", overrides)
-    os.makedirs(args.out, exist_ok=True)
-    return Experiment(name, config, args.out, args.quick)
+    try:
+        config = config_lib.load(ROOT / "configs" / "experiments" / f"{name}.toml", overrides)
+        try:
+            rundir.make_directory(args.out)
+        except rundir.RunError as error:
+            raise rundir.RunError(f"--out: {error}") from None
+        return Experiment(name, config, args.out, args.quick)
+    except cli.user_errors() as error:
+        raise SystemExit(cli.usage_error(error, parser.prog)) from None
 
 
 def fmt(value: Any) -> str:

@@ -73,3 +73,34 @@ def test_a_rerun_replaces_the_sweep_and_a_failed_one_keeps_it(tmp_path, monkeypa
         exp.sweep(tiny([0.4, 0.5]))
     assert len(sweep.read_results(tmp_path / "sweep")) == 2
     assert sorted(os.listdir(tmp_path)) == ["sweep"]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--set", "bogus.key=1"], "lr_sweep.toml: bogus: unknown section"),
+    (["--set", "training.epochs=-1"], "lr_sweep.toml: training.epochs: must be >= 1, got -1"),
+    (["--set", "=3"], "lr_sweep.toml: --set: expected key.path=value, got '=3'"),
+    (["--out", "{tmp}/afile"], "--out: {tmp}/afile is a file, not a directory"),
+    (["--out", ""], "--out: empty; give a value or leave the flag out"),
+    (["--out", "/proc/jaxnn"], "--out: /proc/jaxnn: cannot create the directory")])
+def test_bad_arguments_are_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
+    # Each was a traceback with exit 1 (a raw ConfigError, FileExistsError, ...).
+    from jaxnn import experiment
+
+    (tmp_path / "afile").write_text("kept")
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with pytest.raises(SystemExit) as exit_:
+        experiment.start("lr_sweep", "doc", argv=argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("experiments/lr_sweep.py: error: ") and err.count("\n") == 1
+    assert fragment.format(tmp=tmp_path) in err
+
+
+def test_worked_example_parses_its_arguments(monkeypatch, capsys):
+    # --help printed nothing of the kind and ran the walk-through.
+    with pytest.raises(SystemExit) as exit_:
+        load("backprop_worked_example", monkeypatch).main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: experiments/backprop_worked_example.py")
+    assert "Forward pass" not in out
