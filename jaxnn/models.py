@@ -165,7 +165,10 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
         try:
             layer = LAYER_TYPES[kind](**kwargs)
         except (TypeError, ValueError) as error:
-            raise ConfigError(source, key, f"{kind}: {error}") from None
+            message = str(error)  # Named once: the layers' own messages start with the name.
+            if not message.startswith((f"{kind}:", f"{kind}(")):
+                message = f"{kind}: {message}"
+            raise ConfigError(source, key, message) from None
     else:
         raise ConfigError(source, key, f"unknown layer type {kind!r}; known: "
                           f"{', '.join([*LAYER_TYPES, *NESTED_TYPES])}")

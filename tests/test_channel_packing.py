@@ -62,6 +62,14 @@ def test_every_packed_trial_equals_its_lone_run(tmp_path, grid):
         assert row["val_loss"] == pytest.approx(float(metrics["val_loss"][-1]), rel=1e-9)
 
 
+def test_plan_describes_each_program_once():
+    # A model.layers net left a blank for the MLP's activation: "10 layers,  adam/...".
+    cnn = cnn_sweep("{learning_rate = [0.01]}")
+    assert "; 10 layers, adam/cosine, " in sweep.make_plan(cnn, run.prepare(cnn)).describe()
+    mlp = config.load(TINY, ["model.hidden=[8]", "sweep.grid={learning_rate = [0.01]}"])
+    assert "; hidden=[8], tanh, momentum/" in sweep.make_plan(mlp, run.prepare(mlp)).describe()
+
+
 def _program_features(plan):
     return [sorted({t.values["model.layers[3].features"] for t in g.trials})
             for g in plan.groups]

@@ -1,6 +1,7 @@
 """Configs: validation with named errors, overrides, the default run, and the command line."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,10 @@ BAD_CONFIGS = [
     ('[model]\nlayers = [{type = "Conv2DTranspose", features = 4, stride = 0}]\n',
      "model.layers[0]", "Conv2DTranspose: stride must be a positive int"),
     ('[model]\nlayers = [{type = "Dense", units = 7}]\n', "model.layers[0]", "units"),
+    ('[model]\nlayers = [{type = "BatchNorm", momentum = 2}]\n', "model.layers[0]",
+     "BatchNorm: momentum is the share"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 4, padding = "bogus"}]\n',
+     "model.layers[0]", "Conv2D: padding must be"),
     ('[model]\nactivation = "swish"\n', "model.activation", "unknown activation"),
     ("[training]\nbatch_size = 100000\n", "training.batch_size", "exceeds"),
     ("[model\nhidden = [3]\n", "", "not valid TOML"),
@@ -103,6 +108,7 @@ def test_bad_config_gives_named_error_and_exit_2(tmp_path, capsys, text, key, fr
     assert fragment in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert not re.search(r"\b(\w+): \1\b", err)  # e.g. "BatchNorm: BatchNorm: momentum"
     assert not (tmp_path / "run").exists()  # Nothing was written.
 
 

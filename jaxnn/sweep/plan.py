@@ -92,8 +92,8 @@ class Plan(NamedTuple):
         for number, group in enumerate(self.groups):
             cfg = group.config
             widths = sorted({t.config.model.hidden for t in group.trials})
-            structure = (f"hidden={list(cfg.model.hidden)}" if not cfg.model.layers
-                         else f"{len(cfg.model.layers)} layers")
+            structure = (f"hidden={list(cfg.model.hidden)}, {cfg.model.activation}"
+                         if not cfg.model.layers else f"{len(cfg.model.layers)} layers")
             packed = f", widths {[list(w) for w in widths]} packed to {group.packed_width}" \
                 if group.packed_width else ""
             if group.packed_layers:
@@ -105,7 +105,6 @@ class Plan(NamedTuple):
             lines.append(
                 f"  program {number}: {len(group.trials)} trials in {len(group.chunks)} "
                 f"chunk(s) of <= {max(len(c) for c in group.chunks)}; {structure}, "
-                f"{cfg.model.activation if not cfg.model.layers else ''} "
                 f"{cfg.optimizer.name}/{cfg.schedule.name}, batch {cfg.training.batch_size}"
                 f"{packed}")
         per_chunk = max(len(c) for g in self.groups for c in g.chunks)
