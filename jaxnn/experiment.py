@@ -127,6 +127,10 @@ def start(
             rundir.make_directory(args.out)
         except rundir.RunError as error:
             raise rundir.RunError(f"--out: {error}") from None
+        held = rundir.holds(args.out)
+        if held is not None:  # its files would be overwritten and mixed with the experiment's
+            raise rundir.RunError(f"--out: {args.out} holds {held}; an experiment needs a "
+                                  "directory of its own")
         return Experiment(name, config, args.out, args.quick)
     except cli.user_errors() as error:
         raise SystemExit(cli.usage_error(error, parser.prog)) from None

@@ -81,12 +81,17 @@ def test_a_rerun_replaces_the_sweep_and_a_failed_one_keeps_it(tmp_path, monkeypa
     (["--set", "=3"], "lr_sweep.toml: --set: expected key.path=value, got '=3'"),
     (["--out", "{tmp}/afile"], "--out: {tmp}/afile is a file, not a directory"),
     (["--out", ""], "--out: empty; give a value or leave the flag out"),
-    (["--out", "/proc/jaxnn"], "--out: /proc/jaxnn: cannot create the directory")])
+    (["--out", "/proc/jaxnn"], "--out: /proc/jaxnn: cannot create the directory"),
+    # A run's or sweep's directory: the experiment wrote its files among theirs.
+    (["--out", "{tmp}/asweep"], "--out: {tmp}/asweep holds a sweep; an experiment needs")])
 def test_bad_arguments_are_one_line_and_exit_2(argv, fragment, tmp_path, capsys):
     # Each was a traceback with exit 1 (a raw ConfigError, FileExistsError, ...).
     from jaxnn import experiment
 
     (tmp_path / "afile").write_text("kept")
+    (tmp_path / "asweep").mkdir()
+    for name in ("sweep.toml", "results.jsonl"):  # what a sweep's directory holds
+        (tmp_path / "asweep" / name).write_text("")
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     with pytest.raises(SystemExit) as exit_:
         experiment.start("lr_sweep", "doc", argv=argv)
