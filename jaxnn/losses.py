@@ -31,6 +31,19 @@ class Loss(NamedTuple):
     grad: Callable[[jax.Array, jax.Array], jax.Array]
     name: str
 
+
+def check_loss(loss: object, where: str) -> Loss:
+    """``loss``, which ``where`` takes as a `Loss`.
+
+    Raises:
+      TypeError: quoting ``loss`` (a loss's name, or another library's loss function, fail
+        later on the missing ``grad`` or ``value``).
+    """
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{where}: loss must be a jaxnn.losses.Loss (e.g. "
+                        f"jaxnn.losses.softmax_cross_entropy), got {loss!r}")
+    return loss
+
     def __call__(self, pred: jax.Array, target: jax.Array) -> jax.Array:
         return self.value(pred, target)
 

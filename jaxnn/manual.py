@@ -33,7 +33,7 @@ import numpy as np
 from jaxnn._table import format_table
 from jaxnn.combinators import pullback, trace
 from jaxnn.layer import Layer, check_layer
-from jaxnn.losses import Loss
+from jaxnn.losses import Loss, check_loss
 
 
 def value_and_grad(
@@ -80,9 +80,7 @@ def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=Fal
     a bfloat16 network, a float32 loss); the returned output is the cast one.
     """
     check_layer(net, "manual: net")
-    if not isinstance(loss, Loss):  # a name, or another library's loss function
-        raise TypeError(f"manual: loss must be a jaxnn.losses.Loss (e.g. "
-                        f"jaxnn.losses.softmax_cross_entropy), got {loss!r}")
+    check_loss(loss, "manual")
     return _compiled_backprop(net, loss, train, loss_dtype)(params, state, x, y, key)
 
 

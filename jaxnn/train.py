@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnn import hyperparameters, losses, manual, models, optim
 from jaxnn.config import BACKPROPS, Config, ConfigError
 from jaxnn.data import Dataset
-from jaxnn.layer import Layer, float_dtype
+from jaxnn.layer import Layer, check_layer, float_dtype
 
 # optax mixes int32 step counts with floats (schedules, bias correction); its calls are traced
 # under standard promotion so that a user's (or the tests') strict promotion still holds
@@ -180,11 +180,14 @@ def make_step(
     Raises:
       ValueError: for an unknown ``backprop`` (it ran autodiff) or a ``compute_dtype`` that
         is not floating (an integer one cast the weights to 0).
+      TypeError: for a ``net`` that is not a `Layer` or a ``loss`` that is not a `Loss`.
     """
     if backprop not in BACKPROPS:
         raise ValueError(f"make_step: backprop must be one of "
                          f"{', '.join(map(repr, BACKPROPS))}, got {backprop!r}")
     float_dtype(compute_dtype, "compute_dtype", "make_step")
+    check_layer(net, "make_step: net")
+    losses.check_loss(loss, "make_step")
 
     def step(params, model_state, opt_state, x, y, key=None):
         leaves = jax.tree_util.tree_leaves(params)

@@ -312,6 +312,20 @@ def test_make_step_refuses_unknown_backprop_and_compute_dtype(argument, quoted):
         make_step(net, jaxnn.softmax_cross_entropy, optax.sgd(0.1), **argument)
 
 
+
+def test_make_step_refuses_what_is_not_a_layer_or_a_loss():
+    """optax's l2_loss as the loss failed in the step on a missing .value."""
+    import optax
+
+    import jaxnn
+    from jaxnn.train import make_step
+
+    with pytest.raises(TypeError, match=r"make_step: loss must be a jaxnn.losses.Loss .*l2_loss"):
+        make_step(jaxnn.serial(jaxnn.Dense(3)), optax.l2_loss, optax.sgd(0.1))
+    with pytest.raises(TypeError, match=r"make_step: net is not a Layer: .*Dense"):
+        make_step(jaxnn.Dense, jaxnn.softmax_cross_entropy, optax.sgd(0.1))
+
+
 def test_mixed_precision_training_from_config(tmp_path):
     summary = run.train_and_evaluate(
         tiny("training.compute_dtype='bfloat16'", "output.checkpoint=false"), tmp_path)
