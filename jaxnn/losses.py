@@ -31,6 +31,9 @@ class Loss(NamedTuple):
     grad: Callable[[jax.Array, jax.Array], jax.Array]
     name: str
 
+    def __call__(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        return self.value(pred, target)
+
 
 def check_loss(loss: object, where: str) -> Loss:
     """``loss``, which ``where`` takes as a `Loss`.
@@ -43,9 +46,6 @@ def check_loss(loss: object, where: str) -> Loss:
         raise TypeError(f"{where}: loss must be a jaxnn.losses.Loss (e.g. "
                         f"jaxnn.losses.softmax_cross_entropy), got {loss!r}")
     return loss
-
-    def __call__(self, pred: jax.Array, target: jax.Array) -> jax.Array:
-        return self.value(pred, target)
 
 
 def _batch_mean_of_sums(per_element: jax.Array) -> jax.Array:
