@@ -265,6 +265,9 @@ def _check_values(config: Config) -> None:
     require(not model.layers or model.hidden in ((), ModelConfig.hidden), "model.hidden",
             f"{list(model.hidden)} is not used: model.layers gives the whole network; leave "
             "model.hidden out (or []) with model.layers")
+    require(not model.layers or model.activation == ModelConfig.activation, "model.activation",
+            f"{model.activation!r} is not used: model.layers names each layer's activation; "
+            "leave model.activation out with model.layers")
     for index, spec in enumerate(model.layers):
         require(isinstance(spec, dict) and isinstance(spec.get("type"), str),
                 f"model.layers[{index}]", 'expected a table with a "type", e.g. '

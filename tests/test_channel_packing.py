@@ -33,7 +33,8 @@ LAYERS = """[
 
 def cnn_sweep(grid, *overrides):
     return config.load(TINY, [
-        "model.hidden=[]", f"model.layers={LAYERS}", "model.loss='softmax_cross_entropy'",
+        "model.hidden=[]", "model.activation='relu'", f"model.layers={LAYERS}",
+        "model.loss='softmax_cross_entropy'",
         "optimizer.name='adam'", "training.epochs=2", "training.precision='float64'",
         "output.plots=false", f"sweep.grid={grid}", *overrides])
 

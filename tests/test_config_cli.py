@@ -95,6 +95,9 @@ BAD_CONFIGS = [
     ("[model]\nlayers = []\n", "model.layers", "empty: no network to train"),
     ('[model]\nhidden = [32]\nlayers = [{type = "Flatten"}, {type = "Dense", features = 10}]\n',
      "model.hidden", "[32] is not used: model.layers gives the whole network"),
+    # An MLP's activation beside model.layers was ignored: each layer names its own.
+    ('[model]\nactivation = "tanh"\nlayers = [{type = "Dense", features = 10}]\n',
+     "model.activation", "'tanh' is not used: model.layers names each layer's activation"),
 ]
 
 
@@ -349,10 +352,11 @@ def test_a_resume_change_names_the_nested_value_that_differs():
     """A refused resume over one layer option named all of model.layers (twice, ~2 KB)."""
     layers = ("model.layers=[{type = 'Dense', features = 8}, {type = 'BatchNorm', "
               "momentum = %s}, {type = 'Dense', features = 10}]")
-    trained = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]", layers % 0.9])
-    resumed = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]", layers % 0.8])
+    mlp_keys = ["model.hidden=[]", "model.activation='relu'"]  # tiny.toml's are an MLP's
+    trained = config.load(os.path.join(CONFIGS, "tiny.toml"), [*mlp_keys, layers % 0.9])
+    resumed = config.load(os.path.join(CONFIGS, "tiny.toml"), [*mlp_keys, layers % 0.8])
     assert config.resume_change(trained, resumed) == ("model.layers[1].momentum", 0.9, 0.8)
-    fewer = config.load(os.path.join(CONFIGS, "tiny.toml"), ["model.hidden=[]"])
+    fewer = config.load(os.path.join(CONFIGS, "tiny.toml"), mlp_keys)
     key, was, now = config.resume_change(trained, fewer)
     assert key == "model.layers" and len(was) == 3 and not now  # no narrower place
 

@@ -24,7 +24,8 @@ RESNET_LAYERS = (
 
 def tiny_resnet(*overrides):
     return config.load(TINY, ["output.plots=false", "training.precision='float64'",
-                              "model.hidden=[]", f"model.layers={RESNET_LAYERS}",
+                              "model.hidden=[]", "model.activation='relu'",
+                              f"model.layers={RESNET_LAYERS}",
                               "data.limit=200",
                               "training.batch_size=50", *overrides])
 

@@ -395,7 +395,8 @@ def test_random_search_is_seeded(tmp_path):
      "sweep.grid.optimizer.b2: b2 is read by none of this sweep's optimizers (momentum, sgd)"),
     ("sweep.grid={'training.progress' = [true, false]}",
      "sweep.grid.training.progress: cannot be swept"),
-    (("model.hidden=[]", "model.layers=[{type = 'Dense', features = 5}, {type = 'Relu'}, "
+    (("model.hidden=[]", "model.activation='relu'",
+      "model.layers=[{type = 'Dense', features = 5}, {type = 'Relu'}, "
       "{type = 'Dense', features = 10}]", "sweep.grid={activation = ['relu', 'tanh']}"),
      "sweep.grid.activation: model.activation is not read by a model.layers net"),
 ])
