@@ -115,17 +115,29 @@ def default_hparams(config: Config, dtype: Any = jnp.float32) -> dict[str, jax.A
             for name in HPARAMS}
 
 
-def stacked_hparams(configs: Sequence[Config], dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-    """`default_hparams` of each config, stacked along a leading trial axis (gathered on
-    the host: 512 trials' scalars as device arrays, then stacked, took ~0.5 s)."""
-    return {name: jnp.asarray(np.asarray([hyperparameters.config_value(config, name)
-                                          for config in configs], jnp.dtype(dtype)))
+def stacked_hparams(configs: Sequence[Config], dtype: Any = jnp.float32) -> dict[str, np.ndarray]:
+    """`default_hparams` of each config, stacked along a leading trial axis, as host arrays
+    (512 trials' scalars as device arrays, then stacked, took ~0.5 s; a device array laid
+    out over several devices by `jax.device_put` compiles a slicing program, a host array
+    does not)."""
+    return {name: np.asarray([hyperparameters.config_value(config, name) for config in configs],
+                             jnp.dtype(dtype))
             for name in HPARAMS}
 
 
 # Copies of the params a training step holds at most: the params, their gradients, the
 # updates and two optimizer moments (Adam's).
 PARAM_COPIES = 5
+
+
+def to_device(array: np.ndarray, dtype: Any, sharding=None) -> jax.Array:
+    """A host data array on the device (laid out by ``sharding``), floating values in
+    ``dtype``: converted on the host, as `jnp.asarray` would compile a small program per
+    shape to do."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        array = array.astype(jnp.dtype(dtype), copy=False)
+    return jax.device_put(array, sharding)
 
 
 def raw_key(key: jax.Array) -> jax.Array:
@@ -433,9 +445,8 @@ def make_train(
     run_jit = jax.jit(functools.partial(_run, setup), static_argnums=3)
     replicated = (NamedSharding(setup.mesh, PartitionSpec()) if setup.mesh is not None
                   else None)
-    device_data = tuple(
-        jax.device_put(jnp.asarray(a, setup.dtype if a.dtype.kind == "f" else None), replicated)
-        for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
+    device_data = tuple(to_device(a, setup.dtype, replicated)
+                        for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
 
     def run_epochs(state, hparams, num_epochs, data=None, batches=None):
         return run_jit(state, hparams, device_data if data is None else data, int(num_epochs),

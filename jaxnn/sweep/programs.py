@@ -35,7 +35,16 @@ from jaxnn.train import (
     raw_key,
     scale_weights,
     stacked_hparams,
+    to_device,
 )
+
+
+@functools.cache
+def seed_key_data(seed: int) -> np.ndarray:
+    """The raw data of ``jax.random.key(seed)`` (default implementation) as a host array,
+    made once per seed: the sweep's programs take keys as data and wrap them, so that
+    giving each trial its seed's key is host indexing, not small device programs."""
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
 
 def compile_timed(jitted, args: Sequence[Any], options: dict | None,
@@ -110,16 +119,18 @@ class Prologue:
     def __call__(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
                  keys: jax.Array, shared_key: bool, dtype, with_params: bool):
         """``(widest params or None, minibatch indices of every epoch)`` for ``keys`` (one
-        key, or a stack of them: one per distinct seed, see `per_trial`); the params are
-        before init scale, None for a ``model.layers`` net or without ``with_params``."""
+        key's data, `seed_key_data`, or a stack of them: one per distinct seed, see
+        `per_trial`); the params are before init scale, None for a ``model.layers`` net or
+        without ``with_params``."""
         widest = self.widest_model(model) if with_params else None
         signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), trainer.epochs,
                      trainer.steps_per_epoch, batch_size)
         if signature not in self.programs:
             net = None if widest is None else models.build(widest, self.dataset.output_size)
 
-            def one(key):
-                init_key, run_key = jax.random.split(key)  # as `Trainer.init` splits it
+            def one(key_data):
+                # as `Trainer.init` splits it
+                init_key, run_key = jax.random.split(jax.random.wrap_key_data(key_data))
                 params = None
                 if net is not None:
                     _, params, _ = net.init(init_key, self.input_shape)
@@ -153,16 +164,17 @@ class Prologue:
         if signature not in self.programs:
             nets = [models.build(model, self.dataset.output_size) for model in models_]
 
-            def draw(key):
-                init_key, _ = jax.random.split(key)  # as `Trainer.init` splits it
+            def draw(key_data):
+                # as `Trainer.init` splits it
+                init_key, _ = jax.random.split(jax.random.wrap_key_data(key_data))
                 return tuple(jax.tree.map(lambda p: p.astype(dtype),
                                           net.init(init_key, self.input_shape)[1])
                              for net in nets)
 
             self.programs[signature] = self.compile(
-                jax.jit(draw), (jax.random.key(0),), compiler_options(run_once=True),
+                jax.jit(draw), (seed_key_data(0),), compiler_options(run_once=True),
                 "own params", tuple(models_), jnp.dtype(dtype))
-        return jax.device_get(self.programs[signature](jax.random.key(seed)))
+        return jax.device_get(self.programs[signature](seed_key_data(seed)))
 
 
 class Segment(NamedTuple):
@@ -207,6 +219,8 @@ class GroupProgram:
         # A training step's, for the compiler options; None: unknown.
         self.step_flops = cost.program_step_flops(config, dataset.input_shape, dataset.output_size)
         self.dataset = dataset
+        self.test_data = (to_device(dataset.x_test, trainer.dtype),
+                          jax.device_put(np.asarray(dataset.y_test)))
         self.mesh = mesh
         self.prologue = prologue
         self.compiled: dict[tuple, Any] = {}
@@ -219,10 +233,12 @@ class GroupProgram:
             else None
         epochs = trainer.epochs
 
-        def begin(key, hparams, widest, own):
-            """A trial's initial state. Its params: from the widest draw, with ``own`` its
-            `fit_inputs` (an MLP); ``own`` itself, a trial's own draw zero-padded (packed
-            channels); else (both None) the trainer draws them."""
+        def begin(key_data, hparams, widest, own):
+            """A trial's initial state, from its seed's `seed_key_data`. Its params: from
+            the widest draw, with ``own`` its `fit_inputs` (an MLP); ``own`` itself, a
+            trial's own draw zero-padded (packed channels); else (both None) the trainer
+            draws them."""
+            key = jax.random.wrap_key_data(key_data)
             params0 = None
             if widest is not None:
                 params0 = fit_widest(widest, hparams["init_scale"], *own, self.target)
@@ -325,18 +341,19 @@ class GroupProgram:
         seeds = sorted({t.config.training.seed for t in padded})
         shared_key = len(seeds) == 1
         # The prologue draws for each seed's key; trial i trains with keys[i], the key of
-        # seeds[position[i]] (with a shared key, that one key).
+        # seeds[position[i]] (with a shared key, that one key). Host arrays, all of them:
+        # as device arrays each would compile small programs to be made, indexed and laid
+        # out (~0.3 s of a 128-trial sweep).
         position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
-        seed_keys = jax.random.key(seeds[0]) if shared_key else \
-            jnp.stack([jax.random.key(seed) for seed in seeds])
+        seed_keys = seed_key_data(seeds[0]) if shared_key else \
+            np.stack([seed_key_data(seed) for seed in seeds])
         keys = seed_keys if shared_key else seed_keys[position]
         hparams = stacked_hparams([t.config for t in padded], dtype)
         if self.packed_width:
-            hparams["width"] = jnp.asarray([t.config.model.hidden[0] for t in padded],
-                                           jnp.int32)
+            hparams["width"] = np.asarray([t.config.model.hidden[0] for t in padded], np.int32)
         if self.packed_layers:
-            hparams["channels"] = jnp.asarray(
-                [channels.features(t.config, self.packed_layers) for t in padded], jnp.int32)
+            hparams["channels"] = np.asarray(
+                [channels.features(t.config, self.packed_layers) for t in padded], np.int32)
         sharding = replicated = None
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
@@ -359,8 +376,7 @@ class GroupProgram:
             else:
                 widest, batches = self.prologue.per_trial((widest, batches),
                                                           _put(position, sharding))
-        test = (self.trainer.data, jnp.asarray(self.dataset.x_test, dtype),
-                jnp.asarray(self.dataset.y_test))
+        test = (self.trainer.data, *self.test_data)
         test = _put(test, replicated) if spread else test
         if first_epoch == 0:
             own = None
@@ -422,8 +438,6 @@ def _put(tree, sharding):
     def one(value):
         if isinstance(value, jax.Array) and not value.is_fully_addressable:
             return jax.device_put(value, sharding)
-        if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(one(jax.random.key_data(value)))
         host = np.asarray(value)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
