@@ -134,23 +134,51 @@ def compile_program(jitted, args: Sequence[Any], options: dict | None, identity:
         closes over, or None to keep it out of this cache.
       compile_lowered: compiles a lowered program with options.
     """
+    return begin_program(jitted, args, options, identity, compile_lowered)[0]()
+
+
+def begin_program(jitted, args: Sequence[Any], options: dict | None, identity: Any,
+                  compile_lowered: Callable[[Any, dict | None], Any]
+                  ) -> tuple[Callable[[], tuple[Any, bool]], Any]:
+    """`compile_program` in two steps: this call loads the program or lowers it (tracing
+    is Python's, under the GIL) and returns ``(finish, out_info)``: ``finish()`` compiles
+    what was lowered (and keeps it) and returns ``(compiled, loaded)``; ``out_info``, the
+    `jax.ShapeDtypeStruct`s of the program's outputs. XLA's compiler releases the GIL, so
+    ``finish`` may run on another thread while this one traces the next program."""
     where = directory()
-    if where is None or identity is None:
-        return compile_lowered(jitted.lower(*args), options), False
-    try:
-        path = os.path.join(where, key(identity, args, options) + ENTRY_SUFFIX)
-    except Exception as error:  # what this JAX cannot describe is compiled, not kept
-        log.debug("not kept (no key): %s", error)
-        return compile_lowered(jitted.lower(*args), options), False
-    compiled = _load(path)
-    if compiled is not None:
-        return compiled, True
-    compiled, served_by_jax = _compile_fresh(jitted, args, options, compile_lowered)
-    if served_by_jax:
-        log.debug("not kept (served by JAX's cache): %s", path)
-    else:
-        _store(compiled, path)
-    return compiled, False
+    path = None
+    if where is not None and identity is not None:
+        try:
+            path = os.path.join(where, key(identity, args, options) + ENTRY_SUFFIX)
+        except Exception as error:  # what this JAX cannot describe is compiled, not kept
+            log.debug("not kept (no key): %s", error)
+    if path is not None:
+        compiled = _load(path)
+        if compiled is not None:
+            return (lambda: (compiled, True)), compiled.out_info
+    hits = []
+
+    def count_hits(event: str, **unused_kwargs) -> None:
+        del unused_kwargs
+        if event == _JAX_CACHE_HIT:
+            hits.append(event)
+
+    lowered = jitted.lower(*args)
+
+    def finish() -> tuple[Any, bool]:
+        jax.monitoring.register_event_listener(count_hits)
+        try:
+            compiled = compile_lowered(lowered, options)
+        finally:
+            jax.monitoring.unregister_event_listener(count_hits)
+        if path is not None:
+            if hits:  # JAX's cache served it
+                log.debug("not kept (served by JAX's cache): %s", path)
+            else:
+                _store(compiled, path)
+        return compiled, False
+
+    return finish, lowered.out_info
 
 
 def _load(path: str):
@@ -175,22 +203,6 @@ def _load(path: str):
     except OSError:  # another process evicted it meanwhile, or a read-only cache
         pass
     return compiled
-
-
-def _compile_fresh(jitted, args, options, compile_lowered) -> tuple[Any, bool]:
-    """``(compiled, whether JAX's cache served it)``."""
-    hits = []
-
-    def count_hits(event: str, **unused_kwargs) -> None:
-        del unused_kwargs
-        if event == _JAX_CACHE_HIT:
-            hits.append(event)
-
-    jax.monitoring.register_event_listener(count_hits)
-    try:
-        return compile_lowered(jitted.lower(*args), options), bool(hits)
-    finally:
-        jax.monitoring.unregister_event_listener(count_hits)
 
 
 def _store(compiled, path: str) -> None:

@@ -3,6 +3,7 @@ small prologue that draws initial params and minibatch orders once per chunk."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -37,6 +38,13 @@ from jaxnn.train import (
     stacked_hparams,
     to_device,
 )
+
+
+@functools.cache
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that compiles prologue programs while the host traces training programs
+    (XLA's compiler releases the GIL)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxnn-compile")
 
 
 @functools.cache
@@ -81,6 +89,8 @@ class Prologue:
         self.input_shape = (None, *dataset.input_shape)
         self.widest: dict[Any, tuple[int, ...]] = {}
         self.programs: dict[Any, Any] = {}
+        self.draws: dict[Any, concurrent.futures.Future] = {}  # compiled draw programs
+        self.out_shapes: dict[Any, Any] = {}  # what they return
         self.compile_s = 0.0
         self._data_key: str | None = None
 
@@ -122,10 +132,25 @@ class Prologue:
         key's data, `seed_key_data`, or a stack of them: one per distinct seed, see
         `per_trial`); the params are before init scale, None for a ``model.layers`` net or
         without ``with_params``."""
+        signature = self._start(model, trainer, batch_size, keys, shared_key, dtype,
+                                with_params)
+        return self.draws[signature].result()(keys)
+
+    def shapes(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
+               keys: jax.Array, shared_key: bool, dtype, with_params: bool):
+        """The shapes (`jax.ShapeDtypeStruct`s) of what the call with these arguments
+        returns, its program lowered here and compiled on a background thread: the XLA
+        compile of this level-0 program (~0.5 s, mostly its threefry draws) overlaps the
+        tracing and lowering of the training program, which needs only these shapes."""
+        return self.out_shapes[self._start(model, trainer, batch_size, keys, shared_key, dtype,
+                                           with_params)]
+
+    def _start(self, model, trainer, batch_size, keys, shared_key, dtype, with_params):
+        """The program's signature, its compile begun if it was not."""
         widest = self.widest_model(model) if with_params else None
         signature = (widest, shared_key, keys.shape, jnp.dtype(dtype), trainer.epochs,
                      trainer.steps_per_epoch, batch_size)
-        if signature not in self.programs:
+        if signature not in self.draws:
             net = None if widest is None else models.build(widest, self.dataset.output_size)
 
             def one(key_data):
@@ -137,10 +162,21 @@ class Prologue:
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
                 return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
-            self.programs[signature] = self.compile(
+            start = time.perf_counter()
+            finish, self.out_shapes[signature] = executable_cache.begin_program(
                 jax.jit(one if shared_key else jax.vmap(one)), (keys,),
-                compiler_options(run_once=True), "prologue", *signature)
-        return self.programs[signature](keys)
+                compiler_options(run_once=True), self.identity("prologue", *signature),
+                compile_lowered)
+            lowering = time.perf_counter() - start
+
+            def compiled():
+                start = time.perf_counter()
+                program, _ = finish()
+                self.compile_s += lowering + time.perf_counter() - start
+                return program
+
+            self.draws[signature] = _background().submit(compiled)
+        return signature
 
     def per_trial(self, drawn: Any, position: jax.Array) -> Any:
         """``drawn`` (arrays with one row per distinct seed) with one row per trial, trial
@@ -307,6 +343,11 @@ class GroupProgram:
             drawn[channels.model_key(t.config.model), t.config.training.seed] for t in trials])
 
     def _run(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
+        return self._compiled(kind, shared_key, size, args)(*args)
+
+    def _compiled(self, kind: str, shared_key: bool, size: int, args: Sequence[Any]):
+        """The ``kind`` program compiled (or loaded) for ``args``: arrays, or the
+        `jax.ShapeDtypeStruct`s of those not made yet, laid out as they will be."""
         signature = (kind, shared_key, size)
         # A later batch's widest draw may be wider (`Prologue.widen`): another program.
         key = (*signature, tuple(np.shape(leaf) for leaf in jax.tree.leaves(args)))
@@ -324,7 +365,7 @@ class GroupProgram:
                                        self.packed_width, self.packed_layers, self.mesh))
             self.compile_s += spent
             self.loaded += loaded
-        return self.compiled[key](*args)
+        return self.compiled[key]
 
     def segment_sizes(self) -> list[int]:
         """The chunk sizes a segment program is compiled for."""
@@ -365,17 +406,16 @@ class GroupProgram:
         # rest itself.
         spread = jax.process_count() > 1
         shared_seed = seeds[0] if shared_key else None
+        drawn_layout = replicated if shared_key else sharding
+        draw_args = None
         if first_epoch > 0 and shared_seed in self.shared_batches:
             widest, batches = None, self.shared_batches[shared_seed]  # drawn by segment 1
         else:
-            widest, batches = self.prologue(self.config.model, self.trainer,
-                                            self.config.training.batch_size, seed_keys,
-                                            shared_key, dtype, with_params=first_epoch == 0)
-            if shared_key:
-                self.shared_batches[shared_seed] = batches
-            else:
-                widest, batches = self.prologue.per_trial((widest, batches),
-                                                          _put(position, sharding))
+            draw_args = (self.config.model, self.trainer, self.config.training.batch_size,
+                         seed_keys, shared_key, dtype, first_epoch == 0)
+            # Their shapes for now: the first program compiles as the draws' program does.
+            widest, batches = _abstract(self.prologue.shapes(*draw_args),
+                                        None if shared_key else size, drawn_layout)
         test = (self.trainer.data, *self.test_data)
         test = _put(test, replicated) if spread else test
         if first_epoch == 0:
@@ -384,14 +424,25 @@ class GroupProgram:
                 own = self._fit_inputs(padded, self.prologue.widest_model(self.config.model))
             elif self.packed_layers:
                 own = self._own_params(padded)
-            begin_args = (keys, hparams, widest, _put(own, sharding) if spread else own)
+            own = _put(own, sharding) if spread else own
         whole = first_epoch == 0 and stop_epoch == epochs
+        first = "whole" if whole else "init" if first_epoch == 0 else None
+        if first is not None:
+            program = self._compiled(first, shared_key, size, (
+                keys, hparams, widest, own, *((batches, *test) if whole else ())))
+        if draw_args is not None:
+            widest, batches = self.prologue(*draw_args)
+            if shared_key:
+                self.shared_batches[shared_seed] = batches
+            else:
+                widest, batches = self.prologue.per_trial((widest, batches),
+                                                          _put(position, sharding))
+            widest, batches = _put((widest, batches), drawn_layout)  # as compiled for
         if whole:
-            state, metrics, test_metrics = self._run("whole", shared_key, size,
-                                                     (*begin_args, batches, *test))
+            state, metrics, test_metrics = program(keys, hparams, widest, own, batches, *test)
         else:
             if first_epoch == 0:
-                start = self._run("init", shared_key, size, begin_args)
+                start = program(keys, hparams, widest, own)
             else:
                 padded_states = list(states) + [states[-1]] * (size - len(states))
                 start = jax.tree.map(lambda *xs: np.stack(xs), *padded_states)
@@ -407,6 +458,13 @@ class GroupProgram:
                                          None if whole else (first_epoch, stop_epoch),
                                          stop_epoch == epochs),
                        lambda: all(leaf.is_ready() for leaf in outputs))
+
+
+def _abstract(shapes: Any, rows: int | None, sharding) -> Any:
+    """`jax.ShapeDtypeStruct`s of ``shapes`` (leading axis ``rows`` long where given), laid
+    out by ``sharding``."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+        s.shape if rows is None else (rows, *s.shape[1:]), s.dtype, sharding=sharding), shapes)
 
 
 def _collect(count: int, state, metrics, test_metrics, epochs: tuple[int, int] | None,
