@@ -111,8 +111,9 @@ def key(identity: Any, args: Sequence[Any], options: dict | None) -> str:
     that the traced function closes over), called with ``args`` and compiled with
     ``options``."""
     leaves, structure = jax.tree.flatten(args)
-    avals = [(str(jax.typeof(leaf)),
-              repr(leaf.sharding) if isinstance(leaf, jax.Array) else None) for leaf in leaves]
+    avals = [(str(jax.typeof(leaf)), repr(leaf.sharding)
+              if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct) else None)
+             for leaf in leaves]
     # Every JAX setting (a JAX without `config.values` fails here: the program is not kept).
     settings = sorted((name, repr(value)) for name, value in jax.config.values.items())
     described = repr((FORMAT, _environment(), settings, identity, str(structure), avals,

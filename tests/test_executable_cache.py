@@ -102,6 +102,29 @@ def test_a_kept_program_loads_and_computes_the_same(cache_dir):
     np.testing.assert_array_equal(again(*args), compiled(*args))
 
 
+def test_a_program_lowered_here_compiles_on_another_thread(cache_dir):
+    """`begin_program` lowers (or loads) at once and says what the program returns;
+    its ``finish`` compiles (and keeps) the program, here on a worker thread."""
+    import concurrent.futures
+
+    x = jnp.arange(85.0).reshape(5, 17)
+    args = (jax.ShapeDtypeStruct((17, 2), x.dtype), x)  # the weights not made yet
+    finish, out_info = executable_cache.begin_program(_program(), args, None, ("tanh",),
+                                                      _compile)
+    assert (out_info.shape, out_info.dtype) == ((2,), x.dtype)
+    assert not os.path.exists(cache_dir) or not os.listdir(cache_dir)  # not compiled yet
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        compiled, loaded = worker.submit(finish).result()
+    assert not loaded and len(os.listdir(cache_dir)) == 1
+    np.testing.assert_array_equal(compiled(jnp.ones((17, 2)), x),
+                                  jnp.tanh(x @ jnp.ones((17, 2))).sum(0))
+
+    finish, again_info = executable_cache.begin_program(
+        _program(), args, None, ("tanh",), lambda *_: pytest.fail("compiled, not loaded"))
+    assert (again_info.shape, again_info.dtype) == ((2,), x.dtype)
+    assert finish()[1]  # loaded
+
+
 def test_what_jax_cache_served_is_not_kept(cache_dir):
     """XLA serializes an executable loaded from JAX's cache without its kernels: such a
     program (JAX reports a cache hit while compiling it) is not kept."""
@@ -124,8 +147,13 @@ def test_the_key_covers_identity_arguments_and_options():
                 executable_cache.key(("a",), (jnp.ones((3, 2)), np.ones((4, 3), np.int32)),
                                      None),
                 executable_cache.key(("a",), [*args], None),
+                executable_cache.key(("a",), (jax.ShapeDtypeStruct((3, 2), args[0].dtype),
+                                              args[1]), None),
+                executable_cache.key(("a",), (jax.ShapeDtypeStruct(
+                    (3, 2), args[0].dtype, sharding=jax.sharding.SingleDeviceSharding(
+                        jax.devices()[0])), args[1]), None),
                 executable_cache.key(("a",), args, {"xla_backend_optimization_level": 1}),
-                }) == 6
+                }) == 8
     with jax.default_matmul_precision("highest"):  # a JAX setting tracing reads
         assert executable_cache.key(("a",), args, None) != base
 
