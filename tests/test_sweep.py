@@ -399,7 +399,14 @@ def test_random_search_is_seeded(tmp_path):
       "model.layers=[{type = 'Dense', features = 5}, {type = 'Relu'}, "
       "{type = 'Dense', features = 10}]", "sweep.grid={activation = ['relu', 'tanh']}"),
      "sweep.grid.activation: model.activation is not read by a model.layers net"),
+    # Every Dropout of a model.layers net gives its own rate: model.dropout reaches none.
+    (("model.hidden=[]", "model.activation='relu'",
+      "model.layers=[{type = 'Dense', features = 5}, {type = 'Dropout', rate = 0.2}, "
+      "{type = 'Dense', features = 10}]", "sweep.grid={dropout = [0.1, 0.5]}"),
+     "sweep.grid.dropout: model.dropout is read by a model.layers net's Dropout layers that"),
 ])
+
+
 def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     path = tmp_path / "s.toml"
     overrides = override if isinstance(override, tuple) else (override,)
@@ -407,6 +414,17 @@ def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     assert cli.main(["sweep", str(path), "--plan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"jaxnn: error: {path}: {key}")
+
+
+def test_dropout_swept_over_a_layers_net_reaches_its_unrated_dropout(tmp_path, capsys):
+    """The refusal above spares a net with a Dropout that takes ``model.dropout``."""
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(small_sweep(
+        "model.hidden=[]", "model.activation='relu'",
+        "model.layers=[{type = 'Dense', features = 5}, {type = 'Residual', layers = "
+        "[{type = 'Dropout'}]}, {type = 'Dense', features = 10}]",
+        "sweep.grid={dropout = [0.1, 0.5]}")))
+    assert cli.main(["sweep", str(path), "--plan"]) == 0, capsys.readouterr().err
 
 
 def test_cli_plan_and_run(tmp_path, capsys):

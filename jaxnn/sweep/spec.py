@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxnn import config as config_lib
-from jaxnn import hyperparameters, optim
+from jaxnn import hyperparameters, models, optim
 from jaxnn.config import Config, ConfigError
 
 # Names a sweep may vary, from the one table (`jaxnn.hyperparameters`): those that keep the
@@ -158,9 +158,10 @@ def _check_targets(spec: dict, source: str) -> None:
 
 def _check_read(spec: dict, config: Config) -> None:
     """Refuses sweeping what no trial reads: an ``[optimizer]`` key none of the sweep's
-    optimizers reads (`jaxnn.optim.KEYS_READ`: ``b1`` under momentum), or
-    ``model.activation`` for a ``model.layers`` net (each layer names its own). Every value
-    would train alike, and ``best.toml`` would pick one of equals."""
+    optimizers reads (`jaxnn.optim.KEYS_READ`: ``b1`` under momentum), ``model.activation``
+    for a ``model.layers`` net (each layer names its own), or ``dropout`` for one whose
+    Dropout layers all give their own rate (or that has none). Every value would train
+    alike, and ``best.toml`` would pick one of equals."""
     swept = {_target(name): (table, name, values) for table in ("grid", "random")
              for name, values in spec.get(table, {}).items()}
     _, _, chosen = swept.get("optimizer.name", (None, None, [config.optimizer.name]))
@@ -178,6 +179,11 @@ def _check_read(spec: dict, config: Config) -> None:
         if target == "model.activation" and config.model.layers \
                 and "model.layers" not in swept:
             unread = "model.activation is not read by a model.layers net (each layer names its own)"
+        if target == "model.dropout" and config.model.layers and "model.layers" not in swept \
+                and not any(layer.get("type") == "Dropout" and "rate" not in layer
+                            for layer in models.layer_specs(config.model.layers)):
+            unread = ("model.dropout is read by a model.layers net's Dropout layers that give "
+                      "no rate of their own, and this net has none")
         if unread:
             raise ConfigError(config.source, f"sweep.{table}.{name}",
                               f"{unread}: every value would train alike")
