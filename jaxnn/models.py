@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jaxnn import combinators as C
 from jaxnn import layers as L
 from jaxnn.config import Config, ConfigError, ModelConfig
-from jaxnn.layer import Layer, ShapeError, float_dtype
+from jaxnn.layer import Layer, ShapeError
 from jaxnn.summary import shapes
 
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
@@ -155,11 +156,6 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
             if name in hints and not _fits(value, hints[name]):
                 raise ConfigError(source, f"{key}.{name}", f"{kind}: expected "
                                   f"{_describe(hints[name])}, got {value!r}")
-            if name == "dtype" and name in hints:  # Keyed by the argument, as a type is.
-                try:
-                    float_dtype(value, "dtype", kind)
-                except ValueError as error:
-                    raise ConfigError(source, f"{key}.dtype", str(error)) from None
         if kind == "Dropout" and "rate" not in kwargs:
             kwargs["rate"] = rate
         try:
@@ -168,12 +164,23 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
             message = str(error)  # Named once: the layers' own messages start with the name.
             if not message.startswith((f"{kind}:", f"{kind}(")):
                 message = f"{kind}: {message}"
-            raise ConfigError(source, key, message) from None
+            name = _argument_at_fault(message, kind, kwargs)
+            raise ConfigError(source, key if name is None else f"{key}.{name}",
+                              message) from None
     else:
         raise ConfigError(source, key, f"unknown layer type {kind!r}; known: "
                           f"{', '.join([*LAYER_TYPES, *NESTED_TYPES])}")
     keys[id(layer)] = key
     return layer
+
+
+def _argument_at_fault(message: str, kind: str, names: Iterable[str]) -> str | None:
+    """The argument a layer's constructor error is about, for the config key: the word
+    after ``"Kind: "`` (the layers' messages read ``"Conv2D: stride must be ..."``) or the
+    unexpected keyword, where it is one of ``names``; else None."""
+    found = re.match(rf"{re.escape(kind)}: (\w+) ", message) or re.search(
+        r"unexpected keyword argument '(\w+)'", message)
+    return found.group(1) if found and found.group(1) in names else None
 
 
 @functools.cache
