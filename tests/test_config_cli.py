@@ -371,7 +371,7 @@ def test_set_names_a_list_entry_by_its_index(capsys):
                        ["model.hidden[1]=7"]).model.hidden[1] == 7
     for override, message in (("model.layers[99].features=3", "the config has no "
                                "model.layers[99]"),
-                              ("model.layers[1].momentum=1.5", "model.layers[1]: "),
+                              ("model.layers[1].momentum=1.5", "model.layers[1].momentum: "),
                               ("training.epochs.x=3", "cannot set a key inside a value")):
         assert cli.main(["summary", resnet, "--set", override]) == 2
         err = capsys.readouterr().err

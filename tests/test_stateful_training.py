@@ -103,7 +103,7 @@ def test_sweep_of_a_batchnorm_resnet_is_one_program_with_per_trial_state(tmp_pat
          "model.layers[1].layers", "non-empty list"),
         ('[{type = "Flatten"}, {type = "Parallel", branches = [[{type = "Dense", '
          'features = 4}], [{type = "BatchNorm", momentum = 2.0}]]}]',
-         "model.layers[1].branches[1][0]", "momentum"),
+         "model.layers[1].branches[1][0].momentum", "momentum is the share"),
         ('[{type = "Flatten"}, {type = "Residual", layer = []}]', "model.layers[1].layer",
          "Residual takes only"),
     ],

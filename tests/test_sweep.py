@@ -542,3 +542,20 @@ def test_a_jaxlib_without_an_optional_switch_compiles_without_it(switch):
     np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
     with pytest.raises(jax.errors.JaxRuntimeError):  # other errors are not swallowed
         programs.compile_lowered(lowered, {"xla_no_such_option": 1})
+
+
+def test_seed_key_data_is_the_default_implementations_key():
+    """The sweep's programs take each seed's key as host data (no small device programs
+    to make, gather and lay out keys); it is `jax.random.key`'s, under whichever
+    implementation is the default when it is asked for."""
+    from jaxnn.sweep.programs import seed_key_data
+
+    for seed in (0, 7, 2**31 - 1, 2**32 - 1):
+        np.testing.assert_array_equal(seed_key_data(seed),
+                                      jax.random.key_data(jax.random.key(seed)))
+    default = jax.config.jax_default_prng_impl
+    try:
+        jax.config.update("jax_default_prng_impl", "rbg")
+        np.testing.assert_array_equal(seed_key_data(7), jax.random.key_data(jax.random.key(7)))
+    finally:
+        jax.config.update("jax_default_prng_impl", default)

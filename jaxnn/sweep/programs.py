@@ -47,11 +47,16 @@ def _background() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxnn-compile")
 
 
-@functools.cache
 def seed_key_data(seed: int) -> np.ndarray:
-    """The raw data of ``jax.random.key(seed)`` (default implementation) as a host array,
-    made once per seed: the sweep's programs take keys as data and wrap them, so that
-    giving each trial its seed's key is host indexing, not small device programs."""
+    """The raw data of ``jax.random.key(seed)`` (JAX's default implementation) as a host
+    array, made once per seed: the sweep's programs take keys as data and wrap them, so
+    that giving each trial its seed's key is host indexing, not small device programs."""
+    return _key_data(seed, str(jax.config.jax_default_prng_impl))
+
+
+@functools.cache
+def _key_data(seed: int, implementation: str) -> np.ndarray:
+    del implementation  # the cache's key: the default implementation may change
     return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
 
