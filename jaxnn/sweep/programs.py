@@ -137,12 +137,8 @@ class Prologue:
         key's data, `seed_key_data`, or a stack of them: one per distinct seed, see
         `per_trial`); the params are before init scale, None for a ``model.layers`` net or
         without ``with_params``."""
-        signature = self._start(model, trainer, batch_size, keys, shared_key, dtype,
-                                with_params)
-        start = time.perf_counter()
-        program = self.draws[signature].result()
-        self.compile_s += time.perf_counter() - start  # waited for: not overlapped
-        return program(keys)
+        return self._program(self._start(model, trainer, batch_size, keys, shared_key, dtype,
+                                          with_params))(keys)
 
     def shapes(self, model: config_lib.ModelConfig, trainer: Trainer, batch_size: int,
                keys: jax.Array, shared_key: bool, dtype, with_params: bool):
@@ -170,13 +166,16 @@ class Prologue:
                     params = jax.tree.map(lambda p: p.astype(dtype), params)
                 return params, trainer.batches(raw_key(run_key), 0, trainer.epochs)
 
-            start = time.perf_counter()
-            finish, self.out_shapes[signature] = executable_cache.begin_program(
-                jax.jit(one if shared_key else jax.vmap(one)), (keys,),
-                compiler_options(run_once=True), self.identity("prologue", *signature),
-                compile_lowered)
-            self.compile_s += time.perf_counter() - start
-            self.draws[signature] = _background().submit(lambda: finish()[0])
+            self._begin(signature, jax.jit(one if shared_key else jax.vmap(one)), (keys,),
+                        "prologue", *signature)
+        return signature
+
+    def begin_per_trial(self, drawn: Any, position: Any) -> tuple:
+        """Begins compiling `per_trial`'s program for arrays (or their
+        `jax.ShapeDtypeStruct`s) like these; returns its signature."""
+        shapes = jax.tree.map(lambda a: (a.shape, a.dtype), drawn)
+        signature = ("per trial", repr(shapes), position.shape)
+        self._begin(signature, jax.jit(_rows_of), (drawn, position), *signature)
         return signature
 
     def per_trial(self, drawn: Any, position: jax.Array) -> Any:
@@ -184,13 +183,26 @@ class Prologue:
         ``i`` taking row ``position[i]``: trials of one seed share a draw, made once. (Drawn
         per trial, the 512-trial sweep of 16 seeds ran its level-0 prologue for 2.0 s, more
         than its training.) The result is laid out like ``position``."""
-        shapes = jax.tree.map(lambda a: (a.shape, a.dtype), drawn)
-        signature = ("per trial", repr(shapes), position.shape)
-        if signature not in self.programs:
-            self.programs[signature] = self.compile(
-                jax.jit(lambda tree, rows: jax.tree.map(lambda a: a[rows], tree)),
-                (drawn, position), compiler_options(run_once=True), *signature)
-        return self.programs[signature](drawn, position)
+        return self._program(self.begin_per_trial(drawn, position))(drawn, position)
+
+    def _begin(self, signature: tuple, jitted, args: Sequence[Any], *parts) -> None:
+        """Once per ``signature``: lowers (or loads) ``jitted`` for ``args`` here and
+        compiles it on the background thread, at XLA's level 0 (``parts``: its
+        `executable_cache` identity, see `identity`)."""
+        if signature not in self.draws:
+            start = time.perf_counter()
+            finish, self.out_shapes[signature] = executable_cache.begin_program(
+                jitted, args, compiler_options(run_once=True), self.identity(*parts),
+                compile_lowered)
+            self.compile_s += time.perf_counter() - start
+            self.draws[signature] = _background().submit(lambda: finish()[0])
+
+    def _program(self, signature: tuple):
+        """The program `_begin` began, compiled (waiting for it)."""
+        start = time.perf_counter()
+        program = self.draws[signature].result()
+        self.compile_s += time.perf_counter() - start  # waited for: not overlapped
+        return program
 
     def own_params(self, models_: Sequence[config_lib.ModelConfig], seed: int,
                    dtype) -> tuple:
@@ -415,8 +427,11 @@ class GroupProgram:
             draw_args = (self.config.model, self.trainer, self.config.training.batch_size,
                          seed_keys, shared_key, dtype, first_epoch == 0)
             # Their shapes for now: the first program compiles as the draws' program does.
-            widest, batches = _abstract(self.prologue.shapes(*draw_args),
-                                        None if shared_key else size, drawn_layout)
+            drawn = self.prologue.shapes(*draw_args)
+            if not shared_key:  # one row per seed, then one per trial
+                position = _put(position, sharding)
+                self.prologue.begin_per_trial(_abstract(drawn, None, replicated), position)
+            widest, batches = _abstract(drawn, None if shared_key else size, drawn_layout)
         test = (self.trainer.data, *self.test_data)
         test = _put(test, replicated) if spread else test
         if first_epoch == 0:
@@ -436,8 +451,8 @@ class GroupProgram:
             if shared_key:
                 self.shared_batches[shared_seed] = batches
             else:
-                widest, batches = self.prologue.per_trial((widest, batches),
-                                                          _put(position, sharding))
+                widest, batches = self.prologue.per_trial(
+                    _put((widest, batches), replicated), position)
             widest, batches = _put((widest, batches), drawn_layout)  # as compiled for
         if whole:
             state, metrics, test_metrics = program(keys, hparams, widest, own, batches, *test)
@@ -459,6 +474,11 @@ class GroupProgram:
                                          None if whole else (first_epoch, stop_epoch),
                                          stop_epoch == epochs),
                        lambda: all(leaf.is_ready() for leaf in outputs))
+
+
+def _rows_of(tree: Any, rows: jax.Array) -> Any:
+    """``tree``'s arrays indexed by ``rows`` along their first axis."""
+    return jax.tree.map(lambda a: a[rows], tree)
 
 
 def _abstract(shapes: Any, rows: int | None, sharding) -> Any:
