@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import inspect
 import re
 import types
 import typing
@@ -172,6 +173,44 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
                           f"{', '.join([*LAYER_TYPES, *NESTED_TYPES])}")
     keys[id(layer)] = key
     return layer
+
+
+def with_defaults(layers: Any) -> Any:
+    """``model.layers`` as two configs are compared (a resume): every layer table with the
+    arguments it leaves out at their defaults, arrays as lists, nested tables too, so that
+    ``{type = "BatchNorm"}`` and ``{type = "BatchNorm", epsilon = 1e-5}`` read the same. A
+    Dropout's missing rate is left out: it is ``model.dropout``'s."""
+    if not isinstance(layers, list | tuple):
+        return layers
+    result = []
+    for spec in layers:
+        if isinstance(spec, dict):
+            spec = {key: _as_lists(value) for key, value in spec.items()}
+            if spec.get("type") in LAYER_TYPES:
+                for name, default in _defaults(spec["type"]).items():
+                    spec.setdefault(name, default)
+            for key in ("layers", "shortcut"):
+                if key in spec:
+                    spec[key] = with_defaults(spec[key])
+            if isinstance(spec.get("branches"), list):
+                spec["branches"] = [with_defaults(branch) for branch in spec["branches"]]
+        result.append(spec)
+    return result
+
+
+@functools.cache
+def _defaults(kind: str) -> dict[str, Any]:
+    """Layer ``kind``'s arguments that have defaults, at them (Dropout's rate excepted)."""
+    try:
+        parameters = inspect.signature(LAYER_TYPES[kind]).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: _as_lists(p.default) for p in parameters
+            if p.default is not inspect.Parameter.empty and (kind, p.name) != ("Dropout", "rate")}
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def _argument_at_fault(message: str, kind: str, names: Iterable[str]) -> str | None:

@@ -361,6 +361,26 @@ def test_a_resume_change_names_the_nested_value_that_differs():
     assert key == "model.layers" and len(was) == 3 and not now  # no narrower place
 
 
+def test_a_layer_argument_written_at_its_default_is_no_resume_change():
+    """``epsilon = 1e-5`` (BatchNorm's default) added to a layer's table, a nested one
+    too, trains what the table without it trained: it was refused as a change."""
+    layers = ("model.layers=[{type = 'Dense', features = 8}, {type = 'BatchNorm'%s}, "
+              "{type = 'Residual', layers = [{type = 'Dense', features = 8%s}]}, "
+              "{type = 'Dropout'}, {type = 'Dense', features = 10}]")
+    mlp_keys = ["model.hidden=[]", "model.activation='relu'"]
+    tiny = os.path.join(CONFIGS, "tiny.toml")
+    trained = config.load(tiny, [*mlp_keys, layers % ("", "")])
+    for extra in ((", epsilon = 1e-5", ""), ("", ", use_bias = true")):
+        assert config.resume_change(trained, config.load(tiny, [*mlp_keys, layers % extra])) \
+            is None
+    changed = config.load(tiny, [*mlp_keys, layers % (", epsilon = 1e-3", "")])
+    assert config.resume_change(trained, changed) == ("model.layers[1].epsilon", 1e-5, 1e-3)
+    # A Dropout's missing rate is model.dropout's, not a default: writing one is a change.
+    rated = config.load(tiny, [*mlp_keys, layers.replace("'Dropout'", "'Dropout', rate = 0.5")
+                               % ("", "")])
+    assert config.resume_change(trained, rated)[0] == "model.layers[3].rate"
+
+
 def test_set_names_a_list_entry_by_its_index(capsys):
     """`--set model.layers[1].momentum=...` (as sweep grids name a layer's value) was
     "model.layers[1]: unknown key"."""
