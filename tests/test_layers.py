@@ -314,6 +314,21 @@ def test_boolean_options_refuse_other_values(make, option):
     make(np.bool_(False))
 
 
+def test_train_must_be_a_bool():
+    """``train="no"`` is truthy: BatchNorm took the batch's statistics and Dropout dropped,
+    in a net too."""
+    x = jnp.ones((4, 3))
+    for net in (BatchNorm(), Dropout(0.5), jaxnn.serial(Dense(3), BatchNorm(), Dropout(0.5))):
+        _, params, state = net.init(jax.random.key(0), (None, 3))
+        for bad in ("no", 1, None):
+            with pytest.raises(ValueError, match=f"train must be True or False, got {bad!r}"):
+                net.apply(params, state, x, key=jax.random.key(1), train=bad)
+            with pytest.raises(ValueError, match="train must be True or False"):
+                jaxnn.manual.grad(net, jaxnn.mse, params, state, x, x, key=jax.random.key(1),
+                                  train=bad)
+        net.apply(params, state, x, key=jax.random.key(1), train=np.bool_(True))
+
+
 @pytest.mark.parametrize(
     ("make", "layer"),
     [(lambda bad: Dense(3, dtype=bad), "Dense"), (lambda bad: Conv2D(2, dtype=bad), "Conv2D"),

@@ -7,7 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, check_single, is_real, stateless
+from jaxnn.layer import Layer, Shape, check_bool, check_single, is_real, stateless
 
 
 def Dropout(rate: float | jax.Array) -> Layer:
@@ -45,13 +45,13 @@ def Dropout(rate: float | jax.Array) -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params
-        if not train or identity:
+        if not check_bool(train, "train", name) or identity:
             return x
         return x * scale(x, key)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y
-        if not train or identity:
+        if not check_bool(train, "train", name) or identity:
             return (), dy
         return (), dy * scale(x, key)
 

@@ -130,7 +130,8 @@ def BatchNorm(
     def statistics(x, state, train):
         """``(axes, mean, var)``: the batch's in training, the running ones otherwise."""
         axes = tuple(range(x.ndim - 1))
-        if not train:  # (float32 statistics normalize a bfloat16 input in its dtype)
+        # ("no" would have trained; float32 statistics normalize a bfloat16 input in its dtype)
+        if not check_bool(train, "train", name):
             return axes, *(_channels(state[k].astype(x.dtype), x.ndim) for k in ("mean", "var"))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         return axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
