@@ -300,8 +300,8 @@ def test_the_next_program_compiles_while_one_trains_within_the_memory_budget(
     rows = {}
     for name, budget in (("overlapped", None), ("one at a time", 0)):
         class Budgeted(execute.InFlight):
-            def __init__(self, bytes_per_trial, budget=budget):
-                super().__init__(bytes_per_trial)
+            def __init__(self, bytes_per_trial, budget=budget, **chunk):
+                super().__init__(bytes_per_trial, **chunk)
                 self.budget = self.budget if budget is None else budget
 
         monkeypatch.setattr(execute, "InFlight", Budgeted)
@@ -314,6 +314,21 @@ def test_the_next_program_compiles_while_one_trains_within_the_memory_budget(
         rows[name] = [json.loads(line) for line in open(tmp_path / name / execute.RESULTS)]
     assert [r["trial"] for r in rows["overlapped"]] == [0, 2, 1, 3]  # width 4's, then 9's
     assert rows["overlapped"] == rows["one at a time"]
+
+
+def test_chunks_in_flight_count_the_minibatch_order_they_hold(monkeypatch):
+    """The chunks a sweep keeps in flight stay within the memory budget counting what each
+    chunk holds besides its trials (the minibatch order its trials share): they were left
+    out, so many chunks of few trials could overrun it."""
+    monkeypatch.setattr(execute.host, "memory_budget", lambda: 100)
+    collected = []
+    running = execute.InFlight(10, bytes_per_chunk=40)
+    for name, trials in (("a", 3), ("b", 2), ("c", 1)):
+        running.start(trials, lambda name=name: (lambda: collected.append(name), lambda: True))
+    # a: 30 + 40; with b: 50 + 80 > 100 (a is collected); with c: 30 + 80 > 100 (b is).
+    assert collected == ["a", "b"]
+    running.finish_all()
+    assert collected == ["a", "b", "c"]
 
 
 def test_an_interrupt_while_the_next_program_compiles_keeps_the_finished_chunk(

@@ -22,7 +22,7 @@ from jaxnn import host, jsonl, rundir
 from jaxnn.config import Config
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
-from jaxnn.sweep.plan import Group, Plan, make_plan, structure
+from jaxnn.sweep.plan import Group, Plan, make_plan, order_bytes, structure
 from jaxnn.sweep.programs import GroupProgram, Prologue, Segment, Started
 from jaxnn.sweep.spec import make_trial
 
@@ -197,11 +197,13 @@ class InFlight:
     one trains, the host traces and compiles the next (a sweep of several programs overlaps
     one's compiling with another's training). At most as many trials are in flight as fit in
     the memory budget together (`jaxnn.host.memory_budget`), and with several processes one
-    chunk at a time."""
+    chunk at a time. A chunk holds ``bytes_per_chunk`` besides its trials' (the minibatch
+    order its trials share)."""
 
-    def __init__(self, bytes_per_trial: int):
+    def __init__(self, bytes_per_trial: int, *, bytes_per_chunk: int = 0):
         self.budget = host.memory_budget() if jax.process_count() == 1 else 0
         self.bytes_per_trial = bytes_per_trial
+        self.bytes_per_chunk = bytes_per_chunk
         self.queue: collections.deque = collections.deque()  # (trials, collect, ready)
 
     def start(self, trials: int, launch: Callable[[], tuple[Callable[[], None],
@@ -209,7 +211,8 @@ class InFlight:
         """Collects the oldest chunks until ``trials`` more fit, then ``launch()``es them
         (which returns their collecting function and whether they have finished)."""
         while self.queue and self.bytes_per_trial * (
-                trials + sum(entry[0] for entry in self.queue)) > self.budget:
+                trials + sum(entry[0] for entry in self.queue)) + self.bytes_per_chunk * (
+                len(self.queue) + 1) > self.budget:
             self.queue.popleft()[1]()
         self.queue.append((trials, *launch()))
 
@@ -311,7 +314,8 @@ class Sweep:
         start = 0
         for stop in sorted({e for r in rungs.values() for e in r} | {
                 g.config.training.epochs for g in plan.groups}):
-            running = InFlight(plan.bytes_per_trial)
+            running = InFlight(plan.bytes_per_trial, bytes_per_chunk=max(
+                order_bytes(group.config, self.dataset) for group in plan.groups))
             try:
                 for group in plan.groups:
                     if group.config.training.epochs >= stop:
