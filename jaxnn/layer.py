@@ -26,6 +26,7 @@ one traversal of the layer tree); none of these is a tuple field, so
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -268,35 +269,40 @@ def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str 
 def with_rule_gradient(layer: Layer) -> Layer:
     """``layer`` whose ``jax.grad`` runs its own manual ``backward`` rule on CPU.
 
-    For stateless layers whose rule is faster than XLA's CPU lowering of the autodiff
-    gradient (convolution filter gradients, max-pool routing). Elsewhere (GPU, TPU)
-    ``apply`` is the plain forward. The layer must be deterministic (no key). ``jax.jvp``
-    through the CPU path is not available (a ``jax.custom_vjp``); the plain twin is
-    `Layer.reference`.
+    For deterministic layers whose rule is faster than XLA's CPU lowering of the autodiff
+    gradient (convolution filter gradients, max-pool routing, BatchNorm's statistics).
+    Elsewhere (GPU, TPU), with a ``train`` that is not a bool, and for a layer with state
+    in eval mode (which gives its state back as it came, and whose gradient autodiff
+    gets as fast), ``apply`` is the plain forward. The layer must be deterministic (no
+    key). In training mode the new state is not differentiated: its cotangent is dropped,
+    and the state given gets a zero gradient (no rule has one: state is never trained).
+    ``jax.jvp`` through the CPU path is not available (a ``jax.custom_vjp``); the plain
+    twin is `Layer.reference`.
     """
 
-    @jax.custom_vjp
-    def rule_apply(params, x):
-        return layer.apply(params, (), x)[0]
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def rule_apply(params, state, x, train):
+        return layer.apply(params, state, x, train=train)
 
-    def forward(params, x):
-        y = layer.apply(params, (), x)[0]
-        return y, (params, x, y)
+    def forward(params, state, x, train):
+        y, new_state = layer.apply(params, state, x, train=train)
+        return (y, new_state), (params, state, x, y)
 
-    def backward(residuals, dy):
-        params, x, y = residuals
-        dparams, dx = layer.backward(params, (), x, y, dy)
+    def backward(train, residuals, cotangents):
+        params, state, x, y = residuals
+        dparams, dx = layer.backward(params, state, x, y, cotangents[0], train=train)
         # Cotangents in their primals' dtypes, as autodiff gives them (float32 params on a
         # float64 input get float32 gradients, or an optimizer's state would change dtype).
-        return jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params), \
-            dx.astype(x.dtype)
+        return (jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params),
+                jax.tree.map(jnp.zeros_like, state), dx.astype(x.dtype))
 
     rule_apply.defvjp(forward, backward)
 
     def apply(params, state, x, *, key=None, train=False):
-        del key, train  # Deterministic.
-        if jax.default_backend() == "cpu":
-            return rule_apply(params, x), state
-        return layer.apply(params, state, x)
+        del key  # Deterministic.
+        if (jax.default_backend() == "cpu" and isinstance(train, bool | np.bool_)
+                and (train or not jax.tree.leaves(state))):
+            return rule_apply(params, state, x, bool(train))
+        return layer.apply(params, state, x, train=train)  # (a bad train is refused there)
 
     return Layer(layer.init, apply, layer.backward, name=layer.name, reference=layer)

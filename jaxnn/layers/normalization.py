@@ -38,6 +38,7 @@ from jaxnn.layer import (
     param_dtype,
     positive_int,
     stateless,
+    with_rule_gradient,
 )
 
 
@@ -166,7 +167,7 @@ def BatchNorm(
         dx = (gamma * inv_sigma) / m * (m * dy - sum_dy - xhat * sum_dy_xhat)
         return grads, dx
 
-    return Layer(init, apply, backward, name=name)
+    return with_rule_gradient(Layer(init, apply, backward, name=name))
 
 
 def _standardize(x, axes, epsilon):
