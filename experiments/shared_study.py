@@ -43,8 +43,12 @@ def sweep_config(path: str, overrides=SWEEP) -> str:
 
 
 def _worker(config_path: str, storage: str, study: str, heartbeat: int) -> subprocess.Popen:
+    # Compiling afresh: a worker then holds its first batch for the ~1 s its program takes
+    # to compile. With programs from a cache (the tests' one, warmed by the scenario run
+    # before) its batches took milliseconds, and the first worker could end before it was
+    # seen holding one.
     command = [sys.executable, "-m", "jaxnn.cli", "sweep", config_path, "--storage", storage,
-               "--study", study, "--heartbeat", str(heartbeat)]
+               "--study", study, "--heartbeat", str(heartbeat), "--no-compile-cache"]
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
