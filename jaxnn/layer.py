@@ -272,8 +272,8 @@ def with_rule_gradient(layer: Layer) -> Layer:
     For deterministic layers whose rule is faster than XLA's CPU lowering of the autodiff
     gradient (convolution filter gradients, max-pool routing, BatchNorm's statistics).
     Elsewhere (GPU, TPU), with a ``train`` that is not a bool, and for a layer with state
-    in eval mode (which gives its state back as it came, and whose gradient autodiff
-    gets as fast), ``apply`` is the plain forward. The layer must be deterministic (no
+    in eval mode (which gives back the very state it was given, where a ``custom_vjp``
+    would return a copy), ``apply`` is the plain forward. The layer must be deterministic (no
     key). In training mode the new state is not differentiated: its cotangent is dropped,
     and the state given gets a zero gradient (no rule has one: state is never trained).
     ``jax.jvp`` through the CPU path is not available (a ``jax.custom_vjp``); the plain
@@ -303,6 +303,6 @@ def with_rule_gradient(layer: Layer) -> Layer:
         if (jax.default_backend() == "cpu" and isinstance(train, bool | np.bool_)
                 and (train or not jax.tree.leaves(state))):
             return rule_apply(params, state, x, bool(train))
-        return layer.apply(params, state, x, train=train)  # (a bad train is refused there)
+        return layer.apply(params, state, x, train=train)  # it refuses a train it cannot use
 
     return Layer(layer.init, apply, layer.backward, name=layer.name, reference=layer)

@@ -63,7 +63,7 @@ def _assert_leaves_close(got, want, rtol):
 
 @pytest.mark.parametrize("shape", [(7, 3), (1, 3), (7, 4, 4, 3)])
 def test_batchnorm_grad_in_training_runs_its_rule_on_cpu(shape, key):
-    """jax.grad of a training-mode BatchNorm runs its manual rule on CPU (~8-15% faster
+    """jax.grad of a training-mode BatchNorm runs its manual rule on CPU (8-11% faster
     train steps, BENCHMARKS.md) and equals autodiff of the plain forward, also vmapped
     over stacked trials; the new state is the plain one's, and eval mode stays plain."""
     layer = BatchNorm(momentum=0.8)
