@@ -14,7 +14,7 @@ from typing import Any
 from jaxnn import combinators as C
 from jaxnn import layers as L
 from jaxnn.config import Config, ConfigError, ModelConfig
-from jaxnn.layer import Layer, ShapeError
+from jaxnn.layer import Layer, ShapeError, is_integer
 from jaxnn.summary import shapes
 
 LAYER_TYPES: dict[str, Callable[..., Layer]] = {
@@ -178,14 +178,15 @@ def _build_layer(spec, key, rate, source, keys) -> Layer:
 def with_defaults(layers: Any) -> Any:
     """``model.layers`` as two configs are compared (a resume): every layer table with the
     arguments it leaves out at their defaults, arrays as lists, nested tables too, so that
-    ``{type = "BatchNorm"}`` and ``{type = "BatchNorm", epsilon = 1e-5}`` read the same. A
-    Dropout's missing rate is left out: it is ``model.dropout``'s."""
+    ``{type = "BatchNorm"}`` and ``{type = "BatchNorm", epsilon = 1e-5}`` read the same,
+    and one int repeated as that int (`_canonical`: ``stride = [1, 1]`` is ``stride = 1``).
+    A Dropout's missing rate is left out: it is ``model.dropout``'s."""
     if not isinstance(layers, list | tuple):
         return layers
     result = []
     for spec in layers:
         if isinstance(spec, dict):
-            spec = {key: _as_lists(value) for key, value in spec.items()}
+            spec = {key: _canonical(value) for key, value in spec.items()}
             if spec.get("type") in LAYER_TYPES:
                 for name, default in _defaults(spec["type"]).items():
                     spec.setdefault(name, default)
@@ -205,12 +206,20 @@ def _defaults(kind: str) -> dict[str, Any]:
         parameters = inspect.signature(LAYER_TYPES[kind]).parameters.values()
     except (TypeError, ValueError):
         return {}
-    return {p.name: _as_lists(p.default) for p in parameters
+    return {p.name: _canonical(p.default) for p in parameters
             if p.default is not inspect.Parameter.empty and (kind, p.name) != ("Dropout", "rate")}
 
 
-def _as_lists(value: Any) -> Any:
-    return [_as_lists(v) for v in value] if isinstance(value, list | tuple) else value
+def _canonical(value: Any) -> Any:
+    """A layer argument as its configs are compared: arrays as lists, and an array of one
+    int repeated as that int -- every layer argument that takes an array of ints (kernel
+    sizes, strides, windows, paddings) reads an int as that int on every axis."""
+    if not isinstance(value, list | tuple):
+        return value
+    items = [_canonical(v) for v in value]
+    if items and all(is_integer(v) for v in items) and len(set(items)) == 1:
+        return items[0]
+    return items
 
 
 def _argument_at_fault(message: str, kind: str, names: Iterable[str]) -> str | None:

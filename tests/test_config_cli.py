@@ -363,7 +363,8 @@ def test_a_resume_change_names_the_nested_value_that_differs():
 
 def test_a_layer_argument_written_at_its_default_is_no_resume_change():
     """``epsilon = 1e-5`` (BatchNorm's default) added to a layer's table, a nested one
-    too, trains what the table without it trained: it was refused as a change."""
+    too, trains what the table without it trained: it was refused as a change. So does
+    ``stride = [1, 1]`` for ``stride = 1`` (or the default)."""
     layers = ("model.layers=[{type = 'Dense', features = 8}, {type = 'BatchNorm'%s}, "
               "{type = 'Residual', layers = [{type = 'Dense', features = 8%s}]}, "
               "{type = 'Dropout'}, {type = 'Dense', features = 10}]")
@@ -375,6 +376,17 @@ def test_a_layer_argument_written_at_its_default_is_no_resume_change():
             is None
     changed = config.load(tiny, [*mlp_keys, layers % (", epsilon = 1e-3", "")])
     assert config.resume_change(trained, changed) == ("model.layers[1].epsilon", 1e-5, 1e-3)
+    # One int repeated is that int (a kernel size, stride or padding per axis).
+    convs = ("model.layers=[{type = 'Conv2D', features = 4%s}, {type = 'MaxPool2D'%s}, "
+             "{type = 'Flatten'}, {type = 'Dense', features = 10}]")
+    for was, now in ((("", ""), (", stride = [1, 1], kernel_size = [3, 3]", ", window = [2, 2]")),
+                     (("", ""), (", stride = 1", ", window = 2")),
+                     ((", padding = 1", ""), (", padding = [[1, 1], [1, 1]]", ""))):
+        assert config.resume_change(config.load(tiny, [*mlp_keys, convs % was]),
+                                    config.load(tiny, [*mlp_keys, convs % now])) is None, now
+    strided = config.load(tiny, [*mlp_keys, convs % (", stride = [1, 2]", "")])
+    assert config.resume_change(config.load(tiny, [*mlp_keys, convs % ("", "")]), strided) \
+        == ("model.layers[0].stride", 1, [1, 2])
     # A Dropout's missing rate is model.dropout's, not a default: writing one is a change.
     rated = config.load(tiny, [*mlp_keys, layers.replace("'Dropout'", "'Dropout', rate = 0.5")
                                % ("", "")])
