@@ -34,6 +34,7 @@ from jaxnn.layer import (
     Shape,
     ShapeError,
     check_layer,
+    is_integer,
     is_multi_shape,
     positive_int,
     split_key,
@@ -158,8 +159,14 @@ def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:
     """The manual rules walked back over a `trace`'s tape: ``(dparams, dx)``."""
     layer = tape.layer
     if layer.wiring is None:
-        return layer.backward(tape.params, tape.state, tape.x, tape.y, dy, key=tape.key,
-                              train=tape.train)
+        try:
+            return layer.backward(tape.params, tape.state, tape.x, tape.y, dy, key=tape.key,
+                                  train=tape.train)
+        except (TypeError, ValueError) as error:  # as `trace` names the layer of a forward
+            shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), (tape.x, dy))
+            error.add_note(f"jaxnn: raised in the manual rule of {_label(layer, tape.path)} "
+                           f"with an input and a delta of shapes {shapes}")
+            raise
     by_index = {child.path[-1]: child for child in tape.children}
     return layer.wiring.backward(lambda index, child_dy: pullback(by_index[index], child_dy),
                                  tape.params, dy)
@@ -352,8 +359,9 @@ def FanInSum() -> Layer:
 def FanInConcat(axis: int = -1) -> Layer:
     """Joins the branches of a tuple activation along ``axis`` (not the batch axis); the rule
     splits ``dy`` back at the branches' sizes."""
-    if not isinstance(axis, int) or isinstance(axis, bool):
+    if not is_integer(axis):
         raise ValueError(f"FanInConcat: axis must be an int, got {axis!r}")
+    axis = int(axis)
     name = f"FanInConcat(axis={axis})"
 
     def out_shape(shape):
@@ -396,8 +404,27 @@ def Residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
         raise TypeError("Residual needs at least one layer: it computes f(x) + x with "
                         "f = serial(*layers)")
     name = f"Residual({_names('Residual', layers)}" + (
-        "" if shortcut is None else f"; shortcut={_names('Residual', [shortcut])}") + ")"
+        "" if shortcut is None else
+        f"; shortcut={check_layer(shortcut, 'Residual: shortcut').name}") + ")"
     body = serial(*layers)
     path = Identity() if shortcut is None else shortcut
     inner = serial(FanOut(2), parallel(body, path), FanInSum())
-    return combinator(name, inner.children, inner.wiring)
+    layer = combinator(name, inner.children, inner.wiring)
+
+    def init(key, input_shape):
+        try:
+            return layer.init(key, input_shape)
+        except ShapeError as error:
+            if error.layer_path[:1] != (2,):  # not the sum: a layer of f or the shortcut
+                raise
+        # The user wrote no FanInSum: say which sides differ, at the Residual.
+        branches = layer.children[1].init(key, (input_shape, input_shape))[0]
+        other = "x" if shortcut is None else "shortcut(x)"
+        hint = "; give shortcut= a projection (a 1x1 Conv2D, a Dense) to f(x)'s shape" \
+            if shortcut is None else ""
+        error = ShapeError(f"{name}: adds f(x) of shape {branches[0]} and {other} of shape "
+                           f"{branches[1]}; they must match{hint}")
+        error.reason = error.args[0].removeprefix(f"{name}: ")
+        raise error
+
+    return layer._replace(init=init)

@@ -97,9 +97,11 @@ def _compiled_backprop(net: Layer, loss: Loss, train: bool, loss_dtype):
             pred = pred.astype(loss_dtype)
         dy = loss.grad(pred, y).astype(net_dtype)
         grads, _ = pullback(tape, dy)
-        # In the params' dtypes, as `jax.grad` gives them (a rule may promote: float32
-        # params on a float64 input).
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        # In the params' dtypes and containers, as `jax.grad` gives them (a rule may
+        # promote: float32 params on a float64 input; params given as lists get lists).
+        grads = jax.tree.unflatten(jax.tree.structure(params), [
+            g.astype(p.dtype) for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params),
+                                              strict=True)])
         return loss.value(pred, y), grads, pred, new_state
 
     return run

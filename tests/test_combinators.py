@@ -143,8 +143,14 @@ def test_residual_is_x_plus_f_of_x(key):
 @pytest.mark.parametrize(
     ("net", "shape", "fragments"),
     [
+        # The Residual is named, not the FanInSum inside it that the user never wrote.
         (serial(Dense(3), Residual(Dense(4))), (None, 5),
-         ["layer 1.2 (FanInSum())", "equal shape", "(None, 4)", "(None, 3)"]),
+         ["layer 1 (Residual(Dense(4))): adds f(x) of shape (None, 4) and x of shape "
+          "(None, 3); they must match; give shortcut= a projection"]),
+        (serial(Dense(3), Residual(Dense(4), shortcut=Dense(5))), (None, 5),
+         ["layer 1 (Residual(Dense(4); shortcut=Dense(5))): adds f(x) of shape (None, 4) "
+          "and shortcut(x) of shape (None, 5); they must match"]),
+        (serial(Dense(3), Residual(Conv2D(2))), (None, 5), ["layer 1.1.0.0 (Conv2D(2, "]),
         (serial(Dense(3), FanInSum()), (None, 5), ["layer 1 (FanInSum())", "tuple of branches"]),
         (serial(FanOut(2), parallel(Dense(2), Dense(2), Dense(2))), (None, 5),
          ["layer 1", "3 branches, got 2"]),
@@ -219,6 +225,9 @@ def test_combinators_reject_non_layers():
         parallel(Dense(2), Relu)
     with pytest.raises(TypeError, match="Residual: argument 0"):
         Residual(3)
+    with pytest.raises(TypeError, match="Residual: shortcut is not a Layer: 3"):
+        Residual(Dense(2), shortcut=3)
+    assert FanInConcat(np.int64(1)).name == "FanInConcat(axis=1)"  # numpy ints, as layers take
     with pytest.raises(ValueError, match="FanOut: num"):
         FanOut(0)
 

@@ -450,6 +450,16 @@ def test_dropout_rate_is_drop_probability(key):
         _leaf(layer, train=True)((), x)
 
 
+def test_dropout_of_integer_input_drops_at_its_rate(key):
+    """In an int32 input's own dtype the keep probability 1 - 0.25 rounded to 1: nothing
+    was dropped. The mask and scale are in the default float, as on the values as floats."""
+    x = jnp.ones((200, 100), jnp.int32)
+    y = _leaf(Dropout(0.25), key=key, train=True)((), x)
+    np.testing.assert_array_equal(
+        y, _leaf(Dropout(0.25), key=key, train=True)((), x.astype(jnp.float64)))
+    assert 0.23 < float(jnp.mean(y == 0)) < 0.27
+
+
 def test_dropout_of_rate_zero_needs_no_key(key):
     # It drops nothing, so training needs no key (it demanded one), forward or rule.
     net = serial(Dense(3), Dropout(0.0), Tanh())

@@ -268,6 +268,60 @@ def test_manual_grad_jits_and_vmaps(key):
     assert not np.allclose(again[0]["w"], eager[0]["w"])
 
 
+def _assert_grads_equal(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14),
+                 got, want)
+
+
+def test_dense_rule_takes_the_leading_axes_apply_takes(key):
+    """``x @ w`` maps any leading axes (a single example under ``jax.vmap``, or (2, 5)
+    rows that init's (batch, features) did not foresee); the rule sums over them all, as
+    ``jax.grad`` does. It returned a (2, 2, 3) weight gradient for a (2, 3) weight."""
+    net = serial(Dense(3), Tanh(), Dense(OUT))
+    _, params, state = net.init(key, (None, 2))
+    x = jax.random.normal(key, (2, 5, 2))
+    y = jax.random.normal(key, (2, 5, OUT))
+    _assert_grads_equal(manual.grad(net, losses.mse, params, state, x, y),
+                        jax.grad(lambda p: losses.mse(net.apply(p, state, x)[0], y))(params))
+    dy = jax.random.normal(key, (4, 3))
+    single = jax.vmap(lambda xi, di: net.children[0].backward(params[0], (), xi, None, di))(
+        x[0, :4], dy)
+    batch = net.children[0].backward(params[0], (), x[0, :4], None, dy)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a.sum(0), b, rtol=1e-12),
+                 single[0], batch[0])
+    np.testing.assert_allclose(single[1], batch[1], rtol=1e-12)
+
+
+def test_params_given_as_lists_get_gradients_as_lists(key):
+    """``apply`` takes a combinator's params and state as lists; so does the manual
+    gradient, returning the params' own containers, as ``jax.grad`` does (comparing the two
+    failed on a list against a tuple)."""
+    net = serial(Dense(3), Relu(), Dense(OUT))
+    _, params, state = net.init(key, (None, 4))
+    x, y = jax.random.normal(key, (7, 4)), jax.random.normal(key, (7, OUT))
+    got = manual.grad(net, losses.mse, list(params), list(state), x, y)
+    assert isinstance(got, list)
+    _assert_grads_equal(got, list(manual.grad(net, losses.mse, params, state, x, y)))
+    manual.check(net, losses.mse, list(params), list(state), x, y)
+
+
+def test_an_error_in_a_rule_names_its_layer(key):
+    """A rule that fails (here, given a delta of the wrong width) says which layer's rule
+    it was, as the forward pass names the layer of its errors."""
+    net = serial(Dense(3), Relu(), Dense(OUT))
+    _, params, state = net.init(key, (None, 4))
+    x = jax.random.normal(key, (7, 4))
+    from jaxnn.combinators import pullback, trace
+
+    tape = trace(net, params, state, x)[2]
+    with pytest.raises(TypeError) as error:
+        pullback(tape, jnp.ones((7, OUT + 1)))
+    assert any(f"raised in the manual rule of layer 2 (Dense({OUT})) with an input and a "
+               f"delta of shapes ((7, 3), (7, {OUT + 1}))" in note
+               for note in error.value.__notes__)
+
+
 def _load_experiment(name):
     path = pathlib.Path(__file__).parents[1] / "experiments" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)

@@ -260,8 +260,33 @@ def test_shape_errors(layer, shape, fragment, key):
     [(lambda: BatchNorm(momentum=1.0), "momentum"), (lambda: LayerNorm(epsilon=0), "epsilon"),
      (lambda: GroupNorm(0), "num_groups"),
      (lambda: BatchNorm(epsilon=float("nan")), "epsilon must be finite and > 0, got nan"),
-     (lambda: GroupNorm(2, epsilon=float("inf")), "epsilon must be finite and > 0, got inf")],
+     (lambda: GroupNorm(2, epsilon=float("inf")), "epsilon must be finite and > 0, got inf"),
+     (lambda: BatchNorm(epsilon=True), "epsilon must be finite and > 0, got True")],
 )
 def test_bad_arguments(make, fragment):
     with pytest.raises(ValueError, match=fragment):
         make()
+
+
+@pytest.mark.parametrize(("layer", "shape"), CASES, ids=lambda c: str(c))
+def test_integer_input_is_normalized_as_its_float_values(layer, shape, key):
+    """Raw uint8 pixels: in their own dtype BatchNorm truncated its running statistics (a
+    variance of 0.6 to 0) and wrapped ``x - mean`` around; each normalization now computes
+    in its params' (or state's) float dtype, as on the same values given as floats."""
+    _, params, state = layer.init(key, (None, *shape))
+    params = _perturbed(params, key)
+    state = jax.tree.map(lambda s: s + jnp.linspace(0.4, 0.6, s.size).reshape(s.shape) * 200,
+                         state)
+    pixels = jax.random.randint(key, (7, *shape), 0, 256).astype(jnp.uint8)
+    floats = pixels.astype(jnp.float64)
+    dy = jax.random.normal(key, (7, *shape))
+    for train in (True, False):
+        got, got_state = layer.apply(params, state, pixels, train=train)
+        want, want_state = layer.apply(params, state, floats, train=train)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), got_state,
+                     want_state)
+        rule = layer.backward(params, state, pixels, got, dy, train=train)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12),
+                     rule, layer.backward(params, state, floats, want, dy, train=train))

@@ -98,7 +98,8 @@ def test_sweep_of_a_batchnorm_resnet_is_one_program_with_per_trial_state(tmp_pat
         ('[{type = "Flatten"}, {type = "Residual", layers = [{type = "Dense", features = 64}, '
          '{type = "Bogus"}]}]', "model.layers[1].layers[1]", "unknown layer type 'Bogus'"),
         ('[{type = "Flatten"}, {type = "Residual", layers = [{type = "Dense", features = 8}]}, '
-         '{type = "Dense", features = 10}]', "model.layers[1]", "layer 1.2 (FanInSum())"),
+         '{type = "Dense", features = 10}]', "model.layers[1]",
+         "layer 1 (Residual(Dense(8))): adds f(x) of shape (None, 8) and x of shape (None, 64)"),
         ('[{type = "Flatten"}, {type = "Residual", layers = [], shortcut = []}]',
          "model.layers[1].layers", "non-empty list"),
         ('[{type = "Flatten"}, {type = "Parallel", branches = [[{type = "Dense", '

@@ -83,7 +83,11 @@ def Dense(
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train  # The rule needs only x and dy.
-        dw, db = _affine.parameter_gradients(x, dy, bias_shape if use_bias else None)
+        # Rows of any leading axes, as ``x @ w`` maps them: a single example (under
+        # ``jax.vmap``) or axes that init's (batch, features) did not foresee.
+        dw, db = _affine.parameter_gradients(x.reshape(-1, x.shape[-1]),
+                                             dy.reshape(-1, dy.shape[-1]),
+                                             bias_shape if use_bias else None)
         grads = {"w": dw} if db is None else {"w": dw, "b": db}
         return grads, dy @ params["w"].T
 

@@ -7,7 +7,15 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.layer import Layer, Shape, check_bool, check_single, is_real, stateless
+from jaxnn.layer import (
+    Layer,
+    Shape,
+    check_bool,
+    check_single,
+    is_real,
+    param_dtype,
+    stateless,
+)
 
 
 def Dropout(rate: float | jax.Array) -> Layer:
@@ -36,23 +44,28 @@ def Dropout(rate: float | jax.Array) -> Layer:
         return tuple(input_shape), ()
 
     def scale(x, key):
-        """The multiplier ``mask / (1 - rate)``, in ``x``'s dtype."""
+        """The multiplier ``mask / (1 - rate)``, in ``x``'s (floating) dtype."""
         if key is None:
             raise ValueError(f"{name} needs a PRNG key when train=True: apply(..., key=key)")
         keep = 1 - jnp.asarray(rate, dtype=x.dtype)
         mask = jax.random.bernoulli(key, keep, x.shape)
         return jnp.where(mask, 1 / keep, jnp.zeros((), x.dtype))
 
+    def floating(x):
+        """An integer ``x`` in the default float: in its own dtype the rate rounded away."""
+        return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(param_dtype())
+
     def apply(params, x, *, key=None, train=False):
         del params
         if not check_bool(train, "train", name) or identity:
             return x
+        x = floating(x)
         return x * scale(x, key)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y
         if not check_bool(train, "train", name) or identity:
             return (), dy
-        return (), dy * scale(x, key)
+        return (), dy * scale(floating(x), key)
 
     return stateless(init, apply, backward, name=name)

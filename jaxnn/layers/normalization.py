@@ -23,7 +23,6 @@ as in Flax. In eval mode it normalizes with the running statistics and returns t
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ from jaxnn.layer import (
     check_bool,
     check_single,
     float_dtype,
+    is_real,
     param_dtype,
     positive_int,
     stateless,
@@ -63,6 +63,13 @@ def _affine_params(channels: int, use_scale: bool, use_bias: bool, dtype) -> dic
     return params
 
 
+def _floating(x, dtype):
+    """``x`` itself when floating (a bfloat16 input is normalized in its dtype), else cast to
+    ``dtype``: integer pixels in their own dtype truncated the statistics and wrapped
+    ``x - mean`` around."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
+
+
 def _channels(vector, ndim):
     """A per-channel vector shaped to broadcast over an input of rank ``ndim``."""
     return vector.reshape((1,) * (ndim - 1) + (-1,))
@@ -88,10 +95,9 @@ def _check_options(name: str, epsilon: float, use_scale: bool, use_bias: bool, d
     check_bool(use_scale, "use_scale", name)
     float_dtype(dtype, "dtype", name)
     check_bool(use_bias, "use_bias", name)
-    if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
+    if not is_real(epsilon) or not 0 < epsilon < math.inf:
         raise ValueError(f"{name}: epsilon must be finite and > 0, got {epsilon!r}")
-    if momentum is not None and (not isinstance(momentum, numbers.Real)
-                                 or not 0 <= momentum < 1):
+    if momentum is not None and (not is_real(momentum) or not 0 <= momentum < 1):
         raise ValueError(f"{name}: momentum is the share of the running statistics kept per "
                          f"step, in [0, 1); got {momentum!r}")
 
@@ -129,17 +135,20 @@ def BatchNorm(
         return tuple(input_shape), _affine_params(channels, use_scale, use_bias, dtype), state
 
     def statistics(x, state, train):
-        """``(axes, mean, var)``: the batch's in training, the running ones otherwise."""
+        """``(x, axes, mean, var)``: ``x`` floating, and the batch's statistics in
+        training, the running ones otherwise."""
+        x = _floating(x, state["mean"].dtype)
         axes = tuple(range(x.ndim - 1))
         # ("no" would have trained; float32 statistics normalize a bfloat16 input in its dtype)
         if not check_bool(train, "train", name):
-            return axes, *(_channels(state[k].astype(x.dtype), x.ndim) for k in ("mean", "var"))
+            return x, axes, *(_channels(state[k].astype(x.dtype), x.ndim)
+                              for k in ("mean", "var"))
         mean = jnp.mean(x, axis=axes, keepdims=True)
-        return axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        return x, axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
 
     def apply(params, state, x, *, key=None, train=False):
         del key  # Deterministic.
-        _, mean, var = statistics(x, state, train)
+        x, _, mean, var = statistics(x, state, train)
         y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
         if not train:
             return y, state
@@ -154,7 +163,7 @@ def BatchNorm(
 
     def backward(params, state, x, y, dy, *, key=None, train=False):
         del y, key  # Recomputed from x.
-        axes, mean, var = statistics(x, state, train)
+        x, axes, mean, var = statistics(x, state, train)
         inv_sigma = jax.lax.rsqrt(var + epsilon)
         xhat = (x - mean) * inv_sigma
         grads = _affine_grads(params, xhat, dy, axes)
@@ -201,13 +210,19 @@ def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dt
         xhat, inv_sigma = _standardize(grouped_x, axes, epsilon)
         return xhat, inv_sigma, axes
 
+    def floating(params, x):
+        """``x`` cast, unless floating, to the params' dtype (the default float without)."""
+        return _floating(x, next(iter(params.values())).dtype if params else param_dtype(dtype))
+
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic, the same in both modes.
+        x = floating(params, x)
         xhat, _, _ = forward(x)
         return _scale_shift(params, ungrouped(xhat, x.shape))
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train
+        x = floating(params, x)
         xhat, inv_sigma, axes = forward(x)
         flat_xhat = ungrouped(xhat, x.shape)
         grads = _affine_grads(params, flat_xhat, dy, tuple(range(x.ndim - 1)))
