@@ -126,7 +126,7 @@ _NORMAL = re.compile(r"normal\(\s*(?:std\s*=\s*)?([0-9.eE+-]+)\s*\)")
 NAMES = (*_NAMED, "normal(STD)")
 
 
-def get(initializer: str | Initializer) -> Initializer:
+def get(initializer: str | Initializer, where: str | None = None) -> Initializer:
     """Resolves an initializer name (or passes a callable through).
 
     Args:
@@ -134,17 +134,21 @@ def get(initializer: str | Initializer) -> Initializer:
         ``he_normal``, ``lecun_uniform``, ``lecun_normal``, ``zeros``, ``ones``,
         ``normal(STD)`` (e.g. ``"normal(0.01)"``), or a callable
         ``init(key, shape, dtype)``.
+      where: the argument it was given as, e.g. ``"Dense: w_init"``, to head errors.
 
     Returns:
       The initializer callable.
 
     Raises:
-      ValueError: for an unknown name or a non-positive ``normal`` standard deviation.
+      ValueError: for an unknown name or a ``normal`` standard deviation that is not finite
+        and > 0 (``normal(1e400)`` reads as inf); TypeError for what is neither a name nor a
+        callable.
     """
+    head = "" if where is None else f"{where} must name an initializer; "
     if callable(initializer):
         return initializer
     if not isinstance(initializer, str):
-        raise TypeError(f"initializer must be a name or a callable, got {initializer!r}")
+        raise TypeError(f"{head}initializer must be a name or a callable, got {initializer!r}")
     name = initializer.strip()
     if name in _NAMED:
         return _NAMED[name]
@@ -154,10 +158,11 @@ def get(initializer: str | Initializer) -> Initializer:
             std = float(match.group(1))
         except ValueError:
             std = -1.0
-        if std > 0:
+        if 0 < std < math.inf:
             return Normal(std)
-        raise ValueError(f"initializer {initializer!r}: the standard deviation must be > 0")
-    raise ValueError(f"unknown initializer {initializer!r}; known: {', '.join(NAMES)}")
+        raise ValueError(f"{head}initializer {initializer!r}: the standard deviation must be "
+                         "finite and > 0")
+    raise ValueError(f"{head}unknown initializer {initializer!r}; known: {', '.join(NAMES)}")
 
 
 def normal(std: float) -> Initializer:

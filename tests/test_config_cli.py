@@ -71,6 +71,10 @@ BAD_CONFIGS = [
      "model.layers[1].negative_slope", "LeakyRelu: expected float, got 'x'"),
     ('[model]\nlayers = [{type = "Dense", features = 10, use_bias = "yes"}]\n',
      "model.layers[0].use_bias", "Dense: expected bool, got 'yes'"),
+    ('[model]\nlayers = [{type = "Dense", features = 10, w_init = "normal(1e400)"}]\n',
+     "model.layers[0].w_init", "standard deviation must be finite and > 0"),
+    ('[model]\nlayers = [{type = "Dense", features = 10, b_init = "bogus"}]\n',
+     "model.layers[0].b_init", "unknown initializer 'bogus'"),
     ('[model]\nlayers = [{type = "Residual", layers = [{type = "Gelu", approximate = "no"}]}, '
      '{type = "Dense", features = 10}]\n', "model.layers[0].layers[0].approximate",
      "Gelu: expected bool"),

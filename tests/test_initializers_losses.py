@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnn import Dense, initializers, losses
+from jaxnn import Conv2D, Dense, initializers, losses
 
 
 @pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
@@ -42,10 +42,16 @@ def test_normal_std_and_per_layer_choice(key):
         0.5, rel=0.1)
 
 
-@pytest.mark.parametrize("bad", ["normal(0)", "normal(-1)", "uniform", "he"])
+@pytest.mark.parametrize("bad", ["normal(0)", "normal(-1)", "uniform", "he", "normal(1e400)",
+                                 "normal(inf)", "normal(nan)"])
 def test_unknown_or_bad_initializer(bad):
     with pytest.raises(ValueError, match="initializer"):
         initializers.get(bad)
+    # A layer's argument says which it is (a 1e400 std, read as inf, drew inf weights).
+    with pytest.raises(ValueError, match=r"^Dense: w_init must name an initializer; "):
+        Dense(3, w_init=bad)
+    with pytest.raises(ValueError, match=r"^Conv2D: b_init must name an initializer; "):
+        Conv2D(3, b_init=bad)
 
 
 def _data(key, m=7, n=5):

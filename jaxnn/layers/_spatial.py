@@ -170,8 +170,9 @@ def conv_arguments(layer, features, kernel_size, stride, padding, w_init, b_init
     and quoting the bad value."""
     features = positive_int(features, "features", layer)
     return ConvArguments(pair(kernel_size, "kernel_size", layer), pair(stride, "stride", layer),
-                         check_padding(padding, layer), initializers.get(w_init),
-                         initializers.get(b_init))
+                         check_padding(padding, layer),
+                         initializers.get(w_init, f"{layer}: w_init"),
+                         initializers.get(b_init, f"{layer}: b_init"))
 
 
 def conv_params(key, args: ConvArguments, in_channels, features, use_bias, dtype) -> dict:

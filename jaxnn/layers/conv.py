@@ -230,8 +230,8 @@ def Conv1D(
     padding = _check_padding_1d(padding, "Conv1D")
     use_bias = check_bool(use_bias, "use_bias", "Conv1D")
     dtype = float_dtype(dtype, "dtype", "Conv1D")
-    w_initializer = initializers.get(w_init)
-    b_initializer = initializers.get(b_init)
+    w_initializer = initializers.get(w_init, "Conv1D: w_init")
+    b_initializer = initializers.get(b_init, "Conv1D: b_init")
     name = f"Conv1D({features}, {k}, stride={s}, padding={padding!r})"
     # The (N, 1, L, C) view: a height of 1 with filter height 1 needs no padding, whatever
     # the string; explicit padding applies to the length (width) only.

@@ -58,8 +58,8 @@ def Dense(
     use_bias = check_bool(use_bias, "use_bias", "Dense")
     shared_bias = check_bool(shared_bias, "shared_bias", "Dense")
     dtype = float_dtype(dtype, "dtype", "Dense")
-    w_initializer = initializers.get(w_init)
-    b_initializer = initializers.get(b_init)
+    w_initializer = initializers.get(w_init, "Dense: w_init")
+    b_initializer = initializers.get(b_init, "Dense: b_init")
     bias_shape = () if shared_bias else (features,)
     name = f"Dense({features})"
     if not use_bias or shared_bias:
