@@ -389,6 +389,12 @@ def test_random_search_is_seeded(tmp_path):
     ("sweep.grid={'optimizer.learning_rate' = [0.1], learning_rate = [0.2]}",
      "sweep.grid.learning_rate"),
     ("sweep.grid={width = [4, 8], 'model.hidden' = [[6]]}", "sweep.grid.model.hidden"),
+    # One layer argument under two spellings: the table showed one value, trials the other.
+    (("model.hidden=[]", "model.activation='relu'",
+      "model.layers=[{type = 'Dense', features = 5}, {type = 'Dense', features = 10}]",
+      "sweep.grid={'model.layers[0].features' = [3], 'model.layers[00].features' = [4, 6]}"),
+     "sweep.grid.model.layers[00].features: sets model.layers[0].features, as "
+     "'model.layers[0].features' does"),
     # An integer hyperparameter's range without an integer; keys a distribution lacks.
     (("sweep.count=2", "sweep.random={width = {distribution = 'uniform', low = 4.2, "
                        "high = 4.8}}"), "sweep.random.width"),
@@ -429,6 +435,23 @@ def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     assert cli.main(["sweep", str(path), "--plan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"jaxnn: error: {path}: {key}")
+
+
+@pytest.mark.parametrize("whole_first", [True, False])
+def test_a_swept_layer_list_takes_its_swept_arguments_in_any_order(whole_first):
+    """``model.layers`` swept beside a layer argument: the argument is set on each list,
+    whichever name the grid gives first (given first, the list overwrote it: both trials
+    trained the list's value while the table showed 4 and 8)."""
+    nets = ("'model.layers' = [[{type = 'Dense', features = 5}, {type = 'Relu'}, "
+            "{type = 'Dense', features = 10}], [{type = 'Dense', features = 7}, "
+            "{type = 'Tanh'}, {type = 'Dense', features = 10}]]")
+    part = "'model.layers[0].features' = [4, 8]"
+    grid = "{" + ", ".join([nets, part] if whole_first else [part, nets]) + "}"
+    cfg = small_sweep("model.hidden=[]", "model.activation='relu'",
+                      "model.layers=[{type = 'Dense', features = 10}]", grid=grid)
+    got = {(t.config.model.layers[1]["type"], t.config.model.layers[0]["features"])
+           for t in sweep.trials(cfg)}
+    assert got == {("Relu", 4), ("Relu", 8), ("Tanh", 4), ("Tanh", 8)}
 
 
 def test_dropout_swept_over_a_layers_net_reaches_its_unrated_dropout(tmp_path, capsys):

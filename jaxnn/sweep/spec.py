@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
@@ -133,7 +134,12 @@ FIXED = {"data": "the data is prepared once for every trial; run one sweep per v
 
 
 def _target(name: str) -> str:
-    """The config key a swept ``name`` sets."""
+    """The config key a swept ``name`` sets; a layer argument's spelled one way
+    (``model.layers[01].momentum`` sets ``model.layers[1].momentum``)."""
+    path = layer_path(name)
+    if path is not None:
+        return "model.layers" + "".join(f"[{step}]" if isinstance(step, int) else f".{step}"
+                                        for step in path[2:])
     return NUMERIC.get(name) or STRUCTURAL.get(name) or name
 
 
@@ -303,7 +309,9 @@ def _apply(base: Config, values: dict, where: str) -> Config:
         hidden = list(model["hidden"]) or [64]
         width = values.get("width", hidden[0])
         model["hidden"] = [width] * values.get("depth", len(hidden))
-    for name, value in values.items():
+    # A whole (``model.layers``, a nested ``layers`` list) before its parts, whatever the
+    # order given: a layer argument set first was overwritten by the list.
+    for name, value in sorted(values.items(), key=lambda item: len(layer_path(item[0]) or ())):
         if name in ("width", "depth"):
             continue
         if layer_path(name) is not None:
@@ -312,7 +320,9 @@ def _apply(base: Config, values: dict, where: str) -> Config:
         section, key = _target(name).split(".")
         if section not in raw or section == "sweep":
             raise ConfigError(base.source, where, f"unknown section {section!r}")
-        raw[section][key] = value
+        # A copy: a layer argument set next must not change the grid's list (nor so the
+        # other trials given it).
+        raw[section][key] = copy.deepcopy(value)
     try:
         return config_lib.from_dict(raw, base.source)
     except ConfigError as error:
