@@ -23,6 +23,13 @@ SPACE = ("sweep.random={learning_rate = {distribution = 'log_uniform', low = 0.0
          "high = 1.0}, width = {distribution = 'int', low = 3, high = 12}}")
 
 
+# A net whose GroupNorm must divide the channels of the Dense before it.
+GROUPED = ("model.hidden=[]", "model.activation='relu'",
+           "model.layers=[{type = 'Dense', features = 6}, "
+           "{type = 'GroupNorm', num_groups = 1}, {type = 'Tanh'}, "
+           "{type = 'Dense', features = 10}]")
+
+
 def tiny(*overrides):
     return config.load(TINY, ["output.plots=false", "training.precision='float64'",
                               "model.hidden=[6]", "training.epochs=9", *overrides])
@@ -359,16 +366,65 @@ def test_bad_search_config_named(tmp_path, capsys, override, key):
      "trial {'learning_rate': -1.0}: optimizer.learning_rate: must be > 0"),
     ("{activation = ['relu', 'swish'], width = {distribution = 'int', low = 4, high = 8}}",
      "trial {'activation': 'swish', 'width': 4}: model.activation: unknown activation"),
+    # Inside a short int range: every value is checked (1, 2, 3 and 6 divide 6 channels).
+    (("{'model.layers[1].num_groups' = {distribution = 'int', low = 1, high = 6}}",
+      *GROUPED), "trial {'model.layers[1].num_groups': 4}: model.layers[1]: layer 1 "
+                "(GroupNorm(4)): 4 groups do not divide the 6 channels"),
 ])
 def test_an_adaptive_search_checks_its_space_before_training(tmp_path, capsys, space,
                                                              fragment):
     """Each swept name at each end of its range (every choice), the others at their first:
     a value the sampler may ask for fails at once, not after other trials trained."""
     path = tmp_path / "s.toml"
+    space, *net = space if isinstance(space, tuple) else (space,)
     path.write_text(config.dumps(tiny("sweep.search='random'", "sweep.trials=4",
-                                      f"sweep.random={space}")))
+                                      f"sweep.random={space}", *net)))
     for flags in (["--plan"], ["--workdir", str(tmp_path / "run")]):
         assert cli.main(["sweep", str(path), *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"jaxnn: error: {path}: sweep: {fragment}"), err
     assert not (tmp_path / "run" / sweep.RESULTS).exists()
+
+
+REFUSABLE = ("sweep.random={'model.layers[0].features' = [4, 6, 10, 14], "
+             "'model.layers[1].num_groups' = [1, 4]}")
+
+
+def test_values_no_trial_can_take_are_failed_trials_and_the_search_goes_on(tmp_path, capsys):
+    """Checked at the ends of its ranges, a space may still hold combinations no trial can
+    take (4 groups of 6, 10 or 14 channels). A batch asked with one is not the sweep's
+    end (exit 2 after trials had trained, and a resume asked the same again): the study
+    records the trial as failed, with the reason, and the sampler is asked again."""
+    cfg = tiny(*GROUPED, "sweep.search='random'", "sweep.trials=8", "sweep.batch=2",
+               "training.epochs=1", REFUSABLE)
+    out = sweep.run_sweep(cfg, tmp_path / "run")
+    rows = out["results"]
+    assert sorted(r["trial"] for r in rows) == list(range(8))
+    for row in rows:
+        values = row["values"]
+        assert values["model.layers[0].features"] % values["model.layers[1].num_groups"] == 0
+    study = load(str(tmp_path / "run"))
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "this seed's draws hold a refused combination"
+    for trial in failed:
+        assert trial.params["model.layers[1].num_groups"] == 4
+        assert "groups do not divide the" in trial.user_attrs["refused"]
+    assert capsys.readouterr().err.count("jaxnn: refused trial") == len(failed)
+
+
+def test_a_space_of_values_no_trial_can_take_ends_the_search(tmp_path, capsys, monkeypatch):
+    """`MAX_REFUSALS` refusals in a row: the space is a mistake, and the sweep stops with
+    exit 2 naming the trial."""
+    asked = search.ask
+    monkeypatch.setattr(execute, "MAX_REFUSALS", 3)
+    monkeypatch.setattr(search, "ask", lambda study, space, index: {
+        **asked(study, space, index), "model.layers[0].features": 6,
+        "model.layers[1].num_groups": 4})
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(tiny(*GROUPED, "sweep.search='random'", "sweep.trials=4",
+                                      "sweep.batch=2", REFUSABLE)))
+    assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("jaxnn: refused trial") == 4  # both trials of 2 batches, then the end
+    assert err.splitlines()[-1].startswith(f"jaxnn: error: {path}: sweep: trial {{")
+    assert err.splitlines()[-1].endswith("(3 refused in a row)")

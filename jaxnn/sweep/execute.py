@@ -7,8 +7,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +21,10 @@ from jax.sharding import Mesh
 
 from jaxnn import config as config_lib
 from jaxnn import host, jsonl, rundir
-from jaxnn.config import Config
+from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
-from jaxnn.sweep.plan import Group, Plan, make_plan, order_bytes, structure
+from jaxnn.sweep.plan import Group, Plan, check_trials, make_plan, order_bytes, structure
 from jaxnn.sweep.programs import GroupProgram, Prologue, Segment, Started
 from jaxnn.sweep.spec import make_trial
 
@@ -192,6 +194,11 @@ def _from_process_0(value: Any) -> Any:
     return json.loads(np.asarray(shared, np.uint8).tobytes().decode())
 
 
+# Draws in a row that no trial can take before an adaptive search gives up (exit 2): a space
+# mostly of such values is a mistake, not bad luck.
+MAX_REFUSALS = 20
+
+
 class InFlight:
     """Chunks started (dispatched to the devices) and not yet collected, oldest first: while
     one trains, the host traces and compiles the next (a sweep of several programs overlaps
@@ -280,13 +287,46 @@ class Sweep:
             indices = range(first, min(first + size, total))
             if all(i in self.done for i in indices):
                 continue
-            values = None
-            if study is not None:  # process 0 asks; the others take its answer
-                values = [self.done[i]["values"] if i in self.done else asked.get(i)
-                          or search.ask(study, self.plan.space, i) for i in indices]
-            values = _from_process_0(values)
-            batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
-            self.train_batch(make_plan(self.config, self.dataset, batch))
+            for refusals in itertools.count(1):
+                values = None
+                if study is not None:  # process 0 asks; the others take its answer
+                    values = [self.done[i]["values"] if i in self.done else asked.pop(i, None)
+                              or search.ask(study, self.plan.space, i) for i in indices]
+                values = _from_process_0(values)
+                batch = [make_trial(i, v, self.config)
+                         for i, v in zip(indices, values, strict=True)]
+                try:
+                    batch_plan = make_plan(self.config, self.dataset, batch)
+                    break
+                except ConfigError as error:  # values inside the space no trial can take
+                    self.refuse(study, batch, error, refusals)
+            self.train_batch(batch_plan)
+
+    def refuse(self, study, batch, error: ConfigError, refusals: int) -> None:
+        """Records the trials of a batch the sampler asked for whose values the data or the
+        network cannot take as failed in the study (with the reason, user attribute
+        ``"refused"``) and says so on stderr, so that the sampler is asked again; raises
+        ``error`` at the `MAX_REFUSALS`-th refusal in a row. (Before any trial trains, each
+        range is checked at its ends and at every value of a short int range, not at every
+        combination: GroupNorm(4) after a convolution of 93 channels.)"""
+        if refusals >= MAX_REFUSALS:
+            raise ConfigError(error.source, error.key, f"{str(error).split(': ', 2)[-1]} "
+                              f"({refusals} refused in a row)") from None
+        if study is not None:
+            optuna = search._quiet()
+            asked = search.by_index(study)
+            for trial in batch:
+                if trial.index in self.done:
+                    continue
+                try:
+                    check_trials(self.config, [trial], self.dataset)
+                except ConfigError as own:
+                    reason = str(own).split(": ", 2)[-1]
+                    live = optuna.trial.Trial(study, asked[trial.index]._trial_id)
+                    live.set_user_attr("refused", reason)
+                    study.tell(live, state=optuna.trial.TrialState.FAIL)
+                    self.bar.write(f"jaxnn: refused {reason}; recorded as failed in the study, "
+                                   "asking the sampler again", file=sys.stderr)
 
     def program(self, group: Group) -> GroupProgram:
         key = (structure(group.config, pack=False), group.packed_width, group.packed_layers)

@@ -170,13 +170,22 @@ def check_trials(config: Config, all_trials, dataset) -> None:
                               f"{str(error).split(': ', 2)[-1]}") from None
 
 
+# An int range of at most this many values is checked value by value (a layer argument such
+# as GroupNorm's num_groups may fail inside its range: 4 groups of 6 channels).
+EVERY_INT_UP_TO = 64
+
+
 def corners(space: dict[str, Distribution]) -> list[dict]:
     """Values that an adaptive search may ask for, putting each swept name at each of its
-    ends (a range's bounds, every choice) and the others at their first: checked before any
-    trial trains, so that a bad range fails at once rather than when a sampler reaches it."""
+    ends (a range's bounds, every choice, every value of an int range of at most
+    `EVERY_INT_UP_TO`) and the others at their first: checked before any trial trains, so
+    that a bad range fails at once rather than when a sampler reaches it."""
     def ends(distribution: Distribution) -> list:
         if distribution.kind == "choice":
             return list(distribution.values)
+        if distribution.kind == "int" and distribution.high - distribution.low < \
+                EVERY_INT_UP_TO:
+            return list(range(int(distribution.low), int(distribution.high) + 1))
         return [distribution.low, distribution.high]
 
     first = {name: ends(distribution)[0] for name, distribution in space.items()}
