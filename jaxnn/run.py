@@ -111,7 +111,9 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "schedule.boundaries", (
             f"{list(sched.boundaries)} epochs of {per_epoch} steps fall on the same steps "
             f"{steps}; give boundaries at least one step apart"))
-    _, params = models.check(config, dataset.input_shape, dataset.output_size)
+    net, params = models.check(config, dataset.input_shape, dataset.output_size)
+    if config.training.batch_size == 1:
+        _check_batch_statistics(config, net, dataset.input_shape)
     # Params beyond the device's memory (with their gradients and optimizer state) would
     # hang allocating; a sweep's planner also checks its chunks' activations and orders.
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
@@ -122,6 +124,24 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
             f"{count:,} params need ~{need / 2**30:.1f} GiB with their gradients and "
             f"optimizer state, over the ~{budget / 2**30:.1f} GiB budget (half the device's "
             "memory)"))
+
+
+def _check_batch_statistics(config: Config, net, input_shape) -> None:
+    """Refuses a batch of one where a BatchNorm would normalize one value per channel in
+    training (no spatial axes, or 1x1): its batch variance is 0, every input becomes its
+    bias, and the run learns nothing (PyTorch refuses it too)."""
+    if not any(spec.get("type") == "BatchNorm" for spec in models.layer_specs(
+            config.model.layers)):
+        return
+    from jaxnn.summary import rows
+
+    for row in rows(net, (None, *input_shape)):
+        if row.leaf and row.name.startswith("BatchNorm") and \
+                math.prod(row.output_shape[1:-1]) == 1:
+            raise ConfigError(config.source, "training.batch_size", (
+                f"1 gives layer {row.index} ({row.name}) one value per channel to normalize "
+                f"in training (its input {row.output_shape}): every output would be its "
+                "bias; use batches of 2 or more"))
 
 
 def chunk_epochs(config: Config, steps_per_epoch: int) -> int:

@@ -121,6 +121,32 @@ def test_config_errors_name_the_nested_layer(layers, key, fragment, tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+def test_a_batch_of_one_where_batchnorm_would_see_one_value_per_channel_is_refused(
+        tmp_path, capsys):
+    """With one example per batch a BatchNorm on (N, C) normalizes each channel's single
+    value to 0: every output is its bias and the run learns nothing (it trained to 8%
+    test accuracy, exit 0). Images keep H x W values per channel, so they may."""
+    def train(layers, name):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'[model]\nlayers = {layers}\n[data]\nname = "digits"\nlimit = 100\n'
+                        '[training]\nepochs = 1\nbatch_size = 1\nprogress = false\n'
+                        '[output]\nplots = false\n')
+        return path, cli.main(["train", str(path), "--workdir", str(tmp_path / name)])
+
+    path, status = train('[{type = "Flatten"}, {type = "Dense", features = 8}, {type = '
+                         '"Residual", layers = [{type = "Dense", features = 8}, '
+                         '{type = "BatchNorm"}]}, {type = "Dense", features = 10}]', "flat")
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        f"jaxnn: error: {path}: training.batch_size: 1 gives layer 2.1.0.1 (BatchNorm("
+        "momentum=0.99)) one value per channel to normalize in training (its input (None, "
+        "8)): every output would be its bias; use batches of 2 or more")
+    assert not (tmp_path / "flat").exists()
+    _, status = train('[{type = "Conv2D", features = 4}, {type = "BatchNorm"}, '
+                      '{type = "Flatten"}, {type = "Dense", features = 10}]', "images")
+    assert status == 0, capsys.readouterr().err
+
+
 def test_resnet_config_round_trips_and_summarizes(tmp_path, capsys):
     cfg = config.load(os.path.join(ROOT, "configs", "resnet_digits.toml"))
     again = config.from_dict(__import__("tomllib").loads(config.dumps(cfg)), "again")

@@ -437,6 +437,25 @@ def test_bad_sweep_config_named(tmp_path, capsys, override, key):
     assert err.startswith(f"jaxnn: error: {path}: {key}")
 
 
+def test_a_network_of_the_other_layout_is_named_as_such(tmp_path, capsys):
+    """The data are prepared once, in the layout of the config's own network: a swept net
+    that takes the other layout (images for flat rows) was refused as a shape error deep in
+    its first layer, though it trains alone."""
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(small_sweep(
+        "model.hidden=[]", "model.activation='relu'",
+        "model.layers=[{type = 'Dense', features = 10}]",
+        grid="{'model.layers' = [[{type = 'Dense', features = 10}], [{type = 'Conv2D', "
+             "features = 2}, {type = 'Flatten'}, {type = 'Dense', features = 10}]]}")))
+    assert cli.main(["sweep", str(path), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxnn: error: {path}: sweep: trial {{'model.layers': [{{'type': "
+                          "'Conv2D'"), err
+    assert err.rstrip().endswith("its network takes images, and the sweep's data are flat "
+                                 "rows (prepared once, for the config's own network); sweep "
+                                 "networks of each kind apart"), err
+
+
 @pytest.mark.parametrize("whole_first", [True, False])
 def test_a_swept_layer_list_takes_its_swept_arguments_in_any_order(whole_first):
     """``model.layers`` swept beside a layer argument: the argument is set on each list,

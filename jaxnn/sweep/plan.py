@@ -158,6 +158,7 @@ def check_trials(config: Config, all_trials, dataset) -> None:
     from jaxnn import run
 
     seen = set()
+    images = models.uses_images(config.model)
     for trial in all_trials:
         key = structure(trial.config, pack=False)
         if key in seen:
@@ -166,6 +167,12 @@ def check_trials(config: Config, all_trials, dataset) -> None:
         try:
             run.check_against_data(trial.config, dataset)
         except ConfigError as error:
+            if models.uses_images(trial.config.model) != images:  # not the layout it needs
+                layouts = ("images", "flat rows")[::1 if images else -1]
+                raise ConfigError(config.source, "sweep", (
+                    f"trial {trial.values}: its network takes {layouts[1]}, and the sweep's "
+                    f"data are {layouts[0]} (prepared once, for the config's own network); "
+                    "sweep networks of each kind apart")) from None
             raise ConfigError(config.source, "sweep", f"trial {trial.values}: {error.key}: "
                               f"{str(error).split(': ', 2)[-1]}") from None
 
