@@ -409,22 +409,28 @@ def Residual(*layers: Layer, shortcut: Layer | None = None) -> Layer:
     body = serial(*layers)
     path = Identity() if shortcut is None else shortcut
     inner = serial(FanOut(2), parallel(body, path), FanInSum())
-    layer = combinator(name, inner.children, inner.wiring)
+    return _naming_the_sum(combinator(name, inner.children, inner.wiring), shortcut is None)
 
+
+def _naming_the_sum(layer: Layer, plain: bool) -> Layer:
+    """A `Residual` (``layer``; ``plain``: no shortcut projection) whose shape mismatch names
+    it and its two sides, not the FanInSum inside it that the user never wrote; its plain
+    twin (`Layer.reference`) too."""
     def init(key, input_shape):
         try:
             return layer.init(key, input_shape)
         except ShapeError as error:
             if error.layer_path[:1] != (2,):  # not the sum: a layer of f or the shortcut
                 raise
-        # The user wrote no FanInSum: say which sides differ, at the Residual.
         branches = layer.children[1].init(key, (input_shape, input_shape))[0]
-        other = "x" if shortcut is None else "shortcut(x)"
+        other = "x" if plain else "shortcut(x)"
         hint = "; give shortcut= a projection (a 1x1 Conv2D, a Dense) to f(x)'s shape" \
-            if shortcut is None else ""
-        error = ShapeError(f"{name}: adds f(x) of shape {branches[0]} and {other} of shape "
-                           f"{branches[1]}; they must match{hint}")
-        error.reason = error.args[0].removeprefix(f"{name}: ")
+            if plain else ""
+        error = ShapeError(f"{layer.name}: adds f(x) of shape {branches[0]} and {other} of "
+                           f"shape {branches[1]}; they must match{hint}")
+        error.reason = error.args[0].removeprefix(f"{layer.name}: ")
         raise error
 
-    return layer._replace(init=init)
+    twin = None if layer.reference is layer else _naming_the_sum(layer.reference, plain)
+    return Layer(init, layer.apply, layer.backward, name=layer.name, children=layer.children,
+                 wiring=layer.wiring, reference=twin)

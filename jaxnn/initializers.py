@@ -141,8 +141,8 @@ def get(initializer: str | Initializer, where: str | None = None) -> Initializer
 
     Raises:
       ValueError: for an unknown name or a ``normal`` standard deviation that is not finite
-        and > 0 (``normal(1e400)`` reads as inf); TypeError for what is neither a name nor a
-        callable.
+        and > 0 (``normal(1e400)`` reads as inf).
+      TypeError: for what is neither a name nor a callable.
     """
     head = "" if where is None else f"{where} must name an initializer; "
     if callable(initializer):

@@ -98,10 +98,15 @@ def _compiled_backprop(net: Layer, loss: Loss, train: bool, loss_dtype):
         dy = loss.grad(pred, y).astype(net_dtype)
         grads, _ = pullback(tape, dy)
         # In the params' dtypes and containers, as `jax.grad` gives them (a rule may
-        # promote: float32 params on a float64 input; params given as lists get lists).
-        grads = jax.tree.unflatten(jax.tree.structure(params), [
-            g.astype(p.dtype) for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params),
-                                              strict=True)])
+        # promote: float32 params on a float64 input; params given as lists get lists),
+        # leaf to leaf by path (an OrderedDict's leaves come in another order than a dict's).
+        by_path = dict(jax.tree_util.tree_flatten_with_path(grads)[0])
+        leaves, structure = jax.tree_util.tree_flatten_with_path(params)
+        if by_path.keys() != {path for path, _ in leaves}:
+            raise ValueError("manual: the params do not match the network's: "
+                             f"{structure} against {jax.tree.structure(grads)}")
+        grads = jax.tree.unflatten(structure, [by_path[path].astype(p.dtype)
+                                               for path, p in leaves])
         return loss.value(pred, y), grads, pred, new_state
 
     return run

@@ -151,6 +151,8 @@ def test_residual_is_x_plus_f_of_x(key):
          ["layer 1 (Residual(Dense(4); shortcut=Dense(5))): adds f(x) of shape (None, 4) "
           "and shortcut(x) of shape (None, 5); they must match"]),
         (serial(Dense(3), Residual(Conv2D(2))), (None, 5), ["layer 1.1.0.0 (Conv2D(2, "]),
+        (serial(Dense(3), Residual(Dense(4), BatchNorm())).reference, (None, 5),  # the twin
+         ["layer 1 (Residual(Dense(4), BatchNorm(momentum=0.99))): adds f(x) of shape"]),
         (serial(Dense(3), FanInSum()), (None, 5), ["layer 1 (FanInSum())", "tuple of branches"]),
         (serial(FanOut(2), parallel(Dense(2), Dense(2), Dense(2))), (None, 5),
          ["layer 1", "3 branches, got 2"]),

@@ -3,6 +3,7 @@
 Built micrograd-style: the same gradient computed two ways, compared value by value.
 """
 
+import collections
 import importlib.util
 import pathlib
 
@@ -302,8 +303,17 @@ def test_params_given_as_lists_get_gradients_as_lists(key):
     x, y = jax.random.normal(key, (7, 4)), jax.random.normal(key, (7, OUT))
     got = manual.grad(net, losses.mse, list(params), list(state), x, y)
     assert isinstance(got, list)
-    _assert_grads_equal(got, list(manual.grad(net, losses.mse, params, state, x, y)))
+    want = manual.grad(net, losses.mse, params, state, x, y)
+    _assert_grads_equal(got, list(want))
     manual.check(net, losses.mse, list(params), list(state), x, y)
+    # Leaf to leaf by name: an OrderedDict of ("w", "b") flattens in another order than the
+    # rule's {"b", "w"} (paired in order, "w" got b's gradient).
+    ordered = [collections.OrderedDict([("w", p["w"]), ("b", p["b"])]) if p else p
+               for p in params]
+    got = manual.grad(net, losses.mse, ordered, list(state), x, y)
+    for g, w in zip(got, want, strict=True):
+        for name in g:
+            np.testing.assert_allclose(g[name], w[name], rtol=1e-12)
 
 
 def test_an_error_in_a_rule_names_its_layer(key):

@@ -395,11 +395,11 @@ def test_values_no_trial_can_take_are_failed_trials_and_the_search_goes_on(tmp_p
     take (4 groups of 6, 10 or 14 channels). A batch asked with one is not the sweep's
     end (exit 2 after trials had trained, and a resume asked the same again): the study
     records the trial as failed, with the reason, and the sampler is asked again."""
-    cfg = tiny(*GROUPED, "sweep.search='random'", "sweep.trials=8", "sweep.batch=2",
-               "training.epochs=1", REFUSABLE)
+    cfg = tiny(*GROUPED, "sweep.search='random'", "sweep.trials=16", "training.epochs=1",
+               REFUSABLE)  # one batch of 16: the refused trials are asked again, not the 16
     out = sweep.run_sweep(cfg, tmp_path / "run")
     rows = out["results"]
-    assert sorted(r["trial"] for r in rows) == list(range(8))
+    assert sorted(r["trial"] for r in rows) == list(range(16))
     for row in rows:
         values = row["values"]
         assert values["model.layers[0].features"] % values["model.layers[1].num_groups"] == 0
@@ -410,6 +410,9 @@ def test_values_no_trial_can_take_are_failed_trials_and_the_search_goes_on(tmp_p
         assert trial.params["model.layers[1].num_groups"] == 4
         assert "groups do not divide the" in trial.user_attrs["refused"]
     assert capsys.readouterr().err.count("jaxnn: refused trial") == len(failed)
+    assert len(study.trials) == 16 + len(failed)  # nothing asked and left running
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE,
+                                               optuna.trial.TrialState.FAIL}
 
 
 def test_a_space_of_values_no_trial_can_take_ends_the_search(tmp_path, capsys, monkeypatch):
@@ -425,6 +428,6 @@ def test_a_space_of_values_no_trial_can_take_ends_the_search(tmp_path, capsys, m
                                       "sweep.batch=2", REFUSABLE)))
     assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.count("jaxnn: refused trial") == 4  # both trials of 2 batches, then the end
+    assert err.count("jaxnn: refused trial") == 6  # both trials, each drawn 3 times
     assert err.splitlines()[-1].startswith(f"jaxnn: error: {path}: sweep: trial {{")
-    assert err.splitlines()[-1].endswith("(3 refused in a row)")
+    assert err.splitlines()[-1].endswith("(3 draws in a row refused for one trial)")

@@ -471,6 +471,19 @@ def test_a_swept_layer_list_takes_its_swept_arguments_in_any_order(whole_first):
     got = {(t.config.model.layers[1]["type"], t.config.model.layers[0]["features"])
            for t in sweep.trials(cfg)}
     assert got == {("Relu", 4), ("Relu", 8), ("Tanh", 4), ("Tanh", 8)}
+    # A nested list and an argument inside it: each trial's own copy too.
+    nested = ("'model.layers[0].layers' = [[{type = 'Dense', features = 5}, {type = 'Relu'}], "
+              "[{type = 'Dense', features = 7}, {type = 'Tanh'}]]")
+    part = "'model.layers[0].layers[0].features' = [4, 8]"
+    grid = "{" + ", ".join([nested, part] if whole_first else [part, nested]) + "}"
+    cfg = small_sweep("model.hidden=[]", "model.activation='relu'",
+                      "model.layers=[{type = 'Residual', layers = [{type = 'Dense', features = "
+                      "6}]}, {type = 'Dense', features = 10}]", grid=grid)
+    trials = sweep.trials(cfg)
+    got = {(t.config.model.layers[0]["layers"][1]["type"],
+            t.config.model.layers[0]["layers"][0]["features"]) for t in trials}
+    assert got == {("Relu", 4), ("Relu", 8), ("Tanh", 4), ("Tanh", 8)}
+    assert {t.values["model.layers[0].layers"][0]["features"] for t in trials} == {5, 7}
 
 
 def test_dropout_swept_over_a_layers_net_reaches_its_unrated_dropout(tmp_path, capsys):

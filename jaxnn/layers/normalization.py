@@ -134,10 +134,11 @@ def BatchNorm(
                  "var": jnp.ones((channels,), param_dtype(dtype))}
         return tuple(input_shape), _affine_params(channels, use_scale, use_bias, dtype), state
 
-    def statistics(x, state, train):
-        """``(x, axes, mean, var)``: ``x`` floating, and the batch's statistics in
-        training, the running ones otherwise."""
-        x = _floating(x, state["mean"].dtype)
+    def statistics(params, x, state, train):
+        """``(x, axes, mean, var)``: ``x`` floating (an integer one in the params' dtype, as
+        LayerNorm's; else the state's), and the batch's statistics in training, the running
+        ones otherwise."""
+        x = _floating(x, next(iter(params.values())).dtype if params else state["mean"].dtype)
         axes = tuple(range(x.ndim - 1))
         # ("no" would have trained; float32 statistics normalize a bfloat16 input in its dtype)
         if not check_bool(train, "train", name):
@@ -148,7 +149,7 @@ def BatchNorm(
 
     def apply(params, state, x, *, key=None, train=False):
         del key  # Deterministic.
-        x, _, mean, var = statistics(x, state, train)
+        x, _, mean, var = statistics(params, x, state, train)
         y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
         if not train:
             return y, state
@@ -163,7 +164,7 @@ def BatchNorm(
 
     def backward(params, state, x, y, dy, *, key=None, train=False):
         del y, key  # Recomputed from x.
-        x, axes, mean, var = statistics(x, state, train)
+        x, axes, mean, var = statistics(params, x, state, train)
         inv_sigma = jax.lax.rsqrt(var + epsilon)
         xhat = (x - mean) * inv_sigma
         grads = _affine_grads(params, xhat, dy, axes)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import itertools
 import math
 import os
 import sys
@@ -287,46 +286,61 @@ class Sweep:
             indices = range(first, min(first + size, total))
             if all(i in self.done for i in indices):
                 continue
-            for refusals in itertools.count(1):
-                values = None
-                if study is not None:  # process 0 asks; the others take its answer
-                    values = [self.done[i]["values"] if i in self.done else asked.pop(i, None)
-                              or search.ask(study, self.plan.space, i) for i in indices]
-                values = _from_process_0(values)
-                batch = [make_trial(i, v, self.config)
-                         for i, v in zip(indices, values, strict=True)]
-                try:
-                    batch_plan = make_plan(self.config, self.dataset, batch)
-                    break
-                except ConfigError as error:  # values inside the space no trial can take
-                    self.refuse(study, batch, error, refusals)
-            self.train_batch(batch_plan)
+            self.train_batch(self.ask_batch(study, indices, asked))
 
-    def refuse(self, study, batch, error: ConfigError, refusals: int) -> None:
-        """Records the trials of a batch the sampler asked for whose values the data or the
-        network cannot take as failed in the study (with the reason, user attribute
-        ``"refused"``) and says so on stderr, so that the sampler is asked again; raises
-        ``error`` at the `MAX_REFUSALS`-th refusal in a row. (Before any trial trains, each
-        range is checked at its ends and at every value of a short int range, not at every
-        combination: GroupNorm(4) after a convolution of 93 channels.)"""
-        if refusals >= MAX_REFUSALS:
-            raise ConfigError(error.source, error.key, f"{str(error).split(': ', 2)[-1]} "
-                              f"({refusals} refused in a row)") from None
-        if study is not None:
-            optuna = search._quiet()
-            asked = search.by_index(study)
-            for trial in batch:
-                if trial.index in self.done:
-                    continue
+    def ask_batch(self, study, indices: range, asked: dict[int, dict]) -> Plan:
+        """The plan of the trials ``indices``: finished ones as they were, the others'
+        values from ``asked`` (a resumed study's running trials) or the sampler.
+
+        Values the data or the network cannot take (each range is checked before training at
+        its ends and at every value of a short int range, not at every combination:
+        GroupNorm(4) after a swept convolution of 93 channels) make a failed trial in the
+        study, with the reason (user attribute ``"refused"``) and a line on stderr; the
+        sampler is asked again for that trial, the others kept. A trial refused
+        `MAX_REFUSALS` times in a row ends the sweep (exit 2), as does an error of the batch
+        as a whole (its memory)."""
+        kept = {i: self.done[i]["values"] for i in indices if i in self.done}
+        refusals = collections.Counter()
+        while True:
+            values = None
+            if study is not None:  # process 0 asks; the others take its answer
+                values = [kept.get(i) or asked.pop(i, None)
+                          or search.ask(study, self.plan.space, i) for i in indices]
+            values = _from_process_0(values)
+            batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
+            try:
+                return make_plan(self.config, self.dataset, batch)
+            except ConfigError as error:
+                refused = self.refused(batch)
+                if not refused:
+                    raise
+                for trial in batch:
+                    if trial.index in refused:
+                        refusals[trial.index] += 1
+                        if study is not None:
+                            search.fail(study, trial.index, refused[trial.index])
+                            self.bar.write(f"jaxnn: refused {refused[trial.index]}; recorded "
+                                           "as failed in the study, asking the sampler again",
+                                           file=sys.stderr)
+                    else:
+                        kept[trial.index] = trial.values
+                worst = max(refusals.values())
+                if worst >= MAX_REFUSALS:
+                    raise ConfigError(error.source, error.key, (
+                        f"{str(error).split(': ', 2)[-1]} ({worst} draws in a row refused for "
+                        "one trial)")) from None
+
+    def refused(self, batch) -> dict[int, str]:
+        """The unfinished trials of ``batch`` that the data or the network cannot take, by
+        index, with the reason."""
+        found = {}
+        for trial in batch:
+            if trial.index not in self.done:
                 try:
                     check_trials(self.config, [trial], self.dataset)
-                except ConfigError as own:
-                    reason = str(own).split(": ", 2)[-1]
-                    live = optuna.trial.Trial(study, asked[trial.index]._trial_id)
-                    live.set_user_attr("refused", reason)
-                    study.tell(live, state=optuna.trial.TrialState.FAIL)
-                    self.bar.write(f"jaxnn: refused {reason}; recorded as failed in the study, "
-                                   "asking the sampler again", file=sys.stderr)
+                except ConfigError as error:
+                    found[trial.index] = str(error).split(": ", 2)[-1]
+        return found
 
     def program(self, group: Group) -> GroupProgram:
         key = (structure(group.config, pack=False), group.packed_width, group.packed_layers)

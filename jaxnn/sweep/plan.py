@@ -167,7 +167,9 @@ def check_trials(config: Config, all_trials, dataset) -> None:
         try:
             run.check_against_data(trial.config, dataset)
         except ConfigError as error:
-            if models.uses_images(trial.config.model) != images:  # not the layout it needs
+            # A shape error from the other layout than the network needs:
+            if error.key.startswith("model.layers") and \
+                    models.uses_images(trial.config.model) != images:
                 layouts = ("images", "flat rows")[::1 if images else -1]
                 raise ConfigError(config.source, "sweep", (
                     f"trial {trial.values}: its network takes {layouts[1]}, and the sweep's "

@@ -295,7 +295,7 @@ def _set_layer_value(raw: dict, name: str, value: Any, base: Config, where: str)
     if not isinstance(node, dict):
         raise ConfigError(base.source, where, f"{name}: {name.rsplit('.', 1)[0]} is not a "
                           "layer table")
-    node[path[-1]] = value
+    node[path[-1]] = copy.deepcopy(value)  # a nested list: as `_apply`'s copy
 
 
 def _apply(base: Config, values: dict, where: str) -> Config:
