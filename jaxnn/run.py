@@ -90,6 +90,10 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "model.loss", (
             f"{config.model.loss} needs targets shaped like the outputs, and these data are "
             'class labels (data.task = "classification"); use "softmax_cross_entropy"'))
+    if config.training.patience and len(dataset.x_val) == 0:  # it stopped at epoch patience
+        raise ConfigError(config.source, "training.patience", (
+            "early stopping watches the validation loss, and there is no validation split "
+            "(data.validation_fraction = 0)"))
     if config.training.batch_size > len(dataset.x_train):
         raise ConfigError(config.source, "training.batch_size",
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "
@@ -344,6 +348,18 @@ def _best_arrays(best: dict) -> dict:
             "stopped": np.asarray(best["stopped"], np.int64)}
 
 
+def _stop_index(rows: list[dict], best: dict, patience: int) -> int | None:
+    """The index of the row at which early stopping ends the run (``patience`` epochs
+    without a better validation loss than ``best``'s, or the rows' own), or None."""
+    loss, epoch = best["val_loss"], best["epoch"]
+    for index, row in enumerate(rows):
+        if "val_loss" in row and row["val_loss"] < loss:
+            loss, epoch = row["val_loss"], row["epoch"]
+        if patience and row["epoch"] - epoch >= patience:
+            return index
+    return None
+
+
 def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
     """Runs the remaining epochs in chunks; returns the partial summary with the params.
 
@@ -391,6 +407,10 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
             new_state, rows = run(min(chunk, epochs - int(state.epoch)), state)
             bad = next((r for r in rows if r["nonfinite_step"] >= 0), None)
             if bad is None:
+                stop = _stop_index(rows, best, patience)
+                if stop is not None and stop + 1 < len(rows):  # run again up to the stop,
+                    rows = rows[:stop + 1]  # as a chunk of one epoch at a time would stop
+                    new_state = run(len(rows), state)[0]
                 state = accept(new_state, rows)
                 continue
             finite = [r for r in rows if r["epoch"] < bad["epoch"]]

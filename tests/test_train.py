@@ -224,13 +224,26 @@ def test_divergence_stops_with_step_and_last_finite_loss(tmp_path):
     assert "last finite loss" in summary["message"]
 
 
-def test_early_stopping(tmp_path):
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_early_stopping(tmp_path, chunk):
+    """The same stop whatever the epochs per compiled chunk (with 7, the run went on to the
+    chunk's end, and the best epoch moved past the stop)."""
     summary = run.train_and_evaluate(
         tiny("training.epochs=60", "training.patience=2", "optimizer.learning_rate=0.5",
-             "optimizer.name='sgd'", "schedule.name='constant'"), tmp_path)
+             "optimizer.name='sgd'", "schedule.name='constant'",
+             f"training.chunk_epochs={chunk}", "training.precision='float64'"), tmp_path)
     assert summary["status"] == "early_stopped"
     assert summary["epochs_run"] < 60
     assert summary["epochs_run"] - summary["best_val_epoch"] == 2
+    assert (summary["epochs_run"], summary["best_val_epoch"]) == (20, 18)
+    assert len(run.read_metrics(str(tmp_path))) == 20
+
+
+def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
+    with pytest.raises(config.ConfigError, match="training.patience: early stopping watches the "
+                                          "validation loss, and there is no validation split"):
+        run.train_and_evaluate(tiny("training.patience=2", "data.validation_fraction=0"),
+                               tmp_path)
 
 
 @pytest.mark.parametrize("backprop", ["autodiff", "manual"])
