@@ -240,8 +240,9 @@ def test_early_stopping(tmp_path, chunk):
 
 
 def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
-    with pytest.raises(config.ConfigError, match="training.patience: early stopping watches the "
-                                          "validation loss, and there is no validation split"):
+    with pytest.raises(config.ConfigError, match=r"training\.patience: early stopping watches "
+                                                 "the validation loss, and there is no "
+                                                 "validation split"):
         run.train_and_evaluate(tiny("training.patience=2", "data.validation_fraction=0"),
                                tmp_path)
 
