@@ -29,8 +29,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 class Experiment:
     """One experiment run: its config, output directory and data."""
 
-    def __init__(self, name: str, config: Config, out: str, quick: bool):
+    def __init__(self, name: str, config: Config, out: str, quick: bool, prog: str = ""):
         self.name, self.config, self.out, self.quick = name, config, out, quick
+        self.prog = prog or f"experiments/{name}.py"  # heads its one-line errors
         self.started = time.perf_counter()
         run.enable_precision(config)
         self.dataset = run.prepare(config)
@@ -48,7 +49,10 @@ class Experiment:
         scratch = tempfile.mkdtemp(prefix=".new-", dir=self.out)
         fresh = os.path.join(scratch, subdir)  # its name is the study's
         try:
-            result = sweep.run_sweep(config or self.config, fresh, dataset=self.dataset)
+            try:
+                result = sweep.run_sweep(config or self.config, fresh, dataset=self.dataset)
+            except cli.user_errors() as error:  # a bad --set that only the sweep reads
+                raise SystemExit(cli.usage_error(error, self.prog)) from None
             if os.path.exists(workdir):
                 shutil.rmtree(workdir)
             os.rename(fresh, workdir)
@@ -131,7 +135,7 @@ def start(
         if held is not None:  # its files would be overwritten and mixed with the experiment's
             raise rundir.RunError(f"--out: {args.out} holds {held}; an experiment needs a "
                                   "directory of its own")
-        return Experiment(name, config, args.out, args.quick)
+        return Experiment(name, config, args.out, args.quick, parser.prog)
     except cli.user_errors() as error:
         raise SystemExit(cli.usage_error(error, parser.prog)) from None
 

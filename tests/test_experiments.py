@@ -101,6 +101,22 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, fragment, tmp_path, capsys)
     assert fragment.format(tmp=tmp_path) in err
 
 
+def test_a_bad_set_that_only_the_sweep_reads_is_one_line_and_exit_2(tmp_path, capsys):
+    """``--set 'sweep.grid.foo=[1, 2]'`` loads as a config; only the sweep refuses it, and
+    that was a traceback with exit 1. Nothing is left in ``--out``."""
+    from jaxnn import experiment
+
+    exp = experiment.start("lr_sweep", "doc", argv=[
+        "--quick", "--out", str(tmp_path), "--set", "sweep.grid.foo=[1, 2]"])
+    with pytest.raises(SystemExit) as exit_:
+        exp.sweep()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("experiments/lr_sweep.py: error: ") and err.count("\n") == 1
+    assert "sweep.grid.foo: unknown hyperparameter" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_worked_example_parses_its_arguments(monkeypatch, capsys):
     # --help printed nothing of the kind and ran the walk-through.
     with pytest.raises(SystemExit) as exit_:
