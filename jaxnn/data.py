@@ -156,7 +156,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib's: a damaged gzip stream
         raise DataError(f"{path}: cannot read: {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
@@ -195,6 +195,9 @@ def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, 
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{directory}: {prefix} images {images.shape} and labels "
                             f"{labels.shape} do not match")
+        if parts and images.shape[1:] != parts[0][0].shape[1:3]:
+            raise DataError(f"{directory}: {prefix} images are {images.shape[1:]}, the train "
+                            f"images {parts[0][0].shape[1:3]}")
         parts.append((images[..., None].astype(np.float64), labels.astype(np.int32)))
     return tuple(parts)
 
@@ -216,9 +219,11 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
                 if array.ndim == 0:
                     raise DataError(f"{path}: array {name!r} is 0-d (one value); it needs one "
                                     "row per example")
-            if x.dtype.kind not in "biuf":  # complex, strings, objects
-                raise DataError(f"{path}: array {features!r} holds {x.dtype} values; features "
-                                "are real numbers")
+            for name, array, what in ((features, x, "features"),
+                                      (labels, y, "labels and targets")):
+                if array.dtype.kind not in "biuf":  # complex, strings, objects
+                    raise DataError(f"{path}: array {name!r} holds {array.dtype} values; "
+                                    f"{what} are real numbers")
             return x.astype(np.float64), y
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -231,16 +236,19 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
 
 def load_csv(
     path: str, features: Sequence[str] | None, label: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A CSV file with a header row: the ``label`` column and the ``features`` columns.
 
     Args:
-      path: the file.
+      path: the file (UTF-8; a leading byte-order mark, as Excel writes one, is dropped).
       features: the feature column names; None takes every column but ``label``.
       label: the label (or regression target) column.
+
+    Returns:
+      ``(x, y, lines)``: ``lines[i]`` is the file line of example ``i``, for errors.
     """
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
@@ -248,6 +256,8 @@ def load_csv(
         raise DataError(f"{path}: file not found") from None
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a UTF-8 CSV file: {error}") from None
+    except OSError as error:  # a directory, no permission
+        raise DataError(f"{path}: cannot read: {error}") from None
     if not header:
         raise DataError(f"{path}: empty CSV (a header row is expected)")
     header = [name.strip() for name in header]
@@ -272,17 +282,23 @@ def load_csv(
         except ValueError as error:
             raise DataError(f"{path}: line {line}: non-numeric or missing value: "
                             f"{error}") from None
-    return x, y
+    return x, y, [line for line, _ in rows]
 
 
-def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndarray, int]:
+def _at(row: int, lines: Sequence[int] | None) -> str:
+    """Where example ``row`` is: its file line where known (a CSV's), else its row."""
+    return f"row {row}" if lines is None else f"line {lines[row]}"
+
+
+def as_labels(y: np.ndarray, source: str, num_classes: int = 0,
+              lines: Sequence[int] | None = None) -> tuple[np.ndarray, int]:
     """Integer class labels in ``[0, k)`` and ``k``: ``num_classes`` when declared (> 0), else
     inferred as the largest label + 1, provided every class in between has an example.
 
     Raises:
-      DataError: naming ``source`` and the first row at fault (a label that is not an
-        integer, negative, too large, or that leaves classes without examples), or when
-        there would be one class.
+      DataError: naming ``source`` and the first row at fault (its file line where
+        ``lines`` gives them: `load_csv`), a label that is not an integer, negative, too
+        large, or that leaves classes without examples, or when there would be one class.
     """
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
@@ -294,12 +310,12 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
         bad = ~np.isfinite(y) | (np.mod(y, 1) != 0) | (y < 0)
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{source}: label {y[row].item()!r} at row {row}: classification "
+        raise DataError(f"{source}: label {y[row].item()!r} at {_at(row, lines)}: classification "
                         "labels are integers >= 0")
     if (y > MAX_CLASSES).any():  # before the int64 cast, which wraps 1e19 and 2**64 - 1
         row = int(np.argmax(y > MAX_CLASSES))
-        raise DataError(f"{source}: label {int(y[row])} at row {row} is above {MAX_CLASSES}, "
-                        "the most classes a classifier here takes")
+        raise DataError(f"{source}: label {int(y[row])} at {_at(row, lines)} is above "
+                        f"{MAX_CLASSES}, the most classes a classifier here takes")
     labels = y.astype(np.int64)
     top = int(np.argmax(labels))
     if max(num_classes, int(labels[top]) + 1) < 2 and len(labels):
@@ -308,25 +324,27 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0) -> tuple[np.ndar
                         "'regression' for real-valued targets)")
     if num_classes:
         if labels[top] >= num_classes:
-            raise DataError(f"{source}: label {labels[top]} at row {top} is not below the "
+            raise DataError(f"{source}: label {labels[top]} at {_at(top, lines)} is not below the "
                             f"{num_classes} classes")
         return labels.astype(np.int32), num_classes
     count = int(labels[top]) + 1
     if count > MAX_CLASSES or len(np.unique(labels)) < count:
         raise DataError(
-            f"{source}: label {labels[top]} at row {top} would make {count} classes, "
+            f"{source}: label {labels[top]} at {_at(top, lines)} would make {count} classes, "
             f"{count - len(np.unique(labels))} of them without an example; declare "
             "data.num_classes if that is meant")
     return labels.astype(np.int32), count
 
 
-def check_finite(array: np.ndarray, source: str, what: str) -> None:
-    """Refuses NaN and infinity, naming the first row that holds one."""
+def check_finite(array: np.ndarray, source: str, what: str,
+                 lines: Sequence[int] | None = None) -> None:
+    """Refuses NaN and infinity, naming the first row that holds one (its file line where
+    ``lines`` gives them)."""
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         row = int(np.argmax(~np.all(np.isfinite(array.reshape(len(array), -1)), axis=1)))
         value = array.reshape(len(array), -1)[row]
         value = value[~np.isfinite(value)][0]
-        raise DataError(f"{source}: {what} at row {row} holds {value}; every value must be "
+        raise DataError(f"{source}: {what} at {_at(row, lines)} holds {value}; every value must be "
                         "finite")
 
 
@@ -390,11 +408,13 @@ def load(config) -> Dataset:
             if len(cfg.features) > 1:
                 raise DataError(
                     f"{path}: npz data takes one feature array name, got {cfg.features}")
-            default_label = "y"
+            default_label, lines = "y", None
             x, y = load_npz(path, cfg.features[0] if cfg.features else "x", cfg.label or "y")
         else:
             default_label = "label"
-            x, y = load_csv(path, cfg.features or None, cfg.label or "label")
+            x, y, lines = load_csv(path, cfg.features or None, cfg.label or "label")
+        if len(x) != len(y):  # before data.limit cuts both to its length
+            raise DataError(f"{path}: {len(x)} examples but {len(y)} labels")
         if not len(x):
             raise DataError(f"{path}: no examples")
         if not x[0].size:
@@ -402,14 +422,14 @@ def load(config) -> Dataset:
         num_classes = 0
         if cfg.task == "classification":
             y, num_classes = as_labels(y, f"{path}: {cfg.label or default_label}",
-                                       cfg.num_classes)
+                                       cfg.num_classes, lines)
         else:
             y = y.reshape(len(y), -1)  # (n, outputs), as the network gives them
-            check_finite(y, path, f"target {cfg.label or default_label!r}")
-        check_finite(x, path, "features")
+            check_finite(y, path, f"target {cfg.label or default_label!r}", lines)
+        check_finite(x, path, "features", lines)
         precision = config.training.precision
         with np.errstate(over="ignore"):  # finite in the file, past the precision's range
-            check_finite(x.astype(precision), path, f"features (in {precision})")
+            check_finite(x.astype(precision), path, f"features (in {precision})", lines)
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
         if test is not None:

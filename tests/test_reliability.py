@@ -2,6 +2,7 @@
 validation, cut JSON-lines files, diverged runs and checkpoint ranges (issue 19's
 reproductions, each asserting the new behaviour)."""
 
+import gzip
 import hashlib
 import json
 import os
@@ -294,7 +295,7 @@ def _features(n=40):
     (lambda x, y: y.__setitem__(slice(None), np.arange(40) % 3), []),  # integers: trains
     (lambda x, y: y.__setitem__(slice(None), 0), ["every label is 0", "at least 2"]),
     (lambda x, y: y.__setitem__(9, 1e19), ["label 10000000000000000000 at row 9", "classes"]),
-    ("strings", ["labels must be numbers, got dtype <U"]),
+    ("strings", ["array 'y' holds <U1 values; labels and targets are real numbers"]),
     (lambda x, y: x.__setitem__((11, 2), np.nan), ["features at row 11 holds nan"]),
     (lambda x, y: x.__setitem__((4, 0), np.inf), ["features at row 4 holds inf"]),
     (lambda x, y: x.__setitem__((5, 1), 1e39), ["features (in float32) at row 5 holds inf"]),
@@ -320,9 +321,29 @@ def test_a_csv_label_beyond_the_others_or_the_declared_count_is_refused(tmp_path
     path = tmp_path / "data.csv"
     path.write_text("\n".join(rows) + "\n")
     fails(capsys, ["train", _data_config(tmp_path, "csv", path), "--workdir",
-                   str(tmp_path / "run")], "label 99 at row 11", "data.num_classes")
+                   str(tmp_path / "run")], "label 99 at line 13", "data.num_classes")
     fails(capsys, ["train", _data_config(tmp_path, "csv", path, "num_classes = 3"),
-                   "--workdir", str(tmp_path / "run")], "label 99 at row 11", "3 classes")
+                   "--workdir", str(tmp_path / "run")], "label 99 at line 13", "3 classes")
+
+
+def test_csv_errors_name_the_file_line_and_a_byte_order_mark_is_dropped(tmp_path, capsys):
+    """A CSV's bad value is at its line in the file (the header is line 1; "row 5" counted
+    data rows from 0, skipping blank ones), and Excel's "CSV UTF-8" byte-order mark no
+    longer hides a leading label column ("no column 'label'; columns are ['\\ufefflabel'")."""
+    rows = ["label,a,b"] + [f"{i % 3},{i},{i % 5}" for i in range(30)]
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    assert cli.main(["train", _data_config(tmp_path, "csv", path), "--workdir",
+                     str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    rows[8], rows[20] = "1,nan,2", ""  # line 9; a blank line before line 22
+    rows[21] = "1.5,3,4"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    fails(capsys, ["train", _data_config(tmp_path, "csv", path), "--workdir",
+                   str(tmp_path / "run2")], "label 1.5 at line 22")
+    rows[21] = "1,3,4"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    fails(capsys, ["train", _data_config(tmp_path, "csv", path), "--workdir",
+                   str(tmp_path / "run2")], "features at line 9 holds nan")
 
 
 def test_idx_labels_outside_the_ten_classes_are_refused(tmp_path, capsys):
@@ -342,9 +363,32 @@ def test_idx_labels_outside_the_ten_classes_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["truncated", "empty", "two_d_labels", "header_only",
-                                  "no_test_split", "binary_csv"])
+                                  "no_test_split", "binary_csv", "a_directory",
+                                  "string_targets", "lengths_apart_under_a_limit",
+                                  "damaged_gzip", "test_images_of_another_size"])
 def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
-    if case in ("header_only", "no_test_split", "binary_csv"):
+    """(The last five were tracebacks, or trained: x of 40 rows and y of 30 under
+    data.limit = 20.)"""
+    extra = ""
+    if case in ("damaged_gzip", "test_images_of_another_size"):
+        name, path = "mnist", tmp_path / "mnist"
+        path.mkdir()
+        for prefix, side in (("train", 4), ("t10k", 4 if case == "damaged_gzip" else 5)):
+            for kind, array, code in (("images-idx3", np.zeros((20, side, side)), 3),
+                                      ("labels-idx1", np.arange(20) % 10, 1)):
+                raw = struct.pack(">BBBB", 0, 0, 0x08, code) + struct.pack(
+                    f">{code}I", *array.shape) + array.astype(np.uint8).tobytes()
+                (path / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(raw))
+        if case == "damaged_gzip":
+            damaged = bytearray((path / "train-images-idx3-ubyte.gz").read_bytes())
+            damaged[10:12] = b"\xff\xff"
+            (path / "train-images-idx3-ubyte.gz").write_bytes(bytes(damaged))
+        fragment = {"damaged_gzip": "cannot read",
+                    "test_images_of_another_size": "t10k images are (5, 5), the train "
+                                                   "images (4, 4)"}[case]
+    elif case == "a_directory":
+        name, path, fragment = "csv", tmp_path, "cannot read"
+    elif case in ("header_only", "no_test_split", "binary_csv"):
         path = tmp_path / "data.csv"
         path.write_text({"header_only": "a,b,label\n", "no_test_split": "a,b,label\n1,2,0\n3,4,1\n",
                          "binary_csv": ""}[case])
@@ -357,6 +401,11 @@ def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
         x, y = _features(), np.arange(40) % 3
         if case == "empty":
             x, y = x[:0], y[:0]
+        if case == "string_targets":
+            y = np.array(["a"] * 40)
+            extra = 'task = "regression"\n'
+        if case == "lengths_apart_under_a_limit":
+            y, extra = y[:30], "limit = 20\n"
         if case == "two_d_labels":
             y = np.stack([y, y], axis=1)
         path = _npz(tmp_path, x, y)
@@ -364,8 +413,11 @@ def test_unreadable_or_empty_data_is_one_line(tmp_path, capsys, case):
             data = open(path, "rb").read()
             open(path, "wb").write(data[: len(data) // 2])
         fragment = {"truncated": "cannot read npz", "empty": "no examples",
-                    "two_d_labels": "shape (n,); got shape (40, 2)"}[case]
-    fails(capsys, ["train", _data_config(tmp_path, name, path), "--workdir",
+                    "two_d_labels": "shape (n,); got shape (40, 2)",
+                    "string_targets": "array 'y' holds <U1 values; labels and targets are "
+                                      "real numbers",
+                    "lengths_apart_under_a_limit": "40 examples but 30 labels"}[case]
+    fails(capsys, ["train", _data_config(tmp_path, name, path, extra), "--workdir",
                    str(tmp_path / "run")], str(path), fragment)
 
 
