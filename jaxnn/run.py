@@ -321,10 +321,30 @@ def _finish(config, dataset, trainer, state, hparams, workdir, best, started) ->
         "num_train": len(dataset.x_train),
         "devices": [str(d) for d in jax.devices()],
     })
+    path = os.path.join(workdir, SUMMARY)
+    previous = _previous_summary(path)
+    if summary["train_time_s"] == 0:  # a finished run resumed: its figures stand
+        summary.update({key: previous[key] for key in _TIMES if key in previous})
     if config.output.plots:
         summary["plots"] = plots.training_curves(read_metrics(workdir), workdir)
-    _write_json_atomically(os.path.join(workdir, SUMMARY), summary)
+    elif previous.get("plots") and all(os.path.exists(plot) for plot in previous["plots"]):
+        summary["plots"] = previous["plots"]  # drawn before, still there
+    _write_json_atomically(path, summary)
     return summary
+
+
+# What a summary says of the process that trained; a resume that trains nothing keeps them.
+_TIMES = ("steps_per_s", "compile_time_s", "train_time_s", "wall_time_s")
+
+
+def _previous_summary(path: str) -> dict:
+    """``summary.json`` as an earlier session of the run wrote it ({} if none or damaged)."""
+    try:
+        with open(path) as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
 
 
 def _divergence(bad: dict, rows: list[dict], kept_epoch: int) -> str:
@@ -429,7 +449,7 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
                                f"{best['epoch']})" if status == "early_stopped" else ""),
         "epochs_run": int(state.epoch),
         "best_val_epoch": best["epoch"],
-        "steps": steps_done,
+        "steps": int(state.epoch) * trainer.steps_per_epoch,  # the run's, resumed or not
         "steps_per_s": steps_done / train_s if train_s else None,
         "compile_time_s": compile_s,
         "train_time_s": train_s,

@@ -133,6 +133,19 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     b = checkpoint.load(part / "checkpoint.npz", template)["state"]
     assert_trees_close(a, b, 1e-12)
     assert run.read_metrics(str(whole)) == run.read_metrics(str(part))
+    whole_summary = json.loads((whole / "summary.json").read_text())
+    assert summary["steps"] == whole_summary["steps"] == 6 * 9  # the run's, not the resumed 2
+
+
+def test_a_finished_run_resumed_keeps_what_its_training_measured(tmp_path):
+    """Re-reported, a finished run wrote steps 0, no speed, 0 s of compiling and training,
+    and (with plots off) dropped its figures from the summary, though they stand."""
+    run.train_and_evaluate(tiny("output.plots=true"), tmp_path / "done")
+    before = json.loads((tmp_path / "done" / "summary.json").read_text())
+    again = run.train_and_evaluate(tiny("output.plots=false"), tmp_path / "done", resume=True)
+    for key in ("steps", "steps_per_s", "compile_time_s", "train_time_s", "wall_time_s",
+                "plots", "test_loss"):
+        assert again[key] == before[key], key
 
 
 def _state_template(cfg):
