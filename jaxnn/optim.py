@@ -22,6 +22,13 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, round(epochs * steps_per_epoch))
 
 
+def boundary_step(epochs: float, steps_per_epoch: int) -> int:
+    """The step from which a step schedule's boundary at ``epochs`` scales the rate: the
+    first of epoch ``epochs + 1`` (epoch 0: from the start; as a step count >= 1 it applied
+    from the second step)."""
+    return round(epochs * steps_per_epoch)
+
+
 def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     """The schedule's shape with peak 1 (optax); epochs become steps."""
     total = max(1, steps_per_epoch * epochs)
@@ -34,7 +41,8 @@ def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> opt
     if cfg.name == "exponential":
         return optax.exponential_decay(1.0, steps(cfg.decay_epochs), cfg.decay_rate)
     if cfg.name == "step":
-        scales = {steps(b): s for b, s in zip(cfg.boundaries, cfg.scales, strict=True)}
+        scales = {boundary_step(b, steps_per_epoch): s
+                  for b, s in zip(cfg.boundaries, cfg.scales, strict=True)}
         return optax.piecewise_constant_schedule(1.0, scales)
     if cfg.name == "cosine":
         return optax.cosine_decay_schedule(1.0, total, alpha=cfg.final_fraction)

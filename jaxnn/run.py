@@ -110,7 +110,7 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
                 raise ConfigError(config.source, key, (
                     f"{value} epochs of {per_epoch} steps are more steps than a run counts "
                     f"({MAX_STEPS:,}: int32 counters)"))
-    steps = [optim.epochs_to_steps(b, per_epoch) for b in sched.boundaries]
+    steps = [optim.boundary_step(b, per_epoch) for b in sched.boundaries]
     if len(set(steps)) < len(steps):  # optax would keep one of their scales
         raise ConfigError(config.source, "schedule.boundaries", (
             f"{list(sched.boundaries)} epochs of {per_epoch} steps fall on the same steps "

@@ -271,6 +271,17 @@ def test_every_optimizer_learns(name, backprop, tmp_path):
     assert summary["test_accuracy"] > 0.7, summary
 
 
+def test_a_step_boundary_scales_from_the_first_step_of_the_next_epoch():
+    """Epoch 0 scales from the start (as a step count of at least 1, it left the first step
+    at the full rate); epoch 1 from the first step of epoch 2."""
+    from jaxnn import optim
+
+    cfg = config.ScheduleConfig(name="step", boundaries=(0.0, 1.0), scales=(0.5, 0.1))
+    unit = optim.unit_schedule(cfg, steps_per_epoch=10, epochs=3)
+    assert [float(unit(count)) for count in (0, 9, 10, 29)] == pytest.approx(
+        [0.5, 0.5, 0.05, 0.05])
+
+
 @pytest.mark.parametrize("schedule", ["constant", "exponential", "step", "cosine",
                                       "warmup_cosine"])
 def test_every_schedule_runs(schedule, tmp_path):
