@@ -81,7 +81,8 @@ def _train(args: argparse.Namespace) -> int:
     from jaxnn import run
 
     config, workdir, created = _directory(args, run.CONFIG)
-    with rundir.guarded(workdir, "train", created=created):
+    with rundir.guarded(workdir, "train", created=created,
+                        resumable=config.output.checkpoint):
         summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))
     accuracy = summary["test_accuracy"]
     print(f"run directory: {workdir}")
@@ -367,7 +368,11 @@ def console_main() -> None:
 
     host.retain_freed_memory()
     host.freeze_long_lived_objects()
-    status = main(owns_process=True)
+    try:
+        status = main(owns_process=True)
+    except BrokenPipeError:  # `jaxnn summary CONFIG | head -1`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
+        status = 1
     if status == EXIT_INTERRUPTED:
         # Ctrl-C may land while XLA compiles on its own threads; the interpreter's teardown
         # then destroyed what they used (a segfault in 3 of 4 tries). What was written is

@@ -21,7 +21,7 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     """Writes ``loss.png`` and ``accuracy.png`` from per-epoch metrics rows.
 
     Returns:
-      The files written (none when no epoch ran).
+      The files written (none when no epoch ran; no accuracy figure without accuracies).
     """
     if not rows:
         return []
@@ -29,11 +29,14 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     epochs = [r["epoch"] for r in rows]
     written = []
     for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
+        series = {split: [r.get(f"{split}_{metric}") for r in rows] for split in ("train", "val")}
+        series = {split: values for split, values in series.items()  # absent / NaN: left out
+                  if all(v is not None and v == v for v in values)}
+        if not series:  # a regression's accuracy: no figure (it was an empty one)
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for split in ("train", "val"):
-            values = [r.get(f"{split}_{metric}") for r in rows]
-            if all(v is not None and v == v for v in values):  # skip absent / NaN series
-                ax.plot(epochs, values, label=split)
+        for split, values in series.items():
+            ax.plot(epochs, values, label=split)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         if metric == "loss":

@@ -112,16 +112,20 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
 class Interrupted(Exception):
     """Ctrl-C during a run: what was written stays valid, and ``resume`` says how to go on."""
 
-    def __init__(self, path: str, command: str):
+    def __init__(self, path: str, command: str, resumable: bool = True):
         self.path = path
-        super().__init__(f"interrupted; {path} keeps what was finished: continue with "
-                         f"jaxnn {command} --resume {path}")
+        super().__init__(
+            f"interrupted; {path} keeps what was finished: continue with jaxnn {command} "
+            f"--resume {path}" if resumable else f"interrupted; {path} keeps what was "
+            "finished, and no checkpoint to resume from (output.checkpoint = false)")
 
 
 @contextlib.contextmanager
-def guarded(path: str, command: str, *, created: bool) -> Iterator[None]:
+def guarded(path: str, command: str, *, created: bool,
+            resumable: bool = True) -> Iterator[None]:
     """Runs a command's work on ``path``: a directory this command ``created`` is removed again
-    when the work fails before writing anything in it; Ctrl-C becomes `Interrupted`."""
+    when the work fails before writing anything in it; Ctrl-C becomes `Interrupted` (which
+    says how to resume, where the work is ``resumable``)."""
     try:
         yield
     except BaseException as error:
@@ -132,5 +136,5 @@ def guarded(path: str, command: str, *, created: bool) -> Iterator[None]:
                     os.remove(os.path.join(path, LOCK))
                 os.rmdir(path)
         if isinstance(error, KeyboardInterrupt) and written:
-            raise Interrupted(path, command) from None
+            raise Interrupted(path, command, resumable) from None
         raise

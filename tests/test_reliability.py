@@ -534,6 +534,30 @@ def test_a_run_stopped_before_its_first_epoch_resumes_from_the_start(tmp_path, m
     assert run.read_metrics(str(workdir)) == run.read_metrics(str(tmp_path / "whole"))
 
 
+def test_ctrl_c_without_checkpoints_does_not_offer_a_resume(tmp_path, monkeypatch, capsys):
+    """With output.checkpoint = false there is nothing to resume from: the message said to
+    run `--resume`, which then failed with "nothing to resume"."""
+    config = write(tmp_path, TINY.replace("plots = false", "plots = false\ncheckpoint = false"))
+    workdir = tmp_path / "run"
+    monkeypatch.setattr(run, "_finish", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err == (f"jaxnn: interrupted; {workdir} keeps what was finished, and no checkpoint "
+                   "to resume from (output.checkpoint = false)\n")
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
+    """`jaxnn summary CONFIG | head -1` ended in a BrokenPipeError traceback."""
+    result = subprocess.run(f"{sys.executable} -c 'from jaxnn import cli; cli.console_main()' "
+                            f"summary {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
+                            "/configs/"
+                            "resnet_digits.toml | head -1",
+                            shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, \
+        result.stderr
+
+
 # The `jaxnn` command, its work interrupted: the message, then the process ends at once.
 INTERRUPTED_COMMAND = """
 import atexit, sys

@@ -271,6 +271,14 @@ def test_every_optimizer_learns(name, backprop, tmp_path):
     assert summary["test_accuracy"] > 0.7, summary
 
 
+def test_a_regression_run_draws_no_accuracy_figure(tmp_path):
+    """It drew an empty accuracy.png (and matplotlib warned of a legend with no entries)."""
+    summary = run.train_and_evaluate(tiny("data.name='regression'", "model.loss='mse'",
+                                          "output.plots=true"), tmp_path)
+    assert [os.path.basename(p) for p in summary["plots"]] == ["loss.png"]
+    assert not (tmp_path / "accuracy.png").exists()
+
+
 def test_a_step_boundary_scales_from_the_first_step_of_the_next_epoch():
     """Epoch 0 scales from the start (as a step count of at least 1, it left the first step
     at the full rate); epoch 1 from the first step of epoch 2."""
