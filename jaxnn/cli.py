@@ -81,8 +81,8 @@ def _train(args: argparse.Namespace) -> int:
     from jaxnn import run
 
     config, workdir, created = _directory(args, run.CONFIG)
-    with rundir.guarded(workdir, "train", created=created,
-                        resumable=config.output.checkpoint):
+    with rundir.guarded(workdir, "train", created=created, resumable=config.output.checkpoint
+                        or os.path.exists(os.path.join(workdir, run.CHECKPOINT))):
         summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))
     accuracy = summary["test_accuracy"]
     print(f"run directory: {workdir}")
@@ -370,6 +370,7 @@ def console_main() -> None:
     host.freeze_long_lived_objects()
     try:
         status = main(owns_process=True)
+        sys.stdout.flush()  # here, not in the interpreter's exit, where it cannot be caught
     except BrokenPipeError:  # `jaxnn summary CONFIG | head -1`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
         status = 1

@@ -238,9 +238,10 @@ def _check_values(config: Config) -> None:
             f"factors must be >= 0, got {list(sched.scales)}")
     require(sched.warmup_epochs >= 0, "schedule.warmup_epochs",
             f"must be >= 0, got {sched.warmup_epochs}")
-    # (It was cut to the run's length: a warmup that never ended, and no decay.)
-    require(sched.name != "warmup_cosine" or sched.warmup_epochs < train.epochs,
-            "schedule.warmup_epochs", f"{sched.warmup_epochs} is not below the run's "
+    # (It was cut to the run's length, silently; the default 1 epoch of a 1-epoch run warms
+    # up over the whole run, as before.)
+    require(sched.name != "warmup_cosine" or sched.warmup_epochs <= train.epochs,
+            "schedule.warmup_epochs", f"{sched.warmup_epochs} is beyond the run's "
             f"{train.epochs} epochs (training.epochs): the warmup would never end")
     require(0 <= sched.final_fraction <= 1, "schedule.final_fraction", "must be in [0, 1]")
     require(train.epochs >= 1, "training.epochs", f"must be >= 1, got {train.epochs}")

@@ -23,9 +23,10 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
 
 
 def boundary_step(epochs: float, steps_per_epoch: int) -> int:
-    """The step from which a step schedule's boundary at ``epochs`` scales the rate: the
-    first of epoch ``epochs + 1`` (epoch 0: from the start; as a step count >= 1 it applied
-    from the second step)."""
+    """The step from which a step schedule's boundary at ``epochs`` (fractional too) scales
+    the rate, ``round(epochs * steps_per_epoch)``: for a whole epoch ``e`` the first step of
+    epoch ``e + 1``, for 0 the first step (as a step count >= 1 it left the first step at the
+    full rate)."""
     return round(epochs * steps_per_epoch)
 
 

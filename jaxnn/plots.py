@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -29,9 +30,11 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     epochs = [r["epoch"] for r in rows]
     written = []
     for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
-        series = {split: [r.get(f"{split}_{metric}") for r in rows] for split in ("train", "val")}
-        series = {split: values for split, values in series.items()  # absent / NaN: left out
-                  if all(v is not None and v == v for v in values)}
+        # NaN where absent or not finite (a diverged epoch): a gap in the line.
+        series = {split: [math.nan if r.get(f"{split}_{metric}") is None
+                          else r[f"{split}_{metric}"] for r in rows] for split in ("train", "val")}
+        series = {split: values for split, values in series.items()
+                  if any(math.isfinite(v) for v in values)}
         if not series:  # a regression's accuracy: no figure (it was an empty one)
             continue
         fig, ax = plt.subplots(figsize=(6, 4))

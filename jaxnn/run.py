@@ -41,6 +41,8 @@ MAX_STEPS = 2**31 - 1  # the step and epoch counters are int32
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+# What a summary says of the session that trained; a resume that trains nothing keeps them.
+_SESSION = ("steps_per_s", "compile_time_s", "train_time_s", "wall_time_s", "devices")
 CONFIG = "config.toml"
 
 
@@ -93,7 +95,8 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     if config.training.patience and len(dataset.x_val) == 0:  # it stopped at epoch patience
         raise ConfigError(config.source, "training.patience", (
             "early stopping watches the validation loss, and there is no validation split "
-            "(data.validation_fraction = 0)"))
+            f"(data.validation_fraction = {config.data.validation_fraction} of "
+            f"{len(dataset.x_train) + len(dataset.x_test)} examples)"))
     if config.training.batch_size > len(dataset.x_train):
         raise ConfigError(config.source, "training.batch_size",
                           f"{config.training.batch_size} exceeds the {len(dataset.x_train)} "
@@ -323,18 +326,16 @@ def _finish(config, dataset, trainer, state, hparams, workdir, best, started) ->
     })
     path = os.path.join(workdir, SUMMARY)
     previous = _previous_summary(path)
-    if summary["train_time_s"] == 0:  # a finished run resumed: its figures stand
-        summary.update({key: previous[key] for key in _TIMES if key in previous})
+    if summary.pop("trained_epochs") == 0:  # a finished run resumed: its measures stand
+        summary.update({key: previous[key] for key in _SESSION if key in previous})
     if config.output.plots:
         summary["plots"] = plots.training_curves(read_metrics(workdir), workdir)
-    elif previous.get("plots") and all(os.path.exists(plot) for plot in previous["plots"]):
+    elif previous.get("plots") and all(
+            os.path.exists(os.path.join(workdir, os.path.basename(plot)))
+            for plot in previous["plots"]):
         summary["plots"] = previous["plots"]  # drawn before, still there
     _write_json_atomically(path, summary)
     return summary
-
-
-# What a summary says of the process that trained; a resume that trains nothing keeps them.
-_TIMES = ("steps_per_s", "compile_time_s", "train_time_s", "wall_time_s")
 
 
 def _previous_summary(path: str) -> dict:
@@ -384,7 +385,9 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
     """Runs the remaining epochs in chunks; returns the partial summary with the params.
 
     A chunk whose loss turns non-finite is run again up to its last finite epoch, so that the
-    run keeps (and checkpoints) the last finite state and is evaluated on it.
+    run keeps (and checkpoints) the last finite state and is evaluated on it; one that passes
+    an early stop, up to the stop, so that every chunk size stops where one epoch at a time
+    does.
     """
     epochs, patience = config.training.epochs, config.training.patience
     chunk = chunk_epochs(config, trainer.steps_per_epoch)
@@ -426,16 +429,16 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
         while int(state.epoch) < epochs and not best["stopped"]:
             new_state, rows = run(min(chunk, epochs - int(state.epoch)), state)
             bad = next((r for r in rows if r["nonfinite_step"] >= 0), None)
-            if bad is None:
-                stop = _stop_index(rows, best, patience)
-                if stop is not None and stop + 1 < len(rows):  # run again up to the stop,
-                    rows = rows[:stop + 1]  # as a chunk of one epoch at a time would stop
-                    new_state = run(len(rows), state)[0]
-                state = accept(new_state, rows)
-                continue
-            finite = [r for r in rows if r["epoch"] < bad["epoch"]]
+            finite = [r for r in rows if bad is None or r["epoch"] < bad["epoch"]]
+            stop = _stop_index(finite, best, patience)
+            if stop is not None:  # an early stop before the chunk's end (or its divergence)
+                finite, bad = finite[:stop + 1], None  # as one epoch at a time would stop
+            if len(finite) < len(rows) and finite:  # run again up to there
+                new_state, finite = run(len(finite), state)
             if finite:
-                state = accept(run(len(finite), state)[0], finite)
+                state = accept(new_state, finite)
+            if bad is None:
+                continue
             jsonl.append(os.path.join(workdir, METRICS), [bad])
             status, message = "diverged", _divergence(bad, read_metrics(workdir), int(state.epoch))
             break
@@ -451,6 +454,7 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
         "best_val_epoch": best["epoch"],
         "steps": int(state.epoch) * trainer.steps_per_epoch,  # the run's, resumed or not
         "steps_per_s": steps_done / train_s if train_s else None,
+        "trained_epochs": steps_done // trainer.steps_per_epoch,  # by this session
         "compile_time_s": compile_s,
         "train_time_s": train_s,
         "chunk_epochs": chunk,

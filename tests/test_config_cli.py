@@ -67,7 +67,7 @@ BAD_CONFIGS = [
      "must be >= 0"),
     # A warmup as long as the run was cut to it (never decaying): refused.
     ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = 50\n[training]\nepochs = 2\n',
-     "schedule.warmup_epochs", "50.0 is not below the run's 2 epochs (training.epochs)"),
+     "schedule.warmup_epochs", "50.0 is beyond the run's 2 epochs (training.epochs)"),
     ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be >= 0"),
     ('[model]\nlayers = [{type = "Dense", features = 8}, {type = "LeakyRelu", '
      'negative_slope = "x"}, {type = "Dense", features = 10}]\n',

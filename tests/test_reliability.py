@@ -429,7 +429,8 @@ def test_a_diverged_run_keeps_its_last_finite_epoch(tmp_path, capsys):
     # Plain SGD at this rate grows the loss to ~1e36 within two epochs, then overflows (at
     # step 40 of 17 per epoch, measured).
     status = cli.main(["train", config, "--workdir", str(workdir), "--set",
-                       "optimizer.name='sgd'", "--set", "optimizer.learning_rate=5.0"])
+                       "optimizer.name='sgd'", "--set", "optimizer.learning_rate=5.0",
+                       "--set", "output.plots=true"])
     out = capsys.readouterr().out
     assert status == cli.EXIT_DIVERGED, out
     summary = json.loads((workdir / run.SUMMARY).read_text())
@@ -448,6 +449,8 @@ def test_a_diverged_run_keeps_its_last_finite_epoch(tmp_path, capsys):
                      if p.endswith(".epoch") or p.endswith("[4]"))
     assert epoch == kept
     assert np.isfinite(summary["test_loss"])
+    # Its loss figure shows the finite epochs (the diverged one a gap; it was left out).
+    assert [os.path.basename(p) for p in summary["plots"]] == ["loss.png", "accuracy.png"]
 
 
 def test_config_round_trip_keeps_num_classes(tmp_path):
@@ -544,16 +547,30 @@ def test_ctrl_c_without_checkpoints_does_not_offer_a_resume(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert err == (f"jaxnn: interrupted; {workdir} keeps what was finished, and no checkpoint "
                    "to resume from (output.checkpoint = false)\n")
+    # A run checkpointed before, resumed with checkpoints off, still has the earlier one.
+    monkeypatch.undo()
+    assert cli.main(["train", write(tmp_path, TINY, "on.toml"), "--workdir",
+                     str(tmp_path / "on")]) == 0
+    monkeypatch.setattr(run, "_finish", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["train", "--resume", str(tmp_path / "on"), "--set",
+                     "output.checkpoint=false"]) == cli.EXIT_INTERRUPTED
+    assert f"continue with jaxnn train --resume {tmp_path / 'on'}" in capsys.readouterr().err
 
 
-def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
-    """`jaxnn summary CONFIG | head -1` ended in a BrokenPipeError traceback."""
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+@pytest.mark.parametrize("buffered", [True, False])
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path, reader, buffered):
+    """`jaxnn summary CONFIG | head -1` ended in a BrokenPipeError traceback, unbuffered;
+    buffered, in "Exception ignored ... BrokenPipeError" at the interpreter's exit flush."""
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs", "resnet_digits.toml")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     result = subprocess.run(f"{sys.executable} -c 'from jaxnn import cli; cli.console_main()' "
-                            f"summary {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
-                            "/configs/"
-                            "resnet_digits.toml | head -1",
-                            shell=True, capture_output=True, text=True, timeout=120)
-    assert result.stdout.count("\n") == 1
+                            f"summary {config} | {reader}", shell=True, capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.stdout.count("\n") == (1 if reader == "head -1" else 0)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, \
         result.stderr
 

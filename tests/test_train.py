@@ -237,10 +237,23 @@ def test_divergence_stops_with_step_and_last_finite_loss(tmp_path):
     assert "last finite loss" in summary["message"]
 
 
+@pytest.mark.parametrize("diverging_after", [False, True])
 @pytest.mark.parametrize("chunk", [0, 7])
-def test_early_stopping(tmp_path, chunk):
+def test_early_stopping(tmp_path, chunk, diverging_after, monkeypatch):
     """The same stop whatever the epochs per compiled chunk (with 7, the run went on to the
-    chunk's end, and the best epoch moved past the stop)."""
+    chunk's end, and the best epoch moved past the stop), also when the loss turns
+    non-finite later in the chunk that stops (the run was reported diverged)."""
+    if diverging_after:
+        rows_of = run._rows
+
+        def diverging(metrics, first_epoch):
+            rows = rows_of(metrics, first_epoch)
+            for row in rows:
+                if row["epoch"] >= 21:
+                    row["nonfinite_step"] = 0
+            return rows
+
+        monkeypatch.setattr(run, "_rows", diverging)
     summary = run.train_and_evaluate(
         tiny("training.epochs=60", "training.patience=2", "optimizer.learning_rate=0.5",
              "optimizer.name='sgd'", "schedule.name='constant'",
