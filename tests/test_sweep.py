@@ -187,6 +187,21 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
     assert accuracies == sorted(accuracies, reverse=True)
 
 
+def test_completed_trials_rank_by_the_metric_whatever_their_epochs():
+    """A swept ``training.epochs``: the longest-trained trial came first whatever its
+    score (its val_loss 1.539 above 0.953), and best.toml disagreed with the study's best.
+    Pruned trials still rank after completed ones, the longest trained first."""
+    cfg = small_sweep("sweep.metric='val_loss'", grid="{'training.epochs' = [1, 2, 3]}")
+    plan = sweep.make_plan(cfg, run.prepare(cfg))
+
+    def row(trial, status, epochs, loss):
+        return {"trial": trial, "status": status, "epochs": epochs, "val_loss": loss}
+
+    rows = [row(0, "completed", 3, 1.5), row(1, "completed", 2, 0.9), row(2, "pruned", 1, 0.1),
+            row(3, "pruned", 2, 0.8), row(4, "completed", 1, 1.2)]
+    assert [r["trial"] for r in sweep.rank(plan, rows)] == [1, 4, 0, 3, 2]
+
+
 STALE_LOCK_TIMEOUT_S = 120  # far beyond the resume's few seconds
 
 
@@ -416,6 +431,10 @@ def test_random_search_is_seeded(tmp_path):
      "sweep.grid.optimizer.b2: b2 is read by none of this sweep's optimizers (momentum, sgd)"),
     ("sweep.grid={'training.progress' = [true, false]}",
      "sweep.grid.training.progress: cannot be swept"),
+    # Early stopping is jaxnn train's: a sweep trained every trial on, and best.toml stopped.
+    ("training.patience=2", "training.patience: 2: a sweep trains every trial its epochs"),
+    ("sweep.grid={'training.patience' = [0, 1]}",
+     "sweep.grid.training.patience: cannot be swept: a sweep trains every trial its epochs"),
     (("model.hidden=[]", "model.activation='relu'",
       "model.layers=[{type = 'Dense', features = 5}, {type = 'Relu'}, "
       "{type = 'Dense', features = 10}]", "sweep.grid={activation = ['relu', 'tanh']}"),

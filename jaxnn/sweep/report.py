@@ -33,7 +33,8 @@ def best_config(plan: Plan, results: list[dict]) -> Config | None:
 
 def rank(plan: Plan, results: list[dict]) -> list[dict]:
     """Results sorted best first by the plan's metric: completed trials, then pruned ones
-    (the longest trained first), then diverged ones."""
+    (the longest trained first), then diverged ones. Completed trials rank by the metric
+    alone, whatever epochs each trained (a swept ``training.epochs`` put the longest first)."""
     higher = plan.metric.endswith("accuracy")
 
     def key(row):
@@ -41,7 +42,8 @@ def rank(plan: Plan, results: list[dict]) -> list[dict]:
         order = {"completed": 0, "pruned": 1}.get(row["status"], 2)
         if value is None or order == 2:
             return (2, 0, 0.0, row["trial"])
-        return (order, -row.get("epochs", 0), -value if higher else value, row["trial"])
+        trained = -row.get("epochs", 0) if order == 1 else 0
+        return (order, trained, -value if higher else value, row["trial"])
 
     return sorted(results, key=key)
 

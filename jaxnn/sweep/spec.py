@@ -71,6 +71,9 @@ def spec_of(config: Config) -> dict:
                                   f"use one of {', '.join([*NUMERIC, *STRUCTURAL])}, a "
                                   "config key as \"section.key\" or a layer's as "
                                   "\"model.layers[i].key\"")
+    if config.training.patience:
+        raise ConfigError(source, "training.patience", f"{config.training.patience}: "
+                          f"{_NO_PATIENCE}; leave it at 0")
     _check_targets(spec, source)
     _check_read(spec, config)
     for name, values in spec.get("grid", {}).items():
@@ -126,7 +129,11 @@ def spec_of(config: Config) -> dict:
 
 # What a trial cannot vary: a sweep prepares its data once, runs in one precision, and
 # writes one directory.
+_NO_PATIENCE = ("a sweep trains every trial its epochs and stops none by patience (jaxnn "
+                "train's early stopping), so best.toml would not train as its trial did; "
+                "[sweep.pruning] stops losing trials")
 FIXED = {"data": "the data is prepared once for every trial; run one sweep per value",
+         "training.patience": _NO_PATIENCE,
          "output": "a sweep writes one directory", "sweep": "the sweep is one section",
          "training.progress": "the progress bar is the sweep's, not a trial's",
          "training.precision": "every trial of a sweep runs in one precision; run one sweep "
