@@ -6,6 +6,8 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: it is
@@ -30,9 +32,9 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     epochs = [r["epoch"] for r in rows]
     written = []
     for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
-        # NaN where absent or not finite (a diverged epoch): a gap in the line.
-        series = {split: [math.nan if r.get(f"{split}_{metric}") is None
-                          else r[f"{split}_{metric}"] for r in rows] for split in ("train", "val")}
+        # Absent or not finite (a diverged epoch): a gap in the line.
+        series = {split: _plottable([r.get(f"{split}_{metric}") for r in rows])
+                  for split in ("train", "val")}
         series = {split: values for split, values in series.items()
                   if any(math.isfinite(v) for v in values)}
         if not series:  # a regression's accuracy: no figure (it was an empty one)
@@ -54,6 +56,17 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
     return written
 
 
+# Beyond any float32 value: on a log axis matplotlib overflowed (an OverflowError near 1e290)
+# drawing a float64 run's diverging loss.
+_LARGEST = float(np.finfo(np.float32).max)
+
+
+def _plottable(values: Sequence[float | None]) -> list[float]:
+    """``values`` with None, non-finite and beyond-float32 ones as NaN: gaps in a line."""
+    return [v if v is not None and math.isfinite(v) and abs(v) <= _LARGEST else math.nan
+            for v in values]
+
+
 # --- sweep figures: each takes result rows ({"values": {...}, metric: ..., "curves": {...}})
 
 def _label(values: dict, keys: Sequence[str]) -> str:
@@ -72,28 +85,36 @@ def save(fig, plt, path: str) -> str:
 
 def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
               series: Sequence[str] = (), log_x: bool = True, title: str = "") -> str:
-    """``metric`` against hyperparameter ``x``, one line per value of the ``series`` keys;
-    diverged trials are marked with crosses at the bottom of the axis."""
+    """``metric`` against hyperparameter ``x``, one line per value of the ``series`` keys,
+    through the completed trials; diverged trials are marked with crosses at the bottom of
+    the axis, pruned ones with triangles at their metric when pruned (an earlier epoch's)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(_label(row["values"], series), []).append(row)
-    finite = [r[metric] for r in rows if r.get(metric) is not None]
+    finite = [v for v in _plottable([r.get(metric) for r in rows]) if math.isfinite(v)]
     floor = min(finite) if finite else 0.0
     for label, members in groups.items():
         members = sorted(members, key=lambda r: r["values"][x])
         xs = [r["values"][x] for r in members]
-        ys = [r[metric] if r.get(metric) is not None else float("nan") for r in members]
-        (line,) = ax.plot(xs, ys, marker="o", label=label)
-        bad = [v for v, r in zip(xs, members, strict=True) if r["status"] != "completed"]
-        if bad:
-            ax.plot(bad, [floor] * len(bad), "x", color=line.get_color(), markersize=9)
+        ys = _plottable([r.get(metric) for r in members])
+        done = [y if r["status"] == "completed" else math.nan
+                for y, r in zip(ys, members, strict=True)]
+        (line,) = ax.plot(xs, done, marker="o", label=label)
+        for status, marker, at in (("pruned", "v", None), ("diverged", "x", floor)):
+            points = [(v, y if at is None else at)
+                      for v, y, r in zip(xs, ys, members, strict=True) if r["status"] == status]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker, color=line.get_color(),
+                        markersize=9, fillstyle="none")
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(title or f"{metric.replace('_', ' ')} by {x.replace('_', ' ')} (x: diverged)")
+    pruned = ", v: pruned" if any(r["status"] == "pruned" for r in rows) else ""
+    ax.set_title(title or f"{metric.replace('_', ' ')} by {x.replace('_', ' ')} "
+                 f"(x: diverged{pruned})")
     ax.grid(alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize=8)
@@ -103,16 +124,19 @@ def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
 def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path: str, *,
             notes: dict | None = None, title: str = "") -> str:
     """``metric`` over a grid of two hyperparameters (mean over any other keys); cells of
-    diverged trials read "diverged"; ``notes[(row, col)]`` adds a second line to a cell."""
+    diverged trials read "diverged", cells without a trial (an adaptive search's) stay
+    blank, and a cell holding a pruned trial (its metric an earlier epoch's) is starred;
+    ``notes[(row, col)]`` adds a second line to a cell."""
     plt = pyplot()
-    import numpy as np
-
     row_values = sorted({r["values"][row_key] for r in rows})
     col_values = sorted({r["values"][col_key] for r in rows})
     cells: dict[tuple, list[float]] = {}
+    starred = set()
     for r in rows:
         key = (r["values"][row_key], r["values"][col_key])
-        cells.setdefault(key, []).append(r[metric] if r.get(metric) is not None else np.nan)
+        cells.setdefault(key, []).append(_plottable([r.get(metric)])[0])
+        if r["status"] == "pruned":
+            starred.add(key)
     grid = np.full((len(row_values), len(col_values)), np.nan)
     for (rv, cv), values in cells.items():
         grid[row_values.index(rv), col_values.index(cv)] = np.mean(values)
@@ -124,12 +148,16 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
     ax.set_xlabel(col_key.replace("_", " "))
     ax.set_ylabel(row_key.replace("_", " "))
     for (i, j), value in np.ndenumerate(grid):
-        text = "diverged" if np.isnan(value) else f"{value:.3f}"
+        key = (row_values[i], col_values[j])
+        if key not in cells:
+            continue
+        text = "diverged" if np.isnan(value) else f"{value:.3f}" + ("*" if key in starred
+                                                                     else "")
         note = (notes or {}).get((row_values[i], col_values[j]))
         ax.text(j, i, text + (f"\n{note}" if note else ""), ha="center", va="center",
                 fontsize=7, color="black" if np.isnan(value) else "white")
     fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
-    ax.set_title(title or f"{metric.replace('_', ' ')}")
+    ax.set_title(title or metric.replace("_", " ") + (" (*: pruned early)" if starred else ""))
     return save(fig, plt, path)
 
 
@@ -142,8 +170,8 @@ def curves(rows: Sequence[dict], metric: str, path: str, *, label_keys: Sequence
         curve = row["curves"].get(metric)
         if not curve:
             continue
-        curve = [v if v is not None else float("nan") for v in curve]
-        suffix = "" if row["status"] == "completed" else " (diverged)"
+        curve = _plottable(curve)
+        suffix = {"completed": "", "pruned": " (pruned)"}.get(row["status"], " (diverged)")
         ax.plot(range(1, len(curve) + 1), curve,
                 label=f"{_label(row['values'], label_keys)}{suffix}")
     if log_y:
