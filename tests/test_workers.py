@@ -213,3 +213,29 @@ def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypat
     result = workers.run_worker(config.load(path), storage, "s", heartbeat=60)
     assert len(result["trained"]) == 8 and result["done"] == 8
     assert scenario.audit(storage, "s")["stale"] == [0, 1]
+
+
+def test_a_worker_gives_back_values_no_trial_can_take_and_goes_on(tmp_path, capsys):
+    """A sampled combination no trial can take (4 groups of a swept 6, 10 or 14 channels)
+    ended the worker with exit 2, and each retry of its slot, with the same values, the
+    next worker too: the claim is failed with the reason, its slot enqueued afresh."""
+    cfg = config.load(str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.toml"), [
+        "output.plots=false", "training.precision='float64'", "training.epochs=1",
+        "model.hidden=[]", "model.activation='relu'",
+        "model.layers=[{type = 'Dense', features = 6}, {type = 'GroupNorm', num_groups = 1}, "
+        "{type = 'Tanh'}, {type = 'Dense', features = 10}]",
+        "sweep.search='random'", "sweep.trials=8", "sweep.batch=4",
+        "sweep.random={'model.layers[0].features' = [4, 6, 10, 14], "
+        "'model.layers[1].num_groups' = [1, 4]}"])
+    storage = str(tmp_path / "study.journal")
+    result = workers.run_worker(cfg, storage, "s", heartbeat=60)
+    assert result["done"] == 8 and len(result["trained"]) == 8
+    for row in result["trained"]:
+        values = row["values"]
+        assert values["model.layers[0].features"] % values["model.layers[1].num_groups"] == 0
+    study = optuna.load_study(study_name="s", storage=workers.open_storage(storage, None))
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+    assert failed, "the sampler drew a refused combination"
+    assert all("groups do not divide" in t.user_attrs["refused"] for t in failed)
+    assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"COMPLETE", "FAIL"}
+    assert capsys.readouterr().err.count("jaxnn: refused trial") == len(failed)

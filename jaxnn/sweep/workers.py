@@ -26,12 +26,14 @@ keeps them in a system attribute.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,9 +41,9 @@ from typing import Any, NamedTuple
 
 from jaxnn import config as config_lib
 from jaxnn import jsonl, rundir
-from jaxnn.config import Config
+from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import report, search
-from jaxnn.sweep.execute import RESULTS, SWEEP_CONFIG, Sweep
+from jaxnn.sweep.execute import MAX_REFUSALS, RESULTS, SWEEP_CONFIG, Sweep
 from jaxnn.sweep.plan import make_plan
 from jaxnn.sweep.spec import make_trial
 
@@ -310,6 +312,32 @@ def _busy(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)))
 
 
+def _trainable(study, sweep: Sweep, config: Config, dataset, batch: list[Claim],
+               held: dict[int, Claim], refusals: collections.Counter) -> list:
+    """The trials of ``batch`` the data and the network can take. A claim the sampler filled
+    with values no trial can take (as in `Sweep.ask_batch`) is failed with the reason (user
+    attribute ``"refused"``), given back to ``held``, and its slot enqueued afresh for the
+    sampler; a slot refused `MAX_REFUSALS` times in a row ends this worker (exit 2)."""
+    trials = [make_trial(c.slot, c.values, config) for c in batch]
+    refused = sweep.refused(trials)
+    for claimed in batch:
+        if claimed.slot not in refused:
+            continue
+        reason = refused[claimed.slot]
+        refusals[claimed.slot] += 1
+        if refusals[claimed.slot] >= MAX_REFUSALS:
+            raise ConfigError(config.source, "sweep", f"{reason} ({MAX_REFUSALS} draws in a "
+                              "row refused for one trial)")
+        live = _optuna().trial.Trial(study, claimed.trial_id)
+        live.set_user_attr("refused", reason)
+        study.tell(live, state=_optuna().trial.TrialState.FAIL)
+        study.enqueue_trial({}, user_attrs={"trial": claimed.slot})
+        held.pop(claimed.slot)
+        sweep.bar.write(f"jaxnn: refused {reason}; recorded as failed in the study, its slot "
+                        "given back to the sampler", file=sys.stderr)
+    return [t for t in trials if t.index not in refused]
+
+
 def _release(study, storage, held: dict[int, Claim]) -> None:
     """Gives back the trials of an interrupted worker at once: failed, and enqueued again."""
     optuna = _optuna()
@@ -354,6 +382,7 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
                 pass  # judged stale meanwhile: its retry reports it
 
     sweep = Sweep(config, plan, dataset, {}, record)
+    refusals: collections.Counter = collections.Counter()
     try:
         while True:
             batch = claim(study, storage, plan.space,
@@ -365,8 +394,9 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
                 continue
             held.update({c.slot: c for c in batch})
             with beating(storage, held, heartbeat):
-                sweep.train_batch(make_plan(config, dataset, [
-                    make_trial(c.slot, c.values, config) for c in batch]))
+                trials = _trainable(study, sweep, config, dataset, batch, held, refusals)
+                if trials:
+                    sweep.train_batch(make_plan(config, dataset, trials))
     finally:
         sweep.bar.close()
         _release(study, storage, held)
