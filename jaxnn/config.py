@@ -407,7 +407,9 @@ def load_for_resume(path: str | os.PathLike, overrides: list[str] | None = None)
 def resume_change(trained: Config, resumed: Config) -> tuple[str, Any, Any] | None:
     """``(key, trained value, resumed value)`` of the first key outside `RESUMABLE` where a
     resumed run's config differs from the one it was trained with; None where none does.
-    A layer argument written out at its default is no difference (`models.with_defaults`)."""
+    A layer argument written out at its default is no difference (`models.with_defaults`),
+    nor a sweep's ``training.patience`` (no sweep stops trials by it; one that set it is
+    refused until resumed with it at 0)."""
     from jaxnn import models  # the layers' defaults (models imports this module)
 
     was, now = _flat(to_dict(trained)), _flat(to_dict(resumed))
@@ -415,7 +417,8 @@ def resume_change(trained: Config, resumed: Config) -> tuple[str, Any, Any] | No
         if flat.get("model.layers"):
             flat["model.layers"] = models.with_defaults(flat["model.layers"])
     for key in sorted(set(was) | set(now)):
-        if key not in RESUMABLE and was.get(key) != now.get(key):
+        if key not in RESUMABLE and was.get(key) != now.get(key) and not (
+                key == "training.patience" and trained.sweep):  # which no sweep reads
             return _innermost_change(key, was.get(key), now.get(key))
     return None
 

@@ -99,11 +99,15 @@ def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
         members = sorted(members, key=lambda r: r["values"][x])
         xs = [r["values"][x] for r in members]
         ys = _plottable([r.get(metric) for r in members])
-        done = [y if r["status"] == "completed" else math.nan
-                for y, r in zip(ys, members, strict=True)]
-        (line,) = ax.plot(xs, done, marker="o", label=label)
-        for status, marker, at in (("pruned", "v", None), ("diverged", "x", floor)):
-            points = [(v, y if at is None else at)
+        # Every x first (the order of categorical ones), nothing drawn: the group's colour.
+        (line,) = ax.plot(xs, [math.nan] * len(xs), marker="o", label=label)
+        done = [(v, y) for v, y, r in zip(xs, ys, members, strict=True)
+                if r["status"] == "completed"]
+        if done:  # one line through the completed trials, unbroken by the others
+            ax.plot(*zip(*done, strict=True), marker="o", color=line.get_color())
+        for status, marker in (("pruned", "v"), ("diverged", "x")):
+            # A pruned trial at its metric when pruned (none for a test metric: at the floor).
+            points = [(v, y if status == "pruned" and math.isfinite(y) else floor)
                       for v, y, r in zip(xs, ys, members, strict=True) if r["status"] == status]
             if points:
                 ax.plot(*zip(*points, strict=True), marker, color=line.get_color(),
@@ -134,7 +138,7 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
     starred = set()
     for r in rows:
         key = (r["values"][row_key], r["values"][col_key])
-        cells.setdefault(key, []).append(_plottable([r.get(metric)])[0])
+        cells.setdefault(key, []).append(r[metric] if r.get(metric) is not None else np.nan)
         if r["status"] == "pruned":
             starred.add(key)
     grid = np.full((len(row_values), len(col_values)), np.nan)
@@ -151,8 +155,10 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
         key = (row_values[i], col_values[j])
         if key not in cells:
             continue
-        text = "diverged" if np.isnan(value) else f"{value:.3f}" + ("*" if key in starred
-                                                                     else "")
+        if np.isnan(value):  # no value: a test metric of a pruned trial, or diverged
+            text = "pruned" if key in starred else "diverged"
+        else:
+            text = f"{value:.3f}" + ("*" if key in starred else "")
         note = (notes or {}).get((row_values[i], col_values[j]))
         ax.text(j, i, text + (f"\n{note}" if note else ""), ha="center", va="center",
                 fontsize=7, color="black" if np.isnan(value) else "white")

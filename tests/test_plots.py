@@ -37,13 +37,24 @@ def test_heatmap_cells_say_what_their_trials_did(drawn, tmp_path):
 
 
 def test_metric_vs_draws_pruned_trials_apart_from_the_line(drawn, tmp_path):
-    """Pruned trials were crossed as diverged and joined into the line of final metrics."""
-    plots.metric_vs(ROWS, "learning_rate", "val_accuracy", str(tmp_path / "m.png"))
+    """Pruned trials were crossed as diverged and joined into the line of final metrics;
+    the line runs through the completed trials unbroken by the pruned one between them."""
+    rows = [*ROWS, _row(3.0, 4, "completed", 0.7, [0.6])]
+    plots.metric_vs(rows, "learning_rate", "val_accuracy", str(tmp_path / "m.png"))
     ax = drawn[0].axes[0]
-    line, *marks = ax.get_lines()
-    assert [y if not math.isnan(y) else None for y in line.get_ydata()] == [0.9, None, None]
-    assert {m.get_marker(): list(m.get_xdata()) for m in marks} == {"v": [0.3], "x": [1.0]}
+    drawn_lines = [(line.get_marker(), list(line.get_xdata()), list(line.get_ydata()))
+                   for line in ax.get_lines()
+                   if any(not math.isnan(y) for y in line.get_ydata())]
+    assert drawn_lines == [("o", [0.1, 3.0], [0.9, 0.7]), ("v", [0.3], [0.5]),
+                           ("x", [1.0], [0.5])]
     assert ax.get_title().endswith("(x: diverged, v: pruned)")
+
+
+def test_a_pruned_trial_without_a_test_metric_reads_pruned(drawn, tmp_path):
+    """A pruned trial has no test metrics: its heatmap cell read "diverged"."""
+    rows = [{**ROWS[1], "test_accuracy": None}, {**ROWS[0], "test_accuracy": 0.8}]
+    plots.heatmap(rows, "width", "learning_rate", "test_accuracy", str(tmp_path / "h.png"))
+    assert sorted(t.get_text() for t in drawn[0].axes[0].texts) == ["0.800", "pruned"]
 
 
 def test_huge_finite_losses_are_gaps_not_an_overflow(tmp_path):

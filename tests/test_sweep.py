@@ -187,6 +187,22 @@ def test_outputs_table_csv_best_and_plots(tmp_path):
     assert accuracies == sorted(accuracies, reverse=True)
 
 
+def test_a_sweep_that_set_patience_resumes_with_it_at_0(tmp_path, capsys):
+    """A sweep directory from before patience was refused (its trials trained without it)
+    could not be resumed at all: refused for its patience, and `--set training.patience=0`
+    refused as a change of what it trained."""
+    path = tmp_path / "s.toml"
+    path.write_text(config.dumps(small_sweep()))
+    workdir = tmp_path / "run"
+    assert cli.main(["sweep", str(path), "--workdir", str(workdir)]) == 0
+    stored = workdir / sweep.SWEEP_CONFIG
+    stored.write_text(stored.read_text().replace("patience = 0", "patience = 3"))
+    capsys.readouterr()
+    assert cli.main(["sweep", "--resume", str(workdir)]) == 2
+    assert "--set training.patience=0 resumes a sweep that set it" in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(workdir), "--set", "training.patience=0"]) == 0
+
+
 def test_completed_trials_rank_by_the_metric_whatever_their_epochs():
     """A swept ``training.epochs``: the longest-trained trial came first whatever its
     score (its val_loss 1.539 above 0.953), and best.toml disagreed with the study's best.

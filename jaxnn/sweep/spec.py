@@ -73,7 +73,8 @@ def spec_of(config: Config) -> dict:
                                   "\"model.layers[i].key\"")
     if config.training.patience:
         raise ConfigError(source, "training.patience", f"{config.training.patience}: "
-                          f"{_NO_PATIENCE}; leave it at 0")
+                          f"{_NO_PATIENCE}; leave it at 0 (--set training.patience=0 "
+                          "resumes a sweep that set it)")
     _check_targets(spec, source)
     _check_read(spec, config)
     for name, values in spec.get("grid", {}).items():
