@@ -127,9 +127,10 @@ def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
 
 def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path: str, *,
             notes: dict | None = None, title: str = "") -> str:
-    """``metric`` over a grid of two hyperparameters (mean over any other keys); cells of
-    diverged trials read "diverged", cells without a trial (an adaptive search's) stay
-    blank, and a cell holding a pruned trial (its metric an earlier epoch's) is starred;
+    """``metric`` over a grid of two hyperparameters (mean over any other keys' trials
+    that have it); cells of diverged trials read "diverged", cells without a trial (an
+    adaptive search's) stay blank, a cell holding a pruned trial (its metric an earlier
+    epoch's) is starred and one whose mean leaves out a diverged trial daggered;
     ``notes[(row, col)]`` adds a second line to a cell."""
     plt = pyplot()
     row_values = sorted({r["values"][row_key] for r in rows})
@@ -142,8 +143,13 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
         if r["status"] == "pruned":
             starred.add(key)
     grid = np.full((len(row_values), len(col_values)), np.nan)
+    daggered = set()
     for (rv, cv), values in cells.items():
-        grid[row_values.index(rv), col_values.index(cv)] = np.mean(values)
+        finite = [v for v in values if not np.isnan(v)]
+        if finite:  # one diverged seed hid the others' values
+            grid[row_values.index(rv), col_values.index(cv)] = np.mean(finite)
+            if len(finite) < len(values):
+                daggered.add((rv, cv))
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(col_values), 1.4 + 0.55 * len(row_values)))
     image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis")
     ax.set_xticks(range(len(col_values)), [f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -158,12 +164,15 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
         if np.isnan(value):  # no value: a test metric of a pruned trial, or diverged
             text = "pruned" if key in starred else "diverged"
         else:
-            text = f"{value:.3f}" + ("*" if key in starred else "")
+            text = f"{value:.3f}" + ("*" if key in starred else "") + (
+                "\u2020" if key in daggered else "")
         note = (notes or {}).get((row_values[i], col_values[j]))
         ax.text(j, i, text + (f"\n{note}" if note else ""), ha="center", va="center",
                 fontsize=7, color="black" if np.isnan(value) else "white")
     fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
-    ax.set_title(title or metric.replace("_", " ") + (" (*: pruned early)" if starred else ""))
+    keys = [*(["*: pruned early"] if starred else []),
+            *(["\u2020: some diverged"] if daggered else [])]
+    ax.set_title(title or metric.replace("_", " ") + (f" ({', '.join(keys)})" if keys else ""))
     return save(fig, plt, path)
 
 

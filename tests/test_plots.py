@@ -67,3 +67,13 @@ def test_huge_finite_losses_are_gaps_not_an_overflow(tmp_path):
                                      {"epoch": 2, "train_loss": 1e300, "val_loss": 2.0}],
                                     str(tmp_path))
     assert [p.rsplit("/", 1)[-1] for p in written] == ["loss.png"]
+
+
+def test_a_heatmap_cell_with_one_diverged_trial_keeps_the_others_mean(drawn, tmp_path):
+    """The cell's mean was NaN, "diverged", for one diverged seed among completed ones."""
+    rows = [ROWS[0], {**ROWS[2], "values": {"learning_rate": 0.1, "width": 4}},
+            {**ROWS[0], "val_accuracy": 0.7}]
+    plots.heatmap(rows, "width", "learning_rate", "val_accuracy", str(tmp_path / "h.png"))
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.800\u2020"]
+    assert ax.get_title() == "val accuracy (\u2020: some diverged)"
