@@ -125,8 +125,14 @@ def _join(args: argparse.Namespace) -> None:
     if index is not None and (index < 0 or (count is not None and index >= count)):
         raise RunError(f"--process-id {index}: must be >= 0 and below --num-processes "
                        f"({count})")
-    if args.coordinator is not None and ":" not in args.coordinator:
-        raise RunError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+    for name, address in (("--coordinator", args.coordinator),
+                          ("JAX_COORDINATOR_ADDRESS", os.environ.get("JAX_COORDINATOR_ADDRESS"))):
+        if address is None:
+            continue
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:  # else a segfault
+            raise RunError(f"{name} {address!r}: expected HOST:PORT, a port from 1 to 65535")
+        break  # the flag is the one JAX takes
     try:
         jax.distributed.initialize(coordinator_address=args.coordinator,
                                    num_processes=count, process_id=index)
@@ -306,9 +312,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# The most CPU devices a sweep splits the CPU into: XLA starts threads per device (10,000
+# aborted, 2**31 failed to start the backend).
+MAX_CPU_DEVICES = 1024
+
+
 def _device_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device count (1 or more)")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CPU_DEVICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device count (1 to "
+                                         f"{MAX_CPU_DEVICES})")
     return int(text)
 
 

@@ -245,8 +245,10 @@ def evict(folder: str, max_bytes: int, keep: str = "") -> list[str]:
     now = time.time()
     for entry in os.scandir(folder):
         try:
+            if not entry.is_file(follow_symlinks=False):  # nothing this cache wrote
+                continue
             stat = entry.stat()
-        except FileNotFoundError:
+        except OSError:
             continue
         if entry.name.endswith(ENTRY_SUFFIX):
             entries.append((stat.st_mtime_ns, entry.path, stat.st_size))
@@ -260,7 +262,7 @@ def evict(folder: str, max_bytes: int, keep: str = "") -> list[str]:
             os.remove(path)
             deleted.append(path)
             log.debug("evicted %s", path)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or another user's in a shared folder
             pass
         total -= size
     return deleted

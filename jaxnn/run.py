@@ -233,15 +233,16 @@ def train_and_evaluate(
     started = time.perf_counter()
     enable_precision(config)
     workdir = os.fspath(workdir)
-    if (resume and os.path.exists(os.path.join(workdir, CONFIG))
-            and rundir.holds(workdir) != rundir.RUN):
+    anew = (resume and os.path.exists(os.path.join(workdir, CONFIG))
+            and rundir.holds(workdir) != rundir.RUN)
+    if anew:
         resume = False  # stopped before it trained anything (while compiling): it starts anew
-    _check_directory(workdir, resume)
+    _check_directory(workdir, resume, anew)
     dataset = prepare(config)
     trainer = make_train(config, dataset)
     hparams = default_hparams(config, trainer.dtype)
     with rundir.locked(workdir):
-        _check_directory(workdir, resume)  # again, now that no other process can write it
+        _check_directory(workdir, resume, anew)  # again, now that no other process can
         key = jax.random.key(config.training.seed)
         best = {"val_loss": math.inf, "epoch": 0, "stopped": 0}
         if resume:  # everything is checked before anything is rewritten
@@ -268,9 +269,10 @@ def _initial_state(trainer: Trainer, key: jax.Array, hparams: dict) -> TrainStat
 RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)  # a directory holding one of them holds a run
 
 
-def _check_directory(workdir: str, resume: bool) -> None:
-    """Refuses a new run in a directory that holds one, a sweep or a report, and a resume
-    of nothing."""
+def _check_directory(workdir: str, resume: bool, anew: bool = False) -> None:
+    """Refuses a new run in a directory that holds one, a sweep or a report, or files it
+    would overwrite (unless ``anew``: its own config, a run stopped before it trained), and
+    a resume of nothing."""
     if resume and not os.path.exists(os.path.join(workdir, CHECKPOINT)):
         raise RunError(f"{workdir}: nothing to resume ({CHECKPOINT} not found)")
     if resume or not os.path.isdir(workdir):
@@ -281,6 +283,8 @@ def _check_directory(workdir: str, resume: bool) -> None:
                        "another directory")
     if held:
         raise RunError(f"{workdir} holds {held}; a training run needs another directory")
+    if not anew:
+        rundir.refuse_overwriting(workdir, (CONFIG,), "a new run")
 
 
 def _restore(config: Config, workdir: str, state: TrainState, best: dict):

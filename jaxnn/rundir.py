@@ -28,6 +28,18 @@ SWEEP = "a sweep"
 REPORT = "a shared study's report"
 
 
+def refuse_overwriting(workdir: str | os.PathLike, names: tuple[str, ...], what: str) -> None:
+    """Refuses a new run or sweep (``what``) in ``workdir`` where it would overwrite a file
+    it writes, ``names`` or a figure (``*.png``), that is not its own: ``--workdir .`` in a
+    folder holding the user's commented ``config.toml`` replaced it."""
+    if not os.path.isdir(workdir):
+        return
+    for name in sorted(os.listdir(workdir)):
+        if name in names or name.endswith(".png"):
+            raise RunError(f"{workdir} holds {name}, which {what} would overwrite; choose "
+                           "an empty or new directory")
+
+
 def holds(workdir: str | os.PathLike) -> str | None:
     """What ``workdir`` holds: `RUN`, `REPORT` or `SWEEP` (by the files that make one), or
     None. A report is told from a sweep by its `jaxnn.sweep.workers.REPORT_OF`: both

@@ -134,6 +134,21 @@ def test_unreadable_config_files_are_one_error(tmp_path, capsys):
         assert err.startswith(f"jaxnn: error: {path}: {fragment}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_new_run_never_overwrites_files_it_did_not_write(tmp_path, capsys, command):
+    """``--workdir .`` in a folder holding the user's own commented config.toml (or a
+    figure) replaced it with the generated one."""
+    own = tmp_path / ("config.toml" if command == "train" else "sweep.toml")
+    text = "# mine\n" + open(os.path.join(CONFIGS, "tiny.toml")).read() + (
+        "[sweep]\ngrid = {learning_rate = [0.1, 0.2]}\n" if command == "sweep" else "")
+    own.write_text(text)
+    (tmp_path / "loss.png").write_bytes(b"mine")
+    assert cli.main([command, str(own), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} holds " in err and "would overwrite; choose an empty or new" in err
+    assert own.read_text() == text and (tmp_path / "loss.png").read_bytes() == b"mine"
+
+
 def test_directories_that_are_files_are_one_error(tmp_path, capsys, monkeypatch):
     """--workdir, --resume and the compile cache's directory given as an existing file."""
     tiny, taken = os.path.join(CONFIGS, "tiny.toml"), tmp_path / "a file"

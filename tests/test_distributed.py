@@ -94,6 +94,9 @@ def test_distributed_needs_a_shared_directory(capsys):
     (["--distributed", "--num-processes", "2", "--process-id", "5"],
      "--process-id 5: must be >= 0 and below --num-processes (2)"),
     (["--distributed", "--coordinator", "notanaddress"], "expected HOST:PORT"),
+    # A port that is not one segfaulted in JAX's runtime; ":" hung.
+    (["--distributed", "--coordinator", "127.0.0.1:abc"], "a port from 1 to 65535"),
+    (["--distributed", "--coordinator", ":"], "a port from 1 to 65535"),
     (["--num-processes", "2"], "--num-processes: only with --distributed"),
     (["--storage", "STORAGE", "--study", "s", "--heartbeat", "0"], "--heartbeat 0: must be >= 1"),
 ])
@@ -105,3 +108,13 @@ def test_bad_distributed_flags_are_one_error(tmp_path, capsys, flags, fragment):
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists() and not (tmp_path / "study.journal").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "2147483648"])
+def test_a_device_count_beyond_what_xla_starts_is_a_usage_error(tmp_path, capsys, count):
+    """2**31 devices failed to start JAX's CPU backend (a traceback); 10,000 aborted."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", TINY, "--plan", "--cpu-devices", count])
+    assert exit_.value.code == 2
+    assert f"--cpu-devices: '{count}' is not a device count (1 to 1024)" in \
+        capsys.readouterr().err

@@ -212,6 +212,19 @@ def test_beyond_its_size_the_least_recently_used_entries_go(cache_dir):
         os.path.basename(path) for path in (used, new, writing))
 
 
+def test_what_the_cache_did_not_write_is_left_alone(cache_dir):
+    """A folder named like an entry (or an abandoned write) ended the sweep with an
+    IsADirectoryError when the cache was cleaned."""
+    (cache_dir / "junk.partial").mkdir(parents=True)
+    (cache_dir / ("aaaa" + executable_cache.ENTRY_SUFFIX)).mkdir()
+    an_hour_ago = time.time() - 3600
+    os.utime(cache_dir / "junk.partial", (an_hour_ago, an_hour_ago))
+    kept, _ = _kept(59)
+    assert executable_cache.evict(str(cache_dir), 0, keep=kept) == []
+    assert sorted(os.listdir(cache_dir)) == sorted(
+        ["junk.partial", "aaaa" + executable_cache.ENTRY_SUFFIX, os.path.basename(kept)])
+
+
 def test_an_entry_larger_than_the_cache_is_not_kept(cache_dir):
     executable_cache.enable(str(cache_dir), max_bytes=0)
     args = (jnp.ones((53, 5)), jnp.ones((3, 53)))

@@ -152,6 +152,9 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
                               "choose another directory")
     if held not in (None, rundir.SWEEP):  # a report's trials are its study's, not a sweep's
         raise rundir.RunError(f"{workdir} holds {held}; a sweep needs another directory")
+    if not resume:
+        rundir.refuse_overwriting(workdir, (SWEEP_CONFIG, RESULTS, search.STUDY_FILE,
+                                            *report.WRITTEN), "a new sweep")
     if resume and not os.path.exists(results_path):
         raise rundir.RunError(f"{workdir}: nothing to resume ({RESULTS} not found)")
     rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []

@@ -31,6 +31,10 @@ def best_config(plan: Plan, results: list[dict]) -> Config | None:
     return dataclasses.replace(best.config, sweep={})
 
 
+# What `write` writes besides its figures.
+WRITTEN = ("results.csv", "table.txt", "best.toml")
+
+
 def rank(plan: Plan, results: list[dict]) -> list[dict]:
     """Results sorted best first by the plan's metric: completed trials, then pruned ones
     (the longest trained first), then diverged ones. Completed trials rank by the metric
