@@ -321,7 +321,8 @@ class Sweep:
                     if trial.index in refused:
                         refusals[trial.index] += 1
                         if study is not None:
-                            search.fail(study, trial.index, refused[trial.index])
+                            search.refuse(study, search.by_index(study)[trial.index]._trial_id,
+                                          refused[trial.index])
                             self.bar.write(f"jaxnn: refused {refused[trial.index]}; recorded "
                                            "as failed in the study, asking the sampler again",
                                            file=sys.stderr)

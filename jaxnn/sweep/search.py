@@ -252,11 +252,11 @@ def ask(study, space: Mapping[str, Distribution], index: int) -> dict:
     return from_study(trial.params, space)
 
 
-def fail(study, index: int, reason: str) -> None:
-    """Records the running trial ``index`` as failed, ``reason`` its user attribute
+def refuse(study, trial_id: int, reason: str) -> None:
+    """Records the running study trial ``trial_id`` as failed, ``reason`` its user attribute
     ``"refused"``: values asked for that no trial can take."""
     optuna = _quiet()
-    live = optuna.trial.Trial(study, by_index(study)[index]._trial_id)
+    live = optuna.trial.Trial(study, trial_id)
     live.set_user_attr("refused", reason)
     study.tell(live, state=optuna.trial.TrialState.FAIL)
 

@@ -328,9 +328,7 @@ def _trainable(study, sweep: Sweep, config: Config, dataset, batch: list[Claim],
         if refusals[claimed.slot] >= MAX_REFUSALS:
             raise ConfigError(config.source, "sweep", f"{reason} ({MAX_REFUSALS} draws in a "
                               "row refused for one trial)")
-        live = _optuna().trial.Trial(study, claimed.trial_id)
-        live.set_user_attr("refused", reason)
-        study.tell(live, state=_optuna().trial.TrialState.FAIL)
+        search.refuse(study, claimed.trial_id, reason)
         study.enqueue_trial({}, user_attrs={"trial": claimed.slot})
         held.pop(claimed.slot)
         sweep.bar.write(f"jaxnn: refused {reason}; recorded as failed in the study, its slot "
