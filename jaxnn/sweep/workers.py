@@ -312,14 +312,20 @@ def _busy(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)))
 
 
-def _trainable(study, sweep: Sweep, config: Config, dataset, batch: list[Claim],
-               held: dict[int, Claim], refusals: collections.Counter) -> list:
-    """The trials of ``batch`` the data and the network can take. A claim the sampler filled
-    with values no trial can take (as in `Sweep.ask_batch`) is failed with the reason (user
-    attribute ``"refused"``), given back to ``held``, and its slot enqueued afresh for the
-    sampler; a slot refused `MAX_REFUSALS` times in a row ends this worker (exit 2)."""
+def _batch_plan(study, sweep: Sweep, config: Config, dataset, batch: list[Claim],
+                held: dict[int, Claim], refusals: collections.Counter):
+    """The plan of the trials of ``batch`` the data and the network can take (None: none).
+    A claim the sampler filled with values no trial can take (as in `Sweep.ask_batch`) is
+    failed with the reason (user attribute ``"refused"``), given back to ``held``, and its
+    slot enqueued afresh for the sampler; a slot refused `MAX_REFUSALS` times in a row ends
+    this worker (exit 2), as does an error of the batch as a whole."""
     trials = [make_trial(c.slot, c.values, config) for c in batch]
-    refused = sweep.refused(trials)
+    try:
+        return make_plan(config, dataset, trials)
+    except ConfigError:
+        refused = sweep.refused(trials)  # each trial checked alone: only when one fails
+        if not refused:
+            raise
     for claimed in batch:
         if claimed.slot not in refused:
             continue
@@ -333,7 +339,8 @@ def _trainable(study, sweep: Sweep, config: Config, dataset, batch: list[Claim],
         held.pop(claimed.slot)
         sweep.bar.write(f"jaxnn: refused {reason}; recorded as failed in the study, its slot "
                         "given back to the sampler", file=sys.stderr)
-    return [t for t in trials if t.index not in refused]
+    trials = [t for t in trials if t.index not in refused]
+    return make_plan(config, dataset, trials) if trials else None
 
 
 def _release(study, storage, held: dict[int, Claim]) -> None:
@@ -392,9 +399,9 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
                 continue
             held.update({c.slot: c for c in batch})
             with beating(storage, held, heartbeat):
-                trials = _trainable(study, sweep, config, dataset, batch, held, refusals)
-                if trials:
-                    sweep.train_batch(make_plan(config, dataset, trials))
+                batch_plan = _batch_plan(study, sweep, config, dataset, batch, held, refusals)
+                if batch_plan is not None:
+                    sweep.train_batch(batch_plan)
     finally:
         sweep.bar.close()
         _release(study, storage, held)
