@@ -373,16 +373,17 @@ def _best_arrays(best: dict) -> dict:
             "stopped": np.asarray(best["stopped"], np.int64)}
 
 
-def _stop_index(rows: list[dict], best: dict, patience: int) -> int | None:
-    """The index of the row at which early stopping ends the run (``patience`` epochs
-    without a better validation loss than ``best``'s, or the rows' own), or None."""
-    loss, epoch = best["val_loss"], best["epoch"]
+def _watched(rows: list[dict], best: dict, patience: int) -> tuple[dict, int | None]:
+    """``(best after rows, stop)``: the early-stopping record (best validation loss, its
+    epoch, stopped) once ``rows`` are seen, and the index of the row at which early stopping
+    ends the run (``patience`` epochs without a better validation loss), or None."""
+    best = dict(best)
     for index, row in enumerate(rows):
-        if "val_loss" in row and row["val_loss"] < loss:
-            loss, epoch = row["val_loss"], row["epoch"]
-        if patience and row["epoch"] - epoch >= patience:
-            return index
-    return None
+        if "val_loss" in row and row["val_loss"] < best["val_loss"]:
+            best["val_loss"], best["epoch"] = row["val_loss"], row["epoch"]
+        if patience and row["epoch"] - best["epoch"] >= patience:
+            return {**best, "stopped": 1}, index
+    return best, None
 
 
 def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
@@ -413,11 +414,9 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
     def accept(new_state, rows):
         nonlocal status
         times["steps"] += len(rows) * trainer.steps_per_epoch
-        for row in rows:
-            if "val_loss" in row and row["val_loss"] < best["val_loss"]:
-                best["val_loss"], best["epoch"] = row["val_loss"], row["epoch"]
-            if patience and row["epoch"] - best["epoch"] >= patience:
-                best["stopped"], status = 1, "early_stopped"
+        best.update(_watched(rows, best, patience)[0])  # rows end at a stop (see below)
+        if best["stopped"]:
+            status = "early_stopped"
         jsonl.append(os.path.join(workdir, METRICS), rows)
         if config.output.checkpoint:
             checkpoint.save(os.path.join(workdir, CHECKPOINT),
@@ -434,7 +433,7 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
             new_state, rows = run(min(chunk, epochs - int(state.epoch)), state)
             bad = next((r for r in rows if r["nonfinite_step"] >= 0), None)
             finite = [r for r in rows if bad is None or r["epoch"] < bad["epoch"]]
-            stop = _stop_index(finite, best, patience)
+            stop = _watched(finite, best, patience)[1]
             if stop is not None:  # an early stop before the chunk's end (or its divergence)
                 finite, bad = finite[:stop + 1], None  # as one epoch at a time would stop
             if len(finite) < len(rows) and finite:  # run again up to there
