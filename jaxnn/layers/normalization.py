@@ -63,11 +63,13 @@ def _affine_params(channels: int, use_scale: bool, use_bias: bool, dtype) -> dic
     return params
 
 
-def _floating(x, dtype):
+def _floating(x, params, default):
     """``x`` itself when floating (a bfloat16 input is normalized in its dtype), else cast to
-    ``dtype``: integer pixels in their own dtype truncated the statistics and wrapped
-    ``x - mean`` around."""
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
+    the params' dtype (``default`` without params): integer pixels in their own dtype
+    truncated the statistics and wrapped ``x - mean`` around."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x.astype(next(iter(params.values())).dtype if params else default)
 
 
 def _channels(vector, ndim):
@@ -138,7 +140,7 @@ def BatchNorm(
         """``(x, axes, mean, var)``: ``x`` floating (an integer one in the params' dtype, as
         LayerNorm's; else the state's), and the batch's statistics in training, the running
         ones otherwise."""
-        x = _floating(x, next(iter(params.values())).dtype if params else state["mean"].dtype)
+        x = _floating(x, params, state["mean"].dtype)
         axes = tuple(range(x.ndim - 1))
         # ("no" would have trained; float32 statistics normalize a bfloat16 input in its dtype)
         if not check_bool(train, "train", name):
@@ -211,19 +213,15 @@ def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dt
         xhat, inv_sigma = _standardize(grouped_x, axes, epsilon)
         return xhat, inv_sigma, axes
 
-    def floating(params, x):
-        """``x`` cast, unless floating, to the params' dtype (the default float without)."""
-        return _floating(x, next(iter(params.values())).dtype if params else param_dtype(dtype))
-
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic, the same in both modes.
-        x = floating(params, x)
+        x = _floating(x, params, param_dtype(dtype))
         xhat, _, _ = forward(x)
         return _scale_shift(params, ungrouped(xhat, x.shape))
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train
-        x = floating(params, x)
+        x = _floating(x, params, param_dtype(dtype))
         xhat, inv_sigma, axes = forward(x)
         flat_xhat = ungrouped(xhat, x.shape)
         grads = _affine_grads(params, flat_xhat, dy, tuple(range(x.ndim - 1)))
