@@ -29,9 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 class Experiment:
     """One experiment run: its config, output directory and data."""
 
-    def __init__(self, name: str, config: Config, out: str, quick: bool, prog: str = ""):
+    def __init__(self, name: str, config: Config, out: str, quick: bool):
         self.name, self.config, self.out, self.quick = name, config, out, quick
-        self.prog = prog or f"experiments/{name}.py"  # heads its one-line errors
         self.started = time.perf_counter()
         run.enable_precision(config)
         self.dataset = run.prepare(config)
@@ -52,7 +51,7 @@ class Experiment:
             try:
                 result = sweep.run_sweep(config or self.config, fresh, dataset=self.dataset)
             except cli.user_errors() as error:  # a bad --set that only the sweep reads
-                raise SystemExit(cli.usage_error(error, self.prog)) from None
+                raise SystemExit(cli.usage_error(error, _prog(self.name))) from None
             if os.path.exists(workdir):
                 shutil.rmtree(workdir)
             os.rename(fresh, workdir)
@@ -87,9 +86,14 @@ class Experiment:
         return headline
 
 
+def _prog(name: str) -> str:
+    """The script's name as its one-line errors and ``--help`` give it."""
+    return f"experiments/{name}.py"
+
+
 def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser of ``experiments/<name>.py``'s arguments, its docstring as ``--help``."""
-    return argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
+    return argparse.ArgumentParser(prog=_prog(name), description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -135,7 +139,7 @@ def start(
         if held is not None:  # its files would be overwritten and mixed with the experiment's
             raise rundir.RunError(f"--out: {args.out} holds {held}; an experiment needs a "
                                   "directory of its own")
-        return Experiment(name, config, args.out, args.quick, parser.prog)
+        return Experiment(name, config, args.out, args.quick)
     except cli.user_errors() as error:
         raise SystemExit(cli.usage_error(error, parser.prog)) from None
 
