@@ -310,6 +310,11 @@ def _parse_override(text: str, source: str) -> tuple[list[str | int], Any]:
     if not sep or not key.strip():
         raise ConfigError(source, "--set", f"expected key.path=value, got {text!r}")
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+        raise ConfigError(source, "--set", f"{text!r} is not valid UTF-8, which a TOML "
+                          "config (and the run's config.toml) must be") from None
+    try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()  # A bare word is taken as a string.

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from jaxnn import rundir
 from jaxnn.rundir import RunError
 
 
@@ -79,10 +80,4 @@ def append(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
 
 def rewrite(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Replaces the file with ``rows`` atomically (a kill leaves the old or the new file)."""
-    path = os.fspath(path)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    rundir.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -184,15 +184,6 @@ def _metrics_until(workdir: str, epoch: int | jax.Array) -> list[dict]:
     return rows
 
 
-def _write_json_atomically(path: str, value: Any) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _rows(metrics: dict, first_epoch: int) -> list[dict]:
     host = jax.device_get(metrics)
     count = len(host["train_loss"])
@@ -252,8 +243,7 @@ def train_and_evaluate(
             jsonl.rewrite(os.path.join(workdir, METRICS), _metrics_until(workdir, state.epoch))
         else:
             state = _initial_state(trainer, key, hparams)
-            with open(os.path.join(workdir, CONFIG), "w") as handle:
-                handle.write(config_lib.dumps(config))
+            rundir.write_text(os.path.join(workdir, CONFIG), config_lib.dumps(config))
         return _finish(config, dataset, trainer, state, hparams, workdir, best, started)
 
 
@@ -338,7 +328,7 @@ def _finish(config, dataset, trainer, state, hparams, workdir, best, started) ->
             os.path.exists(os.path.join(workdir, os.path.basename(plot)))
             for plot in previous["plots"]):
         summary["plots"] = previous["plots"]  # drawn before, still there
-    _write_json_atomically(path, summary)
+    rundir.write_text(path, json.dumps(summary, indent=2))
     return summary
 
 

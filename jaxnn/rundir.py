@@ -58,6 +58,20 @@ def holds(workdir: str | os.PathLike) -> str | None:
     return SWEEP if has(RESULTS, SWEEP_CONFIG) else None
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replaces the file at ``path`` with ``text`` (UTF-8) whole: written to a temporary file
+    beside it, synced, then renamed over it, so a kill or an error leaves the old file or the
+    new one, never an empty or half-written one."""
+    data = text.encode("utf-8")  # before anything is opened
+    path = os.fspath(path)
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
 def make_directory(path: str) -> None:
     """Creates ``path`` and its parents, unless it is a directory already.
 

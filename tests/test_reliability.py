@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnn import cli, jsonl, run, rundir
+from jaxnn import cli, jsonl, run, rundir, sweep
 from jaxnn import config as config_lib
 from jaxnn.train import default_hparams, make_train
 
@@ -233,6 +233,42 @@ def test_a_cut_results_file_is_repaired_on_resume(tmp_path, capsys):
         assert sorted(row["trial"] for row in rows) == [0, 1, 2]
     assert [json.loads(line)["trial"] for line in path.read_bytes().splitlines()[:1]] == [
         json.loads(lines[0])["trial"]]
+
+
+def test_a_report_that_fails_while_writing_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """``best.toml``, ``table.txt``, ``results.csv`` and ``config.toml`` are replaced whole:
+    a report that failed half-way (here while rendering the best config) left ``best.toml``
+    holding its comment line alone, which ``jaxnn train`` read as the default config."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    before = digest(workdir)
+
+    def dumps_then_fail(value):
+        raise KeyboardInterrupt  # as a Ctrl-C while the report is written
+
+    monkeypatch.setattr(config_lib, "dumps", dumps_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.report.write(*_report_inputs(workdir))
+    assert digest(workdir) == before
+    assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
+
+
+def _report_inputs(workdir):
+    config = config_lib.load(workdir / sweep.SWEEP_CONFIG)
+    plan = sweep.make_plan(config, run.prepare(config))
+    return config, plan, sweep.read_results(str(workdir)), str(workdir)
+
+
+def test_set_values_that_are_not_utf8_are_refused_before_a_directory_is_made(tmp_path,
+                                                                              capsys):
+    """Bytes the terminal could not decode reached config.toml's writer, which failed after
+    opening it: a traceback, and an empty config.toml that ``--resume`` read as the default
+    config."""
+    output = os.fsdecode(os.fsencode(str(tmp_path)) + b"/out\xff")
+    fails(capsys, ["train", write(tmp_path, TINY), "--set", f'output.dir="{output}"'],
+          "--set", "is not valid UTF-8")
+    assert os.listdir(tmp_path) == ["tiny.toml"]
 
 
 def test_jsonl_reader_drops_a_partial_line_and_repair_truncates_it(tmp_path):

@@ -175,8 +175,7 @@ def _write_new(config: Config, workdir: str) -> None:
     """Writes a new sweep's config and empty results file: once its study is open, so that
     a sweep refused for its study's name leaves nothing a ``--resume`` would continue in
     the other sweep's study."""
-    with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
-        handle.write(config_lib.dumps(config))
+    rundir.write_text(os.path.join(workdir, SWEEP_CONFIG), config_lib.dumps(config))
     jsonl.rewrite(os.path.join(workdir, RESULTS), [])
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 from typing import Any
 
 from jaxnn import config as config_lib
-from jaxnn import plots
+from jaxnn import plots, rundir
 from jaxnn._table import format_table
 from jaxnn.config import Config
 from jaxnn.summary import param_count
@@ -89,12 +90,13 @@ def write_csv(path: str, plan: Plan, results: list[dict]) -> None:
     names = swept_names(plan)
     fields = ["trial", *names, "epochs", "train_loss", "train_accuracy", "val_loss",
               "val_accuracy", "test_loss", "test_accuracy", "status", "diverged_step"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
-        for row in rank(plan, results):
-            writer.writerow([row["trial"], *[row["values"].get(n) for n in names],
-                             *[row.get(f) for f in fields[1 + len(names):]]])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(fields)
+    for row in rank(plan, results):
+        writer.writerow([row["trial"], *[row["values"].get(n) for n in names],
+                         *[row.get(f) for f in fields[1 + len(names):]]])
+    rundir.write_text(path, handle.getvalue())
 
 
 def write(config, plan, results: list[dict], workdir: str, study=None) -> dict[str, Any]:
@@ -105,16 +107,14 @@ def write(config, plan, results: list[dict], workdir: str, study=None) -> dict[s
       ``{"table": str, "best": row or None, "plots": [paths]}``.
     """
     text = table(plan, results)
-    with open(os.path.join(workdir, "table.txt"), "w") as handle:
-        handle.write(text + "\n")
+    rundir.write_text(os.path.join(workdir, "table.txt"), text + "\n")
     write_csv(os.path.join(workdir, "results.csv"), plan, results)
     best = best_config(plan, results)
     best_row = rank(plan, results)[0] if best is not None else None
     if best is not None:
-        with open(os.path.join(workdir, "best.toml"), "w") as handle:
-            handle.write(f"# Best of {len(results)} trials by {plan.metric}: trial "
-                         f"{best_row['trial']} {best_row['values']}\n")
-            handle.write(config_lib.dumps(best))
+        rundir.write_text(os.path.join(workdir, "best.toml"),
+                          f"# Best of {len(results)} trials by {plan.metric}: trial "
+                          f"{best_row['trial']} {best_row['values']}\n" + config_lib.dumps(best))
     figures = []
     if config.output.plots:
         figures = figures_for(plan, results, workdir)

@@ -463,10 +463,9 @@ def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, A
         workdir = rundir.create(config.output.dir, name)
     with rundir.locked(workdir):  # one writer at a time, as for a sweep
         _check_report_directory(workdir, url, name)
-        with open(os.path.join(workdir, REPORT_OF), "w") as handle:
-            json.dump({"storage": url, "study": name}, handle)
-        with open(os.path.join(workdir, SWEEP_CONFIG), "w") as handle:
-            handle.write(config_lib.dumps(config))
+        rundir.write_text(os.path.join(workdir, REPORT_OF),
+                          json.dumps({"storage": url, "study": name}))
+        rundir.write_text(os.path.join(workdir, SWEEP_CONFIG), config_lib.dumps(config))
         jsonl.rewrite(os.path.join(workdir, RESULTS), rows)
         written = report.write(config, plan, rows, workdir, study)
     return {**written, "results": rows, "budget": study.user_attrs.get(BUDGET_ATTR),
