@@ -5,12 +5,15 @@ leaves a partial last line (no newline after it); `read` drops it, and `repair` 
 off the file so that the next `append` starts on a line of its own instead of gluing a row to
 the fragment. Any other line that is not a JSON object is damage no kill makes: `read` and
 `repair` raise `DamagedFile`, naming the line, and change nothing (cutting the file there
-would lose every row after it).
+would lose every row after it). Values that are not numbers (NaN, infinities: a diverged
+loss, a regression's accuracy) are written as ``null``, so every line is strict JSON that any
+reader (``jq``, a browser) parses.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -70,14 +73,34 @@ def repair(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float, however deep, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON: NaN and infinities as ``null``."""
+    return json.dumps(_strict(value), indent=indent, allow_nan=False)
+
+
+def _line(row: dict[str, Any]) -> str:
+    return strict_json(row) + "\n"
+
+
 def append(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Appends ``rows``, one line each, and syncs them to disk."""
     with open(path, "a") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
+        handle.writelines(_line(row) for row in rows)
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def rewrite(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Replaces the file with ``rows`` atomically (a kill leaves the old or the new file)."""
-    rundir.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    rundir.write_text(path, "".join(_line(row) for row in rows))

@@ -328,7 +328,7 @@ def _finish(config, dataset, trainer, state, hparams, workdir, best, started) ->
             os.path.exists(os.path.join(workdir, os.path.basename(plot)))
             for plot in previous["plots"]):
         summary["plots"] = previous["plots"]  # drawn before, still there
-    rundir.write_text(path, json.dumps(summary, indent=2))
+    rundir.write_text(path, jsonl.strict_json(summary, indent=2))
     return summary
 
 
@@ -349,7 +349,8 @@ def _divergence(bad: dict, rows: list[dict], kept_epoch: int) -> str:
     last = bad["last_finite_loss"]
     if not math.isfinite(last):  # the epoch's first step: the previous epoch's last loss
         before = [r for r in rows if r["epoch"] < bad["epoch"]]
-        last = before[-1]["last_finite_loss"] if before else math.nan
+        last = before[-1]["last_finite_loss"] if before else None
+        last = math.nan if last is None else last  # null in the file: not finite
     kept = (f"the last finite epoch, {kept_epoch} (checkpointed)" if kept_epoch
             else "the initial parameters (no epoch finished with a finite loss)")
     return (f"loss became non-finite at step {step} (epoch {bad['epoch']}); last finite loss "

@@ -485,8 +485,33 @@ def test_a_diverged_run_keeps_its_last_finite_epoch(tmp_path, capsys):
                      if p.endswith(".epoch") or p.endswith("[4]"))
     assert epoch == kept
     assert np.isfinite(summary["test_loss"])
+    assert strict_json(workdir / run.METRICS)[-1]["train_loss"] is None  # not NaN: strict
+    strict_json(workdir / run.SUMMARY)
     # Its loss figure shows the finite epochs (the diverged one a gap; it was left out).
     assert [os.path.basename(p) for p in summary["plots"]] == ["loss.png", "accuracy.png"]
+
+
+def strict_json(path):
+    """The JSON values of ``path``'s lines (or its one document), refusing NaN and infinities
+    (Python's reader takes them; ``jq`` and browsers do not)."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+    text = open(path).read()
+    if str(path).endswith(".jsonl"):
+        return [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_regression_writes_strict_json(tmp_path):
+    """metrics.jsonl held ``"train_accuracy": NaN`` on every line of a regression."""
+    config = write(tmp_path, TINY.replace('name = "digits"', 'name = "regression"')
+                   .replace("[data]", '[data]\nnum_examples = 60').replace(
+                       "hidden = [8]", 'hidden = [8]\nloss = "mse"').replace("limit = 400\n", ""))
+    assert cli.main(["train", config, "--workdir", str(tmp_path / "run")]) == 0
+    rows = strict_json(tmp_path / "run" / run.METRICS)
+    assert [row["train_accuracy"] for row in rows] == [None, None]
+    assert all(np.isfinite(row["train_loss"]) for row in rows)
+    strict_json(tmp_path / "run" / run.SUMMARY)
 
 
 def test_config_round_trip_keeps_num_classes(tmp_path):
