@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from jaxnn import compile_cache, rundir
 from jaxnn import config as config_lib
@@ -61,9 +62,18 @@ def _workdir(config: Config, path: str | None) -> str:
         raise ConfigError(config.source, "output.dir", str(error)) from None
 
 
-def _directory(args: argparse.Namespace, stored: str):
+def _not_a_sweep(config: Config) -> None:
+    if config.sweep:  # it trained the base config alone, as if the sweep were not there
+        raise ConfigError(config.source, "sweep", "this config describes a sweep: run it "
+                          "with `jaxnn sweep`, or train its base config alone with "
+                          "--set 'sweep={}'")
+
+
+def _directory(args: argparse.Namespace, stored: str,
+               check: Callable[[Config], None] = lambda config: None):
     """``(config, workdir, created)`` of a command: the stored config of ``--resume DIR``, or
-    the given config in ``--workdir`` or a new directory (``created``)."""
+    the given config (passed to ``check`` first) in ``--workdir`` or a new directory
+    (``created``)."""
     if args.resume:
         if args.config:
             raise ConfigError(args.config, "", f"give either a config or --resume {args.resume}")
@@ -72,6 +82,7 @@ def _directory(args: argparse.Namespace, stored: str):
         return config_lib.load_for_resume(os.path.join(args.resume, stored), args.set), \
             args.resume, False
     config = load_config(args.config, args.set)
+    check(config)
     if args.workdir:
         return config, args.workdir, False
     return config, _workdir(config, args.config), True
@@ -80,7 +91,7 @@ def _directory(args: argparse.Namespace, stored: str):
 def _train(args: argparse.Namespace) -> int:
     from jaxnn import run
 
-    config, workdir, created = _directory(args, run.CONFIG)
+    config, workdir, created = _directory(args, run.CONFIG, _not_a_sweep)
     with rundir.guarded(workdir, "train", created=created, resumable=config.output.checkpoint
                         or os.path.exists(os.path.join(workdir, run.CHECKPOINT))):
         summary = run.train_and_evaluate(config, workdir, resume=bool(args.resume))

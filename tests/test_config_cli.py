@@ -214,6 +214,23 @@ def test_a_run_and_a_sweep_never_share_a_directory(tmp_path, capsys):
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
+def test_train_refuses_a_sweep_config_before_making_a_directory(tmp_path, capsys,
+                                                                 monkeypatch):
+    """`jaxnn train` on a sweep's config trained its base config, silently, as if the sweep
+    were not there; its base config still trains with ``--set 'sweep={}'``."""
+    monkeypatch.chdir(tmp_path)
+    sweep_config = os.path.join(CONFIGS, "sweep_lr_width.toml")
+    assert cli.main(["train", sweep_config]) == 2
+    err = capsys.readouterr().err
+    assert "sweep_lr_width.toml: sweep: this config describes a sweep" in err, err
+    assert "jaxnn sweep" in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+    assert cli.main(["train", sweep_config, "--set", "sweep={}", "--set", "training.epochs=1",
+                     "--set", "output.plots=false", "--set", "data.limit=200",
+                     "--workdir", "run"]) == 0
+    assert config.load(tmp_path / "run" / "config.toml").sweep == {}
+
+
 def test_newer_layer_types_and_activations_build_from_a_config():
     layers = [{"type": "Conv2DTranspose", "features": 2, "stride": 2}, {"type": "Selu"},
               {"type": "SumPool2D", "window": [2, 2]}, {"type": "Conv2D", "features": 3},
