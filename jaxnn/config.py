@@ -148,6 +148,11 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "exponential", "step", "cosine", "warmup_cosine")
 BACKPROPS = ("autodiff", "manual")  # jax.value_and_grad, or the layers' delta rules
 DATASETS = ("digits", "mnist", "fashion_mnist", "npz", "csv", "spirals", "moons", "regression")
+_DATA_KEYS_READ_BY = {  # the data sets that read each key that not all of them read
+    "path": ("mnist", "fashion_mnist", "npz", "csv"),
+    "features": ("npz", "csv"), "label": ("npz", "csv"), "num_classes": ("npz", "csv"),
+    "num_examples": ("spirals", "moons", "regression"),
+}
 
 
 def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
@@ -261,7 +266,16 @@ def _check_values(config: Config) -> None:
     require(data.num_examples >= 0, "data.num_examples",
             f"must be >= 0, got {data.num_examples}")
     require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
-    if data.name in ("mnist", "fashion_mnist", "npz", "csv"):
+    defaults = DataConfig()
+    for key, readers in _DATA_KEYS_READ_BY.items():  # else set and silently ignored
+        value = getattr(data, key)
+        require(data.name in readers or value == getattr(defaults, key), f"data.{key}",
+                f"{value!r} is not read by the {data.name!r} data set (only by "
+                f"{', '.join(readers)}); leave it out")
+    require(data.name in ("npz", "csv", "regression") or data.task == "classification",
+            "data.task", f"{data.task!r}: the {data.name!r} data set is classification; only "
+            "npz and csv data take a task")
+    if data.name in _DATA_KEYS_READ_BY["path"]:
         require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
         require(os.path.exists(data_path(config)), "data.path", f"{data.path!r} not found")
     require(0 <= model.dropout < 1, "model.dropout", f"must be in [0, 1), got {model.dropout}")

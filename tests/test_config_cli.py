@@ -69,6 +69,15 @@ BAD_CONFIGS = [
     ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = 50\n[training]\nepochs = 2\n',
      "schedule.warmup_epochs", "50.0 is beyond the run's 2 epochs (training.epochs)"),
     ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be >= 0"),
+    # Keys a data set does not read were ignored: digits trained on its 10 classes and its
+    # own images whatever data.path or data.num_classes said.
+    ('[data]\nname = "digits"\npath = "mine.npz"\n', "data.path",
+     "'mine.npz' is not read by the 'digits' data set (only by mnist, fashion_mnist, npz, csv)"),
+    ('[data]\nnum_classes = 5\n', "data.num_classes", "5 is not read by the 'digits' data set"),
+    ('[data]\nname = "moons"\nlabel = "y"\n', "data.label", "not read by the 'moons'"),
+    ('[data]\nnum_examples = 50\n', "data.num_examples", "(only by spirals, moons, regression)"),
+    ('[data]\ntask = "regression"\n[model]\nloss = "mse"\n', "data.task",
+     "the 'digits' data set is classification; only npz and csv data take a task"),
     ('[model]\nlayers = [{type = "Dense", features = 8}, {type = "LeakyRelu", '
      'negative_slope = "x"}, {type = "Dense", features = 10}]\n',
      "model.layers[1].negative_slope", "LeakyRelu: expected float, got 'x'"),
