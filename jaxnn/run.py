@@ -402,6 +402,10 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
         times["train"] += time.perf_counter() - start
         return new_state, rows
 
+    def save(new_state):
+        checkpoint.save(os.path.join(workdir, CHECKPOINT), {"state": new_state,
+                        **_best_arrays(best)}, note=config_lib.dumps(config))  # `_restore`'s
+
     def accept(new_state, rows):
         nonlocal status
         times["steps"] += len(rows) * trainer.steps_per_epoch
@@ -410,9 +414,7 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
             status = "early_stopped"
         jsonl.append(os.path.join(workdir, METRICS), rows)
         if config.output.checkpoint:
-            checkpoint.save(os.path.join(workdir, CHECKPOINT),
-                            {"state": new_state, **_best_arrays(best)},
-                            note=config_lib.dumps(config))  # what `_restore` checks
+            save(new_state)
         bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}",
                         acc=f"{rows[-1]['train_accuracy']:.3f}",
                         val_acc=f"{rows[-1].get('val_accuracy', float('nan')):.3f}")
@@ -439,6 +441,11 @@ def _drive(config, trainer: Trainer, state, hparams, workdir, best) -> dict:
     finally:
         bar.close()
     compile_s, train_s, steps_done = times["compile"], times["train"], times["steps"]
+    if steps_done and not config.output.checkpoint and os.path.exists(
+            os.path.join(workdir, CHECKPOINT)):
+        # A checkpointed run resumed with checkpoints off: its checkpoint would stay behind
+        # the finished run, and a later --resume would train those epochs again.
+        save(state)
     return {
         "status": status,
         "message": message or (f"stopped early at epoch {int(state.epoch)}: no better "

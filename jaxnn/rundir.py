@@ -115,12 +115,15 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
 
     Raises:
       RunError: when another live process holds it, naming that process; when ``path`` is a
-        file or cannot be created.
+        file, cannot be created or cannot be written.
     """
     path = os.fspath(path)
     make_directory(path)
     lock_path = os.path.join(path, LOCK)
-    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # a read-only directory or file system
+        raise RunError(f"{path}: cannot write in it ({error.strerror})") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,11 +158,13 @@ def guarded(path: str, command: str, *, created: bool,
     try:
         yield
     except BaseException as error:
-        written = os.path.isdir(path) and set(os.listdir(path)) - {LOCK}
+        # The lock and the temporaries of a file not yet renamed into place are not written.
+        names = set(os.listdir(path)) if os.path.isdir(path) else set()
+        written = {name for name in names if not name.startswith(".")}
         if created and os.path.isdir(path) and not written:
             with contextlib.suppress(OSError):
-                if os.path.exists(os.path.join(path, LOCK)):
-                    os.remove(os.path.join(path, LOCK))
+                for name in names:
+                    os.remove(os.path.join(path, name))
                 os.rmdir(path)
         if isinstance(error, KeyboardInterrupt) and written:
             raise Interrupted(path, command, resumable) from None

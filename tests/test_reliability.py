@@ -515,7 +515,9 @@ def test_a_regression_writes_strict_json(tmp_path):
 
 
 def test_config_round_trip_keeps_num_classes(tmp_path):
-    config = config_lib.from_dict({"data": {"num_classes": 4}})
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.zeros((8, 2)), y=np.arange(8) % 4)
+    config = config_lib.from_dict({"data": {"name": "npz", "path": str(path), "num_classes": 4}})
     again = config_lib.load(write(tmp_path, config_lib.dumps(config)))
     assert again.data.num_classes == 4
 
@@ -666,3 +668,95 @@ def _template(workdir):
     trainer = make_train(cfg, run.prepare(cfg))
     state = trainer.init(jax.random.key(0), default_hparams(cfg, trainer.dtype))
     return state, {"val_loss": float("inf"), "epoch": 0, "stopped": 0}
+
+
+def _interrupt_on_call(monkeypatch, module, name, when):
+    """``module.name`` raising KeyboardInterrupt (a Ctrl-C) on the calls ``when`` accepts."""
+    real = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        if when(*args):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+@pytest.mark.parametrize("moment", ["writing sweep.toml", "writing results.jsonl"])
+def test_a_sweep_stopped_while_starting_can_be_resumed_or_started_again(
+        tmp_path, monkeypatch, capsys, moment):
+    """Ctrl-C after the study was made but before sweep.toml (or results.jsonl) was written
+    left a directory that neither --resume (which the message offered) nor a new sweep
+    would take."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    target = "sweep.toml" if moment == "writing sweep.toml" else "results.jsonl"
+    _interrupt_on_call(monkeypatch, rundir, "write_text",
+                       lambda path, *rest: str(path).endswith(target))
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    if target == "sweep.toml":  # nothing written: the same command starts it again
+        assert "--resume" not in err
+        assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    else:
+        assert f"continue with jaxnn sweep --resume {workdir}" in err, err
+        assert cli.main(["sweep", "--resume", str(workdir)]) == 0
+    assert cli.main(["sweep", config, "--workdir", str(tmp_path / "whole")]) == 0
+    assert [_without_times(row) for row in jsonl.read(workdir / "results.jsonl")] == [
+        _without_times(row) for row in jsonl.read(tmp_path / "whole" / "results.jsonl")]
+
+
+def _without_times(row):
+    return {key: value for key, value in row.items() if not key.endswith("_s")}
+
+
+def test_a_run_resumed_without_checkpoints_leaves_its_checkpoint_at_its_end(tmp_path,
+                                                                             monkeypatch):
+    """Resumed with output.checkpoint = false, a run finished with its checkpoint still at the
+    epoch it resumed from: a later --resume of the finished run trained those epochs again
+    (and, stopped, left its summary saying "completed" beside fewer epochs of metrics)."""
+    config = write(tmp_path, TINY.replace("progress = false", "progress = false\n"
+                                          "chunk_epochs = 1"))
+    workdir = tmp_path / "run"
+    calls = []
+    _interrupt_on_call(monkeypatch, jsonl, "append",
+                       lambda path, rows: calls.append(path) or len(calls) == 2)
+    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    assert int(run._restore(config_lib.load(workdir / run.CONFIG), str(workdir),
+                            *_template(workdir))[0].epoch) == 1
+    assert cli.main(["train", "--resume", str(workdir), "--set",
+                     "output.checkpoint=false"]) == 0
+    saved = run._restore(config_lib.load(workdir / run.CONFIG), str(workdir),
+                         *_template(workdir))[0]
+    assert int(saved.epoch) == 2
+    assert cli.main(["train", config, "--workdir", str(tmp_path / "whole")]) == 0
+    whole = run._restore(config_lib.load(workdir / run.CONFIG), str(tmp_path / "whole"),
+                         *_template(workdir))[0]
+    chex_equal = jax.tree.map(np.array_equal, saved.params, whole.params)
+    assert all(jax.tree.leaves(chex_equal))
+    before = digest(workdir)
+    assert cli.main(["train", "--resume", str(workdir)]) == 0
+    assert digest(workdir)[run.METRICS] == before[run.METRICS]
+
+
+def test_a_directory_that_cannot_be_written_is_one_error(tmp_path, capsys):
+    """A read-only run directory (its lock file cannot be made) was a traceback, exit 1."""
+    workdir = tmp_path / "run"
+    (workdir / rundir.LOCK).mkdir(parents=True)  # as root, a mode cannot make it read-only
+    fails(capsys, ["train", write(tmp_path, TINY), "--workdir", str(workdir)],
+          f"{workdir}: cannot write in it (Is a directory)")
+
+
+def test_a_sweep_refuses_a_stopped_runs_directory(tmp_path, capsys):
+    """A run stopped before its first epoch keeps its config.toml alone: a sweep took the
+    directory, after which the run's --resume was refused (it held a sweep)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / run.CONFIG).write_text(config_lib.dumps(config_lib.load(write(tmp_path, TINY))))
+    sweep_config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1]}\n", "s.toml")
+    fails(capsys, ["sweep", sweep_config, "--workdir", str(workdir)],
+          f"{workdir} holds config.toml (a training run's config)")
+    assert sorted(os.listdir(workdir)) == [rundir.LOCK, run.CONFIG]
+    assert cli.main(["train", "--resume", str(workdir)]) == 0

@@ -117,18 +117,20 @@ def run_sweep(
     with rundir.locked(workdir) if writer else contextlib.nullcontext():
         done = _start(config, plan, workdir, resume, writer)
         study, refused = None, None
+        if writer and not resume:
+            _write_new(config, workdir)
         if writer:
             try:
                 study = search.open_study(config, plan.spec, workdir, plan.metric, resume,
                                           recorded=bool(done))
             except rundir.RunError as error:
                 refused = str(error)
+                if not resume:
+                    _remove_new(workdir)
         if jax.process_count() > 1:  # the others would wait for process 0 forever
             refused = _from_process_0(refused)
         if refused is not None:
             raise rundir.RunError(refused)
-        if writer and not resume:
-            _write_new(config, workdir)
         if writer:
             search.record(study, done.values(), plan.space, plan.metric)
         results_path = os.path.join(workdir, RESULTS)
@@ -145,6 +147,8 @@ def run_sweep(
 
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
     """Checks the sweep directory and returns the finished trials by index (resume)."""
+    from jaxnn.run import CONFIG as run_config
+
     results_path = os.path.join(workdir, RESULTS)
     held = rundir.holds(workdir)
     if held == rundir.SWEEP and not resume and os.path.exists(results_path):
@@ -155,8 +159,11 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     if not resume:
         rundir.refuse_overwriting(workdir, (SWEEP_CONFIG, RESULTS, search.STUDY_FILE,
                                             *report.WRITTEN), "a new sweep")
-    if resume and not os.path.exists(results_path):
-        raise rundir.RunError(f"{workdir}: nothing to resume ({RESULTS} not found)")
+    if resume and not os.path.exists(os.path.join(workdir, SWEEP_CONFIG)):
+        raise rundir.RunError(f"{workdir}: nothing to resume ({SWEEP_CONFIG} not found)")
+    if os.path.exists(os.path.join(workdir, run_config)) and not resume:  # a stopped run's
+        raise rundir.RunError(f"{workdir} holds {run_config} (a training run's config); a "
+                              "sweep needs another directory")
     rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []
     done = {row["trial"]: row for row in rows}
     total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
@@ -172,11 +179,20 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
 
 
 def _write_new(config: Config, workdir: str) -> None:
-    """Writes a new sweep's config and empty results file: once its study is open, so that
-    a sweep refused for its study's name leaves nothing a ``--resume`` would continue in
-    the other sweep's study."""
+    """Writes a new sweep's config and empty results file before its study is made, so that
+    a sweep stopped at any moment leaves a directory ``--resume`` continues (a study alone,
+    without its config, could be neither resumed nor replaced)."""
     rundir.write_text(os.path.join(workdir, SWEEP_CONFIG), config_lib.dumps(config))
     jsonl.rewrite(os.path.join(workdir, RESULTS), [])
+
+
+def _remove_new(workdir: str) -> None:
+    """Takes back what `_write_new` wrote (files `_start` found absent): a sweep refused for
+    its study's name leaves nothing a ``--resume`` would continue in the other sweep's
+    study."""
+    for name in (SWEEP_CONFIG, RESULTS):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(workdir, name))
 
 
 def _from_process_0(value: Any) -> Any:
