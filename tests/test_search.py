@@ -345,6 +345,11 @@ def test_a_journal_path_as_the_storage(tmp_path):
      "sweep.metric: val_accuracy needs a classification task"),
     (("sweep.count=1", "sweep.random={width = {distribution = 'int', low = 2.5, high = 9}}"),
      "sweep.random.width"),
+    # A distribution named by a list or a table was a TypeError traceback (unhashable).
+    (("sweep.count=1", "sweep.random={momentum = {distribution = ['uniform'], low = 0, "
+      "high = 1}}"), "sweep.random.momentum.distribution: ['uniform'] is not one of choice"),
+    (("sweep.count=1", "sweep.random={momentum = {low = 0, high = 1}}"),
+     "sweep.random.momentum.distribution: None is not one of"),
 ])
 def test_bad_search_config_named(tmp_path, capsys, override, key):
     """(And a choice lists its empty option as ''.)"""

@@ -217,7 +217,10 @@ def _distribution(name: str, dist: Any, source: str) -> Distribution:
         raise ConfigError(source, key, 'expected {distribution = "log_uniform", low = ..., '
                           "high = ...} or a list of choices")
     kind = dist.get("distribution")
-    unknown = sorted(set(dist) - set(_DISTRIBUTION_KEYS.get(kind, dist)))
+    if not isinstance(kind, str) or kind not in _DISTRIBUTION_KEYS:
+        raise ConfigError(source, f"{key}.distribution", f"{kind!r} is not one of "
+                          f"{', '.join(_DISTRIBUTION_KEYS)}")
+    unknown = sorted(set(dist) - set(_DISTRIBUTION_KEYS[kind]))
     if unknown:
         raise ConfigError(source, f"{key}.{unknown[0]}", f"a {kind} distribution takes "
                           f"{', '.join(_DISTRIBUTION_KEYS[kind])}")
@@ -250,9 +253,6 @@ def _distribution(name: str, dist: Any, source: str) -> Distribution:
             raise ConfigError(source, key, f"{name} takes integers, and [{low!r}, {high!r}] "
                               "holds none")
         return Distribution("int", math.ceil(low), math.floor(high), log=log)
-    if kind not in ("uniform", "log_uniform"):
-        raise ConfigError(source, key, f"distribution {kind!r} is not uniform, log_uniform, "
-                          "int or choice")
     log = kind == "log_uniform" or dist.get("log", False)
     if log and low <= 0:
         raise ConfigError(source, key, f"{kind} on a log scale needs low > 0")
