@@ -101,6 +101,9 @@ BAD_CONFIGS = [
      "model.layers[0].dtype", "Dense: dtype must be a floating dtype"),
     ('[model]\nlayers = [{type = "Dense", features = 10}, {type = "Softmax", axis = 5}]\n',
      "model.layers[1]", "axis 5 is out of range for input of shape (None, 10)"),
+    # Along the batch axis each prediction depended on the batch it sat in (it trained).
+    ('[model]\nlayers = [{type = "Dense", features = 10}, {type = "LogSoftmax", axis = -2}]\n',
+     "model.layers[1]", "axis -2 is the batch axis of input of shape (None, 10)"),
     # A single regression output under softmax: the loss is 0 whatever the weights.
     ('[data]\nname = "regression"\n', "model.loss",
      "softmax_cross_entropy needs class labels"),

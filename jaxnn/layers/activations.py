@@ -41,6 +41,10 @@ def _activation(
         if axis is not None and not -len(input_shape) <= axis < len(input_shape):
             raise ShapeError(f"{name}: axis {axis} is out of range for input of shape "
                              f"{tuple(input_shape)}")
+        if axis is not None and axis % len(input_shape) == 0:  # as FanInConcat refuses it
+            raise ShapeError(f"{name}: axis {axis} is the batch axis of input of shape "
+                             f"{tuple(input_shape)}: each example's output would depend on "
+                             "the others in its batch")
         return tuple(input_shape), ()
 
     def apply(params, x, *, key=None, train=False):
