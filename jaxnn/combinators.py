@@ -422,7 +422,7 @@ def _naming_the_sum(layer: Layer, plain: bool) -> Layer:
         except ShapeError as error:
             if error.layer_path[:1] != (2,):  # not the sum: a layer of f or the shortcut
                 raise
-        branches = layer.children[1].init(key, (input_shape, input_shape))[0]
+        branches = layer.children[1].init(key, (tuple(input_shape),) * 2)[0]  # (a list)
         other = "x" if plain else "shortcut(x)"
         hint = "; give shortcut= a projection (a 1x1 Conv2D, a Dense) to f(x)'s shape" \
             if plain else ""

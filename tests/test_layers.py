@@ -32,6 +32,7 @@ from jaxnn import (
     LogSoftmax,
     MaxPool2D,
     Relu,
+    Residual,
     Selu,
     ShapeError,
     Sigmoid,
@@ -795,6 +796,23 @@ def test_max_pool_of_integers_pads_with_the_least_value(dtype):
     np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int32])
+@pytest.mark.parametrize("pool", [AvgPool2D(2), AvgPool2D(2, 1, 1, count_include_pad=False),
+                                  SumPool2D(2), GlobalAvgPool()], ids=str)
+def test_sum_and_average_pools_of_integers_do_not_wrap_around(dtype, pool):
+    """The window sum was taken in the input's dtype: a 2x2 average of uint8 200s was 8
+    (800 mod 256, / 4). Sums come as `jnp.sum` gives them (integers widened), averages as
+    `jnp.mean` does (as floats), as `GlobalAvgPool` always did."""
+    info = jnp.iinfo(dtype)
+    x = np.random.default_rng(0).integers(max(info.min, -10**6), min(info.max, 10**6),
+                                          (2, 4, 4, 3), endpoint=True)
+    y = _leaf(pool)((), jnp.asarray(x, dtype))
+    want = _leaf(pool)((), jnp.asarray(x, jnp.float64))
+    assert y.dtype == jax.eval_shape(jnp.sum if "Sum" in str(pool) else jnp.mean,
+                                     jax.ShapeDtypeStruct((), dtype)).dtype
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-12)
+
+
 def test_global_avg_pool_equals_numpy_mean(key):
     layer = GlobalAvgPool()
     x = jax.random.normal(key, (3, 4, 5, 2))
@@ -907,3 +925,19 @@ def test_numpy_integers_are_integer_arguments():
         "1)", "((1, 0), (0, 2)))", "(1, 2))", "1)"]
     with pytest.raises(ValueError, match="window must be a positive int"):
         MaxPool2D(np.bool_(True))
+    # A convolution's numpy features reached its output shape as np.int64 (Dense's did not).
+    for layer in (Conv2D(np.int64(2)), Conv2DTranspose(np.int64(2))):
+        shape = layer.init(jax.random.key(0), (None, 3, 3, 1))[0]
+        assert shape == (None, 3, 3, 2) and type(shape[-1]) is int
+
+
+def test_an_empty_batch_flattens_and_a_listed_shape_names_the_residual():
+    """Flatten's ``reshape(n, -1)`` failed on a batch of 0 (a ZeroDivisionError, not naming
+    the layer), which its init accepts; a Residual's mismatch given its input shape as a list
+    blamed a ``parallel`` the user never wrote."""
+    net = serial(Conv2D(2), Flatten(), Dense(2))
+    params, state = net.init(jax.random.key(0), (0, 4, 4, 1))[1:]
+    assert net.apply(params, state, jnp.zeros((0, 4, 4, 1)))[0].shape == (0, 2)
+    with pytest.raises(ShapeError, match=r"Residual\(Dense\(2\)\): adds f\(x\) of shape "
+                                         r"\(None, 2\) and x of shape \(None, 3\)"):
+        Residual(Dense(2)).init(jax.random.key(0), [None, 3])

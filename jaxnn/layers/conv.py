@@ -96,6 +96,7 @@ def Conv2D(
     args = _spatial.conv_arguments("Conv2D", features, kernel_size, stride, padding, w_init,
                                    b_init)
     use_bias = check_bool(use_bias, "use_bias", "Conv2D")
+    features = int(features)  # checked: a numpy int reached the output shape
     dtype = float_dtype(dtype, "dtype", "Conv2D")
     window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2D({features}, {window}, stride={strides}, padding={padding!r})"

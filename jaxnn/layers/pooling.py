@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -156,13 +157,13 @@ def AvgPool2D(
     def divisor(x, pads):
         if count_include_pad:
             return math.prod(window)
-        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        ones = jnp.ones((1, *x.shape[1:3], 1), _reduced_dtype(jnp.mean, x.dtype))
         return reduce(ones, 0, lax.add, pads)
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
         pads, _ = geometry(x)
-        return reduce(x, 0, lax.add, pads) / divisor(x, pads)
+        return reduce(_as_reduced_by(jnp.mean, x), 0, lax.add, pads) / divisor(x, pads)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y, key, train
@@ -170,6 +171,17 @@ def AvgPool2D(
         return (), _spread(dy / divisor(x, pads), x.shape[1:3], window, strides, pads)
 
     return stateless(init, apply, backward, name=name)
+
+
+def _reduced_dtype(reduction: Callable, dtype) -> np.dtype:
+    """The dtype ``reduction`` (`jnp.sum`, `jnp.mean`) adds ``dtype`` in: an integer one
+    (uint8 pixels) widened or made float, so that a window's sum cannot wrap around (a 2x2
+    average of 200s in uint8 was 8); a float one as it is."""
+    return jax.eval_shape(reduction, jax.ShapeDtypeStruct((), dtype)).dtype
+
+
+def _as_reduced_by(reduction: Callable, x: jax.Array) -> jax.Array:
+    return x.astype(_reduced_dtype(reduction, x.dtype))
 
 
 def SumPool2D(
@@ -201,7 +213,7 @@ def SumPool2D(
     def apply(params, x, *, key=None, train=False):
         del params, key, train
         pads, _ = geometry(x)
-        return reduce(x, 0, lax.add, pads)
+        return reduce(_as_reduced_by(jnp.sum, x), 0, lax.add, pads)
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y, key, train

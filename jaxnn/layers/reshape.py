@@ -24,7 +24,7 @@ def Flatten() -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del params, y, key, train
