@@ -148,6 +148,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "exponential", "step", "cosine", "warmup_cosine")
 BACKPROPS = ("autodiff", "manual")  # jax.value_and_grad, or the layers' delta rules
 DATASETS = ("digits", "mnist", "fashion_mnist", "npz", "csv", "spirals", "moons", "regression")
+MAX_SYNTHETIC = 10_000_000  # examples of a synthetic set (spirals: 10**11 asked 745 GiB)
 _DATA_KEYS_READ_BY = {  # the data sets that read each key that not all of them read
     "path": ("mnist", "fashion_mnist", "npz", "csv"),
     "features": ("npz", "csv"), "label": ("npz", "csv"), "num_classes": ("npz", "csv"),
@@ -263,8 +264,9 @@ def _check_values(config: Config) -> None:
     require(0 <= data.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
     require(0 <= data.test_fraction < 1, "data.test_fraction", "must be in [0, 1)")
     require(data.limit >= 0, "data.limit", "must be >= 0")
-    require(data.num_examples >= 0, "data.num_examples",
-            f"must be >= 0, got {data.num_examples}")
+    require(0 <= data.num_examples <= MAX_SYNTHETIC, "data.num_examples",
+            f"must be in [0, {MAX_SYNTHETIC:,}] (a synthetic set is made in memory), got "
+            f"{data.num_examples}")
     require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
     defaults = DataConfig()
     for key, readers in _DATA_KEYS_READ_BY.items():  # else set and silently ignored

@@ -210,14 +210,21 @@ def check_layer(value: Any, where: str) -> Layer:
     return value
 
 
+# The largest size, stride or padding a layer takes: XLA's dimensions are 32-bit on some
+# paths (a stride of 2**70 passed every check and failed compiling, in a long traceback).
+MAX_SIZE = 2**31 - 1
+
+
 def positive_int(value: Any, what: str, layer: str) -> int:
-    """``value`` (`is_integer`) as a Python int, checked >= 1.
+    """``value`` (`is_integer`) as a Python int, checked in [1, `MAX_SIZE`].
 
     Raises:
       ValueError: naming ``layer`` and ``what``, quoting ``value``.
     """
     if not is_integer(value) or value < 1:
         raise ValueError(f"{layer}: {what} must be a positive int, got {value!r}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{layer}: {what} must be at most 2**31 - 1, got {value!r}")
     return int(value)
 
 

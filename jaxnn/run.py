@@ -121,16 +121,34 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     net, params = models.check(config, dataset.input_shape, dataset.output_size)
     if config.training.batch_size == 1:
         _check_batch_statistics(config, net, dataset.input_shape)
-    # Params beyond the device's memory (with their gradients and optimizer state) would
-    # hang allocating; a sweep's planner also checks its chunks' activations and orders.
+    _check_memory(config, net, params, dataset.input_shape)
+
+
+def _check_memory(config: Config, net, params, input_shape) -> None:
+    """Refuses params (with their gradients and optimizer state) or a batch's activations
+    beyond the device's memory, which hung allocating or, past int32 sizes, failed in a
+    traceback (a padding of 10,000); a sweep's planner also checks its chunks'."""
+    from jaxnn.summary import rows
+
+    itemsize = np.dtype(config.training.precision).itemsize
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
-    need = PARAM_COPIES * count * np.dtype(config.training.precision).itemsize
+    need = PARAM_COPIES * count * itemsize
     budget = host.memory_budget()
+    over = f"over the ~{budget / 2**30:.1f} GiB budget (half the device's memory)"
     if need > budget:
         raise ConfigError(config.source, "model", (
             f"{count:,} params need ~{need / 2**30:.1f} GiB with their gradients and "
-            f"optimizer state, over the ~{budget / 2**30:.1f} GiB budget (half the device's "
-            "memory)"))
+            f"optimizer state, {over}"))
+    table = [row for row in rows(net, (None, *input_shape)) if row.leaf]
+    batch = config.training.batch_size
+    # Each layer's output is kept for the backward pass, with its gradient (the planner's 3).
+    activations = 3 * batch * itemsize * sum(row.values_per_example for row in table)
+    if need + activations > budget:
+        widest = max(table, key=lambda row: row.values_per_example)
+        raise ConfigError(config.source, "model", (
+            f"a batch of {batch} needs ~{activations / 2**30:.1f} GiB of activations, "
+            f"{over}; the largest output, of layer {widest.index} ({widest.name}), is "
+            f"{widest.output_shape}"))
 
 
 def _check_batch_statistics(config: Config, net, input_shape) -> None:

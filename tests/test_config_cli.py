@@ -68,7 +68,22 @@ BAD_CONFIGS = [
     # A warmup as long as the run was cut to it (never decaying): refused.
     ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = 50\n[training]\nepochs = 2\n',
      "schedule.warmup_epochs", "50.0 is beyond the run's 2 epochs (training.epochs)"),
-    ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be >= 0"),
+    ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be in [0, "),
+    # Sizes past what the machine holds were tracebacks (numpy's allocation, XLA's compiler).
+    ('[data]\nname = "spirals"\nnum_examples = 100000000000\n', "data.num_examples",
+     "must be in [0, 10,000,000] (a synthetic set is made in memory)"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 4, stride = 1180591620717411303424}, '
+     '{type = "Flatten"}, {type = "Dense", features = 10}]\n', "model.layers[0].stride",
+     "Conv2D: stride must be a positive int (at most 2**31 - 1)"),
+    ('[model]\nlayers = [{type = "MaxPool2D", window = 2, stride = 9223372036854775807}, '
+     '{type = "Flatten"}, {type = "Dense", features = 10}]\n', "model.layers[0].stride",
+     "at most 2**31 - 1"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 16, padding = 10000}, {type = "Relu"}, '
+     '{type = "GlobalAvgPool"}, {type = "Dense", features = 10}]\n', "model",
+     "of activations, over the ~"),
+    ('[model]\nlayers = [{type = "Conv2D", features = 4, padding = 1099511627776}, '
+     '{type = "Flatten"}, {type = "Dense", features = 10}]\n', "model.layers[0].padding",
+     "padding must be in [0, 2**31 - 1]"),
     # Keys a data set does not read were ignored: digits trained on its 10 classes and its
     # own images whatever data.path or data.num_classes said.
     ('[data]\nname = "digits"\npath = "mine.npz"\n', "data.path",

@@ -15,7 +15,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.layer import Shape, ShapeError, check_rank, is_integer, param_dtype, positive_int
+from jaxnn.layer import (
+    MAX_SIZE,
+    Shape,
+    ShapeError,
+    check_rank,
+    is_integer,
+    param_dtype,
+    positive_int,
+)
 
 Padding = str | int | Sequence[tuple[int, int]]
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -29,8 +37,8 @@ def pair(value: int | Sequence[int], what: str, layer: str) -> tuple[int, int]:
             raise ValueError
         return tuple(positive_int(v, what, layer) for v in values)  # type: ignore[return-value]
     except ValueError:
-        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got "
-                         f"{value!r}") from None
+        raise ValueError(f"{layer}: {what} must be a positive int (at most 2**31 - 1) or a "
+                         f"pair of them, got {value!r}") from None
 
 
 def check_padding(padding: Padding, layer: str) -> Padding:
@@ -40,15 +48,16 @@ def check_padding(padding: Padding, layer: str) -> Padding:
             raise ValueError(f'{layer}: padding must be "SAME", "VALID" or an int, got {padding!r}')
         return padding.upper()
     if is_integer(padding):
-        if padding < 0:
-            raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
+        if not 0 <= padding <= MAX_SIZE:
+            raise ValueError(f"{layer}: padding must be in [0, 2**31 - 1], got {padding}")
         return int(padding)
     try:
         pads = tuple((lo, hi) for lo, hi in padding)
     except (TypeError, ValueError):
         pads = ()
     # Entries are ints as given: int() truncated 1.5 to 1 and read "2" as 2.
-    if len(pads) != 2 or not all(is_integer(p) and p >= 0 for pad in pads for p in pad):
+    if len(pads) != 2 or not all(is_integer(p) and 0 <= p <= MAX_SIZE for pad in pads
+                                 for p in pad):
         raise ValueError(
             f'{layer}: padding must be "SAME", "VALID", an int or ((lo, hi), (lo, hi)) of '
             f"ints >= 0; got {padding!r}"

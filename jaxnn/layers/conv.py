@@ -28,6 +28,7 @@ from jax import lax
 
 from jaxnn import initializers
 from jaxnn.layer import (
+    MAX_SIZE,
     Layer,
     Shape,
     ShapeError,
@@ -178,7 +179,7 @@ def _check_padding_1d(padding, layer: str):
     if isinstance(padding, str) or is_integer(padding):
         return _spatial.check_padding(padding, layer)
     pads = tuple(padding) if isinstance(padding, list | tuple) else ()
-    if len(pads) != 2 or not all(is_integer(p) and p >= 0 for p in pads):
+    if len(pads) != 2 or not all(is_integer(p) and 0 <= p <= MAX_SIZE for p in pads):
         raise ValueError(
             f'{layer}: padding must be "SAME", "VALID", an int or a pair (lo, hi) of ints >= 0; '
             f"got {padding!r}"
