@@ -30,7 +30,8 @@ def gradient_norms(exp, activation):
 
 
 def main(argv=None):
-    exp = experiment.start("activations", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("activations", __doc__, quick=QUICK, argv=argv,
+                           reads=["activation"])
     result = exp.sweep()
     rows = result["results"]
     names = [r["values"]["activation"] for r in rows]

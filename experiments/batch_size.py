@@ -11,7 +11,8 @@ QUICK = ["sweep.grid.batch_size=[16, 128]", "sweep.grid.learning_rate=[0.01, 0.3
 
 
 def main(argv=None):
-    exp = experiment.start("batch_size", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("batch_size", __doc__, quick=QUICK, argv=argv,
+                           reads=["batch_size", "learning_rate"])
     result = exp.sweep()
     rows = result["results"]
     exp.figure(plots.heatmap(rows, "batch_size", "learning_rate", "test_accuracy",

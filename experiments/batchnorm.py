@@ -21,7 +21,8 @@ def network(values: dict) -> str:
 
 
 def main(argv=None):
-    exp = experiment.start("batchnorm", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("batchnorm", __doc__, quick=QUICK, argv=argv,
+                           reads=["model.layers", "learning_rate"])
     result = exp.sweep()
     rows = [{**r, "values": {**{k: v for k, v in r["values"].items() if k != "model.layers"},
                              "network": network(r["values"])}} for r in result["results"]]

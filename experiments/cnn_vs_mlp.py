@@ -19,7 +19,8 @@ def describe(layers):
 
 
 def main(argv=None):
-    exp = experiment.start("cnn_vs_mlp", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("cnn_vs_mlp", __doc__, quick=QUICK, argv=argv,
+                           reads=["model.layers", "seed"])
     result = exp.sweep()
     rows, plan = result["results"], result["plan"]
     counts = sweep.param_counts(plan, exp.dataset)

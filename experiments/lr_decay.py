@@ -14,7 +14,8 @@ QUICK = ["sweep.grid.seed=[0]", "training.epochs=3", "data.limit=500",
 
 
 def main(argv=None):
-    exp = experiment.start("lr_decay", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("lr_decay", __doc__, quick=QUICK, argv=argv,
+                           reads=["schedule", "seed"])
     result = exp.sweep()
     rows = result["results"]
     schedules = list(dict.fromkeys(r["values"]["schedule"] for r in rows))

@@ -10,7 +10,8 @@ QUICK = ["sweep.grid.learning_rate=[0.001, 0.1, 10.0]", "training.epochs=3", "da
 
 
 def main(argv=None):
-    exp = experiment.start("lr_sweep", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("lr_sweep", __doc__, quick=QUICK, argv=argv,
+                           reads=["learning_rate"])
     result = exp.sweep()
     rows = result["results"]
     exp.figure(plots.metric_vs(rows, "learning_rate", "test_accuracy",

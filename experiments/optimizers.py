@@ -11,7 +11,8 @@ QUICK = ["sweep.grid.learning_rate=[0.001, 0.1]", "training.epochs=3", "data.lim
 
 
 def main(argv=None):
-    exp = experiment.start("optimizers", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("optimizers", __doc__, quick=QUICK, argv=argv,
+                           reads=["optimizer", "learning_rate"])
     result = exp.sweep()
     ranked = sweep.rank(result["plan"], result["results"])
     best = {}

@@ -13,7 +13,6 @@ The tests run this scenario on a journal file and on SQLite (`tests/test_workers
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -24,6 +23,7 @@ import time
 
 import optuna
 
+from jaxnn import cli, experiment
 from jaxnn import config as config_lib
 from jaxnn.rundir import RunError
 from jaxnn.sweep import workers
@@ -160,13 +160,21 @@ def wall_times(config_path: str, storage: str, repeats: int) -> dict[str, list[f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment.argument_parser("shared_study", __doc__.splitlines()[0])
     parser.add_argument("--storage", required=True, help="a database URL or a journal path")
     parser.add_argument("--heartbeat", type=int, default=1)
     parser.add_argument("--wall-times", metavar="CONFIG",
                         help="instead: time CONFIG's sweep in one process, one worker and two")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    for flag, value in (("--heartbeat", args.heartbeat), ("--repeats", args.repeats)):
+        if value < 1:  # (a worker's own refusal came wrapped in a traceback; 0 repeats
+            raise SystemExit(cli.usage_error(f"{flag} {value}: must be >= 1", parser.prog))
+    if "://" in args.storage:  # a bad URL was a traceback from the first worker's start
+        try:
+            workers.open_storage(args.storage, args.heartbeat)
+        except RunError as error:
+            raise SystemExit(cli.usage_error(error, parser.prog)) from None
     if args.wall_times:
         times = wall_times(args.wall_times, args.storage, args.repeats)
         for name, seconds in times.items():

@@ -11,7 +11,8 @@ QUICK = ["sweep.grid.width=[8, 64]", "sweep.grid.depth=[1, 3]", "training.epochs
 
 
 def main(argv=None):
-    exp = experiment.start("width_depth", __doc__, quick=QUICK, argv=argv)
+    exp = experiment.start("width_depth", __doc__, quick=QUICK, argv=argv,
+                           reads=["width", "depth"])
     result = exp.sweep()
     rows, plan = result["results"], result["plan"]
     counts = sweep.param_counts(plan, exp.dataset)

@@ -210,6 +210,9 @@ def _print_best(result: dict, workdir: str) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from jaxnn import run, sweep
 
+    if args.heartbeat is not None and not (args.storage and not args.report):  # ignored
+        raise rundir.RunError("--heartbeat is a worker's: it goes with --storage and --study "
+                       "(and not with --report)")
     if args.storage or args.study or args.report:
         return _shared(args)
     if args.distributed:

@@ -10,9 +10,11 @@ which writes ``results.md`` (the headline and the results table in markdown).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,13 +26,16 @@ from jaxnn._table import format_markdown
 from jaxnn.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS_MD = "results.md"
 
 
 class Experiment:
     """One experiment run: its config, output directory and data."""
 
-    def __init__(self, name: str, config: Config, out: str, quick: bool):
+    def __init__(self, name: str, config: Config, out: str, quick: bool,
+                 reads: Sequence[str] = ()):
         self.name, self.config, self.out, self.quick = name, config, out, quick
+        self.reads = tuple(reads)
         self.started = time.perf_counter()
         run.enable_precision(config)
         self.dataset = run.prepare(config)
@@ -44,22 +49,42 @@ class Experiment:
         run's sweep there once this one has finished: it runs in a new directory beside it,
         so a failed or interrupted run leaves the earlier sweep whole (deleting its results
         first, a second run was then refused for the study it left, results lost)."""
+        config = config or self.config
         workdir = self.path(subdir)
         scratch = tempfile.mkdtemp(prefix=".new-", dir=self.out)
         fresh = os.path.join(scratch, subdir)  # its name is the study's
         try:
             try:
-                result = sweep.run_sweep(config or self.config, fresh, dataset=self.dataset)
+                self._check_swept(config)
+                result = sweep.run_sweep(config, fresh, dataset=self.dataset)
             except cli.user_errors() as error:  # a bad --set that only the sweep reads
                 raise SystemExit(cli.usage_error(error, _prog(self.name))) from None
             if os.path.exists(workdir):
                 shutil.rmtree(workdir)
             os.rename(fresh, workdir)
+            with contextlib.suppress(FileNotFoundError):  # it described the sweep replaced
+                os.remove(self.path(RESULTS_MD))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         result["plots"] = [os.path.join(workdir, os.path.relpath(path, fresh))
                            for path in result["plots"]]
+        if result["best"] is None:  # nothing to compare: the script's headline has no subject
+            print(f"{_prog(self.name)}: no trial completed (every one diverged or was "
+                  f"pruned); the sweep's table: {os.path.join(workdir, 'table.txt')}",
+                  file=sys.stderr)
+            raise SystemExit(cli.EXIT_DIVERGED)
         return result
+
+    def _check_swept(self, config: Config) -> None:
+        """Refuses a sweep (changed by ``--set``) that leaves out a name the script reads
+        from each trial's values: it failed with a KeyError after the whole sweep ran."""
+        names = sweep.swept_names(sweep.make_plan(config, self.dataset))
+        missing = [name for name in self.reads if name not in names]
+        if missing:
+            raise config_lib.ConfigError(config.source, "sweep", (
+                f"this experiment compares its trials by {', '.join(self.reads)}, and the "
+                f"sweep does not vary {', '.join(missing)} (it sweeps "
+                f"{', '.join(names) or 'nothing'})"))
 
     def figure(self, path: str) -> None:
         """Records a figure written by a `jaxnn.plots` helper."""
@@ -79,10 +104,9 @@ class Experiment:
         for title, header, rows in tables:
             lines += [f"## {title}", "", format_markdown(header, rows), ""]
         lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in self.figures]
-        with open(self.path("results.md"), "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+        rundir.write_text(self.path(RESULTS_MD), "\n".join(lines) + "\n")
         print(headline)
-        print(f"results: {self.path('results.md')}")
+        print(f"results: {self.path(RESULTS_MD)}")
         return headline
 
 
@@ -103,6 +127,7 @@ def start(
     *,
     quick: Sequence[str] = (),
     argv: Sequence[str] | None = None,
+    reads: Sequence[str] = (),
 ) -> Experiment:
     """Parses the experiment's arguments and loads ``configs/experiments/<name>.toml``.
 
@@ -111,6 +136,8 @@ def start(
       description: the script's docstring, for ``--help``.
       quick: config overrides (``key=value``) of the ``--quick`` cut-down version.
       argv: arguments (default: the command line).
+      reads: the swept names the script reads from each trial's values (a ``--set`` that
+        sweeps something else is refused before anything trains).
 
     Raises:
       SystemExit: with `jaxnn.cli.EXIT_USAGE`, after one line naming the argument, config key
@@ -139,7 +166,7 @@ def start(
         if held is not None:  # its files would be overwritten and mixed with the experiment's
             raise rundir.RunError(f"--out: {args.out} holds {held}; an experiment needs a "
                                   "directory of its own")
-        return Experiment(name, config, args.out, args.quick)
+        return Experiment(name, config, args.out, args.quick, reads)
     except cli.user_errors() as error:
         raise SystemExit(cli.usage_error(error, parser.prog)) from None
 

@@ -217,7 +217,10 @@ def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, monkeypatch):
             (["train", "--resume", ""], "--resume: empty; give a value"),
             (["sweep", tiny, "--workdir", ""], "--workdir: empty; give a value"),
             (["train", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume"),
-            (["sweep", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume")):
+            (["sweep", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume"),
+            (["sweep", tiny, "--heartbeat", "5"], "--heartbeat is a worker's"),
+            (["sweep", "--report", "--storage", "s.db", "--study", "x", "--heartbeat", "5"],
+             "--heartbeat is a worker's")):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"jaxnn: error: {fragment}") and err.count("\n") == 1, err

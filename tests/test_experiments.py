@@ -117,6 +117,46 @@ def test_a_bad_set_that_only_the_sweep_reads_is_one_line_and_exit_2(tmp_path, ca
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_without_what_the_script_reads_is_refused_before_training(tmp_path, capsys):
+    """``--set 'sweep.grid={width = [8, 16]}'`` replaced the learning rates lr_sweep compares:
+    a KeyError traceback once the whole sweep had run."""
+    from jaxnn import experiment
+
+    exp = experiment.start("lr_sweep", "doc", argv=[
+        "--quick", "--out", str(tmp_path), "--set", "sweep.grid={width = [8, 16]}"],
+        reads=["learning_rate"])
+    with pytest.raises(SystemExit) as exit_:
+        exp.sweep()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert ("sweep: this experiment compares its trials by learning_rate, and the sweep does "
+            "not vary learning_rate (it sweeps width)") in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_experiment_whose_trials_all_diverge_says_so(tmp_path, capsys, monkeypatch):
+    """Every trial diverged: ``result["best"]`` was None, and the scripts' headlines ended in
+    a TypeError traceback, leaving the earlier run's results.md beside the new sweep."""
+    lr_sweep = load("lr_sweep", monkeypatch)
+    quick = ["--quick", "--out", str(tmp_path), "--set", "training.epochs=2"]
+    lr_sweep.main(quick)
+    assert (tmp_path / "results.md").exists()
+    with pytest.raises(SystemExit) as exit_:
+        lr_sweep.main([*quick, "--set", "sweep.grid.learning_rate=[1e6, 1e7]",
+                       "--set", "optimizer.name='sgd'"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("experiments/lr_sweep.py: no trial completed"), err
+    assert not (tmp_path / "results.md").exists()  # it described the sweep replaced
+    assert {row["status"] for row in sweep_rows(tmp_path / "sweep")} == {"diverged"}
+
+
+def sweep_rows(workdir):
+    from jaxnn import sweep
+
+    return sweep.read_results(str(workdir))
+
+
 def test_worked_example_parses_its_arguments(monkeypatch, capsys):
     # --help printed nothing of the kind and ran the walk-through.
     with pytest.raises(SystemExit) as exit_:

@@ -239,3 +239,21 @@ def test_a_worker_gives_back_values_no_trial_can_take_and_goes_on(tmp_path, caps
     assert all("groups do not divide" in t.user_attrs["refused"] for t in failed)
     assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"COMPLETE", "FAIL"}
     assert capsys.readouterr().err.count("jaxnn: refused trial") == len(failed)
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--wall-times", "c.toml", "--repeats", "0"], "--repeats 0: must be >= 1"),
+    (["--heartbeat", "0"], "--heartbeat 0: must be >= 1"),
+    (["--storage", "bogus://x/y"], "bogus://x/y: cannot open it")])
+def test_the_scenarios_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv,
+                                                             fragment):
+    """Each was a traceback with exit 1 (an IndexError, a worker's error inside a
+    RuntimeError, SQLAlchemy's), after the scenario had started."""
+    argv = ["--storage", str(tmp_path / "j.journal"), *argv]
+    with pytest.raises(SystemExit) as exit_:
+        scenario.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("experiments/shared_study.py: error: ") and err.count("\n") == 1
+    assert fragment in err
+    assert list(tmp_path.iterdir()) == []
