@@ -155,7 +155,7 @@ def begin_program(jitted, args: Sequence[Any], options: dict | None, identity: A
             log.debug("not kept (no key): %s", error)
     if path is not None:
         compiled = _load(path)
-        if compiled is not None:
+        if compiled is not None and _takes(compiled, args):
             return (lambda: (compiled, True)), compiled.out_info
     hits = []
 
@@ -180,6 +180,23 @@ def begin_program(jitted, args: Sequence[Any], options: dict | None, identity: A
         return compiled, False
 
     return finish, lowered.out_info
+
+
+def _takes(compiled, args: Sequence[Any]) -> bool:
+    """Whether a loaded program takes ``args`` (their structure, shapes and dtypes): an entry
+    copied or renamed by hand over this key's (another program's) failed when called."""
+    try:
+        if compiled.in_tree != jax.tree.structure((tuple(args), {})):
+            return False
+        given = [(tuple(arg.shape), str(arg.dtype)) for arg in jax.tree.leaves(args)]
+        taken = [(tuple(aval.shape), str(aval.dtype))
+                 for aval in jax.tree.leaves(compiled.in_avals)]
+    except (AttributeError, TypeError) as error:  # what this JAX does not describe
+        log.debug("not checked: %s", error)
+        return True
+    if given != taken:
+        log.debug("recompiling: the kept program takes %s, not %s", taken, given)
+    return given == taken
 
 
 def _load(path: str):

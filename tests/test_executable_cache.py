@@ -240,3 +240,18 @@ def test_the_size_limit_reaches_the_sweep_command(tmp_path):
     lines = jaxnn_sweep(tmp_path / "run", cache, env={"JAXNN_COMPILE_CACHE_MAX_MB": "0"})
     assert lines and set(lines) == {"not"}  # "not kept (... more than the cache's 0)"
     assert not (cache / "executables").exists()
+
+
+def test_an_entry_of_another_program_under_this_key_is_compiled_over(cache_dir):
+    """An entry copied or renamed by hand over this key's loaded, and failed when called."""
+    args = (jnp.ones((11, 2)), jnp.arange(55.0).reshape(5, 11))
+    executable_cache.compile_program(_program(), args, None, ("tanh",), _compile)
+    other = (jnp.ones((19, 2)), jnp.ones((3, 19)))  # shapes no other test compiles
+    executable_cache.compile_program(_program(), other, None, ("tanh",), _compile)
+    mine, theirs = (os.path.join(cache_dir, executable_cache.key(("tanh",), a, None)
+                                 + executable_cache.ENTRY_SUFFIX) for a in (args, other))
+    os.replace(theirs, mine)
+    compiled, loaded = executable_cache.compile_program(_program(), args, None, ("tanh",),
+                                                        _compile)
+    assert not loaded
+    np.testing.assert_allclose(compiled(*args), _program()(*args), rtol=1e-6)
