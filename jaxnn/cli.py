@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
     if getattr(args, "resume", None) and args.workdir is not None:
         return usage_error(f"--workdir: not with --resume (a resumed {args.command} "
                            f"continues in its own directory, {args.resume})")
+    if getattr(args, "plan", False) and args.workdir is not None:  # it was ignored
+        return usage_error("--workdir: not with --plan (a plan is printed; nothing is "
+                           "written)")
     if spmd and not args.distributed:
         return usage_error(f"{spmd[0]}: only with --distributed")
     if args.command == "sweep" and args.distributed and args.cpu_devices:

@@ -219,6 +219,7 @@ def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, monkeypatch):
             (["train", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume"),
             (["sweep", "--resume", "a", "--workdir", "b"], "--workdir: not with --resume"),
             (["sweep", tiny, "--heartbeat", "5"], "--heartbeat is a worker's"),
+            (["sweep", tiny, "--plan", "--workdir", "w"], "--workdir: not with --plan"),
             (["sweep", "--report", "--storage", "s.db", "--study", "x", "--heartbeat", "5"],
              "--heartbeat is a worker's")):
         assert cli.main(argv) == 2
