@@ -121,6 +121,9 @@ def test_finished_sweep_is_a_loadable_study(tmp_path):
             assert trial.value == row["val_accuracy"]
         if row["status"] == "pruned":
             assert trial.user_attrs["pruned_epoch"] == row["epochs"]
+            # Its last intermediate value, as Optuna's `tell` and a worker's study keep it
+            # (a grid's pruned trials held None).
+            assert trial.value == curve[row["epochs"] - 1]
         if row["status"] == "diverged":
             assert trial.user_attrs["diverged_step"] == row["diverged_step"]
     assert seen == {"completed", "pruned", "diverged"}

@@ -8,7 +8,8 @@ record; every row written there is then recorded in the study (`record`), so the
 
 Each study trial carries the jaxnn trial index (user attribute ``"trial"``), its params, the
 validation metric per epoch as intermediate values (step = epoch), and its state: COMPLETE
-(with the final value), PRUNED (user attribute ``"pruned_epoch"``) or FAIL (diverged,
+(with the final value), PRUNED (user attribute ``"pruned_epoch"``; its value the last
+intermediate one, as Optuna's ``tell`` records it) or FAIL (diverged,
 ``"diverged_step"``).
 
 The storage is a journal file in the sweep directory by default (`STUDY_FILE`; open it with
@@ -279,6 +280,8 @@ def _outcome(row: dict, metric: str):
     if row["status"] == "diverged":
         attrs["diverged_step"] = row["diverged_step"]
     value = row.get(metric) if row["status"] == "completed" else None
+    if row["status"] == "pruned" and intermediate:  # as Optuna's `tell` records one
+        value = intermediate[max(intermediate)]
     return state, value, intermediate, attrs
 
 
