@@ -83,6 +83,11 @@ def save(fig, plt, path: str) -> str:
     return path
 
 
+def _keyed(title: str, keys: Sequence[str]) -> str:
+    """``title`` with the key to the figure's marks, which a given title kept out."""
+    return title + (f" ({', '.join(keys)})" if keys else "")
+
+
 def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
               series: Sequence[str] = (), log_x: bool = True, title: str = "") -> str:
     """``metric`` against hyperparameter ``x``, one line per value of the ``series`` keys,
@@ -116,9 +121,10 @@ def metric_vs(rows: Sequence[dict], x: str, metric: str, path: str, *,
         ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " "))
-    pruned = ", v: pruned" if any(r["status"] == "pruned" for r in rows) else ""
-    ax.set_title(title or f"{metric.replace('_', ' ')} by {x.replace('_', ' ')} "
-                 f"(x: diverged{pruned})")
+    drawn = {r["status"] for r in rows}
+    ax.set_title(_keyed(title or f"{metric.replace('_', ' ')} by {x.replace('_', ' ')}", [
+        key for status, key in (("diverged", "x: diverged"), ("pruned", "v: pruned"))
+        if status in drawn]))
     ax.grid(alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize=8)
@@ -172,7 +178,7 @@ def heatmap(rows: Sequence[dict], row_key: str, col_key: str, metric: str, path:
     fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
     keys = [*(["*: pruned early"] if starred else []),
             *(["\u2020: some diverged"] if daggered else [])]
-    ax.set_title(title or metric.replace("_", " ") + (f" ({', '.join(keys)})" if keys else ""))
+    ax.set_title(_keyed(title or metric.replace("_", " "), keys))
     return save(fig, plt, path)
 
 

@@ -48,6 +48,15 @@ def test_metric_vs_draws_pruned_trials_apart_from_the_line(drawn, tmp_path):
     assert drawn_lines == [("o", [0.1, 3.0], [0.9, 0.7]), ("v", [0.3], [0.5]),
                            ("x", [1.0], [0.5])]
     assert ax.get_title().endswith("(x: diverged, v: pruned)")
+    # A title given keeps the key to the marks (it was dropped); a mark not drawn has none.
+    plots.metric_vs(rows, "learning_rate", "val_accuracy", str(tmp_path / "m.png"),
+                    title="accuracy")
+    plots.heatmap(ROWS, "width", "learning_rate", "val_accuracy", str(tmp_path / "h.png"),
+                  title="accuracy")
+    plots.metric_vs(ROWS[:1], "learning_rate", "val_accuracy", str(tmp_path / "m.png"))
+    assert [figure.axes[0].get_title() for figure in drawn[1:]] == [
+        "accuracy (x: diverged, v: pruned)", "accuracy (*: pruned early)",
+        "val accuracy by learning rate"]
 
 
 def test_a_pruned_trial_without_a_test_metric_reads_pruned(drawn, tmp_path):
