@@ -46,11 +46,16 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
-    """The config at ``path`` with overrides; the built-in default run when ``path`` is None."""
+    """The config at ``path`` with overrides (a new run's or sweep's: checked as a stored
+    one is not, `jaxnn.config.refuse_unread_data_keys`); the built-in default run when
+    ``path`` is None."""
     if path is None:
         raw = config_lib.apply_overrides({}, overrides, DEFAULT_SOURCE)
-        return config_lib.from_dict(raw, DEFAULT_SOURCE)
-    return config_lib.load(path, overrides)
+        config = config_lib.from_dict(raw, DEFAULT_SOURCE)
+    else:
+        config = config_lib.load(path, overrides)
+    config_lib.refuse_unread_data_keys(config)
+    return config
 
 
 def _workdir(config: Config, path: str | None) -> str:

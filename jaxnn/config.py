@@ -87,11 +87,11 @@ class ScheduleConfig:
     """An optax learning-rate schedule: constant, exponential, step, cosine, warmup_cosine."""
 
     name: str = "cosine"
-    decay_rate: float = 0.5  # exponential: factor per `decay_epochs`
+    decay_rate: float = 0.5  # exponential: factor per `decay_epochs`, smoothly per step
     decay_epochs: float = 10.0
     boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is scaled
     scales: tuple[float, ...] = ()  # step: the factor at each boundary
-    warmup_epochs: float = 1.0  # warmup_cosine
+    warmup_epochs: float = 1.0  # warmup_cosine, in whole steps (rounded); 0: no warmup
     final_fraction: float = 0.0  # cosine, warmup_cosine: final rate / peak rate
 
 
@@ -268,15 +268,6 @@ def _check_values(config: Config) -> None:
             f"must be in [0, {MAX_SYNTHETIC:,}] (a synthetic set is made in memory), got "
             f"{data.num_examples}")
     require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
-    defaults = DataConfig()
-    for key, readers in _DATA_KEYS_READ_BY.items():  # else set and silently ignored
-        value = getattr(data, key)
-        require(data.name in readers or value == getattr(defaults, key), f"data.{key}",
-                f"{value!r} is not read by the {data.name!r} data set (only by "
-                f"{', '.join(readers)}); leave it out")
-    require(data.name in ("npz", "csv", "regression") or data.task == "classification",
-            "data.task", f"{data.task!r}: the {data.name!r} data set is classification; only "
-            "npz and csv data take a task")
     if data.name in _DATA_KEYS_READ_BY["path"]:
         require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
         require(os.path.exists(data_path(config)), "data.path", f"{data.path!r} not found")
@@ -293,6 +284,27 @@ def _check_values(config: Config) -> None:
         require(isinstance(spec, dict) and isinstance(spec.get("type"), str),
                 f"model.layers[{index}]", 'expected a table with a "type", e.g. '
                 '{type = "Dense", features = 10}')
+
+
+def refuse_unread_data_keys(config: Config) -> None:
+    """Refuses a `[data]` key the data set does not read (digits trained on its own 10
+    classes whatever ``data.path`` or ``data.num_classes`` said). For a new config: one
+    stored by an earlier jaxnn that took such keys silently still resumes.
+
+    Raises:
+      ConfigError: naming the key and the data sets that read it.
+    """
+    data, defaults = config.data, DataConfig()
+    for key, readers in _DATA_KEYS_READ_BY.items():
+        value = getattr(data, key)
+        if data.name not in readers and value != getattr(defaults, key):
+            raise ConfigError(config.source, f"data.{key}", (
+                f"{value!r} is not read by the {data.name!r} data set (only by "
+                f"{', '.join(readers)}); leave it out"))
+    if data.name not in ("npz", "csv", "regression") and data.task != "classification":
+        raise ConfigError(config.source, "data.task", (
+            f"{data.task!r}: the {data.name!r} data set is classification; only npz and csv "
+            "data take a task"))
 
 
 def data_path(config: Config) -> str:

@@ -158,6 +158,7 @@ def start(
                  "output.plots=true", *args.set]
     try:
         config = config_lib.load(ROOT / "configs" / "experiments" / f"{name}.toml", overrides)
+        config_lib.refuse_unread_data_keys(config)
         try:
             rundir.make_directory(args.out)
         except rundir.RunError as error:

@@ -17,11 +17,6 @@ import optax
 from jaxnn.config import OptimizerConfig, ScheduleConfig
 
 
-def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    """A schedule's point given in (fractional) epochs, as a step count >= 1."""
-    return max(1, round(epochs * steps_per_epoch))
-
-
 def boundary_step(epochs: float, steps_per_epoch: int) -> int:
     """The step from which a step schedule's boundary at ``epochs`` (fractional too) scales
     the rate, ``round(epochs * steps_per_epoch)``: for a whole epoch ``e`` the first step of
@@ -33,14 +28,11 @@ def boundary_step(epochs: float, steps_per_epoch: int) -> int:
 def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     """The schedule's shape with peak 1 (optax); epochs become steps."""
     total = max(1, steps_per_epoch * epochs)
-
-    def steps(epochs_: float) -> int:
-        return epochs_to_steps(epochs_, steps_per_epoch)
-
     if cfg.name == "constant":
         return optax.constant_schedule(1.0)
-    if cfg.name == "exponential":
-        return optax.exponential_decay(1.0, steps(cfg.decay_epochs), cfg.decay_rate)
+    if cfg.name == "exponential":  # decay_rate per decay_epochs, fractional ones too (they
+        # were rounded to whole steps: 1.3 epochs of 4 steps decayed every 1.25 epochs)
+        return optax.exponential_decay(1.0, cfg.decay_epochs * steps_per_epoch, cfg.decay_rate)
     if cfg.name == "step":
         scales = {boundary_step(b, steps_per_epoch): s
                   for b, s in zip(cfg.boundaries, cfg.scales, strict=True)}
@@ -48,7 +40,8 @@ def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> opt
     if cfg.name == "cosine":
         return optax.cosine_decay_schedule(1.0, total, alpha=cfg.final_fraction)
     if cfg.name == "warmup_cosine":
-        warmup = min(steps(cfg.warmup_epochs), total - 1)
+        # Whole steps; 0: none (at least one step, it made warmup_epochs = 0 a step at 0).
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
         return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total,
                                                   end_value=cfg.final_fraction)
     raise ValueError(f"unknown schedule {cfg.name!r}")

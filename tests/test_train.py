@@ -303,6 +303,24 @@ def test_a_step_boundary_scales_from_the_first_step_of_the_next_epoch():
         [0.5, 0.5, 0.05, 0.05])
 
 
+def test_exponential_and_warmup_schedules_follow_their_epochs_unrounded():
+    """decay_epochs = 1.3 of 4 steps decayed every 5 steps (1.25 epochs), 0.1 every step;
+    warmup_epochs = 0 warmed up for a step (the rate 0 at step 0) instead of none."""
+    from jaxnn import optim
+
+    for decay_epochs in (1.3, 0.1):
+        unit = optim.unit_schedule(config.ScheduleConfig(
+            name="exponential", decay_rate=0.5, decay_epochs=decay_epochs), 4, 20)
+        epochs = np.array([1.0, 5.2, 13.0])
+        np.testing.assert_allclose([float(unit(e * 4)) for e in epochs],
+                                   0.5 ** (epochs / decay_epochs), rtol=1e-6)
+    cosine = optim.unit_schedule(config.ScheduleConfig(name="cosine", final_fraction=0.1), 4, 4)
+    warm = optim.unit_schedule(config.ScheduleConfig(name="warmup_cosine", warmup_epochs=0,
+                                                     final_fraction=0.1), 4, 4)
+    assert [float(warm(step)) for step in range(16)] == pytest.approx(
+        [float(cosine(step)) for step in range(16)], rel=1e-6)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "exponential", "step", "cosine",
                                       "warmup_cosine"])
 def test_every_schedule_runs(schedule, tmp_path):
