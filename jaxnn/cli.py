@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
     if getattr(args, "resume", None) and args.workdir is not None:
         return usage_error(f"--workdir: not with --resume (a resumed {args.command} "
                            f"continues in its own directory, {args.resume})")
-    if getattr(args, "plan", False) and args.workdir is not None:  # it was ignored
+    if getattr(args, "plan", False) and args.workdir is not None and not getattr(
+            args, "distributed", False):  # (a distributed plan names its directory)
         return usage_error("--workdir: not with --plan (a plan is printed; nothing is "
                            "written)")
     if spmd and not args.distributed:

@@ -61,15 +61,20 @@ def holds(workdir: str | os.PathLike) -> str | None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replaces the file at ``path`` with ``text`` (UTF-8) whole: written to a temporary file
     beside it, synced, then renamed over it, so a kill or an error leaves the old file or the
-    new one, never an empty or half-written one."""
+    new one, never an empty or half-written one (nor, after an error, the temporary)."""
     data = text.encode("utf-8")  # before anything is opened
-    path = os.fspath(path)
+    path = os.path.realpath(path)  # a symlink's target is written (as open(path, "w") did)
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def make_directory(path: str) -> None:

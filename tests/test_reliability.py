@@ -244,14 +244,20 @@ def test_a_report_that_fails_while_writing_leaves_the_last_one_whole(tmp_path, m
     assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
     before = digest(workdir)
 
-    def dumps_then_fail(value):
-        raise KeyboardInterrupt  # as a Ctrl-C while the report is written
+    def interrupted(descriptor):
+        raise KeyboardInterrupt  # as a Ctrl-C while a file is written, its bytes not all out
 
-    monkeypatch.setattr(config_lib, "dumps", dumps_then_fail)
+    monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep.report.write(*_report_inputs(workdir))
+    monkeypatch.undo()
     assert digest(workdir) == before
     assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
+    # Written through a symlink, as open(path, "w") writes: the link stays a link.
+    (tmp_path / "kept.txt").write_text("old")
+    os.symlink(tmp_path / "kept.txt", tmp_path / "link.txt")
+    rundir.write_text(tmp_path / "link.txt", "new")
+    assert os.path.islink(tmp_path / "link.txt") and (tmp_path / "kept.txt").read_text() == "new"
 
 
 def _report_inputs(workdir):
@@ -757,6 +763,23 @@ def test_a_sweep_refuses_a_stopped_runs_directory(tmp_path, capsys):
     (workdir / run.CONFIG).write_text(config_lib.dumps(config_lib.load(write(tmp_path, TINY))))
     sweep_config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1]}\n", "s.toml")
     fails(capsys, ["sweep", sweep_config, "--workdir", str(workdir)],
-          f"{workdir} holds config.toml (a training run's config)")
+          f"{workdir} holds config.toml (a training run's config")
     assert sorted(os.listdir(workdir)) == [rundir.LOCK, run.CONFIG]
     assert cli.main(["train", "--resume", str(workdir)]) == 0
+    # A sweep's own config kept in its directory under that name is no run's.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / run.CONFIG).write_text(open(sweep_config).read())
+    assert cli.main(["sweep", str(mine / run.CONFIG), "--workdir", str(mine)]) == 0
+
+
+def test_a_stored_config_with_a_key_its_data_do_not_read_still_resumes(tmp_path):
+    """An earlier jaxnn ignored ``data.num_classes`` for the digits; the run directories it
+    wrote keep the key, and refusing it made them impossible to resume (the advice to
+    leave it out could not be followed there)."""
+    path = tmp_path / run.CONFIG
+    path.write_text(config_lib.dumps(config_lib.load(write(tmp_path, TINY)))
+                    .replace("num_classes = 0", "num_classes = 10"))
+    assert config_lib.load_for_resume(path).data.num_classes == 10
+    with pytest.raises(config_lib.ConfigError, match=r"data\.num_classes: 10 is not read"):
+        cli.load_config(str(path), [])  # a new run of it is refused

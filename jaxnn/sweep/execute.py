@@ -145,6 +145,13 @@ def run_sweep(
         return sweep.summary(workdir if writer else None, study, started)
 
 
+def _same_file(path: str, other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # ``other`` no file (a dict's config)
+        return False
+
+
 def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
     """Checks the sweep directory and returns the finished trials by index (resume)."""
     from jaxnn.run import CONFIG as run_config
@@ -161,9 +168,12 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
                                             *report.WRITTEN), "a new sweep")
     if resume and not os.path.exists(os.path.join(workdir, SWEEP_CONFIG)):
         raise rundir.RunError(f"{workdir}: nothing to resume ({SWEEP_CONFIG} not found)")
-    if os.path.exists(os.path.join(workdir, run_config)) and not resume:  # a stopped run's
-        raise rundir.RunError(f"{workdir} holds {run_config} (a training run's config); a "
-                              "sweep needs another directory")
+    stopped_run = os.path.join(workdir, run_config)  # a run stopped before its first epoch
+    if not resume and os.path.exists(stopped_run) and not _same_file(stopped_run,
+                                                                     config.source):
+        raise rundir.RunError(f"{workdir} holds {run_config} (a training run's config, or "
+                              "another config than this sweep's); a sweep needs another "
+                              "directory")
     rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []
     done = {row["trial"]: row for row in rows}
     total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
