@@ -67,6 +67,9 @@ def _workdir(config: Config, path: str | None) -> str:
         raise ConfigError(config.source, "output.dir", str(error)) from None
 
 
+_WHAT = {"train": rundir.RUN, "sweep": rundir.SWEEP}
+
+
 def _not_a_sweep(config: Config) -> None:
     if config.sweep:  # it trained the base config alone, as if the sweep were not there
         raise ConfigError(config.source, "sweep", "this config describes a sweep: run it "
@@ -84,6 +87,12 @@ def _directory(args: argparse.Namespace, stored: str,
             raise ConfigError(args.config, "", f"give either a config or --resume {args.resume}")
         if not os.path.isdir(args.resume):
             raise rundir.RunError(f"{args.resume}: nothing to resume (not a directory)")
+        held = rundir.holds(args.resume)
+        if not os.path.exists(os.path.join(args.resume, stored)) and held:  # the other kind
+            other = "jaxnn train" if held == rundir.RUN else "jaxnn sweep"
+            raise rundir.RunError(f"{args.resume} holds {held}, not {_WHAT[args.command]}"
+                                  + (f"; resume it with {other} --resume {args.resume}"
+                                     if held != rundir.REPORT else ""))
         return config_lib.load_for_resume(os.path.join(args.resume, stored), args.set), \
             args.resume, False
     config = load_config(args.config, args.set)

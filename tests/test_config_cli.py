@@ -87,7 +87,7 @@ BAD_CONFIGS = [
     # Keys a data set does not read were ignored: digits trained on its 10 classes and its
     # own images whatever data.path or data.num_classes said.
     ('[data]\nname = "digits"\npath = "mine.npz"\n', "data.path",
-     "'mine.npz' is not read by the 'digits' data set (only by mnist, fashion_mnist, npz, csv)"),
+     "mine.npz' is not read by the 'digits' data set (only by mnist, fashion_mnist, npz, csv)"),
     ('[data]\nnum_classes = 5\n', "data.num_classes", "5 is not read by the 'digits' data set"),
     ('[data]\nname = "moons"\nlabel = "y"\n', "data.label", "not read by the 'moons'"),
     ('[data]\nnum_examples = 50\n', "data.num_examples", "(only by spirals, moons, regression)"),
@@ -242,6 +242,13 @@ def test_a_run_and_a_sweep_never_share_a_directory(tmp_path, capsys):
     assert "holds a training run; a sweep needs another directory" in capsys.readouterr().err
     assert cli.main(["train", tiny, "--workdir", str(sweep_dir)]) == 2
     assert "holds a sweep; a training run needs another directory" in capsys.readouterr().err
+    # Resumed by the other command: said so (it read "config.toml: config file not found").
+    assert cli.main(["train", "--resume", str(sweep_dir)]) == 2
+    assert (f"{sweep_dir} holds a sweep, not a training run; resume it with jaxnn sweep "
+            f"--resume {sweep_dir}") in capsys.readouterr().err
+    assert cli.main(["sweep", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir} holds a training run, not a sweep; resume it with jaxnn train" in \
+        capsys.readouterr().err
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
