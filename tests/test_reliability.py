@@ -218,6 +218,21 @@ def test_sweep_resume_cannot_change_what_its_trials_train(tmp_path, capsys):
 
 # --- 6. a cut results.jsonl is repaired, not appended to ---------------------------------------
 
+def test_a_hand_edited_grid_is_named_on_resume(tmp_path, capsys):
+    """It said results.jsonl "was written by a different sweep", not what was edited."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    stored = workdir / sweep.SWEEP_CONFIG
+    stored.write_text(stored.read_text().replace("0.1]", "0.2]"))
+    before = digest(workdir)
+    capsys.readouterr()
+    fails(capsys, ["sweep", "--resume", str(workdir)],
+          "trial 1 was trained with {'learning_rate': 0.1}, and "
+          f"{stored} gives it {{'learning_rate': 0.2}} (an edited config")
+    assert digest(workdir) == before
+
+
 def test_a_cut_results_file_is_repaired_on_resume(tmp_path, capsys):
     config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1, 0.3]}\n"
                    "trials_per_chunk = 1\n")

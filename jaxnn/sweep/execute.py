@@ -179,8 +179,12 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
     total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for index, row in done.items():
         if index >= total or (plan.trials and row["values"] != plan.trials[index].values):
-            raise rundir.RunError(f"{results_path} was written by a different sweep (trial "
-                                  f"{index} differs); use another directory")
+            now = (f"gives it {plan.trials[index].values}" if index < len(plan.trials)
+                   else "has no such trial")
+            raise rundir.RunError(
+                f"{results_path}: trial {index} was trained with {row['values']}, and "
+                f"{config.source} {now} (an edited config, or another sweep's results); "
+                "restore the config, or use another directory")
     if jax.process_count() > 1:  # every process checked the directory before one writes
         from jax.experimental import multihost_utils
 
