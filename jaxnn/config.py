@@ -406,7 +406,8 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
 
 
 # Keys a resumed run or sweep may change: none of them changes what is trained.
-RESUMABLE = ("training.progress", "output.plots", "output.checkpoint", "output.dir")
+RESUMABLE = ("training.progress", "training.chunk_epochs", "output.plots", "output.checkpoint",
+             "output.dir")
 
 
 def _flat(values: dict, prefix: str = "") -> dict:

@@ -798,3 +798,24 @@ def test_a_stored_config_with_a_key_its_data_do_not_read_still_resumes(tmp_path)
     assert config_lib.load_for_resume(path).data.num_classes == 10
     with pytest.raises(config_lib.ConfigError, match=r"data\.num_classes: 10 is not read"):
         cli.load_config(str(path), [])  # a new run of it is refused
+
+
+def test_a_run_resumes_with_another_chunk_size(tmp_path, monkeypatch):
+    """``--set training.chunk_epochs=3`` on a resume was refused as a change of what was
+    trained; the chunk is how many epochs one compiled call runs, nothing more."""
+    config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 4\nchunk_epochs = 1\n"
+                                          "precision = \"float64\""))
+    workdir = tmp_path / "run"
+    calls = []
+    _interrupt_on_call(monkeypatch, jsonl, "append",
+                       lambda path, rows: calls.append(path) or len(calls) == 2)
+    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(workdir), "--set",
+                     "training.chunk_epochs=3"]) == 0
+    assert cli.main(["train", config, "--workdir", str(tmp_path / "whole")]) == 0
+    rows, whole = (run.read_metrics(str(path)) for path in (workdir, tmp_path / "whole"))
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    for row, want in zip(rows, whole, strict=True):
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
