@@ -732,6 +732,18 @@ def _without_times(row):
     return {key: value for key, value in row.items() if not key.endswith("_s")}
 
 
+def _stopped_after_epoch_1(tmp_path, config, monkeypatch):
+    """``config`` (chunks of one epoch) trained in ``tmp_path/run`` and stopped by a Ctrl-C
+    as its second epoch's metrics are written: its checkpoint holds epoch 1."""
+    workdir = tmp_path / "run"
+    calls = []
+    _interrupt_on_call(monkeypatch, jsonl, "append",
+                       lambda path, rows: calls.append(path) or len(calls) == 2)
+    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    return workdir
+
+
 def test_a_run_resumed_without_checkpoints_leaves_its_checkpoint_at_its_end(tmp_path,
                                                                              monkeypatch):
     """Resumed with output.checkpoint = false, a run finished with its checkpoint still at the
@@ -739,12 +751,7 @@ def test_a_run_resumed_without_checkpoints_leaves_its_checkpoint_at_its_end(tmp_
     (and, stopped, left its summary saying "completed" beside fewer epochs of metrics)."""
     config = write(tmp_path, TINY.replace("progress = false", "progress = false\n"
                                           "chunk_epochs = 1"))
-    workdir = tmp_path / "run"
-    calls = []
-    _interrupt_on_call(monkeypatch, jsonl, "append",
-                       lambda path, rows: calls.append(path) or len(calls) == 2)
-    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
-    monkeypatch.undo()
+    workdir = _stopped_after_epoch_1(tmp_path, config, monkeypatch)
     assert int(run._restore(config_lib.load(workdir / run.CONFIG), str(workdir),
                             *_template(workdir))[0].epoch) == 1
     assert cli.main(["train", "--resume", str(workdir), "--set",
@@ -805,12 +812,7 @@ def test_a_run_resumes_with_another_chunk_size(tmp_path, monkeypatch):
     trained; the chunk is how many epochs one compiled call runs, nothing more."""
     config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 4\nchunk_epochs = 1\n"
                                           "precision = \"float64\""))
-    workdir = tmp_path / "run"
-    calls = []
-    _interrupt_on_call(monkeypatch, jsonl, "append",
-                       lambda path, rows: calls.append(path) or len(calls) == 2)
-    assert cli.main(["train", config, "--workdir", str(workdir)]) == cli.EXIT_INTERRUPTED
-    monkeypatch.undo()
+    workdir = _stopped_after_epoch_1(tmp_path, config, monkeypatch)
     assert cli.main(["train", "--resume", str(workdir), "--set",
                      "training.chunk_epochs=3"]) == 0
     assert cli.main(["train", config, "--workdir", str(tmp_path / "whole")]) == 0
