@@ -88,7 +88,8 @@ def _directory(args: argparse.Namespace, stored: str,
         if not os.path.isdir(args.resume):
             raise rundir.RunError(f"{args.resume}: nothing to resume (not a directory)")
         held = rundir.holds(args.resume)
-        if not os.path.exists(os.path.join(args.resume, stored)) and held:  # the other kind
+        if not os.path.exists(os.path.join(args.resume, stored)) and held not in (
+                None, _WHAT[args.command]):  # the other command's kind
             other = "jaxnn train" if held == rundir.RUN else "jaxnn sweep"
             raise rundir.RunError(f"{args.resume} holds {held}, not {_WHAT[args.command]}"
                                   + (f"; resume it with {other} --resume {args.resume}"

@@ -142,13 +142,13 @@ def _check_memory(config: Config, net, params, input_shape) -> None:
     table = [row for row in rows(net, (None, *input_shape)) if row.leaf]
     batch = config.training.batch_size
     # Each layer's output is kept for the backward pass, with its gradient (the planner's 3).
-    activations = 3 * batch * itemsize * sum(row.values_per_example for row in table)
+    activations = 3 * batch * itemsize * sum(row.held_per_example for row in table)
     if need + activations > budget:
-        widest = max(table, key=lambda row: row.values_per_example)
+        widest = max(table, key=lambda row: row.held_per_example)
         raise ConfigError(config.source, "model", (
-            f"a batch of {batch} needs ~{activations / 2**30:.1f} GiB of activations, "
-            f"{over}; the largest output, of layer {widest.index} ({widest.name}), is "
-            f"{widest.output_shape}"))
+            f"a batch of {batch} needs ~{activations / 2**30:.1f} GiB of activations (and "
+            f"~{need / 2**30:.1f} GiB for the params), {over}; the largest output, of layer "
+            f"{widest.index} ({widest.name}), is {widest.output_shape}"))
 
 
 def _check_batch_statistics(config: Config, net, input_shape) -> None:

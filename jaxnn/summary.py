@@ -16,6 +16,9 @@ from jaxnn.layer import Layer, Shape, check_layer, is_multi_shape
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
+_VIEWS = ("FanOut", "Identity", "Flatten")
+
+
 class Row(NamedTuple):
     """One line of a summary: a layer's position, name, output shape and parameter count.
 
@@ -29,6 +32,13 @@ class Row(NamedTuple):
     params: int
     depth: int = 0
     leaf: bool = True
+
+    @property
+    def held_per_example(self) -> int:
+        """The activation values this row's layer makes per example: none for the layers
+        whose output is their input, or a view of it (`FanOut`'s copies, `Identity`,
+        `Flatten`), which memory estimates would count twice."""
+        return 0 if self.name.split("(")[0] in _VIEWS else self.values_per_example
 
     @property
     def values_per_example(self) -> int:

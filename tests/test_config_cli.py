@@ -250,6 +250,9 @@ def test_a_run_and_a_sweep_never_share_a_directory(tmp_path, capsys):
     assert f"{run_dir} holds a training run, not a sweep; resume it with jaxnn train" in \
         capsys.readouterr().err
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    (run_dir / "config.toml").unlink()  # its own kind, its config lost: no circular advice
+    assert cli.main(["train", "--resume", str(run_dir)]) == 2
+    assert "config.toml: config file not found" in capsys.readouterr().err
 
 
 def test_train_refuses_a_sweep_config_before_making_a_directory(tmp_path, capsys,

@@ -140,7 +140,7 @@ def bytes_per_trial(cfg: Config, dataset, own_seed: bool) -> int:
     table = [row for row in rows(net, (None, *dataset.input_shape)) if row.leaf]
     itemsize = np.dtype(cfg.training.precision).itemsize
     params = sum(r.params for r in table)
-    activations = cfg.training.batch_size * sum(r.values_per_example for r in table)
+    activations = cfg.training.batch_size * sum(r.held_per_example for r in table)
     own = itemsize * (PARAM_COPIES * params + 3 * activations) + 8 * 8 * cfg.training.epochs
     return own + (order_bytes(cfg, dataset) if own_seed else 0)
 
