@@ -80,7 +80,7 @@ BAD_CONFIGS = [
      "at most 2**31 - 1"),
     ('[model]\nlayers = [{type = "Conv2D", features = 16, padding = 10000}, {type = "Relu"}, '
      '{type = "GlobalAvgPool"}, {type = "Dense", features = 10}]\n', "model",
-     "of activations, over the ~"),
+     "GiB of activations (and ~0.0 GiB for the params), over the ~"),
     ('[model]\nlayers = [{type = "Conv2D", features = 4, padding = 1099511627776}, '
      '{type = "Flatten"}, {type = "Dense", features = 10}]\n', "model.layers[0].padding",
      "padding must be in [0, 2**31 - 1]"),
