@@ -90,10 +90,10 @@ def _directory(args: argparse.Namespace, stored: str,
         held = rundir.holds(args.resume)
         if not os.path.exists(os.path.join(args.resume, stored)) and held not in (
                 None, _WHAT[args.command]):  # the other command's kind
-            other = "jaxnn train" if held == rundir.RUN else "jaxnn sweep"
+            other = [command for command, kind in _WHAT.items() if kind == held]
             raise rundir.RunError(f"{args.resume} holds {held}, not {_WHAT[args.command]}"
-                                  + (f"; resume it with {other} --resume {args.resume}"
-                                     if held != rundir.REPORT else ""))
+                                  + "".join(f"; resume it with jaxnn {command} --resume "
+                                            f"{args.resume}" for command in other))
         return config_lib.load_for_resume(os.path.join(args.resume, stored), args.set), \
             args.resume, False
     config = load_config(args.config, args.set)
@@ -227,7 +227,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     if args.heartbeat is not None and not (args.storage and not args.report):  # ignored
         raise rundir.RunError("--heartbeat is a worker's: it goes with --storage and --study "
-                       "(and not with --report)")
+                              "(and not with --report)")
     if args.storage or args.study or args.report:
         return _shared(args)
     if args.distributed:
