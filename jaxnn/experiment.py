@@ -24,6 +24,7 @@ from jaxnn import cli, run, rundir, sweep
 from jaxnn import config as config_lib
 from jaxnn._table import format_markdown
 from jaxnn.config import Config
+from jaxnn.sweep.spec import space_of, spec_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_MD = "results.md"
@@ -78,7 +79,7 @@ class Experiment:
     def _check_swept(self, config: Config) -> None:
         """Refuses a sweep (changed by ``--set``) that leaves out a name the script reads
         from each trial's values: it failed with a KeyError after the whole sweep ran."""
-        names = sweep.swept_names(sweep.make_plan(config, self.dataset))
+        names = list(space_of(spec_of(config), config.source))  # as the plan names them
         missing = [name for name in self.reads if name not in names]
         if missing:
             raise config_lib.ConfigError(config.source, "sweep", (
