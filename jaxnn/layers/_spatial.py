@@ -41,6 +41,11 @@ def pair(value: int | Sequence[int], what: str, layer: str) -> tuple[int, int]:
                          f"pair of them, got {value!r}") from None
 
 
+def is_pad(value: object) -> bool:
+    """Whether ``value`` is one side's padding: an int in [0, `MAX_SIZE`]."""
+    return is_integer(value) and 0 <= value <= MAX_SIZE
+
+
 def check_padding(padding: Padding, layer: str) -> Padding:
     """Validates a padding spec: "SAME", "VALID", an int >= 0, or ((lo, hi), (lo, hi))."""
     if isinstance(padding, str):
@@ -48,7 +53,7 @@ def check_padding(padding: Padding, layer: str) -> Padding:
             raise ValueError(f'{layer}: padding must be "SAME", "VALID" or an int, got {padding!r}')
         return padding.upper()
     if is_integer(padding):
-        if not 0 <= padding <= MAX_SIZE:
+        if not is_pad(padding):
             raise ValueError(f"{layer}: padding must be in [0, 2**31 - 1], got {padding}")
         return int(padding)
     try:
@@ -56,8 +61,7 @@ def check_padding(padding: Padding, layer: str) -> Padding:
     except (TypeError, ValueError):
         pads = ()
     # Entries are ints as given: int() truncated 1.5 to 1 and read "2" as 2.
-    if len(pads) != 2 or not all(is_integer(p) and 0 <= p <= MAX_SIZE for pad in pads
-                                 for p in pad):
+    if len(pads) != 2 or not all(is_pad(p) for pad in pads for p in pad):
         raise ValueError(
             f'{layer}: padding must be "SAME", "VALID", an int or ((lo, hi), (lo, hi)) of '
             f"ints >= 0; got {padding!r}"
@@ -174,10 +178,9 @@ def promoted(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x.astype(dtype), w.astype(dtype)
 
 
-def conv_arguments(layer, features, kernel_size, stride, padding, w_init, b_init):
-    """Checks a 2-D convolution's constructor arguments, raising ValueError naming ``layer``
-    and quoting the bad value."""
-    features = positive_int(features, "features", layer)
+def conv_arguments(layer, kernel_size, stride, padding, w_init, b_init):
+    """Checks a 2-D convolution's constructor arguments (its ``features`` the caller checks
+    and keeps), raising ValueError naming ``layer`` and quoting the bad value."""
     return ConvArguments(pair(kernel_size, "kernel_size", layer), pair(stride, "stride", layer),
                          check_padding(padding, layer),
                          initializers.get(w_init, f"{layer}: w_init"),

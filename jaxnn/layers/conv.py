@@ -28,7 +28,6 @@ from jax import lax
 
 from jaxnn import initializers
 from jaxnn.layer import (
-    MAX_SIZE,
     Layer,
     Shape,
     ShapeError,
@@ -94,10 +93,9 @@ def Conv2D(
     Returns:
       A `Layer` with params ``{"w": (kh, kw, in, features), "b": (features,)}``.
     """
-    args = _spatial.conv_arguments("Conv2D", features, kernel_size, stride, padding, w_init,
-                                   b_init)
+    features = positive_int(features, "features", "Conv2D")
+    args = _spatial.conv_arguments("Conv2D", kernel_size, stride, padding, w_init, b_init)
     use_bias = check_bool(use_bias, "use_bias", "Conv2D")
-    features = int(features)  # checked: a numpy int reached the output shape
     dtype = float_dtype(dtype, "dtype", "Conv2D")
     window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2D({features}, {window}, stride={strides}, padding={padding!r})"
@@ -179,7 +177,7 @@ def _check_padding_1d(padding, layer: str):
     if isinstance(padding, str) or is_integer(padding):
         return _spatial.check_padding(padding, layer)
     pads = tuple(padding) if isinstance(padding, list | tuple) else ()
-    if len(pads) != 2 or not all(is_integer(p) and 0 <= p <= MAX_SIZE for p in pads):
+    if len(pads) != 2 or not all(_spatial.is_pad(p) for p in pads):
         raise ValueError(
             f'{layer}: padding must be "SAME", "VALID", an int or a pair (lo, hi) of ints >= 0; '
             f"got {padding!r}"

@@ -38,6 +38,7 @@ from jaxnn.layer import (
     check_bool,
     check_rank,
     float_dtype,
+    positive_int,
     stateless,
     with_rule_gradient,
 )
@@ -93,10 +94,10 @@ def Conv2DTranspose(
       ValueError: for a non-positive ``features``, kernel size or stride, an unknown
         padding or initializer.
     """
-    args = _spatial.conv_arguments("Conv2DTranspose", features, kernel_size, stride, padding,
-                                   w_init, b_init)
+    features = positive_int(features, "features", "Conv2DTranspose")
+    args = _spatial.conv_arguments("Conv2DTranspose", kernel_size, stride, padding, w_init,
+                                   b_init)
     use_bias = check_bool(use_bias, "use_bias", "Conv2DTranspose")
-    features = int(features)  # checked: a numpy int reached the output shape
     dtype = float_dtype(dtype, "dtype", "Conv2DTranspose")
     window, strides, padding = args.window, args.strides, args.padding
     name = f"Conv2DTranspose({features}, {window}, stride={strides}, padding={padding!r})"
