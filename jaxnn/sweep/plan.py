@@ -243,17 +243,41 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     """
     spec = spec_of(config)
     space = space_of(spec, config.source)
+    all_trials = tuple(batch) if batch is not None else trials(config)
+    _check_search(config, spec, space, all_trials, dataset, before_asking=batch is None)
+    prune = _pruning(config, spec, all_trials, dataset,
+                     None if batch is not None else spec.get("batch", len(all_trials)))
+    metric = _metric(config, spec, dataset)
+    if not all_trials:  # an adaptive search's batches are sharded as the whole sweep is
+        devices = min(jax.device_count(), spec["batch"]) if _split_cpu() else jax.device_count()
+        return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune)
+    steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
+    groups, sizes = [], []
+    for part, packed_layers in _parts(all_trials, spec, space, dataset, steps):
+        group, per_trial = _group(config, spec, part, packed_layers, dataset)
+        groups.append(group)
+        sizes.append(per_trial)
+    devices = trial_devices(groups, steps, dataset, spec.get("batch"))
+    return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
+                spec["search"], prune)
+
+
+def _check_search(config: Config, spec: dict, space: dict, all_trials, dataset,
+                  before_asking: bool) -> None:
+    """The sampler, and every trial's config against the data; before an adaptive search
+    asks for any trial, the corners of its space stand for the trials to come."""
     if spec["search"] != "grid":
         from jaxnn.sweep.search import check_sampler
 
         check_sampler(spec["search"], config.source)
-    all_trials = tuple(batch) if batch is not None else trials(config)
     check_trials(config, all_trials, dataset)
-    if spec["search"] != "grid" and batch is None:
+    if spec["search"] != "grid" and before_asking:
         check_trials(config, [make_trial(-1, values, config) for values in corners(space)],
                      dataset)
-    prune = _pruning(config, spec, all_trials, dataset,
-                     None if batch is not None else spec.get("batch", len(all_trials)))
+
+
+def _metric(config: Config, spec: dict, dataset) -> str:
+    """The ranking metric: ``sweep.metric``, "auto" meaning the task's."""
     if len(dataset.x_val) == 0:
         raise ConfigError(config.source, "data.validation_fraction", "a sweep ranks its "
                           "trials on the validation split, and this one is empty (0)")
@@ -263,12 +287,13 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     if metric == "val_accuracy" and not dataset.num_classes:  # else no value to rank by
         raise ConfigError(config.source, "sweep.metric", "val_accuracy needs a classification "
                           "task; this data is a regression (use val_loss)")
-    if not all_trials:  # an adaptive search's batches are sharded as the whole sweep is
-        devices = min(jax.device_count(), spec["batch"]) if _split_cpu() else jax.device_count()
-        return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune)
+    return metric
+
+
+def _parts(all_trials, spec: dict, space: dict, dataset, steps: int):
+    """The trials split into programs: by structure, then into runs of widths (or of
+    packed channel counts) as the cost model says; yields ``(trials, packed_layers)``."""
     backend = jax.default_backend()
-    devices = jax.device_count()
-    steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
     in_features = math.prod(dataset.input_shape)
     pack_setting = spec.get("pack_widths", "auto")
     swept_layers = channels.swept_layers(list(space))
@@ -282,7 +307,6 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
         pack = pack_setting is not False and packable(trial.config)
         by_structure.setdefault(structure(trial.config, pack, packed_layers_of(trial.config)),
                                 []).append(trial)
-    groups, sizes = [], []
     for members in by_structure.values():
         first = members[0].config
         packed_layers = packed_layers_of(first)
@@ -299,42 +323,54 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
         else:  # The structure key kept the widths apart: one width per group already.
             parts = [members]
         for part in parts:
-            part_widths = {t.config.model.hidden for t in part}
-            packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
-                            else None)
-            adaptive = spec["search"] != "grid"  # later batches reuse the programs
-            if adaptive and pack_setting is not False and packable(part[0].config):
-                packed_width = bucket(max(max(w) for w in part_widths))
-            cfg = part[0].config
-            if packed_width:
-                cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
-            own = {channels.features(t.config, packed_layers) for t in part}
-            part_packed = packed_layers if len(own) > 1 or adaptive else ()
-            if part_packed:
-                widest = [max(column) for column in zip(*own, strict=True)]
-                cfg = channels.with_features(cfg, part_packed,
-                                             [bucket(w) if adaptive else w for w in widest])
-            own_seed = len({t.config.training.seed for t in part}) > 1
-            per_trial = bytes_per_trial(cfg, dataset, own_seed)
-            shared = 0 if own_seed else order_bytes(cfg, dataset)
-            if per_trial + shared > host.memory_budget():
-                raise ConfigError(config.source, "sweep", (
-                    f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
-                    f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
-                    f"~{order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
-                    f"~{host.memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
-            sizes.append(per_trial)
-            cap = spec.get("trials_per_chunk") or max(
-                1, (host.memory_budget() - shared) // per_trial)
-            cap = max(devices, cap // devices * devices)
-            count = math.ceil(len(part) / cap)
-            size = math.ceil(len(part) / count)
-            chunks = tuple(tuple(t.index for t in part[i:i + size])
-                           for i in range(0, len(part), size))
-            groups.append(Group(tuple(part), cfg, packed_width, chunks, part_packed))
-    devices = trial_devices(groups, steps, dataset, spec.get("batch"))
-    return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
-                spec["search"], prune)
+            yield part, packed_layers
+
+
+def _group(config: Config, spec: dict, part: Sequence[Trial], packed_layers, dataset):
+    """One program's `Group` (its config padded to the widest of its trials, its chunks
+    sized to the memory budget) and the bytes one of its trials needs."""
+    devices = jax.device_count()
+    cfg, packed_width, part_packed = _program_config(spec, part, packed_layers)
+    own_seed = len({t.config.training.seed for t in part}) > 1
+    per_trial = bytes_per_trial(cfg, dataset, own_seed)
+    shared = 0 if own_seed else order_bytes(cfg, dataset)
+    if per_trial + shared > host.memory_budget():
+        raise ConfigError(config.source, "sweep", (
+            f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
+            f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
+            f"~{order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
+            f"~{host.memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
+    cap = spec.get("trials_per_chunk") or max(
+        1, (host.memory_budget() - shared) // per_trial)
+    cap = max(devices, cap // devices * devices)
+    count = math.ceil(len(part) / cap)
+    size = math.ceil(len(part) / count)
+    chunks = tuple(tuple(t.index for t in part[i:i + size])
+                   for i in range(0, len(part), size))
+    return Group(tuple(part), cfg, packed_width, chunks, part_packed), per_trial
+
+
+def _program_config(spec: dict, part: Sequence[Trial], packed_layers):
+    """The config a program of ``part`` compiles: its hidden widths (or the packed layers'
+    features) the widest of its trials', bucketed for an adaptive search, whose later
+    batches reuse the program; with the packed width (or None) and the packed layers."""
+    pack_setting = spec.get("pack_widths", "auto")
+    part_widths = {t.config.model.hidden for t in part}
+    packed_width = (max(max(w) for w in part_widths) if len(part_widths) > 1
+                    else None)
+    adaptive = spec["search"] != "grid"
+    if adaptive and pack_setting is not False and packable(part[0].config):
+        packed_width = bucket(max(max(w) for w in part_widths))
+    cfg = part[0].config
+    if packed_width:
+        cfg = cfg.replace(model={"hidden": (packed_width,) * len(cfg.model.hidden)})
+    own = {channels.features(t.config, packed_layers) for t in part}
+    part_packed = packed_layers if len(own) > 1 or adaptive else ()
+    if part_packed:
+        widest = [max(column) for column in zip(*own, strict=True)]
+        cfg = channels.with_features(cfg, part_packed,
+                                     [bucket(w) if adaptive else w for w in widest])
+    return cfg, packed_width, part_packed
 
 
 def trial_devices(groups: Sequence[Group], steps: int, dataset,
