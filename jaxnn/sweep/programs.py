@@ -384,6 +384,28 @@ class GroupProgram:
         """The chunk sizes a segment program is compiled for."""
         return sorted({size for kind, _, size, _ in self.compiled if kind == "segment"})
 
+    def _host_inputs(self, padded: Sequence[Trial]):
+        """A chunk's per-trial inputs, as host arrays: as device arrays each would compile
+        small programs to be made, indexed and laid out (~0.3 s of a 128-trial sweep).
+
+        Returns ``(seeds, position, seed_keys, keys, hparams)``: the prologue draws for each
+        of the sorted ``seeds``' key (``seed_keys``); trial i trains with ``keys[i]``, the
+        key of ``seeds[position[i]]`` (with one seed, that one key); ``hparams`` stacked,
+        with the packed widths and channel counts.
+        """
+        seeds = sorted({t.config.training.seed for t in padded})
+        position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
+        seed_keys = seed_key_data(seeds[0]) if len(seeds) == 1 else \
+            np.stack([seed_key_data(seed) for seed in seeds])
+        keys = seed_keys if len(seeds) == 1 else seed_keys[position]
+        hparams = stacked_hparams([t.config for t in padded], self.trainer.dtype)
+        if self.packed_width:
+            hparams["width"] = np.asarray([t.config.model.hidden[0] for t in padded], np.int32)
+        if self.packed_layers:
+            hparams["channels"] = np.asarray(
+                [channels.features(t.config, self.packed_layers) for t in padded], np.int32)
+        return seeds, position, seed_keys, keys, hparams
+
     def dispatch(self, chunk_trials: Sequence[Trial], size: int, states, first_epoch: int,
                  stop_epoch: int) -> Started:
         """Starts training ``chunk_trials`` (padded to ``size`` by repeating the last one)
@@ -392,22 +414,8 @@ class GroupProgram:
         if need be, and returns before it has run."""
         padded = list(chunk_trials) + [chunk_trials[-1]] * (size - len(chunk_trials))
         dtype, epochs = self.trainer.dtype, self.trainer.epochs
-        seeds = sorted({t.config.training.seed for t in padded})
+        seeds, position, seed_keys, keys, hparams = self._host_inputs(padded)
         shared_key = len(seeds) == 1
-        # The prologue draws for each seed's key; trial i trains with keys[i], the key of
-        # seeds[position[i]] (with a shared key, that one key). Host arrays, all of them:
-        # as device arrays each would compile small programs to be made, indexed and laid
-        # out (~0.3 s of a 128-trial sweep).
-        position = np.asarray([seeds.index(t.config.training.seed) for t in padded], np.int32)
-        seed_keys = seed_key_data(seeds[0]) if shared_key else \
-            np.stack([seed_key_data(seed) for seed in seeds])
-        keys = seed_keys if shared_key else seed_keys[position]
-        hparams = stacked_hparams([t.config for t in padded], dtype)
-        if self.packed_width:
-            hparams["width"] = np.asarray([t.config.model.hidden[0] for t in padded], np.int32)
-        if self.packed_layers:
-            hparams["channels"] = np.asarray(
-                [channels.features(t.config, self.packed_layers) for t in padded], np.int32)
         sharding = replicated = None
         if self.mesh is not None:
             sharding = NamedSharding(self.mesh, PartitionSpec("trials"))
