@@ -323,6 +323,23 @@ def check(
         return manual, autodiff, fd, rules
 
     manual, autodiff, fd, rules = jax.device_get(jax.jit(measure)(leaves, state, x, y, key))
+    leaf_errors = _leaf_errors(net, manual, autodiff, chosen, fd)
+    layer_errors = [
+        LayerError(label, _tree_relative(got_dparams, want_dparams),
+                   _tree_relative(got_dx, want_dx))
+        for label, ((got_dparams, got_dx), (want_dparams, want_dx)) in zip(
+            labels, rules, strict=True)]
+
+    report = CheckReport(tuple(leaf_errors), tuple(layer_errors))
+    if verbose:
+        print(report.table())
+    _raise_if_exceeded(report, rtol, fd_rtol)
+    return report
+
+
+def _leaf_errors(net: Layer, manual, autodiff, chosen, fd) -> list[LeafError]:
+    """Each parameter leaf's manual gradient against `jax.grad`'s (``autodiff``, in leaf
+    order) and against the finite differences ``fd`` at its ``chosen`` entries."""
     manual_paths = jax.tree_util.tree_flatten_with_path(manual)[0]
     whole_scale = max((float(np.max(np.abs(leaf))) for leaf in autodiff if leaf.size),
                       default=0.0)
@@ -342,17 +359,7 @@ def check(
         fd_abs, fd_rel = _relative(manual_leaf.reshape(-1)[indices], fd_values, scale)
         leaf_errors.append(LeafError(_describe(path), _owner(net, path), auto_abs, auto_rel,
                                      fd_abs, fd_rel, len(indices)))
-    layer_errors = [
-        LayerError(label, _tree_relative(got_dparams, want_dparams),
-                   _tree_relative(got_dx, want_dx))
-        for label, ((got_dparams, got_dx), (want_dparams, want_dx)) in zip(
-            labels, rules, strict=True)]
-
-    report = CheckReport(tuple(leaf_errors), tuple(layer_errors))
-    if verbose:
-        print(report.table())
-    _raise_if_exceeded(report, rtol, fd_rtol)
-    return report
+    return leaf_errors
 
 
 def _layer_rule(leaf, train: bool, rng: np.random.Generator):
