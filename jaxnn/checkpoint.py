@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn import rundir
+
 _PATHS = "__paths__"
 _NOTE = "__note__"
 
@@ -64,9 +66,11 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):  # a full disk's names no file
+            rundir.name_file(error, path)
         raise
     directory_fd = os.open(directory, os.O_RDONLY)
     try:

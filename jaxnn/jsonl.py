@@ -94,11 +94,20 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def append(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Appends ``rows``, one line each, and syncs them to disk."""
-    with open(path, "a") as handle:
-        handle.writelines(_line(row) for row in rows)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Appends ``rows``, one line each, and syncs them to disk. A write cut short (a full
+    disk) leaves a partial last line, as a kill does (`repair`).
+
+    Raises:
+      OSError: naming ``path``.
+    """
+    try:
+        with open(path, "a") as handle:
+            handle.writelines(_line(row) for row in rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        rundir.name_file(error, path)
+        raise
 
 
 def rewrite(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

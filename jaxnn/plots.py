@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxnn import rundir
+
 
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: it is
@@ -49,10 +51,7 @@ def training_curves(rows: Sequence[dict], workdir: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = os.path.join(workdir, f"{metric}.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(fig, plt, os.path.join(workdir, f"{metric}.png")))
     return written
 
 
@@ -77,10 +76,13 @@ def _label(values: dict, keys: Sequence[str]) -> str:
 
 
 def save(fig, plt, path: str) -> str:
+    """Writes ``fig`` to ``path`` whole (a full disk leaves the earlier figure, not an empty
+    file) and closes it; returns ``path``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return rundir.save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _keyed(title: str, keys: Sequence[str]) -> str:

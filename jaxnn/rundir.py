@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -59,10 +60,18 @@ def holds(workdir: str | os.PathLike) -> str | None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Replaces the file at ``path`` with ``text`` (UTF-8) whole: written to a temporary file
-    beside it, synced, then renamed over it, so a kill or an error leaves the old file or the
-    new one, never an empty or half-written one (nor, after an error, the temporary)."""
-    data = text.encode("utf-8")  # before anything is opened
+    """Replaces the file at ``path`` with ``text`` (UTF-8) whole (`write_bytes`)."""
+    write_bytes(path, text.encode("utf-8"))  # encoded before anything is opened
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replaces the file at ``path`` with ``data`` whole: written to a temporary file beside
+    it, synced, then renamed over it, so a kill or an error (a full disk) leaves the old file
+    or the new one, never an empty or half-written one (nor, after an error, the temporary).
+
+    Raises:
+      OSError: naming ``path`` (a full disk's error named no file).
+    """
     path = os.path.realpath(path)  # a symlink's target is written (as open(path, "w") did)
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     try:
@@ -71,10 +80,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            name_file(error, path)
         raise
+
+
+def save_figure(figure, path: str | os.PathLike, **savefig_kwargs) -> str:
+    """Writes a matplotlib ``figure`` to ``path`` whole (`write_bytes`), in the format its
+    extension names; returns ``path``."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=os.path.splitext(path)[1][1:] or "png", **savefig_kwargs)
+    write_bytes(path, buffer.getvalue())
+    return os.fspath(path)
+
+
+def name_file(error: OSError, path: str | os.PathLike) -> None:
+    """Makes ``error`` name ``path`` if it names no file (a write's or a close's does not),
+    for the one-line message `jaxnn.cli` prints."""
+    if error.filename is None:
+        error.filename = os.fspath(path)
 
 
 def make_directory(path: str) -> None:

@@ -2,6 +2,7 @@
 validation, cut JSON-lines files, diverged runs and checkpoint ranges (issue 19's
 reproductions, each asserting the new behaviour)."""
 
+import errno
 import gzip
 import hashlib
 import json
@@ -821,3 +822,48 @@ def test_a_run_resumes_with_another_chunk_size(tmp_path, monkeypatch):
     for row, want in zip(rows, whole, strict=True):
         for key, value in want.items():
             assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write's: no file named
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_keeps_what_was_written(
+        tmp_path, monkeypatch, capsys):
+    """A checkpoint, a rows file or a figure that the disk had no room for was a traceback
+    whose error named no file, and a figure was left empty (matplotlib wrote it in place)."""
+    workdir = tmp_path / "run"
+    monkeypatch.setattr(np, "savez", _disk_full)  # the checkpoint's write
+    fails(capsys, ["train", write(tmp_path, TINY), "--workdir", str(workdir)],
+          f"{workdir / run.CHECKPOINT}: No space left on device; stopped here")
+    monkeypatch.undo()
+    assert sorted(os.listdir(workdir)) == [rundir.LOCK, run.CONFIG, run.METRICS]
+    assert len(run.read_metrics(str(workdir))) == 2
+
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(OSError, match="No space left") as error:
+        jsonl.append(tmp_path / "rows.jsonl", [{"a": 1}])
+    assert error.value.filename == str(tmp_path / "rows.jsonl")
+    monkeypatch.undo()
+
+    config = write(tmp_path, TINY.replace("plots = false", "plots = true")
+                   + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    sweep_dir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(sweep_dir)]) == 0
+    before = digest(sweep_dir)
+    assert any(name.endswith(".png") for name in before)
+    replace = os.replace
+
+    def figures_do_not_fit(source, target):
+        if str(target).endswith(".png"):
+            _disk_full()
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", figures_do_not_fit)
+    with pytest.raises(OSError, match="No space left") as error:
+        sweep.report.write(*_report_inputs(sweep_dir))
+    monkeypatch.undo()
+    assert str(error.value.filename).startswith(str(sweep_dir))
+    assert str(error.value.filename).endswith(".png")
+    assert digest(sweep_dir) == before
+    assert not [name for name in os.listdir(sweep_dir) if name.endswith(".tmp")]

@@ -170,8 +170,9 @@ def search_figures(study, plan: Plan, workdir: str) -> list[str]:
             axes = draw(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
         figure.set_size_inches(8, 5)
-        path = os.path.join(workdir, name)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
+        try:
+            written.append(rundir.save_figure(figure, os.path.join(workdir, name), dpi=100,
+                                              bbox_inches="tight"))
+        finally:
+            plt.close(figure)
     return written
