@@ -251,6 +251,29 @@ def test_a_cut_results_file_is_repaired_on_resume(tmp_path, capsys):
         json.loads(lines[0])["trial"]]
 
 
+def test_a_study_journal_cut_mid_line_is_repaired_on_resume(tmp_path):
+    """A full disk cut the study's journal mid-record. Optuna skips such a line when it
+    reads, but appends after it: the resumed sweep's first record was glued to the fragment
+    and lost, and Optuna failed on it (an AttributeError traceback)."""
+    import optuna
+
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1, 0.3]}\n"
+                   "trials_per_chunk = 1\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    journal = workdir / sweep.search.STUDY_FILE
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    assert cli.main(["sweep", "--resume", str(workdir)]) == 0
+    storage = optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="sweep", storage=storage).trials
+    values = {row["trial"]: row["val_accuracy"] for row in sweep.read_results(str(workdir))}
+    assert sorted(t.user_attrs.get("trial", t.number) for t in trials
+                  if t.state == optuna.trial.TrialState.COMPLETE) == [0, 1, 2]
+    assert sorted(t.value for t in trials if t.value is not None) == sorted(values.values())
+
+
 def test_a_report_that_fails_while_writing_leaves_the_last_one_whole(tmp_path, monkeypatch):
     """``best.toml``, ``table.txt``, ``results.csv`` and ``config.toml`` are replaced whole:
     a report that failed half-way (here while rendering the best config) left ``best.toml``

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from jaxnn import config as config_lib
-from jaxnn import rundir
+from jaxnn import jsonl, rundir
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep.spec import Distribution
 
@@ -147,7 +147,10 @@ def storage_of(spec: Mapping[str, Any], workdir: str, source: str = ""):
     holds ``workdir``'s own lock (`jaxnn.rundir.locked`, which the caller must hold), so
     one found here was left by a process that died holding it: it is removed, or every
     later append would wait for it forever (Optuna 5.1 retries a lock whose symlink is
-    relative without ever judging it stale).
+    relative without ever judging it stale). A last line cut short (a kill, a full disk) is
+    cut off, as `jaxnn.jsonl.repair` does for results: Optuna skips it when reading but
+    appends after it, gluing the next record to it, and that record was lost (the resumed
+    sweep's next trial: an AttributeError inside Optuna).
     """
     optuna = _quiet()
     if spec.get("storage"):
@@ -155,6 +158,7 @@ def storage_of(spec: Mapping[str, Any], workdir: str, source: str = ""):
     path = os.path.abspath(os.path.join(workdir, STUDY_FILE))
     with contextlib.suppress(FileNotFoundError):
         os.remove(path + JOURNAL_LOCK_SUFFIX)
+    jsonl.repair(path)  # each of its lines is a JSON object
     journal = optuna.storages.journal
     return journal.JournalStorage(journal.JournalFileBackend(path))
 
