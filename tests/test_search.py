@@ -439,3 +439,14 @@ def test_a_space_of_values_no_trial_can_take_ends_the_search(tmp_path, capsys, m
     assert err.count("jaxnn: refused trial") == 6  # both trials, each drawn 3 times
     assert err.splitlines()[-1].startswith(f"jaxnn: error: {path}: sweep: trial {{")
     assert err.splitlines()[-1].endswith("(3 draws in a row refused for one trial)")
+
+
+def test_a_missing_database_driver_names_what_to_install():
+    """A plain ``postgresql://`` URL asks SQLAlchemy for psycopg2, which the ``postgres``
+    extra (psycopg 3) does not install: the hint said to install the extra alone, and a
+    MySQL URL got the PostgreSQL hint."""
+    missing = ImportError("Failed to import DB access module")
+    assert "postgresql+psycopg://" in search.storage_failure(missing, "postgresql://u@h/db")
+    assert "jaxnn[postgres]" in search.storage_failure(missing, "postgresql://u@h/db")
+    mysql = search.storage_failure(missing, "mysql://u@h/db")
+    assert "PostgreSQL" not in mysql and "postgres" not in mysql and "driver" in mysql

@@ -129,14 +129,19 @@ def configured_storage(url: str, source: str):
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # a driver, OSError, a bad URL, or the database's own errors
         raise ConfigError(source, "sweep.storage",
-                          f"{url!r}: {storage_failure(error)}") from None
+                          f"{url!r}: {storage_failure(error, url)}") from None
 
 
-def storage_failure(error: Exception) -> str:
-    """Why a storage could not be opened, in a line: a missing database driver (and the
-    extra that installs PostgreSQL's), else the first line of the error."""
+def storage_failure(error: Exception, url: str) -> str:
+    """Why the storage at ``url`` could not be opened, in a line: a missing database driver
+    (for PostgreSQL, the extra that installs psycopg 3, which SQLAlchemy takes for a
+    ``postgresql+psycopg://`` URL: a plain ``postgresql://`` asks for psycopg2), else the
+    first line of the error."""
     if isinstance(error, ImportError):
-        return f"{error} (for PostgreSQL: pip install 'jaxnn[postgres]')"
+        if url.startswith("postgresql"):
+            return (f"{error} (pip install 'jaxnn[postgres]', and write the URL as "
+                    "postgresql+psycopg://...)")
+        return f"{error} (install the database's Python driver)"
     return f"cannot open it: {str(error).splitlines()[0]}"
 
 

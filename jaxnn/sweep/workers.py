@@ -1,8 +1,9 @@
 """Workers on one shared Optuna study: ``jaxnn sweep CONFIG --storage URL --study NAME``.
 
 Any number of worker processes, on one machine or many, train one sweep together through a
-study in a shared storage -- a relational database (``postgresql://...``, ``mysql://...``,
-``sqlite:///...``) or Optuna's journal file on a shared file system (any other path).
+study in a shared storage -- a relational database (``postgresql+psycopg://...``,
+``sqlite:///...``, any URL SQLAlchemy opens with its driver installed) or Optuna's journal
+file on a shared file system (any other path).
 
 The study holds the whole sweep: its config (user attribute ``"jaxnn_config"``) and its trial
 budget -- the grid's trials, or ``[sweep] trials`` -- as one WAITING trial per budget slot
@@ -146,7 +147,7 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             _lock_as_transactions_begin(storage.engine)
         return storage
     except Exception as error:  # the database's driver, OSError, or the database's errors
-        raise rundir.RunError(f"--storage {url}: {search.storage_failure(error)}") from None
+        raise rundir.RunError(f"--storage {url}: {search.storage_failure(error, url)}") from None
 
 
 def _check_database_file(url: str) -> None:
