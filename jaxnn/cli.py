@@ -298,7 +298,8 @@ def parser() -> argparse.ArgumentParser:
         cache = sub.add_mutually_exclusive_group()
         cache.add_argument("--compile-cache", metavar="DIR",
                            help="XLA's compiled programs are kept here and reused by later runs "
-                           "(default: $JAXNN_COMPILE_CACHE or ~/.cache/jaxnn/xla); a sweep's, the "
+                           "(default: $JAXNN_COMPILE_CACHE, else $XDG_CACHE_HOME/jaxnn/xla or "
+                           "~/.cache/jaxnn/xla); a sweep's, the "
                            "least recently used deleted beyond $JAXNN_COMPILE_CACHE_MAX_MB "
                            f"(default {compile_cache.DEFAULT_MAX_MB})")
         cache.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
@@ -336,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
         "workers on a shared study", "Any number of workers, anywhere, train one sweep "
         "through an Optuna study in a shared storage; a killed worker's trials are retried.")
     shared.add_argument("--storage", metavar="URL",
-                        help="the study's storage: a database URL (postgresql://..., "
+                        help="the study's storage: a database URL (postgresql+psycopg://..., "
                         "sqlite:///...) or a journal file path on a shared file system")
     shared.add_argument("--study", metavar="NAME", help="the study's name")
     shared.add_argument("--heartbeat", type=int, metavar="SECONDS",
