@@ -153,6 +153,8 @@ _DATA_KEYS_READ_BY = {  # the data sets that read each key that not all of them 
     "path": ("mnist", "fashion_mnist", "npz", "csv"),
     "features": ("npz", "csv"), "label": ("npz", "csv"), "num_classes": ("npz", "csv"),
     "num_examples": ("spirals", "moons", "regression"),
+    # MNIST's own test files are its test split.
+    "test_fraction": ("digits", "npz", "csv", "spirals", "moons", "regression"),
 }
 
 
@@ -305,6 +307,9 @@ def refuse_unread_data_keys(config: Config) -> None:
         raise ConfigError(config.source, "data.task", (
             f"{data.task!r}: the {data.name!r} data set is classification; only npz and csv "
             "data take a task"))
+    if data.task == "regression" and data.num_classes != defaults.num_classes:
+        raise ConfigError(config.source, "data.num_classes", (
+            f"{data.num_classes} is not read by a regression (data.task); leave it out"))
 
 
 def data_path(config: Config) -> str:

@@ -115,8 +115,16 @@ def split(
         raise DataError(f"{name}: the test split is empty ({len(x) + len(x_test)} examples, "
                         f"test fraction {test_fraction}); a run reports test metrics")
     if standardize:
-        mean = x_train.mean(axis=0, keepdims=True)
-        std = x_train.std(axis=0, keepdims=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = x_train.mean(axis=0, keepdims=True)
+            std = x_train.std(axis=0, keepdims=True)
+        overflowed = ~(np.isfinite(mean) & np.isfinite(std)).reshape(-1)
+        if overflowed.any():  # every value of that feature became nan or 0
+            feature = int(np.argmax(overflowed))
+            largest = float(np.max(np.abs(x_train.reshape(len(x_train), -1)[:, feature])))
+            raise DataError(f"{name}: feature {feature} cannot be standardized: its values "
+                            f"(up to {largest:.3g} in magnitude) overflow float64's mean or "
+                            "variance; scale them down, or set data.standardize = false")
         std = np.where(std > 1e-8, std, 1.0)
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, name)
@@ -186,6 +194,9 @@ def _find(directory: str, stem: str) -> str:
 def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, ...], ...]:
     """MNIST-layout files in ``directory``: ((x_train, y_train), (x_test, y_test)), NHWC."""
     directory = os.fspath(directory)
+    if os.path.isfile(directory):
+        raise DataError(f"{directory}: a file; MNIST-layout data are a directory of IDX "
+                        "files (train-images-idx3-ubyte, ...)")
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: directory not found")
     parts = []
@@ -195,6 +206,8 @@ def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, 
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{directory}: {prefix} images {images.shape} and labels "
                             f"{labels.shape} do not match")
+        if not len(images):
+            raise DataError(f"{directory}: the {prefix} files hold no examples")
         if parts and images.shape[1:] != parts[0][0].shape[1:3]:
             raise DataError(f"{directory}: {prefix} images are {images.shape[1:]}, the train "
                             f"images {parts[0][0].shape[1:3]}")
@@ -207,6 +220,13 @@ def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, 
 def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
     """Feature and label arrays stored under the given names in an ``.npz`` file."""
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if not magic.startswith(b"PK"):  # np.load would read it as a .npy or a pickle
+            raise DataError(f"{path}: " + (
+                "one array (a .npy file), not an npz archive; save the features and labels "
+                "together with np.savez(path, x=..., y=...)" if magic == b"\x93NUMPY" else
+                "not an npz archive (np.savez writes one: a zip of named arrays)"))
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in (features, labels) if name not in archive.files]
             if features == labels:
@@ -214,7 +234,7 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
                                 f"{labels!r}")
             if missing:
                 raise DataError(f"{path}: no array named {missing[0]!r}; has {archive.files}")
-            x, y = archive[features], archive[labels]
+            x, y = (_npz_array(archive, name, path) for name in (features, labels))
             for name, array in ((features, x), (labels, y)):
                 if array.ndim == 0:
                     raise DataError(f"{path}: array {name!r} is 0-d (one value); it needs one "
@@ -232,6 +252,17 @@ def load_npz(path: str, features: str, labels: str) -> tuple[np.ndarray, np.ndar
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: cannot read npz (truncated or not an npz file?): "
                         f"{type(error).__name__}: {error}") from None
+
+
+def _npz_array(archive, name: str, path: str) -> np.ndarray:
+    """``archive[name]``; an array of Python objects (pickled) is refused by name."""
+    try:
+        return archive[name]
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise
+        raise DataError(f"{path}: array {name!r} holds Python objects (pickled); features "
+                        "and labels are arrays of real numbers") from None
 
 
 def load_csv(
@@ -301,6 +332,8 @@ def as_labels(y: np.ndarray, source: str, num_classes: int = 0,
         large, or that leaves classes without examples, or when there would be one class.
     """
     y = np.asarray(y)
+    if not len(y):
+        raise DataError(f"{source}: no examples")
     if y.dtype.kind not in "biuf":
         raise DataError(f"{source}: labels must be numbers, got dtype {y.dtype}")
     if y.ndim != 1:
@@ -346,6 +379,15 @@ def check_finite(array: np.ndarray, source: str, what: str,
         value = value[~np.isfinite(value)][0]
         raise DataError(f"{source}: {what} at {_at(row, lines)} holds {value}; every value must be "
                         "finite")
+
+
+def _check_finite_in(array: np.ndarray, precision: str, source: str, what: str,
+                     lines: Sequence[int] | None = None) -> None:
+    """`check_finite` on ``array`` as read and as cast to the training ``precision`` (a
+    float64 value past float32's range is infinite in float32)."""
+    check_finite(array, source, what, lines)
+    with np.errstate(over="ignore"):
+        check_finite(array.astype(precision), source, f"{what} (in {precision})", lines)
 
 
 # --- synthetic sets -----------------------------------------------------------------------
@@ -400,6 +442,8 @@ def load(config) -> Dataset:
         num_classes = 10
         y, _ = as_labels(y, f"{path}: train labels", num_classes)
         test = (test[0], as_labels(test[1], f"{path}: t10k labels", num_classes)[0])
+        for images, which in ((x, "train"), (test[0], "t10k")):  # float IDX files may hold NaN
+            _check_finite_in(images, config.training.precision, path, f"{which} images")
     elif cfg.name in SYNTHETIC:
         x, y = SYNTHETIC[cfg.name](n=cfg.num_examples, seed=cfg.seed)
         num_classes = 0 if cfg.name == "regression" else 2
@@ -425,11 +469,9 @@ def load(config) -> Dataset:
                                        cfg.num_classes, lines)
         else:
             y = y.reshape(len(y), -1)  # (n, outputs), as the network gives them
-            check_finite(y, path, f"target {cfg.label or default_label!r}", lines)
-        check_finite(x, path, "features", lines)
-        precision = config.training.precision
-        with np.errstate(over="ignore"):  # finite in the file, past the precision's range
-            check_finite(x.astype(precision), path, f"features (in {precision})", lines)
+            _check_finite_in(y, config.training.precision, path,
+                             f"target {cfg.label or default_label!r}", lines)
+        _check_finite_in(x, config.training.precision, path, "features", lines)
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
         if test is not None:

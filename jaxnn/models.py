@@ -35,7 +35,7 @@ NESTED_TYPES = {"Serial": ("layers", False), "Residual": ("layers", False),
 # Layers that take NHWC images: a network with one gets the data as images, else flattened.
 # Conv1D is not here: it takes (batch, length, channels), a layout the data never comes in.
 _SPATIAL = ("Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "SumPool2D",
-            "GlobalAvgPool")
+            "GlobalAvgPool", "Conv1D")
 
 
 def layer_specs(layers: Any) -> list[dict]:
@@ -55,7 +55,9 @@ def layer_specs(layers: Any) -> list[dict]:
 
 
 def uses_images(model: ModelConfig) -> bool:
-    """Whether the network takes NHWC images (it has a 2-D convolution or pooling layer)."""
+    """Whether the network takes each example in its own shape -- NHWC images, or (L, C)
+    sequences for a Conv1D -- rather than flattened (it has a convolution or pooling
+    layer)."""
     return any(spec.get("type") in _SPATIAL for spec in layer_specs(model.layers))
 
 

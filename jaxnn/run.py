@@ -72,6 +72,10 @@ def prepare(config: Config) -> data_lib.Dataset:
     return dataset
 
 
+# Losses whose targets are probabilities.
+_PROBABILITY_TARGETS = ("sigmoid_binary_cross_entropy", "binary_cross_entropy")
+
+
 def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     """What a config can get wrong about its data: the loss, the batch size, the layers'
     shapes, the steps its counters hold and the memory its params need (a sweep checks
@@ -92,6 +96,15 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "model.loss", (
             f"{config.model.loss} needs targets shaped like the outputs, and these data are "
             'class labels (data.task = "classification"); use "softmax_cross_entropy"'))
+    if config.model.loss in _PROBABILITY_TARGETS:
+        for split in ("train", "val", "test"):
+            targets = np.asarray(getattr(dataset, f"y_{split}")).reshape(-1)
+            outside = (targets < 0) | (targets > 1)
+            if outside.any():  # a cross-entropy of them means nothing (it went negative)
+                raise ConfigError(config.source, "model.loss", (
+                    f"{config.model.loss} needs targets in [0, 1] (probabilities), and the "
+                    f"{split} split holds {targets[int(np.argmax(outside))].item():.6g}; use "
+                    '"mse" for real-valued targets'))
     if config.training.patience and len(dataset.x_val) == 0:  # it stopped at epoch patience
         raise ConfigError(config.source, "training.patience", (
             "early stopping watches the validation loss, and there is no validation split "

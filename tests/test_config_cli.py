@@ -37,10 +37,11 @@ BAD_CONFIGS = [
     ('[model]\nlayers = [{type = "Dense", features = 7}]\n', "model.layers", "needs (None, 10)"),
     ('[model]\nlayers = [{type = "Dense2", features = 7}]\n', "model.layers[0]",
      "unknown layer type"),
-    # Conv1D wants (batch, length, channels); the data come as images or flat vectors.
+    # Conv1D wants (batch, length, channels); the digits are images, given in their shape.
     ('[model]\nlayers = [{type = "Conv1D", features = 4}, {type = "Flatten"}, '
      '{type = "Dense", features = 10}]\n', "model.layers[0]",
-     "expects input of rank 3 (batch, length, channels), got shape (None, 64)"),
+     "expects input of rank 3 (batch, length, channels), got shape (None, 8, 8, 1) (data "
+     "examples have shape (8, 8, 1))"),
     ('[model]\nlayers = [{type = "Conv2DTranspose", features = 4, stride = 0}]\n',
      "model.layers[0].stride", "Conv2DTranspose: stride must be a positive int"),
     ('[model]\nlayers = [{type = "Dense", units = 7}]\n', "model.layers[0].units", "units"),
@@ -280,7 +281,7 @@ def test_newer_layer_types_and_activations_build_from_a_config():
     cfg = config.from_dict({"model": {"layers": layers}})
     assert models.uses_images(cfg.model)
     assert run.prepare(cfg).input_shape == (8, 8, 1)  # digits as NHWC images
-    assert not models.uses_images(config.from_dict(
+    assert models.uses_images(config.from_dict(  # sequences, in their (L, C) shape
         {"model": {"layers": [{"type": "Conv1D", "features": 4}]}}).model)
     for name in ("elu", "selu", "silu"):
         net = models.build(config.ModelConfig(hidden=(4,), activation=name), 3)

@@ -183,3 +183,17 @@ def test_regression_run_on_synthetic_curve(tmp_path):
     summary = run.train_and_evaluate(cfg, tmp_path)
     assert summary["test_accuracy"] is None
     assert summary["test_loss"] < 0.05  # 1/2 squared error of a noisy sine, well fitted
+
+
+def test_a_conv1d_network_takes_sequences_in_their_shape(tmp_path):
+    """npz examples of shape (16, 2) reached a Conv1D network flattened to (32,), which it
+    refused (its message named the flattened shape as the data's)."""
+    x = np.random.default_rng(0).normal(size=(60, 16, 2))
+    np.savez(tmp_path / "seq.npz", x=x, y=(x[:, 0, 0] > 0).astype(np.int32))
+    cfg = config.from_dict({
+        "model": {"layers": [{"type": "Conv1D", "features": 4}, {"type": "Relu"},
+                             {"type": "Flatten"}, {"type": "Dense", "features": 2}]},
+        "data": {"name": "npz", "path": str(tmp_path / "seq.npz")},
+        "training": {"batch_size": 8}}, "seq.toml")
+    dataset = run.prepare(cfg)
+    assert dataset.x_train.shape[1:] == (16, 2)

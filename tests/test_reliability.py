@@ -890,3 +890,81 @@ def test_a_full_disk_is_one_error_naming_the_file_and_keeps_what_was_written(
     assert str(error.value.filename).endswith(".png")
     assert digest(sweep_dir) == before
     assert not [name for name in os.listdir(sweep_dir) if name.endswith(".tmp")]
+
+
+def _idx_directory(path, images, labels=None, test_images=None):
+    """MNIST-layout files of float32 images (IDX type 0x0D) and uint8 labels."""
+    path.mkdir()
+    labels = np.arange(len(images)) % 10 if labels is None else labels
+    test_images = images if test_images is None else test_images
+    for prefix, x in (("train", images), ("t10k", test_images)):
+        for kind, array, code in (("images-idx3", x.astype(">f4"), 0x0D),
+                                  ("labels-idx1", labels[:len(x)].astype(np.uint8), 0x08)):
+            (path / f"{prefix}-{kind}-ubyte").write_bytes(
+                struct.pack(">BBBB", 0, 0, code, array.ndim)
+                + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+@pytest.mark.parametrize("case", [
+    "idx_nan", "idx_empty_test", "idx_path_a_file", "regression_target_past_float32",
+    "standardizing_overflows", "probability_loss_on_real_targets", "npy_file", "csv_as_npz",
+    "pickled_npz", "mnist_test_fraction", "regression_num_classes"])
+def test_data_the_run_cannot_use_is_one_line_before_training(tmp_path, capsys, case):
+    """Each of these trained (NaN in a float IDX file: a run whose validation loss was null;
+    targets past float32's range: a diverged run; features whose standardization overflowed:
+    inputs all 0 or NaN; a cross-entropy on real targets: a negative test loss; a key the
+    data set ignores), ended in a traceback (a .npy file, IDX files with no examples), or
+    named the wrong cause (a CSV or pickled arrays given as npz)."""
+    x, y = _features(), np.arange(40) % 3
+    images = np.random.default_rng(0).random((20, 4, 4))
+    extra, name = "", "npz"
+    if case.startswith("idx") or case == "mnist_test_fraction":
+        name, path = "mnist", tmp_path / "mnist"
+        if case == "idx_nan":
+            images[13, 2, 1] = np.nan
+        if case == "idx_path_a_file":
+            path.write_text("")
+        else:
+            _idx_directory(path, images, test_images=images[:0] if "empty" in case else None)
+        extra = "test_fraction = 0.5\n" if case == "mnist_test_fraction" else ""
+        fragment = {"idx_nan": "train images at row 13 holds nan",
+                    "idx_empty_test": "the t10k files hold no examples",
+                    "idx_path_a_file": "a file; MNIST-layout data are a directory",
+                    "mnist_test_fraction": "data.test_fraction: 0.5 is not read"}[case]
+    elif case == "npy_file":
+        path = tmp_path / "x.npy"
+        np.save(path, x)
+        fragment = "one array (a .npy file), not an npz archive"
+    elif case == "csv_as_npz":
+        path = tmp_path / "data.csv"
+        path.write_text("a,label\n1,0\n")
+        fragment = "not an npz archive"
+    elif case == "pickled_npz":
+        path = tmp_path / "objects.npz"
+        np.savez(path, x=x, y=np.array([None] * 40, dtype=object))
+        fragment = "array 'y' holds Python objects"
+    else:
+        if case == "regression_target_past_float32":
+            y, extra = x[:, 0].copy(), 'task = "regression"\n'
+            y[3] = 1e39
+            fragment = "target 'y' (in float32) at row 3 holds inf"
+        elif case == "standardizing_overflows":
+            x[:, 1] = np.where(np.arange(40) % 2, 1e300, -1e300)  # std: inf, inputs all 0
+            fragment = "feature 1 cannot be standardized"
+        elif case == "probability_loss_on_real_targets":
+            y, extra = x @ np.array([1.0, 2.0, 3.0]), 'task = "regression"\n'
+            fragment = "sigmoid_binary_cross_entropy needs targets in [0, 1]"
+        else:
+            y, extra = x[:, 0].copy(), 'task = "regression"\nnum_classes = 3\n'
+            fragment = "data.num_classes: 3 is not read by a regression"
+        path = _npz(tmp_path, x, y)
+    config = _data_config(tmp_path, name, path, extra)
+    overrides = []
+    if case in ("regression_target_past_float32", "standardizing_overflows",
+                "regression_num_classes"):
+        overrides = (["--set", 'training.precision="float64"'] if "overflows" in case
+                     else ["--set", 'model.loss="mse"'])
+    if case == "probability_loss_on_real_targets":
+        overrides = ["--set", 'model.loss="sigmoid_binary_cross_entropy"']
+    fails(capsys, ["train", config, "--workdir", str(tmp_path / "run"), *overrides], fragment)
+    assert not (tmp_path / "run").exists()

@@ -486,7 +486,8 @@ def test_a_network_of_the_other_layout_is_named_as_such(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"jaxnn: error: {path}: sweep: trial {{'model.layers': [{{'type': "
                           "'Conv2D'"), err
-    assert err.rstrip().endswith("its network takes images, and the sweep's data are flat "
+    assert err.rstrip().endswith("its network takes images (examples in their shape), and the "
+                                 "sweep's data are flat "
                                  "rows (prepared once, for the config's own network); sweep "
                                  "networks of each kind apart"), err
 

@@ -170,7 +170,7 @@ def check_trials(config: Config, all_trials, dataset) -> None:
             # A shape error from the other layout than the network needs:
             if error.key.startswith("model.layers") and \
                     models.uses_images(trial.config.model) != images:
-                layouts = ("images", "flat rows")[::1 if images else -1]
+                layouts = ("images (examples in their shape)", "flat rows")[::1 if images else -1]
                 raise ConfigError(config.source, "sweep", (
                     f"trial {trial.values}: its network takes {layouts[1]}, and the sweep's "
                     f"data are {layouts[0]} (prepared once, for the config's own network); "
@@ -279,8 +279,10 @@ def _check_search(config: Config, spec: dict, space: dict, all_trials, dataset,
 def _metric(config: Config, spec: dict, dataset) -> str:
     """The ranking metric: ``sweep.metric``, "auto" meaning the task's."""
     if len(dataset.x_val) == 0:
-        raise ConfigError(config.source, "data.validation_fraction", "a sweep ranks its "
-                          "trials on the validation split, and this one is empty (0)")
+        raise ConfigError(config.source, "data.validation_fraction", (
+            "a sweep ranks its trials on the validation split, and "
+            f"{config.data.validation_fraction} of the {len(dataset.x_train)} examples "
+            "left after the test split is none"))
     metric = spec.get("metric", "auto")
     if metric == "auto":
         metric = "val_accuracy" if dataset.num_classes else "val_loss"
