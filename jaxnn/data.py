@@ -310,10 +310,19 @@ def load_csv(
         try:
             x[index] = [float(row[c]) for c in columns]
             y[index] = float(row[label_column])
-        except ValueError as error:
-            raise DataError(f"{path}: line {line}: non-numeric or missing value: "
-                            f"{error}") from None
+        except ValueError:
+            column = next(c for c in (*columns, label_column) if not _is_number(row[c]))
+            raise DataError(f"{path}: line {line}, column {header[column]!r}: "
+                            f"{row[column]!r} is not a number") from None
     return x, y, [line for line, _ in rows]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _at(row: int, lines: Sequence[int] | None) -> str:

@@ -133,7 +133,8 @@ def test_npz_and_csv_named_columns(tmp_path):
                                     "features": ("y",)}))
     # A short row and a non-number are named by their line in the file; blank lines pass.
     for row, fragment in (("3,4", "line 4 has 2 values, the header 4"),
-                          ("x,1,2,0", "line 4: non-numeric or missing value")):
+                          ("x,1,2,0", "line 4, column 'a': 'x' is not a number"),
+                          ("1,2,3,", "line 4, column 'label': '' is not a number")):
         (tmp_path / "d.csv").write_text("\n".join([*lines[:2], "", row, *lines[2:]]))
         with pytest.raises(data.DataError, match=fragment):
             data.load(cfg)
