@@ -41,7 +41,7 @@ def unit_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> opt
         return optax.cosine_decay_schedule(1.0, total, alpha=cfg.final_fraction)
     if cfg.name == "warmup_cosine":
         # Whole steps; 0: none (at least one step, it made warmup_epochs = 0 a step at 0).
-        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+        warmup = min(boundary_step(cfg.warmup_epochs, steps_per_epoch), total - 1)
         return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total,
                                                   end_value=cfg.final_fraction)
     raise ValueError(f"unknown schedule {cfg.name!r}")

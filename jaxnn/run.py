@@ -131,6 +131,11 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
         raise ConfigError(config.source, "schedule.boundaries", (
             f"{list(sched.boundaries)} epochs of {per_epoch} steps fall on the same steps "
             f"{steps}; give boundaries at least one step apart"))
+    if (sched.name == "warmup_cosine" and sched.warmup_epochs > 0
+            and optim.boundary_step(sched.warmup_epochs, per_epoch) == 0):
+        raise ConfigError(config.source, "schedule.warmup_epochs", (
+            f"{sched.warmup_epochs} epochs of {per_epoch} steps round to no warmup step; "
+            f"give at least {1 / per_epoch:.3g} (one step), or 0 for none"))
     net, params = models.check(config, dataset.input_shape, dataset.output_size)
     if config.training.batch_size == 1:
         _check_batch_statistics(config, net, dataset.input_shape)

@@ -69,6 +69,9 @@ BAD_CONFIGS = [
     # A warmup as long as the run was cut to it (never decaying): refused.
     ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = 50\n[training]\nepochs = 2\n',
      "schedule.warmup_epochs", "50.0 is beyond the run's 2 epochs (training.epochs)"),
+    # Under one step it rounded to no warmup, silently (the digits make 20 steps of 64).
+    ('[schedule]\nname = "warmup_cosine"\nwarmup_epochs = 0.01\n', "schedule.warmup_epochs",
+     "0.01 epochs of 20 steps round to no warmup step; give at least 0.05 (one step)"),
     ('[data]\nname = "moons"\nnum_examples = -5\n', "data.num_examples", "must be in [0, "),
     # Sizes past what the machine holds were tracebacks (numpy's allocation, XLA's compiler).
     ('[data]\nname = "spirals"\nnum_examples = 100000000000\n', "data.num_examples",
