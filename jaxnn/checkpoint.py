@@ -72,11 +72,7 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
         if isinstance(error, OSError):  # a full disk's names no file
             rundir.name_file(error, path)
         raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    rundir.sync_directory(directory)
 
 
 def _alive(pid: str) -> bool:

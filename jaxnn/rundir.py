@@ -66,8 +66,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replaces the file at ``path`` with ``data`` whole: written to a temporary file beside
-    it, synced, then renamed over it, so a kill or an error (a full disk) leaves the old file
-    or the new one, never an empty or half-written one (nor, after an error, the temporary).
+    it, synced, then renamed over it (the directory synced too), so a kill, a power loss or
+    an error (a full disk) leaves the old file or the new one, never an empty or half-written
+    one (nor, after an error, the temporary).
 
     Raises:
       OSError: naming ``path`` (a full disk's error named no file).
@@ -86,6 +87,16 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(error, OSError):
             name_file(error, path)
         raise
+    sync_directory(os.path.dirname(path))
+
+
+def sync_directory(path: str | os.PathLike) -> None:
+    """fsyncs the directory ``path``, so that a rename in it survives a power loss."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def save_figure(figure, path: str | os.PathLike, **savefig_kwargs) -> str:
