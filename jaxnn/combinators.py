@@ -114,7 +114,8 @@ def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | Non
     if layer.wiring is None:
         try:
             y, new_state = layer.apply(params, state, x, key=key, train=train)
-        except (TypeError, ValueError) as error:  # e.g. an input or params of other shapes
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            # e.g. an input or params of other shapes, or params missing a leaf
             shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), x)
             error.add_note(f"jaxnn: raised in {_label(layer, path)} with an input of "
                            f"shape {shapes}")
@@ -162,7 +163,8 @@ def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:
         try:
             return layer.backward(tape.params, tape.state, tape.x, tape.y, dy, key=tape.key,
                                   train=tape.train)
-        except (TypeError, ValueError) as error:  # as `trace` names the layer of a forward
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            # as `trace` names the layer of a forward
             shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), (tape.x, dy))
             error.add_note(f"jaxnn: raised in the manual rule of {_label(layer, tape.path)} "
                            f"with an input and a delta of shapes {shapes}")

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxnn._table import format_table
 from jaxnn.combinators import pullback, trace
-from jaxnn.layer import Layer, check_layer
+from jaxnn.layer import Layer, check_bool, check_layer
 from jaxnn.losses import Loss, check_loss
 
 
@@ -81,6 +81,7 @@ def value_grad_and_output(net, loss, params, state, x, y, *, key=None, train=Fal
     """
     check_layer(net, "manual: net")
     check_loss(loss, "manual")
+    train = check_bool(train, "train", "manual")  # a jnp.bool_ would not key the cache
     return _compiled_backprop(net, loss, train, loss_dtype)(params, state, x, y, key)
 
 

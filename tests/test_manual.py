@@ -361,3 +361,20 @@ def test_worked_example_numbers():
     # The exact new error; the walk-through's 0.291027924 carries its rounded intermediates.
     assert result["E_new"] == pytest.approx(0.291027774, abs=5e-10)
     assert result["E_new"] == pytest.approx(0.291027924, abs=2e-7)
+
+
+def test_manual_names_a_traced_train_flag_and_a_layer_missing_a_leaf():
+    """``train=jnp.array(True)`` was an unhashable-type TypeError from the compile cache; a
+    params tree missing a Dense's bias was a bare KeyError naming no layer."""
+    import jaxnn
+
+    net = serial(Dense(3), Relu(), Dense(2))
+    _, params, state = net.init(jax.random.key(0), (None, 4))
+    x, y = jnp.ones((5, 4)), jnp.arange(5) % 2
+    with pytest.raises(ValueError, match="manual: train must be True or False"):
+        jaxnn.manual.grad(net, jaxnn.softmax_cross_entropy, params, state, x, y,
+                          train=jnp.array(True))
+    missing = ({"w": params[0]["w"]}, *params[1:])
+    with pytest.raises(KeyError) as error:
+        jaxnn.manual.grad(net, jaxnn.softmax_cross_entropy, missing, state, x, y)
+    assert any("layer 0 (Dense(3))" in note for note in error.value.__notes__)

@@ -290,3 +290,14 @@ def test_integer_input_is_normalized_as_its_float_values(layer, shape, key):
         rule = layer.backward(params, state, pixels, got, dy, train=train)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12),
                      rule, layer.backward(params, state, floats, want, dy, train=train))
+
+
+def test_batchnorm_on_an_empty_batch_keeps_its_running_statistics():
+    """An empty batch's mean and variance are NaN; they made the running statistics NaN for
+    good."""
+    layer = BatchNorm()
+    _, params, state = layer.init(jax.random.key(0), (None, 2))
+    y, new_state = layer.apply(params, state, jnp.ones((0, 2)), train=True)
+    assert y.shape == (0, 2)
+    for key in ("mean", "var"):
+        np.testing.assert_array_equal(new_state[key], state[key])

@@ -153,7 +153,7 @@ def BatchNorm(
         del key  # Deterministic.
         x, _, mean, var = statistics(params, x, state, train)
         y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
-        if not train:
+        if not train or x.size == 0:  # an empty batch has no statistics to keep (NaN)
             return y, state
         # In the statistics' own dtype: in a bfloat16 input's, 0.99 rounds to 0.988 and
         # small updates round away, so the running mean stalled short of the batches'.
