@@ -156,19 +156,33 @@ def _check_per_child(layer: Layer, path: tuple[int, ...], what: str, value: Any)
                      f"returns them); got {got}")
 
 
+def _check_gradient_shapes(layer: Layer, tape: Tape, dparams: Any) -> None:
+    """Refuses a rule whose parameter gradient is not shaped as the params (an optimizer
+    would broadcast it into them), naming the layer."""
+    def shapes(tree):  # sorted: a rule may return its own containers, in another key order
+        return sorted(tuple(getattr(a, "shape", ())) for a in jax.tree.leaves(tree))
+
+    if shapes(dparams) != shapes(tape.params):
+        raise ValueError(f"the manual rule of {_label(layer, tape.path)} returned parameter "
+                         f"gradients of shapes {shapes(dparams)}, its params "
+                         f"{shapes(tape.params)}")
+
+
 def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:
     """The manual rules walked back over a `trace`'s tape: ``(dparams, dx)``."""
     layer = tape.layer
     if layer.wiring is None:
         try:
-            return layer.backward(tape.params, tape.state, tape.x, tape.y, dy, key=tape.key,
-                                  train=tape.train)
+            dparams, dx = layer.backward(tape.params, tape.state, tape.x, tape.y, dy,
+                                         key=tape.key, train=tape.train)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
             # as `trace` names the layer of a forward
             shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), (tape.x, dy))
             error.add_note(f"jaxnn: raised in the manual rule of {_label(layer, tape.path)} "
                            f"with an input and a delta of shapes {shapes}")
             raise
+        _check_gradient_shapes(layer, tape, dparams)
+        return dparams, dx
     by_index = {child.path[-1]: child for child in tape.children}
     return layer.wiring.backward(lambda index, child_dy: pullback(by_index[index], child_dy),
                                  tape.params, dy)

@@ -378,3 +378,29 @@ def test_manual_names_a_traced_train_flag_and_a_layer_missing_a_leaf():
     with pytest.raises(KeyError) as error:
         jaxnn.manual.grad(net, jaxnn.softmax_cross_entropy, missing, state, x, y)
     assert any("layer 0 (Dense(3))" in note for note in error.value.__notes__)
+
+
+def test_a_rule_whose_gradient_is_not_shaped_as_its_params_is_named():
+    """A custom layer's rule returning a (5, 3) gradient for a (3,) parameter came back as
+    its "gradient" (an optimizer would broadcast it into the parameter)."""
+    import jaxnn
+    from jaxnn.layer import Layer
+
+    def init(key, shape):
+        del key
+        return tuple(shape), {"a": jnp.ones(shape[1:])}, ()
+
+    def apply(params, state, x, *, key=None, train=False):
+        del key, train
+        return x * params["a"][None, :], state
+
+    def backward(params, state, x, y, dy, *, key=None, train=False):
+        del state, y, key, train
+        return {"a": dy * x}, dy * params["a"][None, :]  # dA not summed over the batch
+
+    net = serial(Layer(init, apply, backward, name="Scale"), Dense(2))
+    _, params, state = net.init(jax.random.key(0), (None, 3))
+    with pytest.raises(ValueError, match=r"manual rule of layer 0 \(Scale\) returned "
+                       r"parameter gradients of shapes \[\(5, 3\)\], its params \[\(3,\)\]"):
+        jaxnn.manual.grad(net, jaxnn.softmax_cross_entropy, params, state, jnp.ones((5, 3)),
+                          jnp.arange(5) % 2)
