@@ -208,6 +208,8 @@ def load_idx_directory(directory: str | os.PathLike) -> tuple[tuple[np.ndarray, 
                             f"{labels.shape} do not match")
         if not len(images):
             raise DataError(f"{directory}: the {prefix} files hold no examples")
+        if images.dtype.kind == "f":  # float IDX files may hold NaN (MNIST's bytes cannot)
+            _check_finite_in(images, "float32", directory, f"{prefix} images")
         if parts and images.shape[1:] != parts[0][0].shape[1:3]:
             raise DataError(f"{directory}: {prefix} images are {images.shape[1:]}, the train "
                             f"images {parts[0][0].shape[1:3]}")
@@ -451,8 +453,6 @@ def load(config) -> Dataset:
         num_classes = 10
         y, _ = as_labels(y, f"{path}: train labels", num_classes)
         test = (test[0], as_labels(test[1], f"{path}: t10k labels", num_classes)[0])
-        for images, which in ((x, "train"), (test[0], "t10k")):  # float IDX files may hold NaN
-            _check_finite_in(images, config.training.precision, path, f"{which} images")
     elif cfg.name in SYNTHETIC:
         x, y = SYNTHETIC[cfg.name](n=cfg.num_examples, seed=cfg.seed)
         num_classes = 0 if cfg.name == "regression" else 2
