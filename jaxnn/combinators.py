@@ -105,6 +105,11 @@ def _label(layer: Layer, path: tuple[int, ...]) -> str:
     return f"layer {'.'.join(map(str, path))} ({layer.name})"
 
 
+# What a leaf layer raises on inputs or params it cannot take (other shapes, a missing leaf):
+# `trace` and `pullback` add a note naming the layer.
+_LAYER_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
+
+
 def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | None = None,
           train: bool = False, path: tuple[int, ...] = ()) -> tuple[Any, Any, Tape]:
     """The forward pass, recorded: ``(y, new_state, tape)``.
@@ -114,8 +119,7 @@ def trace(layer: Layer, params: Any, state: Any, x: Any, *, key: jax.Array | Non
     if layer.wiring is None:
         try:
             y, new_state = layer.apply(params, state, x, key=key, train=train)
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
-            # e.g. an input or params of other shapes, or params missing a leaf
+        except _LAYER_ERRORS as error:  # e.g. an input or params of other shapes
             shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), x)
             error.add_note(f"jaxnn: raised in {_label(layer, path)} with an input of "
                            f"shape {shapes}")
@@ -175,8 +179,7 @@ def pullback(tape: Tape, dy: Any) -> tuple[Any, Any]:
         try:
             dparams, dx = layer.backward(tape.params, tape.state, tape.x, tape.y, dy,
                                          key=tape.key, train=tape.train)
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
-            # as `trace` names the layer of a forward
+        except _LAYER_ERRORS as error:  # as `trace` names the layer of a forward
             shapes = jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), (tape.x, dy))
             error.add_note(f"jaxnn: raised in the manual rule of {_label(layer, tape.path)} "
                            f"with an input and a delta of shapes {shapes}")
