@@ -13,9 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from jaxnn import compile_cache, rundir
+from jaxnn import compile_cache, processes, rundir
 from jaxnn import config as config_lib
-from jaxnn.checkpoint import CheckpointError
 from jaxnn.config import Config, ConfigError
 
 EXIT_USAGE = 2
@@ -33,16 +32,6 @@ def usage_error(message: object, prog: str = "jaxnn") -> int:
 def empty_flag(flag: str) -> str:
     """The error for a flag given an empty value, which would read as the flag left out."""
     return f"{flag}: empty; give a value or leave the flag out"
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors a user can act on, each reported as one line by `usage_error`: a bad config
-    or data, a taken or unusable directory, a bad checkpoint, a network the data's shape
-    does not fit."""
-    from jaxnn.data import DataError
-    from jaxnn.layer import ShapeError
-
-    return ConfigError, rundir.RunError, CheckpointError, DataError, ShapeError
 
 
 def system_refused(error: OSError) -> str:
@@ -243,13 +232,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.distributed:
         _join(args)
 
+    # A config one process refuses is refused in every one (the others would wait for it).
+    config, workdir, created = processes.together(
+        lambda: _directory(args, sweep.SWEEP_CONFIG) if args.resume or not args.plan
+        else (load_config(args.config, args.set), None, False), rundir.user_errors())
     if args.plan:  # a resumed sweep's plan, with the checks its --resume makes
-        config = (_directory(args, sweep.SWEEP_CONFIG)[0] if args.resume
-                  else load_config(args.config, args.set))
         run.enable_precision(config)
         print(sweep.make_plan(config, run.prepare(config)).describe())
         return 0
-    config, workdir, created = _directory(args, sweep.SWEEP_CONFIG)
     with rundir.guarded(workdir, "sweep", created=created):
         result = sweep.run_sweep(config, workdir, resume=bool(args.resume))
     if args.distributed:
@@ -405,7 +395,7 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
             compile_cache.enable(args.compile_cache, whole_programs=owns_process and (
                 args.command == "sweep" and not args.distributed))
         return args.handler(args)
-    except user_errors() as error:
+    except rundir.user_errors() as error:
         return usage_error(error)
     except OSError as error:  # the system refused a write midway: a full disk, a lost mount
         if isinstance(error, BrokenPipeError):  # stdout's reader has gone: console_main's

@@ -58,7 +58,7 @@ class Experiment:
             try:
                 self._check_swept(config)
                 result = sweep.run_sweep(config, fresh, dataset=self.dataset)
-            except cli.user_errors() as error:  # a bad --set that only the sweep reads
+            except rundir.user_errors() as error:  # a bad --set that only the sweep reads
                 raise SystemExit(cli.usage_error(error, _prog(self.name))) from None
             if os.path.exists(workdir):
                 shutil.rmtree(workdir)
@@ -169,7 +169,7 @@ def start(
             raise rundir.RunError(f"--out: {args.out} holds {held}; an experiment needs a "
                                   "directory of its own")
         return Experiment(name, config, args.out, args.quick, reads)
-    except cli.user_errors() as error:
+    except rundir.user_errors() as error:
         raise SystemExit(cli.usage_error(error, parser.prog)) from None
 
 

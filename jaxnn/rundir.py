@@ -24,6 +24,18 @@ class RunError(Exception):
     """A run or sweep directory that cannot be used (taken, busy, or holding another run)."""
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can act on, each reported by the ``jaxnn`` command as one line: a
+    bad config or data, a taken or unusable directory, a bad checkpoint, a network the
+    data's shape does not fit."""
+    from jaxnn.checkpoint import CheckpointError
+    from jaxnn.config import ConfigError
+    from jaxnn.data import DataError
+    from jaxnn.layer import ShapeError
+
+    return ConfigError, RunError, CheckpointError, DataError, ShapeError
+
+
 RUN = "a training run"
 SWEEP = "a sweep"
 REPORT = "a shared study's report"

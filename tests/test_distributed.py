@@ -1,15 +1,17 @@
 """A sweep over two processes joined by `jax.distributed` on this machine (loopback, gloo
 collectives on CPU) equals the one-process sweep, and only process 0 writes."""
 
+import contextlib
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from jaxnn import cli, config
+from jaxnn import cli, config, rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.toml")
@@ -26,6 +28,36 @@ def rows(workdir):
         return [json.loads(line) for line in handle]
 
 
+def launch(tmp_path, argvs, devices_per_process=1, expect=0):
+    """Runs ``jaxnn ARGV`` in one process of a `jax.distributed` run per ARGV; returns each
+    one's ``(stdout, stderr)`` once every one has exited with status ``expect``."""
+    port = free_port()
+    processes = []
+    for process_id, argv in enumerate(argvs):
+        cwd = tmp_path / f"cwd{process_id}"
+        cwd.mkdir()
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+               + f" --xla_force_host_platform_device_count={devices_per_process}",
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+               "JAX_NUM_PROCESSES": str(len(argvs)), "JAX_PROCESS_ID": str(process_id),
+               "PYTHONPATH": ROOT}
+        processes.append(subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *argv], cwd=cwd,
+                                          env=env, text=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE))
+    outputs = []
+    for process in processes:
+        try:
+            out, err = process.communicate(timeout=300)
+        finally:
+            for other in processes:
+                if other.poll() is None and process.returncode is None:
+                    other.kill()
+        assert process.returncode == expect, err[-3000:]
+        outputs.append((out, err))
+    return outputs
+
+
 GRID = ("sweep.grid={learning_rate = [0.02, 0.05, 0.1, 0.2, 0.4], width = [4, 9]}",)
 # Process 0 asks the sampler; the others take its answer.
 TPE = ("sweep.search='tpe'", "sweep.trials=10", "sweep.batch=5",
@@ -40,30 +72,9 @@ def test_two_processes_equal_one(tmp_path, devices_per_process, search):
         "output.plots=false", "training.epochs=2", "training.precision='float64'",
         "training.progress=false", "model.hidden=[6, 6]",
         "sweep.pruning={eta = 3, min_epochs = 1}", *search])))
-    port = free_port()
-    command = [sys.executable, "-m", "jaxnn.cli", "sweep", str(path), "--no-compile-cache",
-               "--workdir", str(tmp_path / "multi"), "--distributed"]
-    processes = []
-    for process_id in (0, 1):
-        cwd = tmp_path / f"cwd{process_id}"
-        cwd.mkdir()
-        env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-               + f" --xla_force_host_platform_device_count={devices_per_process}",
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-               "JAX_PROCESS_ID": str(process_id), "PYTHONPATH": ROOT}
-        processes.append(subprocess.Popen(command, cwd=cwd, env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = []
-    for process in processes:
-        try:
-            out, err = process.communicate(timeout=300)
-        finally:
-            for other in processes:
-                if other.poll() is None and process.returncode is None:
-                    other.kill()
-        assert process.returncode == 0, err[-3000:]
-        outputs.append(out)
+    outputs = [out for out, _ in launch(tmp_path, [
+        ["sweep", str(path), "--no-compile-cache", "--workdir", str(tmp_path / "multi"),
+         "--distributed"]] * 2, devices_per_process)]
     assert "best: trial" in outputs[0]  # process 0 reports, process 1 does not
     assert "best: trial" not in outputs[1] and "sweep directory" not in outputs[1]
     assert not os.listdir(tmp_path / "cwd0") and not os.listdir(tmp_path / "cwd1")
@@ -118,3 +129,44 @@ def test_a_device_count_beyond_what_xla_starts_is_a_usage_error(tmp_path, capsys
     assert exit_.value.code == 2
     assert f"--cpu-devices: '{count}' is not a device count (1 to 1024)" in \
         capsys.readouterr().err
+
+
+def sweep_file(path, *overrides):
+    path.write_text(config.dumps(config.load(TINY, [
+        "output.plots=false", "training.epochs=1", "training.progress=false",
+        "sweep.grid={learning_rate = [0.1, 0.2]}", *overrides])))
+    return str(path)
+
+
+def bad_copy(path, copy):
+    copy.write_text(pathlib.Path(path).read_text().replace("\nepochs = 1\n", "\nepochs = 0\n"))
+    return str(copy)
+
+
+@pytest.mark.parametrize("case", ["another config", "a bad config", "a held directory"])
+def test_one_process_refused_is_refused_in_every_one(tmp_path, case):
+    """Process 1 given another sweep recorded its trials as process 0's (exit 0); a config
+    only process 1 refused, or a lock only process 0 found held, left the other waiting in a
+    collective until a backend timeout ended it with a traceback."""
+    first = sweep_file(tmp_path / "a.toml")
+    second = {"another config": lambda: sweep_file(tmp_path / "b.toml", "training.epochs=3"),
+              "a bad config": lambda: bad_copy(first, tmp_path / "b.toml"),
+              "a held directory": lambda: first}[case]()
+    workdir = tmp_path / "multi"
+    with rundir.locked(workdir) if case == "a held directory" else contextlib.nullcontext():
+        outputs = launch(tmp_path, [["sweep", path, "--no-compile-cache", "--workdir",
+                                     str(workdir), "--distributed"]
+                                    for path in (first, second)], expect=2)
+    fragment = {"another config": "process 1 of 2: " + second + ": the config differs from "
+                "process 0's at line",
+                "a bad config": "process 1 of 2: " + second + ": training.epochs",
+                "a held directory": "process 0 of 2: " + str(workdir) + " is in use"}[case]
+    for out, err in outputs:
+        refusal = [line for line in err.splitlines() if line.startswith("jaxnn: error:")]
+        assert len(refusal) == 1 and fragment in refusal[0], err[-3000:]
+        assert "Traceback" not in err
+        assert all(line.startswith("[Gloo]") for line in out.splitlines())  # the runtime's
+    if case == "another config":
+        assert "'epochs = 3' where process 0 has 'epochs = 1'" in outputs[0][1]
+    assert os.listdir(workdir) == [".lock"] if case == "a held directory" else \
+        not workdir.exists()

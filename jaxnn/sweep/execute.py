@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxnn import config as config_lib
-from jaxnn import host, jsonl, rundir
+from jaxnn import host, jsonl, processes, rundir
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
@@ -107,32 +107,20 @@ def run_sweep(
     started = time.perf_counter()
     run.enable_precision(config)
     workdir = os.fspath(workdir)
-    if dataset is None:
-        dataset = run.prepare(config)
+    # Processes given two configs (or two directories to resume) would record one sweep's
+    # trials as the other's: each must run process 0's.
+    processes.same_as_process_0(config_lib.dumps(config), f"{config.source}: the config")
+    if dataset is None:  # a file missing on one host: refused in every process
+        dataset = processes.together(lambda: run.prepare(config), rundir.user_errors())
     plan = make_plan(config, dataset)
     # With several hosts (jax.distributed), every host computes and the first one writes.
     writer = jax.process_index() == 0
-    if writer and plan.spec.get("storage"):  # a bad one is refused before the directory is made
-        search.configured_storage(plan.spec["storage"], config.source)
-    with rundir.locked(workdir) if writer else contextlib.nullcontext():
-        done = _start(config, plan, workdir, resume, writer)
-        study, refused = None, None
-        if writer and not resume:
-            _write_new(config, workdir)
-        if writer:
-            try:
-                study = search.open_study(config, plan.spec, workdir, plan.metric, resume,
-                                          recorded=bool(done))
-            except rundir.RunError as error:
-                refused = str(error)
-                if not resume:
-                    _remove_new(workdir)
-        if jax.process_count() > 1:  # the others would wait for process 0 forever
-            refused = _from_process_0(refused)
-        if refused is not None:
-            raise rundir.RunError(refused)
-        if writer:
-            search.record(study, done.values(), plan.space, plan.metric)
+    with contextlib.ExitStack() as held:  # the writer holds the directory's lock throughout
+        study, done = processes.together(
+            lambda: _open(config, plan, workdir, resume, held) if writer else (None, {}),
+            rundir.user_errors())
+        # What process 0 read from the directory it alone writes, in every process.
+        done = {row["trial"]: row for row in processes.from_process_0(list(done.values()))}
         results_path = os.path.join(workdir, RESULTS)
 
         def record(rows: list[dict]) -> None:  # results.jsonl first (fsynced), then the study
@@ -145,6 +133,28 @@ def run_sweep(
         return sweep.summary(workdir if writer else None, study, started)
 
 
+def _open(config: Config, plan: Plan, workdir: str, resume: bool,
+          held: contextlib.ExitStack) -> tuple[Any, dict]:
+    """Process 0's part of starting: locks ``workdir`` (for as long as ``held``), checks it,
+    writes a new sweep's config and opens the study. Returns ``(study, finished trials by
+    index)``."""
+    if plan.spec.get("storage"):  # a bad one is refused before the directory is made
+        search.configured_storage(plan.spec["storage"], config.source)
+    held.enter_context(rundir.locked(workdir))
+    done = _start(config, plan, workdir, resume)
+    if not resume:
+        _write_new(config, workdir)
+    try:
+        study = search.open_study(config, plan.spec, workdir, plan.metric, resume,
+                                  recorded=bool(done))
+    except rundir.RunError:
+        if not resume:
+            _remove_new(workdir)
+        raise
+    search.record(study, done.values(), plan.space, plan.metric)
+    return study, done
+
+
 def _same_file(path: str, other: str) -> bool:
     try:
         return os.path.samefile(path, other)
@@ -152,7 +162,7 @@ def _same_file(path: str, other: str) -> bool:
         return False
 
 
-def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool) -> dict:
+def _start(config: Config, plan: Plan, workdir: str, resume: bool) -> dict:
     """Checks the sweep directory and returns the finished trials by index (resume)."""
     from jaxnn.run import CONFIG as run_config
 
@@ -174,7 +184,7 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
         raise rundir.RunError(f"{workdir} holds {run_config} (a training run's config, or "
                               "another config than this sweep's); a sweep needs another "
                               "directory")
-    rows = (jsonl.repair(results_path) if writer else jsonl.read(results_path)) if resume else []
+    rows = jsonl.repair(results_path) if resume else []
     done = {row["trial"]: row for row in rows}
     total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for index, row in done.items():
@@ -185,10 +195,6 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool, writer: bool)
                 f"{results_path}: trial {index} was trained with {row['values']}, and "
                 f"{config.source} {now} (an edited config, or another sweep's results); "
                 "restore the config, or use another directory")
-    if jax.process_count() > 1:  # every process checked the directory before one writes
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxnn sweep: directory checked")
     return done
 
 
@@ -207,22 +213,6 @@ def _remove_new(workdir: str) -> None:
     for name in (SWEEP_CONFIG, RESULTS):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(workdir, name))
-
-
-def _from_process_0(value: Any) -> Any:
-    """Process 0's ``value`` (JSON-able) in every process (itself in one process)."""
-    if jax.process_count() == 1:
-        return value
-    import json
-
-    from jax.experimental import multihost_utils
-
-    text = np.frombuffer(json.dumps(value).encode(), np.uint8)  # None too: "null"
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
-    padded = np.zeros(size, np.uint8)
-    padded[:len(text)] = text[:size]
-    shared = multihost_utils.broadcast_one_to_all(padded)
-    return json.loads(np.asarray(shared, np.uint8).tobytes().decode())
 
 
 # Draws in a row that no trial can take before an adaptive search gives up (exit 2): a space
@@ -338,7 +328,7 @@ class Sweep:
             if study is not None:  # process 0 asks; the others take its answer
                 values = [kept.get(i) or asked.pop(i, None)
                           or search.ask(study, self.plan.space, i) for i in indices]
-            values = _from_process_0(values)
+            values = processes.from_process_0(values)
             batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
             try:
                 return make_plan(self.config, self.dataset, batch)
