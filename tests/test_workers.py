@@ -118,6 +118,25 @@ def test_workers_on_a_plain_sweeps_study_are_refused_at_once(tmp_path, capsys):
     assert f"jaxnn sweep --resume {tmp_path / 'plain'}" in err and "Traceback" not in err
 
 
+def test_a_lock_left_on_a_relative_journal_path_does_not_stop_later_workers(tmp_path):
+    """A worker killed while it held the lock of ``studies/study.journal`` left Optuna's
+    link to that relative path, which resolves to nothing: every later worker waited for it
+    forever."""
+    relative = os.path.join("studies", "study.journal")
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="s", storage=workers.open_storage(
+        str(tmp_path / relative), heartbeat=60))
+    os.symlink(relative, tmp_path / (relative + ".lock"))  # as the killed worker's lock was
+    writer = ("import optuna; from jaxnn.sweep import workers; optuna.load_study(study_name="
+              f"'s', storage=workers.open_storage({relative!r})).set_user_attr('go', 1)")
+    subprocess.run([sys.executable, "-c", writer], cwd=tmp_path, check=True, timeout=120,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    study = optuna.load_study(study_name="s", storage=workers.open_storage(
+        str(tmp_path / relative), None))
+    assert study.user_attrs == {"go": 1}
+    assert not os.path.lexists(tmp_path / (relative + ".lock"))
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_workers_claiming_at_once_never_claim_one_trial_twice(tmp_path, kind):
     """Three processes claim the slots of one study at the same moment: each trial goes to

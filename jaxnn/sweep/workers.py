@@ -125,13 +125,14 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
     optuna = _optuna()
     try:
         if "://" not in url:
+            path = _journal_path(url)
             if heartbeat is None:
-                if not os.path.exists(url):
+                if not os.path.exists(path):
                     raise FileNotFoundError(f"no journal file {url}")
                 journal = optuna.storages.journal
-                return journal.JournalStorage(journal.JournalFileBackend(url))
-            os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
-            return _leased_journal()(url, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
+                return journal.JournalStorage(journal.JournalFileBackend(path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return _leased_journal()(path, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
         if heartbeat is None:
             _check_database_file(url)  # else reading it would make an empty database
             storage = optuna.storages.RDBStorage(url)
@@ -148,6 +149,24 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
         return storage
     except Exception as error:  # the database's driver, OSError, or the database's errors
         raise rundir.RunError(f"--storage {url}: {search.storage_failure(error, url)}") from None
+
+
+def _journal_path(path: str) -> str:
+    """``path`` made absolute, with a lock a killed worker left that can never be released
+    removed.
+
+    Optuna's journal lock is a symlink to the journal, released by whoever finds the journal
+    unchanged for its grace period. It judges that through the link, so a link to a relative
+    path ``DIR/NAME`` (which resolves from the link's own directory, to ``DIR/DIR/NAME``)
+    never resolves: Optuna then retries forever, and every later worker hung. Links made
+    here point to an absolute path; a relative one that resolves to nothing can be released
+    by no one, and is removed."""
+    path = os.path.abspath(path)
+    lock = path + search.JOURNAL_LOCK_SUFFIX
+    with contextlib.suppress(OSError):  # no link, or one another worker just released
+        if not os.path.isabs(os.readlink(lock)) and not os.path.exists(lock):
+            os.remove(lock)
+    return path
 
 
 def _check_database_file(url: str) -> None:
