@@ -137,6 +137,34 @@ def test_a_lock_left_on_a_relative_journal_path_does_not_stop_later_workers(tmp_
     assert not os.path.lexists(tmp_path / (relative + ".lock"))
 
 
+OPENER = """
+import os, sys, time
+from jaxnn.sweep import workers
+url, go, ready = sys.argv[1:]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+workers.open_storage(url, heartbeat=60)
+"""
+
+
+def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
+    """Of two workers opening a new SQLite study database at once, one failed: ``table
+    studies already exists``, or a UNIQUE constraint on the schema's version (6 in 6)."""
+    url, go = f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(3)]
+    processes = [subprocess.Popen([sys.executable, "-c", OPENER, url, str(go), str(r)],
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"}) for r in ready]
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_workers_claiming_at_once_never_claim_one_trial_twice(tmp_path, kind):
     """Three processes claim the slots of one study at the same moment: each trial goes to

@@ -37,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from jaxnn import config as config_lib
@@ -135,20 +135,38 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             return _leased_journal()(path, heartbeat, GRACE_BEATS * heartbeat, _retry_callback())
         if heartbeat is None:
             _check_database_file(url)  # else reading it would make an empty database
-            storage = optuna.storages.RDBStorage(url)
+            storage = _opened_together(lambda: optuna.storages.RDBStorage(url))
         else:
             callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
                         in inspect.signature(optuna.storages.RDBStorage).parameters
                         else "failed_trial_callback")  # Optuna < 4.9
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat,
-                                                 grace_period=GRACE_BEATS * heartbeat,
-                                                 **{callback: _retry_callback()})
+            storage = _opened_together(lambda: optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=GRACE_BEATS * heartbeat,
+                **{callback: _retry_callback()}))
         if storage.engine.dialect.name == "sqlite" and storage.engine.url.database not in (
                 None, "", ":memory:"):  # a file other processes share (not one to drop)
             _lock_as_transactions_begin(storage.engine)
         return storage
     except Exception as error:  # the database's driver, OSError, or the database's errors
         raise rundir.RunError(f"--storage {url}: {search.storage_failure(error, url)}") from None
+
+
+def _opened_together(open_database: Callable[[], Any], attempts: int = 5):
+    """``open_database()``, tried again where another worker was creating the same new
+    database at that moment.
+
+    Optuna's `RDBStorage` creates its tables and records their schema version as it opens
+    a new database; of two workers started together on one, one failed (``table studies
+    already exists``, or the version's UNIQUE constraint). Tried again, it finds them made.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_database()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            time.sleep(0.05 * 2 ** attempt)
+    return open_database()
 
 
 def _journal_path(path: str) -> str:
