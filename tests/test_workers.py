@@ -118,6 +118,26 @@ def test_workers_on_a_plain_sweeps_study_are_refused_at_once(tmp_path, capsys):
     assert f"jaxnn sweep --resume {tmp_path / 'plain'}" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_worker_beating_at_another_interval_is_refused(tmp_path, capsys, kind):
+    """Workers started with different ``--heartbeat`` failed each other's live trials as
+    stale: each judged the others by its own interval."""
+    path = scenario.sweep_config(str(tmp_path / "a.toml"))
+    url = (str(tmp_path / "study.journal") if kind == "journal"
+           else f"sqlite:///{tmp_path / 'study.db'}")
+    cfg = config.load(path)
+    run.enable_precision(cfg)
+    plan = make_plan(cfg, run.prepare(cfg))
+    workers.join(workers.open_storage(url, heartbeat=60), "s", cfg, plan)
+    assert workers.join(workers.open_storage(url, heartbeat=60), "s", cfg, plan) is not None
+    assert cli.main(["sweep", path, "--storage", url, "--study", "s", "--heartbeat", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--heartbeat 5: study 's' was created by a worker beating every 60 s" in err
+    assert "give --heartbeat 60" in err and err.count("\n") == 1
+    report = workers.open_storage(url, None)  # a reader has no interval: it is not judged
+    assert workers.join(report, "s", cfg, plan) is not None
+
+
 def test_a_lock_left_on_a_relative_journal_path_does_not_stop_later_workers(tmp_path):
     """A worker killed while it held the lock of ``studies/study.journal`` left Optuna's
     link to that relative path, which resolves to nothing: every later worker waited for it

@@ -50,6 +50,7 @@ from jaxnn.sweep.spec import make_trial
 
 BUDGET_ATTR = "jaxnn_budget"  # set last by the study's creator: the study is ready
 HEARTBEAT_ATTR = "jaxnn_heartbeat"
+INTERVAL_ATTR = "jaxnn_heartbeat_interval_s"  # the study's workers' one heartbeat interval
 HEARTBEAT_S = 10
 GRACE_BEATS = 3  # a trial is stale after this many heartbeat intervals without one
 MAX_RETRIES = 3  # a slot whose worker died this often is left FAIL (it may be what kills them)
@@ -228,6 +229,8 @@ def _create(storage, name: str, config: Config, plan):
     except optuna.exceptions.DuplicatedStudyError:
         return None
     study.set_user_attr(search.CONFIG_ATTR, config_lib.dumps(config))
+    if _interval(storage) is not None:
+        study.set_user_attr(INTERVAL_ATTR, _interval(storage))
     budget = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for slot in range(budget):
         values = plan.trials[slot].values if plan.search == "grid" else {}
@@ -270,7 +273,18 @@ def join(storage, name: str, config: Config, plan):
         raise rundir.RunError(f"{config.source}: {key} = {mine!r}, but study {name!r} was "
                               f"created with {theirs!r}; every worker of a study runs the "
                               "same sweep")
+    theirs, mine = study.user_attrs.get(INTERVAL_ATTR), _interval(storage)
+    if None not in (theirs, mine) and theirs != mine:  # each would judge the other's stale
+        raise rundir.RunError(f"--heartbeat {mine}: study {name!r} was created by a worker "
+                              f"beating every {theirs} s, and every worker of a study beats "
+                              f"alike (a trial is stale after {GRACE_BEATS} missed beats): "
+                              f"give --heartbeat {theirs}")
     return study
+
+
+def _interval(storage) -> int | None:
+    """The heartbeat interval of a worker's ``storage`` (None: opened to read)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
 
 
 def worker_name() -> str:
