@@ -261,17 +261,24 @@ def test_two_workers_one_killed_lose_nothing_and_report_as_one(tmp_path, kind):
             if p.is_file()} == before
 
 
-def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["training", "telling"])
+def test_an_interrupted_worker_gives_its_trials_back_at_once(tmp_path, monkeypatch, where):
     """Ctrl-C in a worker: its claimed trials are failed and enqueued again right away (not
-    after the grace period), and the next worker finishes the study with nothing lost."""
+    after the grace period), and the next worker finishes the study with nothing lost.
+    (Ctrl-C while it told the study a result left that trial running until its grace
+    period.)"""
     path = scenario.sweep_config(str(tmp_path / "sweep.toml"))
     storage = str(tmp_path / "study.journal")
 
-    def interrupted(self, plan):
+    def interrupted(*unused_args, **unused_kwargs):
+        del unused_args, unused_kwargs
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(workers.Sweep, "train_batch", interrupted)
+        if where == "training":
+            patch.setattr(workers.Sweep, "train_batch", interrupted)
+        else:
+            patch.setattr(workers.search, "tell", interrupted)
         with pytest.raises(KeyboardInterrupt):
             workers.run_worker(config.load(path), storage, "s", heartbeat=60)
     study = optuna.load_study(study_name="s", storage=workers.open_storage(storage, None))

@@ -431,12 +431,13 @@ def run_worker(config: Config, url: str, name: str, *, heartbeat: int = HEARTBEA
     def record(rows: list[dict]) -> None:
         optuna = _optuna()
         for row in rows:
-            claimed = held.pop(row["trial"])
             try:
-                search.tell(study, claimed.trial_id, row, plan.metric, {"row": row})
+                search.tell(study, held[row["trial"]].trial_id, row, plan.metric,
+                            {"row": row})
                 trained.append(row)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # judged stale meanwhile: its retry reports it
+            del held[row["trial"]]  # once told: Ctrl-C in `tell` gives the trial back
 
     sweep = Sweep(config, plan, dataset, {}, record)
     refusals: collections.Counter = collections.Counter()
