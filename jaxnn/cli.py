@@ -183,6 +183,9 @@ def _shared(args: argparse.Namespace) -> int:
         if args.config:
             raise ConfigError(args.config, "", "--report takes the sweep's config from the "
                               "study; give no config")
+        if args.set:
+            raise RunError(f"--set: not with --report (the report is of the study's config; "
+                           f"{args.set[0]!r} would change nothing)")
         result = workers.write_report(args.storage, args.study, args.workdir)
         print(result["table"])
         print(f"\nreport directory: {result['workdir']}  ({len(result['results'])} of "

@@ -225,7 +225,9 @@ def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, monkeypatch):
             (["sweep", tiny, "--heartbeat", "5"], "--heartbeat is a worker's"),
             (["sweep", tiny, "--plan", "--workdir", "w"], "--workdir: not with --plan"),
             (["sweep", "--report", "--storage", "s.db", "--study", "x", "--heartbeat", "5"],
-             "--heartbeat is a worker's")):
+             "--heartbeat is a worker's"),
+            (["sweep", "--report", "--storage", "s.db", "--study", "x", "--set",
+              "training.epochs=3"], "--set: not with --report")):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"jaxnn: error: {fragment}") and err.count("\n") == 1, err
