@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 
 from jaxnn import compile_cache, processes, rundir
@@ -20,6 +21,7 @@ from jaxnn.config import Config, ConfigError
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+JOIN_TIMEOUT_S = 120  # for every --distributed process to join (JAX's own default: 300)
 DEFAULT_SOURCE = "<default config (= configs/mlp_digits.toml)>"
 
 
@@ -158,13 +160,35 @@ def _join(args: argparse.Namespace) -> None:
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:  # else a segfault
             raise RunError(f"{name} {address!r}: expected HOST:PORT, a port from 1 to 65535")
         break  # the flag is the one JAX takes
+    timeout = JOIN_TIMEOUT_S if args.join_timeout is None else args.join_timeout
+    if timeout < 1:
+        raise RunError(f"--join-timeout {timeout}: must be >= 1 second")
+    # JAX's runtime aborts the process when the others do not join in time (a C++ check
+    # failure and its stack, exit 134): this process stops first, with one line.
+    watchdog = threading.Timer(timeout, _not_joined, (timeout, count, index))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(coordinator_address=args.coordinator,
-                                   num_processes=count, process_id=index)
+                                   num_processes=count, process_id=index,
+                                   initialization_timeout=timeout + 60)
     except (ValueError, IndexError) as error:  # what JAX could not find or parse
         raise RunError(f"--distributed: {error} (give --coordinator HOST:PORT, "
                        "--num-processes and --process-id, or run under a cluster JAX "
                        "detects)") from None
+    finally:
+        watchdog.cancel()
+
+
+def _not_joined(timeout: int, count: int | None, index: int | None) -> None:
+    """Ends the process (exit 2) whose distributed runtime still waits for the others."""
+    which = "" if index is None else f"process {index}: "
+    expected = "" if count is None else f" {count}"
+    usage_error(f"--distributed: {which}not all{expected} processes joined within {timeout} s; "
+                "start every one with the same --num-processes and --coordinator and its own "
+                "--process-id (a process that stopped said why; --join-timeout waits longer)")
+    sys.stderr.flush()
+    os._exit(EXIT_USAGE)  # the main thread waits inside JAX's runtime, beyond an exception
 
 
 def _shared(args: argparse.Namespace) -> int:
@@ -326,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
                       help="number of processes (default: $JAX_NUM_PROCESSES)")
     spmd.add_argument("--process-id", type=int, metavar="I",
                       help="this process, 0 ... N-1 (default: $JAX_PROCESS_ID)")
+    spmd.add_argument("--join-timeout", type=int, metavar="SECONDS",
+                      help="give up (exit 2) when not every process has joined within this "
+                      f"time (default: {JOIN_TIMEOUT_S})")
     shared = sweep.add_argument_group(
         "workers on a shared study", "Any number of workers, anywhere, train one sweep "
         "through an Optuna study in a shared storage; a killed worker's trials are retried.")
@@ -368,7 +395,8 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
     args = parser().parse_args(argv)
     spmd = [flag for flag, value in (("--coordinator", getattr(args, "coordinator", None)),
                                      ("--num-processes", getattr(args, "num_processes", None)),
-                                     ("--process-id", getattr(args, "process_id", None)))
+                                     ("--process-id", getattr(args, "process_id", None)),
+                                     ("--join-timeout", getattr(args, "join_timeout", None)))
             if value is not None]
     # An empty value reads as the flag left out (a default directory, no resume): refused.
     empty = [flag for flag, name in (("--workdir", "workdir"), ("--resume", "resume"),

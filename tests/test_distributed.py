@@ -28,7 +28,7 @@ def rows(workdir):
         return [json.loads(line) for line in handle]
 
 
-def launch(tmp_path, argvs, devices_per_process=1, expect=0):
+def launch(tmp_path, argvs, devices_per_process=1, expect=0, env=None):
     """Runs ``jaxnn ARGV`` in one process of a `jax.distributed` run per ARGV; returns each
     one's ``(stdout, stderr)`` once every one has exited with status ``expect``."""
     port = free_port()
@@ -41,7 +41,7 @@ def launch(tmp_path, argvs, devices_per_process=1, expect=0):
                + f" --xla_force_host_platform_device_count={devices_per_process}",
                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                "JAX_NUM_PROCESSES": str(len(argvs)), "JAX_PROCESS_ID": str(process_id),
-               "PYTHONPATH": ROOT}
+               "PYTHONPATH": ROOT, **(env or {})}
         processes.append(subprocess.Popen([sys.executable, "-m", "jaxnn.cli", *argv], cwd=cwd,
                                           env=env, text=True, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE))
@@ -109,6 +109,8 @@ def test_distributed_needs_a_shared_directory(capsys):
     (["--distributed", "--coordinator", "127.0.0.1:abc"], "a port from 1 to 65535"),
     (["--distributed", "--coordinator", ":"], "a port from 1 to 65535"),
     (["--num-processes", "2"], "--num-processes: only with --distributed"),
+    (["--join-timeout", "5"], "--join-timeout: only with --distributed"),
+    (["--distributed", "--join-timeout", "0"], "--join-timeout 0: must be >= 1 second"),
     (["--storage", "STORAGE", "--study", "s", "--heartbeat", "0"], "--heartbeat 0: must be >= 1"),
 ])
 def test_bad_distributed_flags_are_one_error(tmp_path, capsys, flags, fragment):
@@ -170,3 +172,24 @@ def test_one_process_refused_is_refused_in_every_one(tmp_path, case):
         assert "'epochs = 3' where process 0 has 'epochs = 1'" in outputs[0][1]
     assert os.listdir(workdir) == [".lock"] if case == "a held directory" else \
         not workdir.exists()
+
+
+@pytest.mark.parametrize("case", ["a process missing", "two processes 0"])
+def test_processes_that_never_all_join_stop_with_one_line(tmp_path, case):
+    """A process missing (``--num-processes 2``, one started) or two given one id waited five
+    minutes in JAX's runtime, which then aborted them (a C++ check failure and its stack)."""
+    argv = ["sweep", sweep_file(tmp_path / "a.toml"), "--workdir", str(tmp_path / "multi"),
+            "--distributed", "--join-timeout", "5"]
+    if case == "a process missing":
+        launched = [argv]
+        env = {"JAX_NUM_PROCESSES": "2"}
+    else:
+        launched = [[*argv, "--process-id", "0"]] * 2
+        env = {}
+    for _, err in launch(tmp_path, launched, expect=2, env=env):
+        lines = [line for line in err.splitlines() if "jaxnn" in line or "Check failure" in line]
+        assert lines == ["jaxnn: error: --distributed: process 0: not all 2 processes joined "
+                         "within 5 s; start every one with the same --num-processes and "
+                         "--coordinator and its own --process-id (a process that stopped said "
+                         "why; --join-timeout waits longer)"], err[-3000:]
+    assert not (tmp_path / "multi").exists()
