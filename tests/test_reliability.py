@@ -112,23 +112,27 @@ def test_two_trainings_started_together_get_two_directories(tmp_path):
 
 
 def test_concurrent_resumes_of_one_run_one_proceeds_the_other_exits_2(tmp_path):
-    config = write(tmp_path, TINY.replace("epochs = 2", "epochs = 400\nchunk_epochs = 1"))
+    epochs = 1200
+    config = write(tmp_path, TINY.replace("epochs = 2", f"epochs = {epochs}\nchunk_epochs = 1"))
     workdir = tmp_path / "run"
-    assert cli.main(["train", config, "--workdir", str(workdir),
-                     "--set", "training.epochs=400"]) == 0
+    assert cli.main(["train", config, "--workdir", str(workdir)]) == 0
     state = checkpoint_state(workdir)
-    # Rewind to epoch 1 (keeping the rest) so that each resume has 399 epochs to train.
+    # Rewind to epoch 1 (keeping the rest) so that the resume has the other epochs to train.
     rows = run.read_metrics(str(workdir))
     jsonl.rewrite(workdir / run.METRICS, rows[:1])
     _rewind(workdir, state, epoch=1)
-    processes = [_jaxnn("train", "--resume", str(workdir)) for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in processes]
-    codes = sorted(p.returncode for p in processes)
-    assert codes == [0, 2], results
-    loser = results[[p.returncode for p in processes].index(2)][1]
-    assert "in use by another jaxnn process" in loser and "Traceback" not in loser
-    epochs = [row["epoch"] for row in run.read_metrics(str(workdir))]
-    assert epochs == list(range(1, 401))  # no epoch twice
+    first = _jaxnn("train", "--resume", str(workdir))
+    deadline = time.monotonic() + 300
+    while (workdir / rundir.LOCK).read_text().strip() != str(first.pid):  # it holds the lock
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    second = _jaxnn("train", "--resume", str(workdir))  # while the first trains
+    results = [p.communicate(timeout=300) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 2], results
+    assert "in use by another jaxnn process" in results[1][1]
+    assert "Traceback" not in results[1][1]
+    assert [row["epoch"] for row in run.read_metrics(str(workdir))] == \
+        list(range(1, epochs + 1))  # no epoch twice
 
 
 def checkpoint_state(workdir):

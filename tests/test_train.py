@@ -276,7 +276,8 @@ def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
 @pytest.mark.parametrize("backprop", ["autodiff", "manual"])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
 def test_every_optimizer_learns(name, backprop, tmp_path):
-    lr = 0.05 if name in ("sgd", "momentum", "nesterov") else 0.005
+    # Plain SGD at 0.05 reached 0.74 (3 examples above the bar): it gets a larger step.
+    lr = {"sgd": 0.2, "momentum": 0.05, "nesterov": 0.05}.get(name, 0.005)
     summary = run.train_and_evaluate(
         tiny(f"optimizer.name='{name}'", f"optimizer.learning_rate={lr}",
              f"training.backprop='{backprop}'", "training.epochs=6", "output.checkpoint=false"),

@@ -29,7 +29,7 @@ def setup(tmp_path, *overrides):
                                             [*scenario.SWEEP, *overrides]))
     run.enable_precision(cfg)
     plan = make_plan(cfg, run.prepare(cfg))
-    storage = workers.open_storage(str(tmp_path / "study.journal"), heartbeat=1)
+    storage = workers.open_storage(str(tmp_path / "study.journal"), heartbeat=60)
     return cfg, plan, storage
 
 
@@ -49,7 +49,7 @@ def test_a_stale_trial_is_retried_with_its_slot_and_values(tmp_path, monkeypatch
     study = workers.join(storage, "s", cfg, plan)
     held = workers.claim(study, storage, plan.space, 3)
     assert len({c.values["learning_rate"] for c in held}) == 3  # asked of the sampler
-    later = workers.time.time() + 60  # no heartbeat for a minute: the worker died
+    later = workers.time.time() + 600  # no heartbeat for ten minutes: the worker died
     monkeypatch.setattr(workers.time, "time", lambda: later)
     again = workers.claim(study, storage, plan.space, 6)
     assert [c.slot for c in again] == [3, 4, 5, 0, 1, 2]  # fresh slots first, then retries
