@@ -301,3 +301,32 @@ def test_batchnorm_on_an_empty_batch_keeps_its_running_statistics():
     assert y.shape == (0, 2)
     for key in ("mean", "var"):
         np.testing.assert_array_equal(new_state[key], state[key])
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize(("layer", "shape"), [(BatchNorm(), (2, 1)), (LayerNorm(), (1, 2)),
+                                              (GroupNorm(1), (1, 2))], ids=str)
+def test_16_bit_inputs_are_normalized_with_float32_statistics(layer, shape, train):
+    """In float16, [267.0, 266.75] normalized to [0, -1.41]: its statistics were computed in
+    the input's dtype. Computed in float32, as Flax does, it is [1, -1] (less ε's share)."""
+    values = np.array([267.0, 266.75])
+    _, params, state = layer.init(jax.random.key(0), (None, *shape[1:]))
+    params = jax.tree.map(lambda p: p.astype(jnp.float16), params)
+    state = {"mean": jnp.full_like(state["mean"], values.mean()),
+             "var": jnp.full_like(state["var"], values.var())} if state else state
+    x = jnp.asarray(values.reshape(shape), jnp.float16)
+    y, _ = layer.apply(params, state, x, train=train)
+    want = (values - values.mean()) / np.sqrt(values.var() + 1e-5)
+    eps = float(jnp.finfo(jnp.float16).eps)
+    assert y.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(y, np.float64).ravel(), want, rtol=2 * eps)
+    # The rule, in float16, against jax.grad of the float64 forward on the same values.
+    dy = jnp.asarray(np.array([0.5, -2.0]).reshape(shape), jnp.float16)
+    _, dx = layer.backward(params, state, x, y, dy, train=train)
+    wide = jax.tree.map(lambda a: a.astype(jnp.float64), (params, state, x, dy))
+    _, vjp = jax.vjp(lambda xx: layer.reference.apply(wide[0], wide[1], xx, train=train)[0],
+                     wide[2])
+    (want_dx,) = vjp(wide[3])
+    assert dx.dtype == jnp.float16
+    scale = float(jnp.max(jnp.abs(want_dx)))
+    np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, atol=4 * eps * scale)

@@ -18,6 +18,9 @@ axes) and returns the state moved towards them, as Flax and Haiku do:
 ``running = momentum · running + (1 − momentum) · batch`` (momentum 0.99 keeps 99%; PyTorch's
 ``momentum=0.1`` is this ``momentum=0.9``). The running variance is the batch's biased variance,
 as in Flax. In eval mode it normalizes with the running statistics and returns them unchanged.
+
+Statistics (and the rules' sums) are computed in float32 at least, as Flax does: a bfloat16 or
+float16 input is normalized in float32 and its output returned in its own dtype.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ def _floating(x, params, default):
     if jnp.issubdtype(x.dtype, jnp.floating):
         return x
     return x.astype(next(iter(params.values())).dtype if params else default)
+
+
+def _wide(x):
+    """The dtype statistics of ``x`` are computed in: float32 at least, as Flax does (in
+    float16, [267.0, 266.75] normalized to [0, -1.41], not [1, -1])."""
+    return x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 def _channels(vector, ndim):
@@ -139,20 +148,21 @@ def BatchNorm(
     def statistics(params, x, state, train):
         """``(x, axes, mean, var)``: ``x`` floating (an integer one in the params' dtype, as
         LayerNorm's; else the state's), and the batch's statistics in training, the running
-        ones otherwise."""
+        ones otherwise, in at least float32 (`_wide`)."""
         x = _floating(x, params, state["mean"].dtype)
-        axes = tuple(range(x.ndim - 1))
-        # ("no" would have trained; float32 statistics normalize a bfloat16 input in its dtype)
-        if not check_bool(train, "train", name):
-            return x, axes, *(_channels(state[k].astype(x.dtype), x.ndim)
+        axes, wide = tuple(range(x.ndim - 1)), _wide(x)
+        if not check_bool(train, "train", name):  # ("no" would have trained)
+            return x, axes, *(_channels(state[k].astype(wide), x.ndim)
                               for k in ("mean", "var"))
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        return x, axes, mean, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        mean = jnp.mean(x.astype(wide), axis=axes, keepdims=True)
+        return x, axes, mean, jnp.mean(jnp.square(x.astype(wide) - mean), axis=axes,
+                                       keepdims=True)
 
     def apply(params, state, x, *, key=None, train=False):
         del key  # Deterministic.
         x, _, mean, var = statistics(params, x, state, train)
-        y = _scale_shift(params, (x - mean) * jax.lax.rsqrt(var + epsilon))
+        xhat = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + epsilon)
+        y = _scale_shift(params, xhat.astype(x.dtype))
         if not train or x.size == 0:  # an empty batch has no statistics to keep (NaN)
             return y, state
         # In the statistics' own dtype: in a bfloat16 input's, 0.99 rounds to 0.988 and
@@ -168,22 +178,25 @@ def BatchNorm(
         del y, key  # Recomputed from x.
         x, axes, mean, var = statistics(params, x, state, train)
         inv_sigma = jax.lax.rsqrt(var + epsilon)
-        xhat = (x - mean) * inv_sigma
-        grads = _affine_grads(params, xhat, dy, axes)
-        gamma = _channels(params["scale"], x.ndim) if use_scale else jnp.ones((), x.dtype)
+        xhat = (x.astype(mean.dtype) - mean) * inv_sigma
+        grads = _affine_grads(params, xhat.astype(x.dtype), dy, axes)
+        gamma = (_channels(params["scale"], x.ndim).astype(mean.dtype) if use_scale
+                 else jnp.ones((), mean.dtype))
+        dy = dy.astype(mean.dtype)
         if not train:  # mu and sigma are constants
-            return grads, dy * gamma * inv_sigma
+            return grads, (dy * gamma * inv_sigma).astype(x.dtype)
         m = math.prod(x.shape[:-1])
         sum_dy = jnp.sum(dy, axis=axes, keepdims=True)
         sum_dy_xhat = jnp.sum(dy * xhat, axis=axes, keepdims=True)
         dx = (gamma * inv_sigma) / m * (m * dy - sum_dy - xhat * sum_dy_xhat)
-        return grads, dx
+        return grads, dx.astype(x.dtype)
 
     return with_rule_gradient(Layer(init, apply, backward, name=name))
 
 
 def _standardize(x, axes, epsilon):
-    """``(x̂, 1/σ)`` over ``axes`` (kept as size-1 axes, for broadcasting)."""
+    """``(x̂, 1/σ)`` over ``axes`` (kept as size-1 axes, for broadcasting), in `_wide`."""
+    x = x.astype(_wide(x))
     mean = jnp.mean(x, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
     inv_sigma = jax.lax.rsqrt(var + epsilon)
@@ -217,17 +230,17 @@ def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dt
         del key, train  # Deterministic, the same in both modes.
         x = _floating(x, params, param_dtype(dtype))
         xhat, _, _ = forward(x)
-        return _scale_shift(params, ungrouped(xhat, x.shape))
+        return _scale_shift(params, ungrouped(xhat.astype(x.dtype), x.shape))
 
     def backward(params, x, y, dy, *, key=None, train=False):
         del y, key, train
         x = _floating(x, params, param_dtype(dtype))
         xhat, inv_sigma, axes = forward(x)
-        flat_xhat = ungrouped(xhat, x.shape)
+        flat_xhat = ungrouped(xhat.astype(x.dtype), x.shape)
         grads = _affine_grads(params, flat_xhat, dy, tuple(range(x.ndim - 1)))
         dxhat = dy * _channels(params["scale"], dy.ndim) if use_scale else dy
-        dx = _standardize_backward(grouped(dxhat)[0], xhat, inv_sigma, axes)
-        return grads, ungrouped(dx, x.shape)
+        dx = _standardize_backward(grouped(dxhat)[0].astype(xhat.dtype), xhat, inv_sigma, axes)
+        return grads, ungrouped(dx.astype(x.dtype), x.shape)
 
     return stateless(init, apply, backward, name=name)
 
