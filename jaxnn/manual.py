@@ -224,7 +224,13 @@ def _sample(size: int, max_elements: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _finite_differences(loss_of_leaves, leaves, index, chosen):
-    """Central differences of the loss at the entries ``chosen`` of leaf ``index``."""
+    """Central, forward and backward differences of the loss at the entries ``chosen`` of
+    leaf ``index``, shape ``(3, len(chosen))``.
+
+    Where a step crosses a kink (a ReLU at 0, a max-pool's tie), the central difference
+    averages two slopes and matches neither; the one-sided difference on the side of the
+    point's own slope (the derivative autodiff takes there) still does. In float32 a step of
+    eps^(1/3) crossed a kink often enough to fail 5 in 24 correct small CNNs."""
     leaf = leaves[index]
     flat = leaf.reshape(-1)
     step = float(jnp.finfo(leaf.dtype).eps) ** (1 / 3) * jnp.maximum(1.0, jnp.abs(flat[chosen]))
@@ -237,7 +243,15 @@ def _finite_differences(loss_of_leaves, leaves, index, chosen):
         return loss_of_leaves(moved)
 
     plus, minus = jnp.split(jax.vmap(loss_at)(jnp.concatenate([basis, -basis])), 2)
-    return (plus - minus) / (2 * step)
+    at = loss_of_leaves(leaves)
+    return jnp.stack([(plus - minus) / (2 * step), (plus - at) / step, (at - minus) / step])
+
+
+def _nearest(manual_values, differences):
+    """Per entry, of the three differences (`_finite_differences`), the one nearest the
+    manual gradient: the check fails only where no difference agrees with it."""
+    nearest = np.argmin(np.abs(differences - manual_values[None, :]), axis=0)
+    return np.take_along_axis(differences, nearest[None, :], axis=0)[0]
 
 
 def _default_tolerances(params) -> tuple[float, float]:
@@ -357,7 +371,8 @@ def _leaf_errors(net: Layer, manual, autodiff, chosen, fd) -> list[LeafError]:
         if scale <= float(jnp.finfo(autodiff_leaf.dtype).eps) ** 0.5 * whole_scale:
             scale = whole_scale
         auto_abs, auto_rel = _relative(manual_leaf, autodiff_leaf, scale)
-        fd_abs, fd_rel = _relative(manual_leaf.reshape(-1)[indices], fd_values, scale)
+        picked = manual_leaf.reshape(-1)[indices]
+        fd_abs, fd_rel = _relative(picked, _nearest(picked, fd_values), scale)
         leaf_errors.append(LeafError(_describe(path), _owner(net, path), auto_abs, auto_rel,
                                      fd_abs, fd_rel, len(indices)))
     return leaf_errors
