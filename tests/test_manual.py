@@ -408,11 +408,11 @@ def test_a_rule_whose_gradient_is_not_shaped_as_its_params_is_named():
 
 def test_float32_finite_differences_pass_correct_rules_across_kinks():
     """A finite-difference step across a ReLU or max-pool kink failed correct float32
-    gradients (5 of 24 small CNNs); where it crosses one, a one-sided difference agrees.
-    A planted wrong rule still fails."""
+    gradients (5 of 24 small CNNs, some of these 10); where it crosses one, a one-sided
+    difference agrees. A planted wrong rule still fails."""
     net = serial(Conv2D(4, (3, 3)), Relu(), MaxPool2D((2, 2)), Flatten(), Dense(8), Relu(),
                  Dense(3))
-    for seed in range(24):
+    for seed in range(10):
         key = jax.random.key(seed)
         _, params, state = net.init(key, (None, 6, 6, 2))
         params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
