@@ -254,9 +254,12 @@ def _nearest(manual_values, differences):
     return np.take_along_axis(differences, nearest[None, :], axis=0)[0]
 
 
-def _default_tolerances(params) -> tuple[float, float]:
-    """(autodiff rtol, finite-difference rtol) for the params' floating dtype."""
-    dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(params)}
+def _default_tolerances(params, x) -> tuple[float, float]:
+    """(autodiff rtol, finite-difference rtol) for the floating dtypes of the params and the
+    input: float64 only where both are (a float32 input computes in float32 somewhere,
+    whatever the params' dtype)."""
+    dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves((params, x))
+              if jnp.issubdtype(leaf.dtype, jnp.floating)}
     if dtypes and all(d == jnp.float64 for d in dtypes):
         return 1e-8, 1e-4
     return 1e-4, 5e-2
@@ -296,7 +299,7 @@ def check(
       key: PRNG key for ``apply`` (Dropout when ``train``).
       train: training mode.
       rtol: tolerance on ``max |manual - autodiff| / max |autodiff|`` per leaf and per
-        layer rule; default 1e-8 in float64, 1e-4 otherwise.
+        layer rule; default 1e-8 where the params and ``x`` are float64, 1e-4 otherwise.
       fd_rtol: tolerance on the same against finite differences; default 1e-4 in float64,
         5e-2 otherwise.
       fd_elements: entries per leaf checked by finite differences.
@@ -310,7 +313,7 @@ def check(
       GradientCheckError: naming the leaf and layer (and the layer whose own rule is wrong)
         when a tolerance is exceeded.
     """
-    default_rtol, default_fd_rtol = _default_tolerances(params)
+    default_rtol, default_fd_rtol = _default_tolerances(params, x)
     rtol = default_rtol if rtol is None else rtol
     fd_rtol = default_fd_rtol if fd_rtol is None else fd_rtol
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import pytest
 
 from jaxnn import (
     AvgPool2D,
+    BatchNorm,
     Conv1D,
     Conv2D,
     Conv2DTranspose,
@@ -425,3 +426,14 @@ def test_float32_finite_differences_pass_correct_rules_across_kinks():
     wrong = serial(*net.children[:5], halved, net.children[6])
     with pytest.raises(manual.GradientCheckError, match=r"layer 5 \(Relu"):
         manual.check(wrong, losses.softmax_cross_entropy, params, state, x, y, verbose=False)
+
+
+def test_a_float32_input_with_float64_params_is_checked_at_float32_tolerances(key):
+    """The tolerances came from the params' dtype alone: a float32 input, whose statistics
+    BatchNorm computes in float32, failed correct rules at float64's 1e-8."""
+    net = serial(BatchNorm(), Dense(4), Tanh(), Dense(3))
+    _, params, state = net.init(key, (None, 5))
+    x = jax.random.normal(key, (7, 5), jnp.float32) * 3 + 1
+    with jax.numpy_dtype_promotion("standard"):  # float32 x meets float64 params
+        manual.check(net, losses.softmax_cross_entropy, params, state, x, jnp.arange(7) % 3,
+                     train=True, verbose=False)  # raised GradientCheckError
