@@ -86,14 +86,17 @@ def kill_one_of_two(config_path: str, storage: str, study: str, heartbeat: int =
                                    + first.stderr.read()[-3000:])
             if time.perf_counter() - started > timeout:
                 raise TimeoutError("the first worker never held a trial")
-            killed = _held_by(storage, study, name)
+            if _held_by(storage, study, name):
+                # Stopped, it holds still: between that read and a kill it could have told
+                # its last trials and held none. The survivor fails what it holds as stale
+                # only after the grace period (3 heartbeats), so they are still RUNNING.
+                first.send_signal(signal.SIGSTOP)
+                killed = _held_by(storage, study, name)
+                if not killed:
+                    first.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        # What it held when it died: between the read above and the kill it may have
-        # finished a trial (a batch's rows are told one by one). The survivor fails these
-        # as stale only after the grace period (3 heartbeats), so they are still RUNNING.
-        killed = _held_by(storage, study, name)
         out, err = second.communicate(timeout=timeout)
         if second.returncode != 0:
             raise RuntimeError(f"the surviving worker failed ({second.returncode}):\n"
