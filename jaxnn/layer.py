@@ -235,6 +235,10 @@ def check_bool(value: Any, what: str, layer: str) -> bool:
       ValueError: naming ``layer`` and ``what``, quoting ``value`` (a string such as
         ``"false"`` would otherwise read as True).
     """
+    if isinstance(value, jax.Array):  # jax.jit(net.apply) traces every argument
+        raise ValueError(f"{layer}: {what} must be a Python bool, not a JAX array; under "
+                         f"jax.jit, make it static: jax.jit(net.apply, "
+                         f"static_argnames={what!r})")
     if not isinstance(value, bool | np.bool_):
         raise ValueError(f"{layer}: {what} must be True or False, got {value!r}")
     return bool(value)

@@ -328,6 +328,11 @@ def test_train_must_be_a_bool():
                 jaxnn.manual.grad(net, jaxnn.mse, params, state, x, x, key=jax.random.key(1),
                                   train=bad)
         net.apply(params, state, x, key=jax.random.key(1), train=np.bool_(True))
+        # jax.jit traces train too: the error says to make it static, and that works.
+        with pytest.raises(ValueError, match="static_argnames='train'"):
+            jax.jit(net.apply)(params, state, x, key=jax.random.key(1), train=True)
+        jax.jit(net.apply, static_argnames="train")(params, state, x, key=jax.random.key(1),
+                                                    train=True)
 
 
 @pytest.mark.parametrize(
