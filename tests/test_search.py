@@ -2,6 +2,8 @@
 and Hyperband inside the vmapped sweep, and their resume."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -328,6 +330,25 @@ def test_a_journal_path_as_the_storage(tmp_path):
     storage = optuna.storages.journal.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal)))
     assert optuna.get_all_study_names(storage) == ["first"]
+
+
+def test_a_lock_left_on_a_relative_journal_storage_does_not_stop_a_later_sweep(tmp_path):
+    """A sweep killed while it held the lock of ``[sweep] storage = "studies/s.journal"``
+    left Optuna's link to that relative path, which resolves to nothing: every later sweep
+    on that storage retried it forever."""
+    relative = os.path.join("studies", "s.journal")
+    (tmp_path / "studies").mkdir()
+    os.symlink(relative, tmp_path / (relative + ".lock"))  # as the killed sweep's lock was
+    path = tmp_path / "sweep.toml"
+    path.write_text(config.dumps(tiny("sweep.grid={learning_rate = [0.05, 0.2]}",
+                                      f"sweep.storage={relative!r}", "training.epochs=1")))
+    subprocess.run([sys.executable, "-m", "jaxnn.cli", "sweep", str(path), "--workdir", "s"],
+                   cwd=tmp_path, check=True, timeout=120, capture_output=True,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    storage = optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / relative)))
+    assert optuna.get_all_study_names(storage) == ["s"]
+    assert not os.path.lexists(tmp_path / (relative + ".lock"))
 
 
 @pytest.mark.parametrize(("override", "key"), [

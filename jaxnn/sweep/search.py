@@ -125,11 +125,29 @@ def configured_storage(url: str, source: str):
             if not os.path.isdir(directory):
                 raise FileNotFoundError(f"no directory {directory}")
             journal = optuna.storages.journal
-            return journal.JournalStorage(journal.JournalFileBackend(url))
+            return journal.JournalStorage(journal.JournalFileBackend(journal_path(url)))
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # a driver, OSError, a bad URL, or the database's own errors
         raise ConfigError(source, "sweep.storage",
                           f"{url!r}: {storage_failure(error, url)}") from None
+
+
+def journal_path(path: str) -> str:
+    """``path`` made absolute, with a lock a killed worker left that can never be released
+    removed.
+
+    Optuna's journal lock is a symlink to the journal, released by whoever finds the journal
+    unchanged for its grace period. It judges that through the link, so a link to a relative
+    path ``DIR/NAME`` (which resolves from the link's own directory, to ``DIR/DIR/NAME``)
+    never resolves: Optuna then retries forever, and every later worker (or sweep) hung. Links made
+    here point to an absolute path; a relative one that resolves to nothing can be released
+    by no one, and is removed."""
+    path = os.path.abspath(path)
+    lock = path + JOURNAL_LOCK_SUFFIX
+    with contextlib.suppress(OSError):  # no link, or one another worker just released
+        if not os.path.isabs(os.readlink(lock)) and not os.path.exists(lock):
+            os.remove(lock)
+    return path
 
 
 def storage_failure(error: Exception, url: str) -> str:

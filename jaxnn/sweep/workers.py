@@ -126,7 +126,7 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
     optuna = _optuna()
     try:
         if "://" not in url:
-            path = _journal_path(url)
+            path = search.journal_path(url)
             if heartbeat is None:
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"no journal file {url}")
@@ -168,24 +168,6 @@ def _opened_together(open_database: Callable[[], Any], attempts: int = 5):
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             time.sleep(0.05 * 2 ** attempt)
     return open_database()
-
-
-def _journal_path(path: str) -> str:
-    """``path`` made absolute, with a lock a killed worker left that can never be released
-    removed.
-
-    Optuna's journal lock is a symlink to the journal, released by whoever finds the journal
-    unchanged for its grace period. It judges that through the link, so a link to a relative
-    path ``DIR/NAME`` (which resolves from the link's own directory, to ``DIR/DIR/NAME``)
-    never resolves: Optuna then retries forever, and every later worker hung. Links made
-    here point to an absolute path; a relative one that resolves to nothing can be released
-    by no one, and is removed."""
-    path = os.path.abspath(path)
-    lock = path + search.JOURNAL_LOCK_SUFFIX
-    with contextlib.suppress(OSError):  # no link, or one another worker just released
-        if not os.path.isabs(os.readlink(lock)) and not os.path.exists(lock):
-            os.remove(lock)
-    return path
 
 
 def _check_database_file(url: str) -> None:
