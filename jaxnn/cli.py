@@ -36,16 +36,6 @@ def empty_flag(flag: str) -> str:
     return f"{flag}: empty; give a value or leave the flag out"
 
 
-def system_refused(error: OSError) -> str:
-    """The one line for a file the system would not write or read (a full disk, a lost
-    mount, a permission) once a command had begun: every file jaxnn writes is replaced whole
-    or appended by rows a later read cuts back to whole ones (`jaxnn.rundir.write_bytes`,
-    `jaxnn.jsonl`), so what it wrote before stands."""
-    where = f"{error.filename}: " if error.filename else ""
-    return (f"{where}{error.strerror or error}; stopped here, and what was written before "
-            "is intact (a run or sweep continues with --resume once the cause is fixed)")
-
-
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """The config at ``path`` with overrides (a new run's or sweep's: checked as a stored
     one is not, `jaxnn.config.refuse_unread_data_keys`); the built-in default run when
@@ -431,7 +421,7 @@ def main(argv: list[str] | None = None, *, owns_process: bool = False) -> int:
     except OSError as error:  # the system refused a write midway: a full disk, a lost mount
         if isinstance(error, BrokenPipeError):  # stdout's reader has gone: console_main's
             raise
-        return usage_error(system_refused(error))
+        return usage_error(rundir.system_refused(error))
     except rundir.Interrupted as interrupted:
         print(f"jaxnn: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from jaxnn import rundir
 from jaxnn.rundir import RunError
 
 T = TypeVar("T")
@@ -72,15 +73,34 @@ def refuse_together(refusal: str | None) -> None:
 
 def together(step: Callable[[], T], errors: tuple[type[Exception], ...]) -> T:
     """``step()`` in every process, refused in every one (`refuse_together`) where it raised
-    one of ``errors`` (the user's to act on) in any; in one process, the plain call."""
+    in any: one of ``errors`` (the user's to act on) is that line in every process; any
+    other error is raised as itself where it happened (an OSError: a full disk, a lost
+    mount) and told to the others, which would otherwise wait for that process in their
+    next collective. In one process, the plain call."""
     if jax.process_count() == 1:
         return step()
+    failure = None
     try:
         result, refusal = step(), None
     except errors as error:
         result, refusal = None, str(error)
-    refuse_together(refusal)
+    except Exception as error:  # told to the others first, then raised here
+        result, refusal, failure = None, _told(error), error
+    try:
+        refuse_together(refusal)
+    except RunError:
+        if failure is not None:
+            raise failure from None
+        raise
     return result
+
+
+def _told(error: Exception) -> str:
+    """What the other processes say of a process's unexpected ``error``, in a line."""
+    if isinstance(error, OSError):
+        return rundir.system_refused(error)
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line} (its traceback is that process's)"
 
 
 def same_as_process_0(text: str, what: str) -> None:

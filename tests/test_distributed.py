@@ -145,33 +145,54 @@ def bad_copy(path, copy):
     return str(copy)
 
 
-@pytest.mark.parametrize("case", ["another config", "a bad config", "a held directory"])
+def unreadable_results(path, workdir):
+    """A sweep directory to resume whose results file the system will not read."""
+    workdir.mkdir()
+    (workdir / "sweep.toml").write_text(pathlib.Path(path).read_text())
+    (workdir / "results.jsonl").mkdir()  # reading it: IsADirectoryError, an OSError
+    return path
+
+
+@pytest.mark.parametrize("case", ["another config", "a bad config", "a held directory",
+                                  "a file the system will not read"])
 def test_one_process_refused_is_refused_in_every_one(tmp_path, case):
     """Process 1 given another sweep recorded its trials as process 0's (exit 0); a config
-    only process 1 refused, or a lock only process 0 found held, left the other waiting in a
-    collective until a backend timeout ended it with a traceback."""
+    only process 1 refused, a lock only process 0 found held, or a file only process 0 read
+    and could not, left the other waiting in a collective until a backend timeout ended it
+    with a traceback."""
     first = sweep_file(tmp_path / "a.toml")
+    workdir = tmp_path / "multi"
     second = {"another config": lambda: sweep_file(tmp_path / "b.toml", "training.epochs=3"),
               "a bad config": lambda: bad_copy(first, tmp_path / "b.toml"),
-              "a held directory": lambda: first}[case]()
-    workdir = tmp_path / "multi"
+              "a held directory": lambda: first,
+              "a file the system will not read": lambda: unreadable_results(first, workdir),
+              }[case]()
     with rundir.locked(workdir) if case == "a held directory" else contextlib.nullcontext():
-        outputs = launch(tmp_path, [["sweep", path, "--no-compile-cache", "--workdir",
-                                     str(workdir), "--distributed"]
-                                    for path in (first, second)], expect=2)
+        where = (["--resume", str(workdir)] if case == "a file the system will not read"
+                 else [path, "--workdir", str(workdir)] for path in (first, second))
+        outputs = launch(tmp_path, [["sweep", *argv, "--no-compile-cache", "--distributed"]
+                                    for argv in where], expect=2)
     fragment = {"another config": "process 1 of 2: " + second + ": the config differs from "
                 "process 0's at line",
                 "a bad config": "process 1 of 2: " + second + ": training.epochs",
-                "a held directory": "process 0 of 2: " + str(workdir) + " is in use"}[case]
-    for out, err in outputs:
+                "a held directory": "process 0 of 2: " + str(workdir) + " is in use",
+                "a file the system will not read": str(workdir / "results.jsonl")
+                + ": Is a directory; stopped here"}[case]
+    for index, (out, err) in enumerate(outputs):
         refusal = [line for line in err.splitlines() if line.startswith("jaxnn: error:")]
         assert len(refusal) == 1 and fragment in refusal[0], err[-3000:]
+        if case == "a file the system will not read":  # process 0's own, the others' named
+            assert ("process 0 of 2: " in refusal[0]) == (index > 0)
         assert "Traceback" not in err
         assert all(line.startswith("[Gloo]") for line in out.splitlines())  # the runtime's
     if case == "another config":
         assert "'epochs = 3' where process 0 has 'epochs = 1'" in outputs[0][1]
-    assert os.listdir(workdir) == [".lock"] if case == "a held directory" else \
-        not workdir.exists()
+    if case == "a file the system will not read":
+        assert sorted(os.listdir(workdir)) == [".lock", "results.jsonl", "sweep.toml"]
+        assert not os.listdir(workdir / "results.jsonl")
+    else:
+        assert os.listdir(workdir) == [".lock"] if case == "a held directory" else \
+            not workdir.exists()
 
 
 @pytest.mark.parametrize("started", [1, 2])

@@ -112,7 +112,8 @@ def run_sweep(
     processes.same_as_process_0(config_lib.dumps(config), f"{config.source}: the config")
     if dataset is None:  # a file missing on one host: refused in every process
         dataset = processes.together(lambda: run.prepare(config), rundir.user_errors())
-    plan = make_plan(config, dataset)
+    # A host with less memory (or other data) than process 0's refuses alone, and says so.
+    plan = processes.together(lambda: make_plan(config, dataset), rundir.user_errors())
     # With several hosts (jax.distributed), every host computes and the first one writes.
     writer = jax.process_index() == 0
     with contextlib.ExitStack() as held:  # the writer holds the directory's lock throughout
