@@ -185,6 +185,31 @@ def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
         assert process.returncode == 0, err[-3000:]
 
 
+@pytest.mark.parametrize(("message", "tries"), [
+    ("(sqlite3.OperationalError) table studies already exists", 3),
+    ("(psycopg.OperationalError) connection failed: password authentication failed", 1),
+    ("(sqlite3.OperationalError) unable to open database file", 1)])
+def test_only_a_database_another_worker_is_making_is_opened_again(message, tries):
+    """Every OperationalError was tried five times over: a wrong password or an unreachable
+    server (each try waiting out its connection timeout) said so only after the fifth."""
+    import sqlalchemy.exc
+
+    calls = []
+
+    def open_database():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception(message))
+        return "opened"
+
+    if tries == 1:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match=message.split(")")[0][1:]):
+            workers._opened_together(open_database)
+    else:
+        assert workers._opened_together(open_database) == "opened"
+    assert len(calls) == tries
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_workers_claiming_at_once_never_claim_one_trial_twice(tmp_path, kind):
     """Three processes claim the slots of one study at the same moment: each trial goes to

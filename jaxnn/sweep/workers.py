@@ -165,9 +165,22 @@ def _opened_together(open_database: Callable[[], Any], attempts: int = 5):
     for attempt in range(attempts - 1):
         try:
             return open_database()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
+            if not _made_meanwhile(error):  # a bad password, an unreachable server: at once
+                raise
             time.sleep(0.05 * 2 ** attempt)
     return open_database()
+
+
+# How SQLite, PostgreSQL and MySQL say that another connection made (or is making) a table or
+# row at the same moment.
+_MADE_MEANWHILE = ("already exists", "unique constraint", "duplicate", "database is locked")
+
+
+def _made_meanwhile(error: Exception) -> bool:
+    """Whether ``error`` says another worker was creating the database at that moment."""
+    text = str(error).lower()
+    return any(words in text for words in _MADE_MEANWHILE)
 
 
 def _check_database_file(url: str) -> None:
