@@ -155,7 +155,14 @@ def _join(args: argparse.Namespace) -> None:
         raise RunError(f"--join-timeout {timeout}: must be >= 1 second")
     # JAX's runtime aborts the process when the others do not join in time (a C++ check
     # failure and its stack, exit 134): this process stops first, with one line.
-    watchdog = threading.Timer(timeout, _not_joined, (timeout, count, index))
+    joined, deciding = [], threading.Lock()  # joined just as the time ran out: it stays
+
+    def not_joined() -> None:
+        with deciding:
+            if not joined:
+                _not_joined(timeout, count, index)
+
+    watchdog = threading.Timer(timeout, not_joined)
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -167,6 +174,8 @@ def _join(args: argparse.Namespace) -> None:
                        "--num-processes and --process-id, or run under a cluster JAX "
                        "detects)") from None
     finally:
+        with deciding:
+            joined.append(True)
         watchdog.cancel()
 
 
