@@ -58,6 +58,28 @@ def test_a_stale_trial_is_retried_with_its_slot_and_values(tmp_path, monkeypatch
     assert states.count(optuna.trial.TrialState.FAIL) == 3
 
 
+def test_a_trial_failed_as_stale_just_before_its_tell_is_one_finished_meanwhile(
+        tmp_path, monkeypatch):
+    """Failed by another worker between its last attribute and its tell, a trial's tell
+    raised ValueError("Cannot tell a FAIL trial"), which ended the worker (its retry is the
+    one that reports it: `run_worker` passes over UpdateFinishedTrialError)."""
+    cfg, plan, storage = setup(tmp_path)
+    study = workers.join(storage, "s", cfg, plan)
+    [claimed] = workers.claim(study, storage, plan.space, 1)
+    row = {"trial": claimed.slot, "values": claimed.values, "status": "completed",
+           "epochs": 1, "curves": {plan.metric: [0.5]}, plan.metric: 0.5}
+    set_attr = optuna.trial.Trial.set_user_attr
+
+    def set_then_failed_as_stale(trial, key, value):
+        set_attr(trial, key, value)
+        if key == "row":  # the last one `tell` sets
+            storage.set_trial_state_values(claimed.trial_id, optuna.trial.TrialState.FAIL)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", set_then_failed_as_stale)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        workers.search.tell(study, claimed.trial_id, row, plan.metric, {"row": row})
+
+
 def test_a_worker_with_another_config_is_refused(tmp_path, capsys):
     path = scenario.sweep_config(str(tmp_path / "a.toml"))
     storage = str(tmp_path / "study.journal")

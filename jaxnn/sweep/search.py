@@ -330,7 +330,13 @@ def tell(study, trial_id: int, row: dict, metric: str,
             live.report(metric_value, epoch)
     for key, attr in {**own, **(attrs or {})}.items():
         live.set_user_attr(key, attr)
-    study.tell(live, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    try:
+        study.tell(live, value if state == optuna.trial.TrialState.COMPLETE else None,
+                   state=state)
+    except ValueError as error:  # "Cannot tell a FAIL trial": failed meanwhile, as stale
+        if not live.storage.get_trial(trial_id).state.is_finished():
+            raise
+        raise optuna.exceptions.UpdateFinishedTrialError(str(error)) from None
 
 
 def record(study, rows: Iterable[dict], space: Mapping[str, Distribution], metric: str) -> None:
