@@ -9,9 +9,7 @@ path, shape and dtype.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import zipfile
 from typing import Any
 
@@ -42,7 +40,7 @@ def _to_numpy(leaf: Any) -> np.ndarray:
 
 def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
     """Writes ``tree`` (and a text ``note``, see `load_noted`) to ``path`` atomically
-    (temporary file, fsync, rename)."""
+    (`jaxnn.rundir.write_with`: temporary file, fsync, rename)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -51,41 +49,7 @@ def save(path: str | os.PathLike, tree: Any, note: str | None = None) -> None:
     arrays[_PATHS] = np.array(paths, dtype=np.str_)
     if note is not None:
         arrays[_NOTE] = np.array(note, dtype=np.str_)
-    # Beside the target, named after it and its writer: one a killed writer left is removed.
-    prefix = f".{os.path.basename(path)}.tmp-"
-    for name in os.listdir(directory):
-        if name.startswith(prefix) and not _alive(name[len(prefix):].split("-")[0]):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(directory, name))
-    temporary = os.path.join(directory, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
-    # Created as any file is (mode 0o666 less the umask; mkstemp's was 0o600).
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        if isinstance(error, OSError):  # a full disk's names no file
-            rundir.name_file(error, path)
-        raise
-    rundir.sync_directory(directory)
-
-
-def _alive(pid: str) -> bool:
-    """Whether process ``pid`` (a temporary file's writer) still runs on this host."""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
+    rundir.write_with(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load(path: str | os.PathLike, template: Any) -> Any:

@@ -14,8 +14,10 @@ import contextlib
 import fcntl
 import io
 import os
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 LOCK = ".lock"
 
@@ -87,19 +89,33 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replaces the file at ``path`` with ``data`` whole: written to a temporary file beside
-    it, synced, then renamed over it (the directory synced too), so a kill, a power loss or
-    an error (a full disk) leaves the old file or the new one, never an empty or half-written
-    one (nor, after an error, the temporary).
+    """Replaces the file at ``path`` with ``data`` whole (`write_with`)."""
+    write_with(path, lambda handle: handle.write(data))
+
+
+def write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Replaces the file at ``path`` whole with what ``write(handle)`` writes: to a
+    temporary file beside it, synced, then renamed over it (the directory synced too), so a
+    kill, a power loss or an error (a full disk) leaves the old file or the new one, never an
+    empty or half-written one (nor, after an error, the temporary). The temporary is named
+    after its writer's PID (two writers never share one); one a killed writer left is
+    removed by the next write.
 
     Raises:
       OSError: naming ``path`` (a full disk's error named no file).
     """
     path = os.path.realpath(path)  # a symlink's target is written (as open(path, "w") did)
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    directory, name = os.path.split(path)
+    prefix = f".{name}.tmp-"
+    with contextlib.suppress(OSError):  # a directory that cannot be listed: the open says
+        for left in os.listdir(directory):
+            if left.startswith(prefix) and not _alive(left[len(prefix):].split("-")[0]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, left))
+    temporary = os.path.join(directory, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
+        with open(temporary, "xb") as handle:  # mode 0o666 less the umask, as any file's
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -109,7 +125,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(error, OSError):
             name_file(error, path)
         raise
-    sync_directory(os.path.dirname(path))
+    sync_directory(directory)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (a temporary file's writer) still runs on this host."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def sync_directory(path: str | os.PathLike) -> None:
