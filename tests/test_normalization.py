@@ -330,3 +330,32 @@ def test_16_bit_inputs_are_normalized_with_float32_statistics(layer, shape, trai
     assert dx.dtype == jnp.float16
     scale = float(jnp.max(jnp.abs(want_dx)))
     np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, atol=4 * eps * scale)
+
+
+@pytest.mark.parametrize("norm", [BatchNorm(), LayerNorm(), GroupNorm(4)], ids=str)
+def test_float32_rules_stay_accurate_for_inputs_far_from_zero(norm):
+    """Features at 255 ± 1 (unstandardized pixels) through Dense and a normalization: in
+    float32 the rules' ``x̂`` summed to a few eps·255 instead of 0, which their ``dx`` kept
+    and the Dense's weight gradient multiplied by 255 (BatchNorm: 7e-3 relative error
+    against float64, autodiff of the same forward 2e-5)."""
+    offset = 255.0
+    net = serial(Dense(16), norm, Dense(2))
+    params, state = jax.tree.map(lambda a: a.astype(jnp.float32),
+                                 net.init(jax.random.key(0), (None, 10))[1:])
+    x = offset + jax.random.normal(jax.random.key(5), (64, 10), jnp.float32)
+    y = jax.random.normal(jax.random.key(6), (64, 2), jnp.float32)
+
+    def loss(apply):
+        return lambda p, s, xx, yy: losses.mse.value(apply(p, s, xx, train=True)[0], yy)
+
+    wide = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, state, x, y))
+    want = np.asarray(jax.grad(loss(net.reference.apply))(*wide)[0]["w"])
+    got = {"manual": manual.grad(net, losses.mse, params, state, x, y, train=True)[0]["w"]}
+    if str(norm).startswith("BatchNorm"):  # jax.grad runs its rule on CPU
+        got["jax.grad"] = jax.grad(loss(net.apply))(params, state, x, y)[0]["w"]
+    # x − μ at 255 is exact to eps·255 of σ = 1: so is x̂, and so are the gradients.
+    bound = 16 * float(jnp.finfo(jnp.float32).eps) * offset
+    for how, grads in got.items():
+        assert grads.dtype == jnp.float32
+        error = np.max(np.abs(np.asarray(grads, np.float64) - want)) / np.max(np.abs(want))
+        assert error <= bound, (how, error, bound)

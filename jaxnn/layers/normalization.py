@@ -188,7 +188,7 @@ def BatchNorm(
         m = math.prod(x.shape[:-1])
         sum_dy = jnp.sum(dy, axis=axes, keepdims=True)
         sum_dy_xhat = jnp.sum(dy * xhat, axis=axes, keepdims=True)
-        dx = (gamma * inv_sigma) / m * (m * dy - sum_dy - xhat * sum_dy_xhat)
+        dx = (gamma * inv_sigma) / m * (m * dy - sum_dy - _centred(xhat, axes) * sum_dy_xhat)
         return grads, dx.astype(x.dtype)
 
     return with_rule_gradient(Layer(init, apply, backward, name=name))
@@ -203,10 +203,22 @@ def _standardize(x, axes, epsilon):
     return (x - mean) * inv_sigma, inv_sigma
 
 
+def _centred(xhat, axes):
+    """``x̂ − mean(x̂)``: zero in exact arithmetic, but where ``x`` lies far from zero for
+    its spread (unstandardized features), float32's ``x − μ`` leaves ``Σx̂ ≠ 0``, which
+    the rule's ``x̂·Σ(dy ⊙ x̂)`` term would carry into ``Σdx`` (exactly zero, as autodiff
+    through ``x − μ`` keeps it); a layer before then got that sum times its input's mean
+    in its weight gradient (1.9e-2 relative error at a mean 255 of standard deviation 1,
+    against autodiff's 9e-5)."""
+    return xhat - jnp.mean(xhat, axis=axes, keepdims=True)
+
+
 def _standardize_backward(dxhat, xhat, inv_sigma, axes):
-    """``dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))`` over the standardized ``axes``."""
+    """``dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))`` over the standardized ``axes``
+    (its last ``x̂`` `_centred`)."""
     return inv_sigma * (dxhat - jnp.mean(dxhat, axis=axes, keepdims=True)
-                        - xhat * jnp.mean(dxhat * xhat, axis=axes, keepdims=True))
+                        - _centred(xhat, axes) * jnp.mean(dxhat * xhat, axis=axes,
+                                                          keepdims=True))
 
 
 def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dtype,
