@@ -466,6 +466,18 @@ def test_dropout_of_integer_input_drops_at_its_rate(key):
     assert 0.23 < float(jnp.mean(y == 0)) < 0.27
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("rate", [0.003, 0.01])
+def test_dropout_of_16_bit_input_drops_at_its_rate(key, dtype, rate):
+    """Drawn in bfloat16 (uniform steps of 1/128), a rate of 0.003 dropped nothing and 0.01
+    dropped 0.0078: the mask is drawn in float32, as Flax draws it."""
+    x = jnp.ones((1000, 1000), dtype)
+    y = _leaf(Dropout(rate), key=key, train=True)((), x)
+    assert y.dtype == dtype
+    six_sigma = 6 * (rate * (1 - rate) / x.size) ** 0.5
+    assert abs(float(jnp.mean(y == 0)) - rate) < six_sigma
+
+
 def test_dropout_of_rate_zero_needs_no_key(key):
     # It drops nothing, so training needs no key (it demanded one), forward or rule.
     net = serial(Dense(3), Dropout(0.0), Tanh())

@@ -47,9 +47,12 @@ def Dropout(rate: float | jax.Array) -> Layer:
         """The multiplier ``mask / (1 - rate)``, in ``x``'s (floating) dtype."""
         if key is None:
             raise ValueError(f"{name} needs a PRNG key when train=True: apply(..., key=key)")
-        keep = 1 - jnp.asarray(rate, dtype=x.dtype)
+        # Drawn in float32 at least: bfloat16's uniform draws come in steps of 1/128, so a
+        # rate below 1/128 dropped nothing, and others were rounded (0.01 dropped 0.0078).
+        wide = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
+        keep = 1 - jnp.asarray(rate, wide)
         mask = jax.random.bernoulli(key, keep, x.shape)
-        return jnp.where(mask, 1 / keep, jnp.zeros((), x.dtype))
+        return jnp.where(mask, (1 / keep).astype(x.dtype), jnp.zeros((), x.dtype))
 
     def floating(x):
         """An integer ``x`` in the default float: in its own dtype the rate rounded away."""
