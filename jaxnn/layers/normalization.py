@@ -20,7 +20,9 @@ axes) and returns the state moved towards them, as Flax and Haiku do:
 as in Flax. In eval mode it normalizes with the running statistics and returns them unchanged.
 
 Statistics (and the rules' sums) are computed in float32 at least, as Flax does: a bfloat16 or
-float16 input is normalized in float32 and its output returned in its own dtype.
+float16 input is normalized in float32, and ``x̂``, back in the input's dtype, is scaled and
+shifted by the params: the output takes their dtype where it is wider (float32 params give a
+float32 output, as Flax's do; give ``dtype=jnp.bfloat16`` for a bfloat16 one).
 """
 
 from __future__ import annotations
