@@ -203,6 +203,9 @@ def combinator(name: str, children: Sequence[Layer], wiring: Wiring) -> Layer:
             except ShapeError as error:
                 raise _located(error, index, children[index]) from None
 
+        if key is None:  # a layer with params said "unexpected PRNG key type NoneType"
+            raise ValueError(f"{name}: init needs a PRNG key such as jax.random.key(0), "
+                             "got None")
         return wiring.init(child, key, input_shape)
 
     def apply(params, state, x, *, key=None, train=False):
@@ -255,7 +258,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(child, key, shape):
         params, states = [], []
-        for index, child_key in enumerate(split_key(key, num)):
+        for index, child_key in enumerate(split_key(key, num, name)):
             shape, child_params, child_state = child(index, child_key, shape)
             params.append(child_params)
             states.append(child_state)
@@ -263,7 +266,7 @@ def serial(*layers: Layer) -> Layer:
 
     def forward(child, params, state, x, key):
         states = []
-        for index, child_key in enumerate(split_key(key, num)):
+        for index, child_key in enumerate(split_key(key, num, name)):
             x, child_state = child(index, params[index], state[index], x, child_key)
             states.append(child_state)
         return x, tuple(states)
@@ -301,7 +304,7 @@ def parallel(*layers: Layer) -> Layer:
     def init(child, key, shape):
         shapes = _branches(name, shape, num)
         results = [child(index, child_key, shapes[index])
-                   for index, child_key in enumerate(split_key(key, num))]
+                   for index, child_key in enumerate(split_key(key, num, name))]
         return tuple(tuple(part) for part in zip(*results, strict=True))
 
     def forward(child, params, state, x, key):
@@ -310,7 +313,7 @@ def parallel(*layers: Layer) -> Layer:
                      else f"one input of shape {tuple(jnp.shape(x))}")
             raise ShapeError(f"{name} has {num} branches, got {given}")
         results = [child(index, params[index], state[index], x[index], child_key)
-                   for index, child_key in enumerate(split_key(key, num))]
+                   for index, child_key in enumerate(split_key(key, num, name))]
         outputs, states = zip(*results, strict=True)
         return tuple(outputs), tuple(states)
 

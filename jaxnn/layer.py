@@ -153,11 +153,20 @@ def stateless(
                  reference=reference)
 
 
-def split_key(key: jax.Array | None, num: int) -> Sequence[jax.Array | None]:
-    """Splits ``key`` into ``num`` keys, or gives ``num`` Nones when ``key`` is None."""
+def split_key(key: jax.Array | None, num: int, owner: str = "") -> Sequence[jax.Array | None]:
+    """Splits ``key`` into ``num`` keys, or gives ``num`` Nones when ``key`` is None.
+
+    Raises:
+      ValueError: naming ``owner`` and quoting ``key``, when it is no PRNG key (JAX said
+        only "invalid PRNG key data", naming no layer).
+    """
     if key is None:
         return (None,) * num
-    return tuple(jax.random.split(key, num))
+    try:
+        return tuple(jax.random.split(key, num))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{owner + ': ' if owner else ''}key must be a PRNG key such as "
+                         f"jax.random.key(0), got {key!r} ({error})") from None
 
 
 def param_dtype(dtype: Any = None) -> jnp.dtype:

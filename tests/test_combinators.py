@@ -299,3 +299,25 @@ def test_what_is_not_a_layer_or_a_loss_is_one_type_error():
             (lambda: Residual(), r"Residual needs at least one layer")):
         with pytest.raises(TypeError, match=message):
             call()
+
+
+def test_a_missing_key_or_state_names_the_layer_and_the_value():
+    """A key of 0 said JAX's "invalid PRNG key data", init with None "unexpected PRNG key
+    type NoneType", and BatchNorm given ``()`` as its state "tuple indices must be
+    integers": none named the layer or what it wanted."""
+    net = serial(Dense(4), BatchNorm(), Dropout(0.5))
+    _, params, state = net.init(jax.random.key(0), (None, 3))
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{net.name}: key must be a PRNG key such as jax.random.key(0), got 0")):
+        net.apply(params, state, x, train=True, key=0)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{net.name}: init needs a PRNG key such as jax.random.key(0), got None")):
+        net.init(None, (None, 3))
+    bn = BatchNorm()
+    _, bn_params, _ = bn.init(jax.random.key(0), (None, 3))
+    for bad, quoted in (((), "()"), ({"mean": jnp.zeros(3)}, "PyTreeDef({'mean': *})")):
+        with pytest.raises(ValueError, match=re.escape(
+                f"{bn.name}: its state is the {{'mean', 'var'}} dict its init returns "
+                f"(running statistics), got {quoted}")):
+            bn.apply(bn_params, bad, x, train=True)

@@ -28,6 +28,7 @@ float32 output, as Flax's do; give ``dtype=jnp.bfloat16`` for a bfloat16 one).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -151,6 +152,9 @@ def BatchNorm(
         """``(x, axes, mean, var)``: ``x`` floating (an integer one in the params' dtype, as
         LayerNorm's; else the state's), and the batch's statistics in training, the running
         ones otherwise, in at least float32 (`_wide`)."""
+        if not (isinstance(state, Mapping) and {"mean", "var"} <= state.keys()):
+            raise ValueError(f"{name}: its state is the {{'mean', 'var'}} dict its init "
+                             f"returns (running statistics), got {_described(state)}")
         x = _floating(x, params, state["mean"].dtype)
         axes, wide = tuple(range(x.ndim - 1)), _wide(x)
         if not check_bool(train, "train", name):  # ("no" would have trained)
@@ -194,6 +198,11 @@ def BatchNorm(
         return grads, dx.astype(x.dtype)
 
     return with_rule_gradient(Layer(init, apply, backward, name=name))
+
+
+def _described(value) -> str:
+    """``value`` quoted, or its structure where it holds arrays (their values would flood)."""
+    return repr(value) if not jax.tree.leaves(value) else str(jax.tree.structure(value))
 
 
 def _standardize(x, axes, epsilon):
