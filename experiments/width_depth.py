@@ -5,6 +5,7 @@ cells), accuracy_vs_params.png.
 """
 
 from jaxnn import experiment, plots, sweep
+from jaxnn._table import counted
 
 QUICK = ["sweep.grid.width=[8, 64]", "sweep.grid.depth=[1, 3]", "training.epochs=3",
          "data.limit=500"]
@@ -29,7 +30,7 @@ def main(argv=None):
     headline = (f"Best: width {best['values']['width']}, depth {best['values']['depth']} "
                 f"({best['values']['params']:,} parameters): test accuracy "
                 f"{best['test_accuracy']:.4f}; {len(rows)} trials in "
-                f"{result['programs_compiled']} compiled programs.")
+                f"{counted(result['programs_compiled'], 'compiled program')}.")
     return exp.finish(headline, [("Results", *experiment.result_rows(
         result, ["width", "depth", "params"]))])
 

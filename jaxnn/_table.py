@@ -28,3 +28,9 @@ def format_markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> 
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 compiled program``, ``2 compiled programs``: ``number`` and ``noun`` (an s added
+    unless it is 1)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from jaxnn import compile_cache, processes, rundir
 from jaxnn import config as config_lib
+from jaxnn._table import counted
 from jaxnn.config import Config, ConfigError
 
 EXIT_USAGE = 2
@@ -278,7 +279,8 @@ def _sweep(args: argparse.Namespace) -> int:
     print(result["table"])
     cached = (f", {result['programs_loaded']} of them from the compile cache"
               if result["programs_loaded"] else "")
-    print(f"\nsweep directory: {workdir}  ({result['programs_compiled']} compiled programs"
+    print(f"\nsweep directory: {workdir}  "
+          f"({counted(result['programs_compiled'], 'compiled program')}"
           f"{cached}, "
           f"{result['trial_epochs']} trial-epochs, {result['wall_time_s']:.1f} s)")
     _print_best(result, workdir)
@@ -317,7 +319,8 @@ def parser() -> argparse.ArgumentParser:
                            "(default: $JAXNN_COMPILE_CACHE, else $XDG_CACHE_HOME/jaxnn/xla or "
                            "~/.cache/jaxnn/xla); a sweep's, the "
                            "least recently used deleted beyond $JAXNN_COMPILE_CACHE_MAX_MB "
-                           f"(default {compile_cache.DEFAULT_MAX_MB})")
+                           f"(default {compile_cache.DEFAULT_MAX_MB}); "
+                           "JAXNN_COMPILE_CACHE=off turns it off")
         cache.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
                            const=compile_cache.OFF, help="compile everything afresh")
 

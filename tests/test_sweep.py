@@ -538,7 +538,7 @@ def test_cli_plan_and_run(tmp_path, capsys):
     path.write_text(config.dumps(small_sweep()))
     assert cli.main(["sweep", str(path), "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "4 trials in 1 compiled programs" in out and "packed to 9" in out
+    assert "4 trials in 1 compiled program (" in out and "packed to 9" in out
     assert cli.main(["sweep", str(path), "--workdir", str(tmp_path / "s")]) == 0
     assert "best: trial" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "s" / "results.jsonl").open()]

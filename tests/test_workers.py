@@ -207,6 +207,16 @@ def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
         assert process.returncode == 0, err[-3000:]
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_worker_makes_its_storages_directory(tmp_path, kind):
+    """The README's ``sqlite:///runs/lr_width.db`` failed in a directory without ``runs/``
+    ("unable to open database file"); a journal's directory was made."""
+    path = tmp_path / "runs" / f"study.{'db' if kind == 'sqlite' else 'journal'}"
+    url = f"sqlite:///{path}" if kind == "sqlite" else str(path)
+    optuna.create_study(study_name="s", storage=workers.open_storage(url, heartbeat=60))
+    assert path.exists()
+
+
 @pytest.mark.parametrize(("message", "tries"), [
     ("(sqlite3.OperationalError) table studies already exists", 3),
     ("(psycopg.OperationalError) connection failed: password authentication failed", 1),

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxnn import config as config_lib
 from jaxnn import host, models
+from jaxnn._table import counted
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import channels
 from jaxnn.sweep.cost import (
@@ -87,7 +88,7 @@ class Plan(NamedTuple):
             return (f'search "{self.search}": {self.spec["trials"]} trials asked in batches of '
                     f'{self.spec["batch"]}, each batch trained together; space: {space}; '
                     f"ranking by {self.metric}{pruned}")
-        lines = [f"{len(self.trials)} trials in {len(self.groups)} compiled programs "
+        lines = [f"{len(self.trials)} trials in {counted(len(self.groups), 'compiled program')} "
                  f"({self.devices} device(s)); ranking by {self.metric}{pruned}"]
         for number, group in enumerate(self.groups):
             cfg = group.config

@@ -115,9 +115,9 @@ def _leased_journal():
 
 
 def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
-    """The shared storage at ``url`` (a database URL, else a journal file path, its
-    directory made if missing), with heartbeats every ``heartbeat`` seconds (None: none, to
-    read it).
+    """The shared storage at ``url`` (a database URL, else a journal file path; a worker's
+    journal or SQLite file has its directory made if missing), with heartbeats every
+    ``heartbeat`` seconds (None: none, to read it).
 
     Raises:
       RunError: the storage cannot be opened (a missing driver, an unreachable server, a
@@ -138,6 +138,8 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
             _check_database_file(url)  # else reading it would make an empty database
             storage = _opened_together(lambda: optuna.storages.RDBStorage(url))
         else:
+            if (path := _database_file(url)) is not None:  # its directory made, as a journal's
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
                         in inspect.signature(optuna.storages.RDBStorage).parameters
                         else "failed_trial_callback")  # Optuna < 4.9
@@ -183,14 +185,22 @@ def _made_meanwhile(error: Exception) -> bool:
     return any(words in text for words in _MADE_MEANWHILE)
 
 
-def _check_database_file(url: str) -> None:
-    """Raises FileNotFoundError where ``url`` names an SQLite file that does not exist."""
+def _database_file(url: str) -> str | None:
+    """The SQLite file ``url`` names, or None (another database, or one in memory)."""
     import sqlalchemy
 
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not parsed.database.startswith("file:") and not os.path.exists(parsed.database):
-        raise FileNotFoundError(f"no database file {parsed.database}")
+            and not parsed.database.startswith("file:"):
+        return parsed.database
+    return None
+
+
+def _check_database_file(url: str) -> None:
+    """Raises FileNotFoundError where ``url`` names an SQLite file that does not exist."""
+    path = _database_file(url)
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(f"no database file {path}")
 
 
 def _lock_as_transactions_begin(engine) -> None:
