@@ -169,6 +169,12 @@ def split_key(key: jax.Array | None, num: int, owner: str = "") -> Sequence[jax.
                          f"jax.random.key(0), got {key!r} ({error})") from None
 
 
+def at_least_float32(dtype: Any) -> jnp.dtype:
+    """A floating ``dtype``, widened to float32 where it is narrower: where 16-bit values are
+    summed or drawn (normalization statistics, a dropout mask), as Flax computes them."""
+    return jnp.dtype(dtype) if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
 def param_dtype(dtype: Any = None) -> jnp.dtype:
     """``dtype`` if given, else the default float: float32, or float64 under ``jax_enable_x64``."""
     if dtype is not None:

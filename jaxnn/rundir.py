@@ -41,7 +41,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def system_refused(error: OSError) -> str:
     """The one line for a file the system would not write or read (a full disk, a lost
     mount, a permission) once a command had begun: every file jaxnn writes is replaced whole
-    or appended by rows a later read cuts back to whole ones (`jaxnn.rundir.write_bytes`,
+    or appended by rows a later read cuts back to whole ones (`jaxnn.rundir.write_with`,
     `jaxnn.jsonl`), so what it wrote before stands."""
     where = f"{error.filename}: " if error.filename else ""
     return (f"{where}{error.strerror or error}; stopped here, and what was written before "

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxnn.layer import (
     Layer,
     Shape,
+    at_least_float32,
     check_bool,
     check_single,
     is_real,
@@ -49,8 +50,7 @@ def Dropout(rate: float | jax.Array) -> Layer:
             raise ValueError(f"{name} needs a PRNG key when train=True: apply(..., key=key)")
         # Drawn in float32 at least: bfloat16's uniform draws come in steps of 1/128, so a
         # rate below 1/128 dropped nothing, and others were rounded (0.01 dropped 0.0078).
-        wide = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
-        keep = 1 - jnp.asarray(rate, wide)
+        keep = 1 - jnp.asarray(rate, at_least_float32(x.dtype))
         mask = jax.random.bernoulli(key, keep, x.shape)
         return jnp.where(mask, (1 / keep).astype(x.dtype), jnp.zeros((), x.dtype))
 

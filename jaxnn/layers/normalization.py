@@ -37,6 +37,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    at_least_float32,
     check_bool,
     check_single,
     float_dtype,
@@ -79,9 +80,9 @@ def _floating(x, params, default):
 
 
 def _wide(x):
-    """The dtype statistics of ``x`` are computed in: float32 at least, as Flax does (in
-    float16, [267.0, 266.75] normalized to [0, -1.41], not [1, -1])."""
-    return x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    """The dtype statistics of ``x`` are computed in (`at_least_float32`; in float16,
+    [267.0, 266.75] normalized to [0, -1.41], not [1, -1])."""
+    return at_least_float32(x.dtype)
 
 
 def _channels(vector, ndim):
