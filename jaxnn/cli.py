@@ -250,6 +250,7 @@ def _print_best(result: dict, workdir: str) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from jaxnn import run, sweep
+    from jaxnn.sweep import execute
 
     if args.heartbeat is not None and not (args.storage and not args.report):  # ignored
         raise rundir.RunError("--heartbeat is a worker's: it goes with --storage and --study "
@@ -265,7 +266,7 @@ def _sweep(args: argparse.Namespace) -> int:
         else (load_config(args.config, args.set), None, False), rundir.user_errors())
     if args.plan:  # a resumed sweep's plan, with the checks its --resume makes
         run.enable_precision(config)
-        print(sweep.make_plan(config, run.prepare(config)).describe())
+        print(execute.planned(config)[1].describe())
         return 0
     with rundir.guarded(workdir, "sweep", created=created):
         result = sweep.run_sweep(config, workdir, resume=bool(args.resume))

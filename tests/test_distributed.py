@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxnn import cli, config, rundir
@@ -35,7 +36,7 @@ def launch(tmp_path, argvs, devices_per_process=1, expect=0, extra_env=None):
     processes = []
     for process_id, argv in enumerate(argvs):
         cwd = tmp_path / f"cwd{process_id}"
-        cwd.mkdir()
+        cwd.mkdir(exist_ok=True)  # (a test may have put files there)
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
                + f" --xla_force_host_platform_device_count={devices_per_process}",
@@ -153,16 +154,30 @@ def unreadable_results(path, workdir):
     return path
 
 
+def data_per_process(tmp_path, path):
+    """A sweep whose data file is each process's own: the same path (as a host's local
+    disk), other numbers."""
+    for process_id in range(2):
+        (tmp_path / f"cwd{process_id}").mkdir()
+        rng = np.random.default_rng(process_id)
+        np.savez(tmp_path / f"cwd{process_id}" / "d.npz", x=rng.normal(size=(120, 4)),
+                 y=np.arange(120) % 3)
+    with contextlib.chdir(tmp_path / "cwd0"):  # (the config's checks look for the file)
+        return sweep_file(path, 'data={name = "npz", path = "/proc/self/cwd/d.npz"}')
+
+
 @pytest.mark.parametrize("case", ["another config", "a bad config", "a held directory",
-                                  "a file the system will not read"])
+                                  "a file the system will not read", "other data"])
 def test_one_process_refused_is_refused_in_every_one(tmp_path, case):
-    """Process 1 given another sweep recorded its trials as process 0's (exit 0); a config
-    only process 1 refused, a lock only process 0 found held, or a file only process 0 read
-    and could not, left the other waiting in a collective until a backend timeout ended it
-    with a traceback."""
-    first = sweep_file(tmp_path / "a.toml")
+    """Process 1 given another sweep, or other data under the same path, recorded its trials
+    as process 0's (exit 0); a config only process 1 refused, a lock only process 0 found
+    held, or a file only process 0 read and could not, left the other waiting in a
+    collective until a backend timeout ended it with a traceback."""
+    first = (data_per_process(tmp_path, tmp_path / "a.toml") if case == "other data"
+             else sweep_file(tmp_path / "a.toml"))
     workdir = tmp_path / "multi"
     second = {"another config": lambda: sweep_file(tmp_path / "b.toml", "training.epochs=3"),
+              "other data": lambda: first,
               "a bad config": lambda: bad_copy(first, tmp_path / "b.toml"),
               "a held directory": lambda: first,
               "a file the system will not read": lambda: unreadable_results(first, workdir),
@@ -177,7 +192,9 @@ def test_one_process_refused_is_refused_in_every_one(tmp_path, case):
                 "a bad config": "process 1 of 2: " + second + ": training.epochs",
                 "a held directory": "process 0 of 2: " + str(workdir) + " is in use",
                 "a file the system will not read": str(workdir / "results.jsonl")
-                + ": Is a directory; stopped here"}[case]
+                + ": Is a directory; stopped here",
+                "other data": f"process 1 of 2: {first}: data set npz (/proc/self/cwd/d.npz) "
+                "differs from process 0's at line 7: 'contents: "}[case]
     for index, (out, err) in enumerate(outputs):
         refusal = [line for line in err.splitlines() if line.startswith("jaxnn: error:")]
         assert len(refusal) == 1 and fragment in refusal[0], err[-3000:]
@@ -209,3 +226,20 @@ def test_processes_that_never_all_join_stop_with_one_line(tmp_path, started):
                          "--coordinator and its own --process-id (a process that stopped said "
                          "why; --join-timeout waits longer)"], err[-3000:]
     assert not (tmp_path / "multi").exists()
+
+
+def test_every_process_plans_with_the_smallest_hosts_memory(monkeypatch):
+    """A host with less memory chunked the trials into other programs than the others ran,
+    and each process waited for the others' forever: every one now plans with the smallest
+    budget."""
+    from jaxnn import host, processes
+
+    monkeypatch.setattr(host, "_budget_limit", None)
+    own = host.memory_budget()
+    monkeypatch.setattr(processes.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(processes, "gathered", lambda value: [value, own // 3])
+    processes.agree_memory_budget()
+    assert host.memory_budget() == own // 3
+    monkeypatch.setattr(processes, "gathered", lambda value: [value, own])  # never raised
+    processes.agree_memory_budget()
+    assert host.memory_budget() == own // 3

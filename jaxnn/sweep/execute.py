@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxnn import config as config_lib
-from jaxnn import host, jsonl, processes, rundir
+from jaxnn import executable_cache, host, jsonl, processes, rundir
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
@@ -110,10 +110,7 @@ def run_sweep(
     # Processes given two configs (or two directories to resume) would record one sweep's
     # trials as the other's: each must run process 0's.
     processes.same_as_process_0(config_lib.dumps(config), f"{config.source}: the config")
-    if dataset is None:  # a file missing on one host: refused in every process
-        dataset = processes.together(lambda: run.prepare(config), rundir.user_errors())
-    # A host with less memory (or other data) than process 0's refuses alone, and says so.
-    plan = processes.together(lambda: make_plan(config, dataset), rundir.user_errors())
+    dataset, plan = planned(config, dataset)
     # With several hosts (jax.distributed), every host computes and the first one writes.
     writer = jax.process_index() == 0
     with contextlib.ExitStack() as held:  # the writer holds the directory's lock throughout
@@ -132,6 +129,35 @@ def run_sweep(
         sweep = Sweep(config, plan, dataset, done, record, return_params)
         sweep.run(study)
         return sweep.summary(workdir if writer else None, study, started)
+
+
+def planned(config: Config, dataset=None) -> tuple[Any, Plan]:
+    """A sweep's data set (``dataset``, else ``config``'s) and plan, the same in every process
+    of a distributed sweep: data one host lacks or refuses is refused in every process, and
+    so is data that differs from process 0's (each would train on its own); every process
+    plans with the smallest host's memory budget (`jaxnn.processes.agree_memory_budget`).
+
+    Raises:
+      ConfigError: for data or a sweep the config cannot take (in one process).
+      jaxnn.run.RunError: in every process, for one that refused (naming it).
+    """
+    from jaxnn import run
+
+    if dataset is None:  # a file missing on one host: refused in every process
+        dataset = processes.together(lambda: run.prepare(config), rundir.user_errors())
+    if jax.process_count() > 1:
+        processes.same_as_process_0(_described(dataset),
+                                    f"{config.source}: data set {dataset.name}")
+        processes.agree_memory_budget()
+    return dataset, processes.together(lambda: make_plan(config, dataset),
+                                       rundir.user_errors())
+
+
+def _described(dataset) -> str:
+    """Each split's shape and dtype, a line each, and a digest of their contents."""
+    lines = [f"{name}: {array.shape} {array.dtype}"
+             for name, array in zip(dataset._fields[:6], dataset[:6], strict=True)]
+    return "\n".join([*lines, f"contents: {executable_cache.data_digest(dataset[:6])}"])
 
 
 def _open(config: Config, plan: Plan, workdir: str, resume: bool,
