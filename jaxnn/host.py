@@ -131,26 +131,9 @@ def split_count() -> int:
     return _split
 
 
-_budget_limit: int | None = None  # the smallest process's, in a distributed run
-
-
-def limit_memory_budget(limit: int) -> None:
-    """Caps `memory_budget` at ``limit`` bytes in this process: the processes of a
-    distributed sweep plan with the smallest host's budget (`jaxnn.processes`), since plans
-    made with two budgets would chunk trials apart and wait for each other forever."""
-    global _budget_limit
-    _budget_limit = limit if _budget_limit is None else min(_budget_limit, limit)
-
-
 def memory_budget() -> int:
-    """Half the first local device's memory (on CPU: of the host's RAM, at least 2 GiB), or
-    less where `limit_memory_budget` said so: what a run or a sweep's chunk may plan to
-    hold."""
-    own = _own_memory_budget()
-    return own if _budget_limit is None else min(own, _budget_limit)
-
-
-def _own_memory_budget() -> int:
+    """Half the first local device's memory (on CPU: of the host's RAM, at least 2 GiB): what
+    a run or a sweep's chunk may plan to hold."""
     import jax
 
     device = jax.local_devices()[0]

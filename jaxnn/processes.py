@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
-from jaxnn import host, rundir
+from jaxnn import rundir
 from jaxnn.rundir import RunError
 
 T = TypeVar("T")
@@ -119,11 +119,3 @@ def same_as_process_0(text: str, what: str) -> None:
         refusal = (f"{what} differs from process 0's at line {line + 1}: {quoted!r} where "
                    f"process 0 has {given!r}; every process must be given the same one")
     refuse_together(refusal)
-
-
-def agree_memory_budget() -> None:
-    """Every process plans with the smallest process's memory budget
-    (`jaxnn.host.limit_memory_budget`): a host with less memory would chunk the trials into
-    other programs than the others run, and each would wait for the others' forever."""
-    if jax.process_count() > 1:
-        host.limit_memory_budget(min(gathered(host.memory_budget())))

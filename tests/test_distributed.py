@@ -228,18 +228,23 @@ def test_processes_that_never_all_join_stop_with_one_line(tmp_path, started):
     assert not (tmp_path / "multi").exists()
 
 
+
 def test_every_process_plans_with_the_smallest_hosts_memory(monkeypatch):
     """A host with less memory chunked the trials into other programs than the others ran,
     and each process waited for the others' forever: every one now plans with the smallest
-    budget."""
-    from jaxnn import host, processes
+    budget (the other process's, room for two trials, here)."""
+    from jaxnn import processes, run
+    from jaxnn.sweep import execute, plan
 
-    monkeypatch.setattr(host, "_budget_limit", None)
-    own = host.memory_budget()
+    sweep = config.load(TINY, ["sweep.grid={learning_rate = [0.1, 0.2, 0.3, 0.4]}"])
+    dataset = run.prepare(sweep)
+    alone = plan.make_plan(sweep, dataset)
+    small = 2 * alone.bytes_per_trial + plan.order_bytes(alone.groups[0].config, dataset)
     monkeypatch.setattr(processes.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(processes, "gathered", lambda value: [value, own // 3])
-    processes.agree_memory_budget()
-    assert host.memory_budget() == own // 3
-    monkeypatch.setattr(processes, "gathered", lambda value: [value, own])  # never raised
-    processes.agree_memory_budget()
-    assert host.memory_budget() == own // 3
+    monkeypatch.setattr(processes, "same_as_process_0", lambda text, what: None)
+    monkeypatch.setattr(processes, "gathered",
+                        lambda value: [value, small if isinstance(value, int) else None])
+    _, shared = execute.planned(sweep, dataset)
+    assert shared.budget == small
+    assert [g.chunks for g in shared.groups] == [((0, 1), (2, 3))] != [
+        g.chunks for g in alone.groups]

@@ -135,7 +135,7 @@ def planned(config: Config, dataset=None) -> tuple[Any, Plan]:
     """A sweep's data set (``dataset``, else ``config``'s) and plan, the same in every process
     of a distributed sweep: data one host lacks or refuses is refused in every process, and
     so is data that differs from process 0's (each would train on its own); every process
-    plans with the smallest host's memory budget (`jaxnn.processes.agree_memory_budget`).
+    plans with the smallest host's memory budget.
 
     Raises:
       ConfigError: for data or a sweep the config cannot take (in one process).
@@ -145,11 +145,14 @@ def planned(config: Config, dataset=None) -> tuple[Any, Plan]:
 
     if dataset is None:  # a file missing on one host: refused in every process
         dataset = processes.together(lambda: run.prepare(config), rundir.user_errors())
+    budget = host.memory_budget()
     if jax.process_count() > 1:
         processes.same_as_process_0(_described(dataset),
                                     f"{config.source}: data set {dataset.name}")
-        processes.agree_memory_budget()
-    return dataset, processes.together(lambda: make_plan(config, dataset),
+        # Plans made with two budgets would chunk the trials into other programs, each
+        # process waiting for the others' forever.
+        budget = min(processes.gathered(budget))
+    return dataset, processes.together(lambda: make_plan(config, dataset, budget=budget),
                                        rundir.user_errors())
 
 
@@ -320,7 +323,8 @@ class Sweep:
                     # Planned whole, a resumed batch chunks its trials as it did uninterrupted.
                     batch = trials[first:first + size]
                     if any(t.index not in self.done for t in batch):
-                        self.train_batch(make_plan(self.config, self.dataset, batch))
+                        self.train_batch(make_plan(self.config, self.dataset, batch,
+                                                   self.plan.budget))
             else:
                 self.search(study)
         finally:
@@ -358,7 +362,7 @@ class Sweep:
             values = processes.from_process_0(values)
             batch = [make_trial(i, v, self.config) for i, v in zip(indices, values, strict=True)]
             try:
-                return make_plan(self.config, self.dataset, batch)
+                return make_plan(self.config, self.dataset, batch, self.plan.budget)
             except ConfigError as error:
                 refused = self.refused(batch)
                 if not refused:

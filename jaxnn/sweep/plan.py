@@ -62,6 +62,7 @@ class Plan(NamedTuple):
       space: the search space, name -> `jaxnn.sweep.spec.Distribution`.
       search: "grid", "random", "tpe", "cmaes" or "gp".
       pruning: the early-stopping rule, or None.
+      budget: the device memory (bytes) its chunks were sized to.
     """
 
     trials: tuple[Trial, ...]
@@ -74,6 +75,7 @@ class Plan(NamedTuple):
     space: dict
     search: str
     pruning: Pruning | None
+    budget: int
 
     def describe(self) -> str:
         """A printable account of the plan (`jaxnn sweep --plan`)."""
@@ -233,7 +235,8 @@ def _pruning(config: Config, spec: dict, all_trials, dataset,
     return pruning
 
 
-def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> Plan:
+def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None,
+              budget: int | None = None) -> Plan:
     """Groups the sweep's trials into compiled programs and chunks.
 
     Args:
@@ -241,7 +244,10 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
       dataset: the prepared data (`jaxnn.run.prepare`), for shapes.
       batch: the trials of one batch of an adaptive search; None: a grid search's trials
         (or, for an adaptive search, the plan before any trial is asked).
+      budget: the device memory (bytes) a chunk may hold; None: this host's
+        (`jaxnn.host.memory_budget`). A distributed sweep gives the smallest host's.
     """
+    budget = host.memory_budget() if budget is None else budget
     spec = spec_of(config)
     space = space_of(spec, config.source)
     all_trials = tuple(batch) if batch is not None else trials(config)
@@ -251,16 +257,17 @@ def make_plan(config: Config, dataset, batch: Sequence[Trial] | None = None) -> 
     metric = _metric(config, spec, dataset)
     if not all_trials:  # an adaptive search's batches are sharded as the whole sweep is
         devices = min(jax.device_count(), spec["batch"]) if _split_cpu() else jax.device_count()
-        return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune)
+        return Plan((), (), metric, 0, devices, config, spec, space, spec["search"], prune,
+                    budget)
     steps = config.training.epochs * max(1, len(dataset.x_train) // config.training.batch_size)
     groups, sizes = [], []
     for part, packed_layers in _parts(all_trials, spec, space, dataset, steps):
-        group, per_trial = _group(config, spec, part, packed_layers, dataset)
+        group, per_trial = _group(config, spec, part, packed_layers, dataset, budget)
         groups.append(group)
         sizes.append(per_trial)
     devices = trial_devices(groups, steps, dataset, spec.get("batch"))
     return Plan(all_trials, tuple(groups), metric, max(sizes), devices, config, spec, space,
-                spec["search"], prune)
+                spec["search"], prune, budget)
 
 
 def _check_search(config: Config, spec: dict, space: dict, all_trials, dataset,
@@ -329,22 +336,23 @@ def _parts(all_trials, spec: dict, space: dict, dataset, steps: int):
             yield part, packed_layers
 
 
-def _group(config: Config, spec: dict, part: Sequence[Trial], packed_layers, dataset):
+def _group(config: Config, spec: dict, part: Sequence[Trial], packed_layers, dataset,
+           budget: int):
     """One program's `Group` (its config padded to the widest of its trials, its chunks
-    sized to the memory budget) and the bytes one of its trials needs."""
+    sized to the memory ``budget``) and the bytes one of its trials needs."""
     devices = jax.device_count()
     cfg, packed_width, part_packed = _program_config(spec, part, packed_layers)
     own_seed = len({t.config.training.seed for t in part}) > 1
     per_trial = bytes_per_trial(cfg, dataset, own_seed)
     shared = 0 if own_seed else order_bytes(cfg, dataset)
-    if per_trial + shared > host.memory_budget():
+    if per_trial + shared > budget:
         raise ConfigError(config.source, "sweep", (
             f"one trial of {part[0].values} needs ~{(per_trial + shared) / 2**30:.1f} "
             f"GiB (of which the minibatch order of {cfg.training.epochs} epochs "
             f"~{order_bytes(cfg, dataset) / 2**30:.1f} GiB), more than the "
-            f"~{host.memory_budget() / 2**30:.1f} GiB budget (half the device's memory)"))
+            f"~{budget / 2**30:.1f} GiB budget (half the device's memory)"))
     cap = spec.get("trials_per_chunk") or max(
-        1, (host.memory_budget() - shared) // per_trial)
+        1, (budget - shared) // per_trial)
     cap = max(devices, cap // devices * devices)
     count = math.ceil(len(part) / cap)
     size = math.ceil(len(part) / count)
