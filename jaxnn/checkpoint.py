@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,8 +64,12 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     return load_noted(path, template)[0]
 
 
-def load_noted(path: str | os.PathLike, template: Any) -> tuple[Any, str | None]:
-    """`load`, and the text note saved with the tree (None: saved without one)."""
+def load_noted(path: str | os.PathLike, template: Any,
+               check_note: Callable[[str | None], None] | None = None
+               ) -> tuple[Any, str | None]:
+    """`load`, and the text note saved with the tree (None: saved without one).
+    ``check_note(note)``, when given, runs before the leaves are matched to ``template``: a
+    checkpoint of another config is refused for what changed, not for a leaf's shape."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -81,6 +86,8 @@ def load_noted(path: str | os.PathLike, template: Any) -> tuple[Any, str | None]
         raise CheckpointError(
             f"{path}: corrupted or truncated checkpoint ({type(error).__name__}: {error})"
         ) from None
+    if check_note is not None:
+        check_note(note)
     paths, leaves = _paths_and_leaves(template)
     if stored_paths != paths:
         first = next((a, b) for a, b in zip([*stored_paths, ""], [*paths, ""], strict=False)

@@ -513,6 +513,23 @@ def loads(text: str, source: str) -> Config:
     return from_dict(tomllib.loads(text), source)
 
 
+def loads_kept(text: Any, source: str, kept_in: str) -> Config:
+    """`loads` of the config a checkpoint or a study keeps (``kept_in`` names the file): a
+    damaged record is refused naming ``kept_in``, not the config file it stands for.
+
+    Raises:
+      ConfigError: naming ``kept_in``.
+    """
+    try:
+        if not isinstance(text, str):
+            raise TypeError(f"a {type(text).__name__}, not TOML text")
+        return loads(text, source)
+    except (tomllib.TOMLDecodeError, TypeError, ConfigError) as error:
+        why = str(error).removeprefix(f"{source}: ")  # what is wrong, not the file's name
+        raise ConfigError(kept_in, "", f"the config it keeps cannot be read ({why}); the "
+                          "file is damaged, and nothing was changed") from None
+
+
 def dumps(config: Config | dict) -> str:
     """The config as TOML that `load` reads back to an equal config.
 

@@ -275,11 +275,12 @@ def train_and_evaluate(
         if resume:  # everything is checked before anything is rewritten
             # The checkpoint's template is the initial state's shapes: nothing is drawn.
             state, best = _restore(config, workdir, jax.eval_shape(trainer.init, key, hparams),
-                                   best)
+                                   best, dataset)
             jsonl.rewrite(os.path.join(workdir, METRICS), _metrics_until(workdir, state.epoch))
         else:
             state = _initial_state(trainer, key, hparams)
             rundir.write_text(os.path.join(workdir, CONFIG), config_lib.dumps(config))
+            rundir.record_data(workdir, dataset.digest())
         return _finish(config, dataset, trainer, state, hparams, workdir, best, started)
 
 
@@ -310,22 +311,29 @@ def _check_directory(workdir: str, resume: bool, anew: bool = False) -> None:
     if held:
         raise RunError(f"{workdir} holds {held}; a training run needs another directory")
     if not anew:
-        rundir.refuse_overwriting(workdir, (CONFIG,), "a new run")
+        rundir.refuse_overwriting(workdir, (CONFIG, rundir.DATA_DIGEST), "a new run")
 
 
-def _restore(config: Config, workdir: str, state: TrainState, best: dict):
+def _restore(config: Config, workdir: str, state: TrainState, best: dict,
+             dataset: data_lib.Dataset):
     """The checkpoint's training state and early-stopping record, range-checked (``state``
-    and ``best``: their templates)."""
+    and ``best``: their templates), once its config and ``dataset`` are found to be those
+    the run was trained with."""
     path = os.path.join(workdir, CHECKPOINT)
-    saved, trained = checkpoint.load_noted(path, {"state": state, **_best_arrays(best)})
-    if trained is not None:  # an edited config.toml would train on with another config
-        change = config_lib.resume_change(
-            config_lib.loads(trained, os.path.join(workdir, CONFIG)), config)
-        if change is not None:
-            key, was, now = change
-            raise RunError(f"{os.path.join(workdir, CONFIG)}: {key} is {now!r}, but the run "
-                           f"was trained with {was!r} ({CHECKPOINT}); restore it, or start a "
-                           "new run to change it")
+
+    def same_run(trained: str | None) -> None:
+        if trained is not None:  # an edited config.toml would train on with another config
+            change = config_lib.resume_change(
+                config_lib.loads_kept(trained, os.path.join(workdir, CONFIG), path), config)
+            if change is not None:
+                key, was, now = change
+                raise RunError(f"{os.path.join(workdir, CONFIG)}: {key} is {now!r}, but the "
+                               f"run was trained with {was!r} ({CHECKPOINT}); restore it, or "
+                               "start a new run to change it")
+        rundir.check_data(workdir, dataset.digest(), f"{config.source}: data: {dataset.name}",
+                          "run")
+
+    saved, _ = checkpoint.load_noted(path, {"state": state, **_best_arrays(best)}, same_run)
     state = TrainState(*saved["state"])
     best = {k: saved[k].item() for k in best}
     epoch, epochs = int(state.epoch), config.training.epochs

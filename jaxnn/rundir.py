@@ -83,6 +83,30 @@ def holds(workdir: str | os.PathLike) -> str | None:
     return SWEEP if has(RESULTS, SWEEP_CONFIG) else None
 
 
+DATA_DIGEST = "data.digest"  # a digest of the data a run or sweep began on
+
+
+def record_data(workdir: str | os.PathLike, digest: str) -> None:
+    """Writes the ``digest`` of a new run's or sweep's data into ``workdir``."""
+    write_text(os.path.join(workdir, DATA_DIGEST), digest + "\n")
+
+
+def check_data(workdir: str | os.PathLike, digest: str, data: str, what: str) -> None:
+    """Refuses to continue ``what`` (a run, a sweep) in ``workdir`` on ``data`` of another
+    ``digest`` than it began on: a file replaced between a run and its ``--resume`` trained
+    on with other data (or, of another shape, was blamed on the checkpoint). A directory
+    from before these records is not checked."""
+    path = os.path.join(workdir, DATA_DIGEST)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            began = handle.read().strip()
+    except FileNotFoundError:
+        return
+    if began != digest:
+        raise RunError(f"{data} is not the data this {what} began on ({DATA_DIGEST} holds "
+                       f"another digest); give it that data back, or start a new {what}")
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replaces the file at ``path`` with ``text`` (UTF-8) whole (`write_bytes`)."""
     write_bytes(path, text.encode("utf-8"))  # encoded before anything is opened

@@ -642,7 +642,7 @@ def test_a_run_stopped_before_its_first_epoch_resumes_from_the_start(tmp_path, m
     with pytest.raises(rundir.Interrupted, match=f"jaxnn train --resume {workdir}"):
         with rundir.guarded(str(workdir), "train", created=True):
             run.train_and_evaluate(config_lib.load(config), workdir)
-    assert sorted(os.listdir(workdir)) == [".lock", run.CONFIG]
+    assert sorted(os.listdir(workdir)) == [".lock", run.CONFIG, rundir.DATA_DIGEST]
     monkeypatch.undo()
     assert cli.main(["train", "--resume", str(workdir)]) == 0
     assert cli.main(["train", config, "--workdir", str(tmp_path / "whole")]) == 0
@@ -712,11 +712,13 @@ def test_an_interrupted_command_ends_without_the_interpreters_teardown():
 
 
 def _template(workdir):
-    """A fresh training state and early-stopping record of the run's config (to restore into)."""
+    """A fresh training state and early-stopping record of the run's config (to restore into),
+    and its data."""
     cfg = config_lib.load(workdir / run.CONFIG)
-    trainer = make_train(cfg, run.prepare(cfg))
+    dataset = run.prepare(cfg)
+    trainer = make_train(cfg, dataset)
     state = trainer.init(jax.random.key(0), default_hparams(cfg, trainer.dtype))
-    return state, {"val_loss": float("inf"), "epoch": 0, "stopped": 0}
+    return state, {"val_loss": float("inf"), "epoch": 0, "stopped": 0}, dataset
 
 
 def _interrupt_on_call(monkeypatch, module, name, when):
@@ -864,7 +866,8 @@ def test_a_full_disk_is_one_error_naming_the_file_and_keeps_what_was_written(
     fails(capsys, ["train", write(tmp_path, TINY), "--workdir", str(workdir)],
           f"{workdir / run.CHECKPOINT}: No space left on device; stopped here")
     monkeypatch.undo()
-    assert sorted(os.listdir(workdir)) == [rundir.LOCK, run.CONFIG, run.METRICS]
+    assert sorted(os.listdir(workdir)) == [rundir.LOCK, run.CONFIG, rundir.DATA_DIGEST,
+                                           run.METRICS]
     assert len(run.read_metrics(str(workdir))) == 2
 
     monkeypatch.setattr(os, "fsync", _disk_full)
@@ -972,3 +975,134 @@ def test_data_the_run_cannot_use_is_one_line_before_training(tmp_path, capsys, c
         overrides = ["--set", 'model.loss="sigmoid_binary_cross_entropy"']
     fails(capsys, ["train", config, "--workdir", str(tmp_path / "run"), *overrides], fragment)
     assert not (tmp_path / "run").exists()
+
+
+# --- Resumes of damaged or changed records (a CLI review, fourteenth session) ------------------
+
+def npz_sweep(tmp_path, data):
+    """TINY on an npz file at ``data``: a run's config and a sweep's."""
+    text = TINY.replace('name = "digits"\nlimit = 400', f'name = "npz"\npath = "{data}"')
+    return (write(tmp_path, text, "run.toml"),
+            write(tmp_path, text + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n",
+                  "sweep.toml"))
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path, capsys):
+    """A data file replaced between a run (or a sweep) and its --resume trained on with the
+    other data: one run's metrics, one sweep's table mixed the two, exit 0 (and data of
+    another shape was blamed on the checkpoint)."""
+    data, rng = tmp_path / "d.npz", np.random.default_rng(0)
+    np.savez(data, x=rng.normal(size=(120, 5)), y=np.arange(120) % 3)
+    began = data.read_bytes()
+    configs = dict(zip(("train", "sweep"), npz_sweep(tmp_path, data), strict=True))
+    for command, config in configs.items():
+        assert cli.main([command, config, "--workdir", str(tmp_path / command)]) == 0
+    for other in (rng.normal(size=(120, 5)), rng.normal(size=(120, 6))):
+        np.savez(data, x=other, y=np.arange(120) % 3)
+        for command in configs:
+            workdir = tmp_path / command
+            before = digest(workdir)
+            capsys.readouterr()
+            what = "run" if command == "train" else "sweep"
+            fails(capsys, [command, "--resume", str(workdir)], f"data: npz ({data})",
+                  f"is not the data this {what} began on")
+            assert digest(workdir) == before
+    data.write_bytes(began)
+    for command in configs:
+        assert cli.main([command, "--resume", str(tmp_path / command)]) == 0
+
+
+def test_a_changed_layer_is_named_before_the_checkpoints_shapes(finished_run, capsys):
+    """It said "checkpoint.npz: leaf ['state'].params[0]['b'] has shape (8,)": the
+    edited key goes first."""
+    stored = finished_run / run.CONFIG
+    stored.write_text(stored.read_text().replace("hidden = [8]", "hidden = [5]"))
+    fails(capsys, ["train", "--resume", str(finished_run)], "model.hidden[0] is 5, but the run "
+          "was trained with 8")
+
+
+def rewrite_note(path, note):
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["__note__"] = np.array(note)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("note", ["this is [[ not toml", 7, "[training]\nepochs = -5\n"])
+def test_a_damaged_checkpoint_note_is_refused_naming_the_checkpoint(finished_run, capsys, note):
+    """A note that was no TOML, or no text, ended in a traceback (exit 1); one whose values
+    are refused blamed config.toml, which is intact."""
+    path = finished_run / run.CHECKPOINT
+    rewrite_note(path, note)
+    before = digest(finished_run)
+    err = fails(capsys, ["train", "--resume", str(finished_run)], f"{path}: the config it "
+                "keeps cannot be read", "the file is damaged")
+    assert "config.toml" not in err
+    assert digest(finished_run) == before
+
+
+@pytest.mark.parametrize("damage", ["not TOML", "not text", "an unknown record"])
+def test_a_damaged_study_journal_is_refused_naming_it(tmp_path, capsys, damage):
+    """An edited study.journal ended in TOMLDecodeError, AttributeError or Optuna's
+    AssertionError ("Should not reach."), exit 1."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    journal = workdir / "study.journal"
+    lines = journal.read_text().splitlines()
+    if damage == "an unknown record":
+        lines.insert(1, json.dumps({"op_code": 99}))
+    else:
+        at = next(i for i, line in enumerate(lines) if "jaxnn_config" in line)
+        record = json.loads(lines[at])
+        record["user_attr"]["jaxnn_config"] = "not [[ toml" if damage == "not TOML" else 12345
+        lines[at] = json.dumps(record)
+    journal.write_text("\n".join(lines) + "\n")
+    before = digest(workdir)
+    capsys.readouterr()
+    fails(capsys, ["sweep", "--resume", str(workdir)], str(journal), "the file is damaged")
+    assert digest(workdir) == before
+
+
+def test_a_repeated_results_row_is_refused_on_resume(tmp_path, capsys):
+    """A copied line was accepted and copied on: 3 rows in results.jsonl and results.csv for
+    2 trials, exit 0."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    path = workdir / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([*lines, lines[0]]))
+    before = digest(workdir)
+    capsys.readouterr()
+    fails(capsys, ["sweep", "--resume", str(workdir)], f"{path}: line 3 records trial "
+          f"{json.loads(lines[0])['trial']} again")
+    assert digest(workdir) == before
+
+
+def test_a_removed_study_journal_is_named(tmp_path, capsys):
+    """It said a sweep "with [sweep] storage resumes only in a directory of the name it
+    began in", of a sweep with no storage in the directory it began in."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.01, 0.1]}\n")
+    workdir = tmp_path / "sweep"
+    assert cli.main(["sweep", config, "--workdir", str(workdir)]) == 0
+    (workdir / "study.journal").unlink()
+    capsys.readouterr()
+    fails(capsys, ["sweep", "--resume", str(workdir)], "study.journal holds no study, though "
+          "the sweep recorded finished trials")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
+                                 "sqlite:///file:x?mode=memory&uri=true"])
+def test_a_study_in_memory_is_refused(tmp_path, capsys, url):
+    """An in-memory SQLite study was accepted: a stopped sweep could not be resumed (its
+    study gone, the error blaming the directory's name), a worker shared nothing."""
+    config = write(tmp_path, TINY + f"[sweep]\ngrid = {{learning_rate = [0.01, 0.1]}}\n"
+                   f"storage = {url!r}\n")
+    workdir = tmp_path / "sweep"
+    fails(capsys, ["sweep", config, "--workdir", str(workdir)], "sweep.storage",
+          "a database in memory keeps nothing")
+    assert not workdir.exists()
+    fails(capsys, ["sweep", write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1]}\n",
+                                  "w.toml"), "--storage", url, "--study", "s"],
+          f"--storage {url!r}", "a database in memory keeps nothing")

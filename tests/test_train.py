@@ -168,8 +168,11 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, damage):
 
 
 def test_checkpoint_must_fit_the_model(tmp_path):
+    """Another model is refused for what changed, before the checkpoint's shapes are
+    compared (`test_a_checkpoint_loads_into_the_shapes_of_its_tree`)."""
     run.train_and_evaluate(tiny(), tmp_path)
-    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+    with pytest.raises(run.RunError, match=r"model.hidden\[0\] is 8, but the run was trained "
+                       "with 16"):
         run.train_and_evaluate(tiny("model.hidden=[8]"), tmp_path, resume=True)
 
 

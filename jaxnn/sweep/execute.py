@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxnn import config as config_lib
-from jaxnn import executable_cache, host, jsonl, processes, rundir
+from jaxnn import host, jsonl, processes, rundir
 from jaxnn.config import Config, ConfigError
 from jaxnn.sweep import pruning, report, search
 from jaxnn.sweep.packing import reuse_size
@@ -115,7 +115,8 @@ def run_sweep(
     writer = jax.process_index() == 0
     with contextlib.ExitStack() as held:  # the writer holds the directory's lock throughout
         study, done = processes.together(
-            lambda: _open(config, plan, workdir, resume, held) if writer else (None, {}),
+            lambda: _open(config, plan, dataset, workdir, resume, held) if writer
+            else (None, {}),
             rundir.user_errors())
         # What process 0 read from the directory it alone writes, in every process.
         done = {row["trial"]: row for row in processes.from_process_0(list(done.values()))}
@@ -160,20 +161,23 @@ def _described(dataset) -> str:
     """Each split's shape and dtype, a line each, and a digest of their contents."""
     lines = [f"{name}: {array.shape} {array.dtype}"
              for name, array in zip(dataset._fields[:6], dataset[:6], strict=True)]
-    return "\n".join([*lines, f"contents: {executable_cache.data_digest(dataset[:6])}"])
+    return "\n".join([*lines, f"contents: {dataset.digest()}"])
 
 
-def _open(config: Config, plan: Plan, workdir: str, resume: bool,
+def _open(config: Config, plan: Plan, dataset, workdir: str, resume: bool,
           held: contextlib.ExitStack) -> tuple[Any, dict]:
-    """Process 0's part of starting: locks ``workdir`` (for as long as ``held``), checks it,
-    writes a new sweep's config and opens the study. Returns ``(study, finished trials by
-    index)``."""
+    """Process 0's part of starting: locks ``workdir`` (for as long as ``held``), checks it
+    (a resumed sweep's data too), writes a new sweep's config and opens the study. Returns
+    ``(study, finished trials by index)``."""
     if plan.spec.get("storage"):  # a bad one is refused before the directory is made
         search.configured_storage(plan.spec["storage"], config.source)
     held.enter_context(rundir.locked(workdir))
     done = _start(config, plan, workdir, resume)
-    if not resume:
-        _write_new(config, workdir)
+    if resume:
+        rundir.check_data(workdir, dataset.digest(), f"{config.source}: data: {dataset.name}",
+                          "sweep")
+    else:
+        _write_new(config, workdir, dataset.digest())
     try:
         study = search.open_study(config, plan.spec, workdir, plan.metric, resume,
                                   recorded=bool(done))
@@ -204,8 +208,8 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool) -> dict:
     if held not in (None, rundir.SWEEP):  # a report's trials are its study's, not a sweep's
         raise rundir.RunError(f"{workdir} holds {held}; a sweep needs another directory")
     if not resume:
-        rundir.refuse_overwriting(workdir, (SWEEP_CONFIG, RESULTS, search.STUDY_FILE,
-                                            *report.WRITTEN), "a new sweep")
+        rundir.refuse_overwriting(workdir, (SWEEP_CONFIG, RESULTS, rundir.DATA_DIGEST,
+                                            search.STUDY_FILE, *report.WRITTEN), "a new sweep")
     if resume and not os.path.exists(os.path.join(workdir, SWEEP_CONFIG)):
         raise rundir.RunError(f"{workdir}: nothing to resume ({SWEEP_CONFIG} not found)")
     stopped_run = os.path.join(workdir, run_config)  # a run stopped before its first epoch
@@ -216,6 +220,13 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool) -> dict:
                               "directory")
     rows = jsonl.repair(results_path) if resume else []
     done = {row["trial"]: row for row in rows}
+    if len(done) < len(rows):  # a line copied, or two sweeps' files joined
+        seen: set = set()
+        twice = next(i for i, row in enumerate(rows)
+                     if row["trial"] in seen or seen.add(row["trial"]))
+        raise rundir.RunError(f"{results_path}: line {twice + 1} records trial "
+                              f"{rows[twice]['trial']} again; the file is damaged, and nothing "
+                              "was changed")
     total = len(plan.trials) if plan.search == "grid" else plan.spec["trials"]
     for index, row in done.items():
         if index >= total or (plan.trials and row["values"] != plan.trials[index].values):
@@ -228,11 +239,12 @@ def _start(config: Config, plan: Plan, workdir: str, resume: bool) -> dict:
     return done
 
 
-def _write_new(config: Config, workdir: str) -> None:
-    """Writes a new sweep's config and empty results file before its study is made, so that
-    a sweep stopped at any moment leaves a directory ``--resume`` continues (a study alone,
-    without its config, could be neither resumed nor replaced)."""
+def _write_new(config: Config, workdir: str, data_digest: str) -> None:
+    """Writes a new sweep's config, data's digest and empty results file before its study is
+    made, so that a sweep stopped at any moment leaves a directory ``--resume`` continues (a
+    study alone, without its config, could be neither resumed nor replaced)."""
     rundir.write_text(os.path.join(workdir, SWEEP_CONFIG), config_lib.dumps(config))
+    rundir.record_data(workdir, data_digest)
     jsonl.rewrite(os.path.join(workdir, RESULTS), [])
 
 
@@ -240,7 +252,7 @@ def _remove_new(workdir: str) -> None:
     """Takes back what `_write_new` wrote (files `_start` found absent): a sweep refused for
     its study's name leaves nothing a ``--resume`` would continue in the other sweep's
     study."""
-    for name in (SWEEP_CONFIG, RESULTS):
+    for name in (SWEEP_CONFIG, RESULTS, rundir.DATA_DIGEST):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(workdir, name))
 

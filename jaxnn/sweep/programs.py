@@ -106,7 +106,7 @@ class Prologue:
         if executable_cache.directory() is None:
             return None
         if self._data_key is None:
-            self._data_key = executable_cache.data_digest(self.dataset[:6])
+            self._data_key = self.dataset.digest()
         return (*parts, self._data_key)
 
     def compile(self, jitted, args: Sequence[Any], options: dict | None, *parts):

@@ -119,6 +119,8 @@ def configured_storage(url: str, source: str):
         driver or directory, an unreachable server).
     """
     optuna = _quiet()
+    if in_memory(url):
+        raise ConfigError(source, "sweep.storage", f"{url!r}: {IN_MEMORY}")
     try:
         if "://" not in url:
             directory = os.path.dirname(os.path.abspath(url))
@@ -130,6 +132,18 @@ def configured_storage(url: str, source: str):
     except Exception as error:  # a driver, OSError, a bad URL, or the database's own errors
         raise ConfigError(source, "sweep.storage",
                           f"{url!r}: {storage_failure(error, url)}") from None
+
+
+IN_MEMORY = ("a database in memory keeps nothing once its process ends: no --resume, and no "
+             "other worker, could read it; give a file (sqlite:///PATH) or a server")
+
+
+def in_memory(url: str) -> bool:
+    """Whether ``url`` is an SQLite database in memory (``sqlite://``,
+    ``sqlite:///:memory:``, ``mode=memory``)."""
+    base = url.strip().split("?", 1)[0]
+    return base.startswith("sqlite") and (
+        base.endswith("://") or base.endswith(":memory:") or "mode=memory" in url)
 
 
 def journal_path(path: str) -> str:
@@ -183,7 +197,13 @@ def storage_of(spec: Mapping[str, Any], workdir: str, source: str = ""):
         os.remove(path + JOURNAL_LOCK_SUFFIX)
     jsonl.repair(path)  # each of its lines is a JSON object
     journal = optuna.storages.journal
-    return journal.JournalStorage(journal.JournalFileBackend(path))
+    try:
+        return journal.JournalStorage(journal.JournalFileBackend(path))
+    except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as error:
+        # Optuna replays every record as it opens the journal; an edited one fails there.
+        raise rundir.RunError(f"{path}: a record Optuna cannot replay ({type(error).__name__}"
+                              f": {error}); the file is damaged, and nothing was "
+                              "changed") from None
 
 
 def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: str,
@@ -210,7 +230,8 @@ def open_study(config: Config, spec: Mapping[str, Any], workdir: str, metric: st
     if resume:
         study = _resumed_study(optuna, name, storage, spec, recorded)
         if study is not None:
-            _check_resumed_config(study, config)
+            _check_resumed_config(study, config, spec.get("storage") or os.path.join(
+                workdir, STUDY_FILE))
             # Seeded as at the start, the sampler would ask again for the values it asked
             # before the sweep stopped: seeded by the trials the study holds, it goes on.
             asked = len(study.get_trials(deepcopy=False))
@@ -240,26 +261,35 @@ def _resumed_study(optuna, name: str, storage, spec: Mapping[str, Any], recorded
     if len(names) == 1:
         with contextlib.suppress(KeyError):
             return optuna.load_study(study_name=names[0], storage=storage)
-    if recorded or len(names) > 1:
-        where = spec.get("storage") or STUDY_FILE
+    if len(names) > 1:
+        raise rundir.RunError(f"{name}: {STUDY_FILE} holds several studies "
+                              f"({', '.join(map(repr, names))}), none of them alone this "
+                              "sweep's; the file is not this sweep's own")
+    if recorded and spec.get("storage"):
         raise rundir.RunError(
-            f"{name}: no study of this sweep in {where} (it holds "
-            f"{', '.join(map(repr, names)) if len(names) > 1 else 'none of that name'}); a "
-            "sweep with [sweep] storage resumes only in a directory of the name it began in")
+            f"{name}: no study of this name in {spec['storage']}; a sweep with [sweep] "
+            "storage resumes only in a directory of the name it began in")
+    if recorded:
+        raise rundir.RunError(
+            f"{name}: {STUDY_FILE} holds no study, though the sweep recorded finished trials "
+            "(the journal was removed or emptied): its search cannot go on; start a new "
+            "sweep")
     return None
 
 
-def study_config(study, source: str) -> Config:
-    """The sweep config the study was created with."""
-    return config_lib.loads(study.user_attrs[CONFIG_ATTR], source)
+def study_config(study, source: str, kept_in: str) -> Config:
+    """The sweep config the study was created with (``kept_in``: where the study is, for
+    an error: a damaged record is refused naming it)."""
+    return config_lib.loads_kept(study.user_attrs[CONFIG_ATTR], source, kept_in)
 
 
-def _check_resumed_config(study, config: Config) -> None:
-    """Refuses a resumed sweep whose config (an edited ``sweep.toml``) is not the study's:
-    its trials would mix two sweeps' settings. A study without one (older) is not checked."""
+def _check_resumed_config(study, config: Config, kept_in: str) -> None:
+    """Refuses a resumed sweep whose config (an edited ``sweep.toml``) is not the study's
+    (kept in ``kept_in``): its trials would mix two sweeps' settings. A study without one
+    (older) is not checked."""
     if CONFIG_ATTR not in study.user_attrs:
         return
-    change = config_lib.resume_change(study_config(study, config.source), config)
+    change = config_lib.resume_change(study_config(study, config.source, kept_in), config)
     if change is not None:
         key, was, now = change
         raise rundir.RunError(f"{config.source}: {key} is {now!r}, but the sweep was started "

@@ -124,6 +124,8 @@ def open_storage(url: str, heartbeat: int | None = HEARTBEAT_S):
         journal file to read that does not exist).
     """
     optuna = _optuna()
+    if search.in_memory(url):
+        raise rundir.RunError(f"--storage {url!r}: {search.IN_MEMORY}")
     try:
         if "://" not in url:
             path = search.journal_path(url)
@@ -272,7 +274,8 @@ def join(storage, name: str, config: Config, plan):
                                   "while enqueueing it; delete it or use another name")
         time.sleep(0.2)
     # Workers may differ only where a resume may (output, progress: `config.RESUMABLE`).
-    change = config_lib.resume_change(search.study_config(study, f"study {name!r}"), config)
+    named = f"study {name!r}"
+    change = config_lib.resume_change(search.study_config(study, named, named), config)
     if change is not None:
         key, theirs, mine = change
         raise rundir.RunError(f"{config.source}: {key} = {mine!r}, but study {name!r} was "
@@ -513,7 +516,7 @@ def write_report(url: str, name: str, workdir: str | None = None) -> dict[str, A
         raise rundir.RunError(f"{url} holds no study named {name!r}") from None
     if BUDGET_ATTR not in study.user_attrs:  # a sweep directory's own study has no budget
         raise rundir.RunError(f"study {name!r} in {url} was not made by jaxnn sweep --study")
-    config = search.study_config(study, f"study {name!r}")
+    config = search.study_config(study, f"study {name!r}", f"study {name!r}")
     run.enable_precision(config)
     plan = make_plan(config, run.prepare(config))
     rows = final_rows(study)
