@@ -76,6 +76,58 @@ def prepare(config: Config) -> data_lib.Dataset:
 _PROBABILITY_TARGETS = ("sigmoid_binary_cross_entropy", "binary_cross_entropy")
 
 
+def check_precision(config: Config) -> None:
+    """Refuses a float that the run's precision cannot hold: beyond its range (a learning
+    rate of 1e300 in float32 was inf: a compile, then "diverged") or so small it rounds to
+    0 (1e-50: a run that learnt nothing, exit 0; a BatchNorm epsilon of 1e-60, a division
+    by 0).
+
+    Raises:
+      ConfigError: naming the key.
+    """
+    dtype = np.dtype(config.training.precision)
+    info = np.finfo(dtype)
+    for key, value in _floats(config):
+        with np.errstate(over="ignore", under="ignore"):
+            held = dtype.type(value)
+        if not np.isfinite(held) or (held == 0) != (value == 0):
+            raise ConfigError(config.source, key, (
+                f"{value!r} is {'beyond' if not np.isfinite(held) else 'below'} what "
+                f"{dtype.name} (training.precision) holds: magnitudes "
+                f"{info.smallest_subnormal:.3g} to {info.max:.3g}, or 0"))
+
+
+def _floats(config: Config):
+    """``(key, value)`` of every float a run's program takes from the config."""
+    from jaxnn import hyperparameters
+
+    for row in hyperparameters.TABLE:
+        value = hyperparameters.config_value(config, row.name)
+        if row.kind == hyperparameters.TRACED and isinstance(value, float):
+            yield row.key, value
+    for section, keys in (("optimizer", ("b2", "eps", "decay")),
+                          ("schedule", ("decay_rate", "final_fraction"))):
+        for key in keys:
+            yield f"{section}.{key}", float(getattr(getattr(config, section), key))
+    for index, scale in enumerate(config.schedule.scales):
+        yield f"schedule.scales[{index}]", float(scale)
+    for index, spec in enumerate(config.model.layers):
+        yield from _layer_floats(spec, f"model.layers[{index}]")
+
+
+def _layer_floats(spec: dict, path: str):
+    for key, value in spec.items():
+        where = f"{path}.{key}"
+        if isinstance(value, float):
+            yield where, value
+        elif isinstance(value, dict):  # a shortcut's layer
+            yield from _layer_floats(value, where)
+        elif isinstance(value, list | tuple):  # nested layers
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from _layer_floats(item, f"{where}[{index}]")
+
+
 def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     """What a config can get wrong about its data: the loss, the batch size, the layers'
     shapes, the steps its counters hold and the memory its params need (a sweep checks
@@ -84,6 +136,7 @@ def check_against_data(config: Config, dataset: data_lib.Dataset) -> None:
     Raises:
       ConfigError: naming the file and key.
     """
+    check_precision(config)
     if config.model.loss not in losses.LOSSES:
         raise ConfigError(config.source, "model.loss", f"unknown loss {config.model.loss!r}; "
                           f"known: {', '.join(losses.LOSSES)}")

@@ -1106,3 +1106,27 @@ def test_a_study_in_memory_is_refused(tmp_path, capsys, url):
     fails(capsys, ["sweep", write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1]}\n",
                                   "w.toml"), "--storage", url, "--study", "s"],
           f"--storage {url!r}", "a database in memory keeps nothing")
+
+
+@pytest.mark.parametrize(("setting", "key", "where"), [
+    ("optimizer.learning_rate=1e300", "optimizer.learning_rate", "beyond"),
+    ("optimizer.learning_rate=1e-50", "optimizer.learning_rate", "below"),
+    ("optimizer.eps=1e-50", "optimizer.eps", "below"),
+    ('model.layers=[{type = "BatchNorm", epsilon = 1e-60}, {type = "Dense", features = 10}]',
+     "model.layers[0].epsilon", "below"),
+    ("sweep.grid={learning_rate = [0.1, 1e300]}", "optimizer.learning_rate", "beyond"),
+])
+def test_a_float_the_precision_cannot_hold_is_refused(tmp_path, capsys, setting, key, where):
+    """A learning rate of 1e300 became inf in float32 (numpy's overflow warnings, a compile,
+    then "diverged", exit 1); 1e-50 became 0 (a run that learnt nothing, exit 0); an epsilon
+    of 1e-60, a division by 0. In float64 they are numbers like any other."""
+    command = "sweep" if setting.startswith("sweep") else "train"
+    settings = [setting, *(["model.hidden=[]"] if setting.startswith("model.layers") else [])]
+    workdir = tmp_path / "out"
+    fails(capsys, [command, write(tmp_path, TINY), *(f for s in settings for f in ("--set", s)),
+                   "--workdir", str(workdir)],
+          f"{key}: ", f"is {where} what float32 (training.precision) holds")
+    assert not workdir.exists()
+    if command == "train":
+        run.check_precision(config_lib.load(write(tmp_path, TINY), [
+            *settings, "training.precision='float64'"]))

@@ -3,6 +3,7 @@ every trial's config checked against the data first."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -164,11 +165,13 @@ def check_trials(config: Config, all_trials, dataset) -> None:
     images = models.uses_images(config.model)
     for trial in all_trials:
         key = structure(trial.config, pack=False)
-        if key in seen:
-            continue
-        seen.add(key)
+        if key in seen:  # its floats alone may differ from the structure's first trial's
+            checks = run.check_precision
+        else:
+            seen.add(key)
+            checks = functools.partial(run.check_against_data, dataset=dataset)
         try:
-            run.check_against_data(trial.config, dataset)
+            checks(trial.config)
         except ConfigError as error:
             # A shape error from the other layout than the network needs:
             if error.key.startswith("model.layers") and \
