@@ -1130,3 +1130,20 @@ def test_a_float_the_precision_cannot_hold_is_refused(tmp_path, capsys, setting,
     if command == "train":
         run.check_precision(config_lib.load(write(tmp_path, TINY), [
             *settings, "training.precision='float64'"]))
+
+
+@pytest.mark.parametrize(("grid", "extra", "key"), [
+    ("{learning_rate = [%s], momentum = [%s], weight_decay = [%s]}" % ((", ".join(
+        str(0.01 * (i + 1)) for i in range(100)),) * 3), [], "sweep.grid"),
+    ("{}", ["sweep.random={learning_rate = {distribution = 'uniform', low = 0.01, high = 0.1}}",
+            "sweep.count=1000000000"], "sweep.count"),
+])
+def test_a_sweep_of_more_trials_than_any_runs_is_refused_at_once(tmp_path, capsys, grid, extra,
+                                                                 key):
+    """A 100 x 100 x 100 grid (or a billion random draws) planned for minutes, holding
+    gigabytes, without a word."""
+    started = time.monotonic()
+    fails(capsys, ["sweep", write(tmp_path, TINY), "--set", f"sweep.grid={grid}",
+                   *(f for s in extra for f in ("--set", s)), "--plan"],
+          f"{key}: ", "trials, more than a sweep runs (100,000)")
+    assert time.monotonic() - started < 30

@@ -51,6 +51,9 @@ class Distribution(NamedTuple):
     log: bool = False
 
 
+MAX_TRIALS = 100_000  # planning 100,000 trials takes ~30 s on a 2-core CPU
+
+
 def spec_of(config: Config) -> dict:
     """The validated ``[sweep]`` section."""
     spec = dict(config.sweep)
@@ -116,6 +119,12 @@ def spec_of(config: Config) -> dict:
         if not 1 <= spec["batch"] <= spec["trials"]:
             raise ConfigError(source, "sweep.batch", f"expected 1 <= batch <= trials "
                               f"({spec['trials']}), got {spec['batch']}")
+    total, key = ((math.prod(map(len, spec.get("grid", {}).values())) * spec.get("count", 1),
+                   "sweep.count" if spec.get("count", 1) > 1 else "sweep.grid")
+                  if search == "grid" else (spec["trials"], "sweep.trials"))
+    if total > MAX_TRIALS:  # a billion took minutes and gigabytes before saying anything
+        raise ConfigError(source, key, f"{total:,} trials, more than a sweep runs "
+                          f"({MAX_TRIALS:,}); sweep fewer values, or split the sweep")
     pack = spec.get("pack_widths", "auto")
     if not (pack == "auto" or isinstance(pack, bool)):  # 0 and 1 are no switches
         raise ConfigError(source, "sweep.pack_widths", 'expected "auto", true or false')
