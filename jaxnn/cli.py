@@ -39,14 +39,24 @@ def empty_flag(flag: str) -> str:
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """The config at ``path`` with overrides (a new run's or sweep's: checked as a stored
-    one is not, `jaxnn.config.refuse_unread_data_keys`); the built-in default run when
-    ``path`` is None."""
+    one is not, `jaxnn.config.refuse_unread_data_keys`, and a run's optimizer and schedule
+    keys, `jaxnn.optim.unread_keys`); the built-in default run when ``path`` is None."""
     if path is None:
         raw = config_lib.apply_overrides({}, overrides, DEFAULT_SOURCE)
         config = config_lib.from_dict(raw, DEFAULT_SOURCE)
     else:
         config = config_lib.load(path, overrides)
     config_lib.refuse_unread_data_keys(config)
+    if not config.sweep:  # (a sweep over optimizers may set a key some of them read)
+        from jaxnn import optim
+
+        unread = optim.unread_keys(config.optimizer, config.schedule)
+        if unread:
+            key, value, readers = unread[0]
+            value = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(config.source, key, (
+                f"{value!r} is not read by {getattr(config, key.split('.')[0]).name!r} "
+                f"(only by {readers}); leave it out"))
     return config
 
 

@@ -8,7 +8,9 @@ optimizer state, where checkpoints and logs can read them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,39 @@ def schedule(
 KEYS_READ = {"sgd": (), "momentum": ("momentum",), "nesterov": ("momentum",),
              "adam": ("b1", "b2", "eps"), "adamw": ("b1", "b2", "eps"),
              "rmsprop": ("decay", "eps", "momentum")}
+# The [schedule] keys each schedule reads (`unit_schedule`).
+SCHEDULE_KEYS_READ = {"constant": (), "exponential": ("decay_rate", "decay_epochs"),
+                      "step": ("boundaries", "scales"), "cosine": ("final_fraction",),
+                      "warmup_cosine": ("warmup_epochs", "final_fraction")}
+
+
+def unread_keys(opt: OptimizerConfig, sched: ScheduleConfig) -> list[tuple[str, Any, str]]:
+    """The ``[optimizer]`` and ``[schedule]`` keys set away from their defaults that the
+    named optimizer and schedule do not read: ``(key, value, the names that read it)``."""
+    found = []
+    for section, cfg, default, read in (
+            ("optimizer", opt, OptimizerConfig(), KEYS_READ),
+            ("schedule", sched, ScheduleConfig(), SCHEDULE_KEYS_READ)):
+        for key in sorted({k for keys in read.values() for k in keys}):
+            value = getattr(cfg, key)
+            if key not in read.get(cfg.name, (key,)) and value != getattr(default, key):
+                readers = ", ".join(name for name, keys in read.items() if key in keys)
+                found.append((f"{section}.{key}", value, readers))
+    return found
+
+
+def read_only(opt: OptimizerConfig, sched: ScheduleConfig
+              ) -> tuple[OptimizerConfig, ScheduleConfig]:
+    """``opt`` and ``sched`` with the keys they do not read (`unread_keys`) at their
+    defaults: what a trial of a sweep over optimizers trained, written as a config a new run
+    takes."""
+    changes: dict[str, dict] = {"optimizer": {}, "schedule": {}}
+    for key, _, _ in unread_keys(opt, sched):
+        section, name = key.split(".")
+        default = OptimizerConfig() if section == "optimizer" else ScheduleConfig()
+        changes[section][name] = getattr(default, name)
+    return (dataclasses.replace(opt, **changes["optimizer"]),
+            dataclasses.replace(sched, **changes["schedule"]))
 
 
 def optimizer(

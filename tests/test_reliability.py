@@ -1111,7 +1111,7 @@ def test_a_study_in_memory_is_refused(tmp_path, capsys, url):
 @pytest.mark.parametrize(("setting", "key", "where"), [
     ("optimizer.learning_rate=1e300", "optimizer.learning_rate", "beyond"),
     ("optimizer.learning_rate=1e-50", "optimizer.learning_rate", "below"),
-    ("optimizer.eps=1e-50", "optimizer.eps", "below"),
+    ("schedule.final_fraction=1e-50", "schedule.final_fraction", "below"),
     ('model.layers=[{type = "BatchNorm", epsilon = 1e-60}, {type = "Dense", features = 10}]',
      "model.layers[0].epsilon", "below"),
     ("sweep.grid={learning_rate = [0.1, 1e300]}", "optimizer.learning_rate", "beyond"),
@@ -1147,3 +1147,35 @@ def test_a_sweep_of_more_trials_than_any_runs_is_refused_at_once(tmp_path, capsy
                    *(f for s in extra for f in ("--set", s)), "--plan"],
           f"{key}: ", "trials, more than a sweep runs (100,000)")
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    (["optimizer.name='sgd'", "optimizer.momentum=0.5"],
+     "optimizer.momentum: 0.5 is not read by 'sgd' (only by momentum, nesterov, rmsprop)"),
+    (["schedule.boundaries=[5.0]", "schedule.scales=[0.1]"],
+     "schedule.boundaries: [5.0] is not read by 'cosine' (only by step)"),
+    (["optimizer.name='adam'", "optimizer.decay=0.5"], "optimizer.decay: 0.5 is not read by"),
+])
+def test_a_run_refuses_optimizer_and_schedule_keys_it_does_not_read(tmp_path, capsys, settings,
+                                                                    fragment):
+    """They trained as if left out, exit 0."""
+    fails(capsys, ["train", write(tmp_path, TINY), *(f for s in settings for f in ("--set", s)),
+                   "--workdir", str(tmp_path / "out")], fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_best_toml_of_a_sweep_over_optimizers_leaves_out_what_the_winner_did_not_read(
+        tmp_path, capsys):
+    """A swept momentum beside a swept optimizer: an sgd winner's best.toml kept its
+    momentum, which a new run now refuses."""
+    config = write(tmp_path, TINY + "[sweep]\ngrid = {optimizer = ['sgd', 'momentum'], "
+                   "momentum = [0.5]}\n")
+    assert cli.main(["sweep", config, "--workdir", str(tmp_path / "sweep")]) == 0
+    results = sweep.read_results(str(tmp_path / "sweep"))
+    plan = sweep.make_plan(config_lib.load(config), run.prepare(config_lib.load(config)))
+    sgd = next(row for row in results if row["values"]["optimizer"] == "sgd")
+    best = sweep.best_config(plan, [{**sgd, "status": "completed"}])
+    assert (best.optimizer.name, best.optimizer.momentum) == ("sgd", 0.9)  # the default
+    (tmp_path / "best.toml").write_text(config_lib.dumps(best))
+    assert cli.main(["train", str(tmp_path / "best.toml"), "--workdir",
+                     str(tmp_path / "run")]) == 0

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from jaxnn import config as config_lib
-from jaxnn import plots, rundir
+from jaxnn import optim, plots, rundir
 from jaxnn._table import format_table
 from jaxnn.config import Config
 from jaxnn.summary import param_count
@@ -28,8 +28,10 @@ def best_config(plan: Plan, results: list[dict]) -> Config | None:
     ranked = rank(plan, results)
     if not ranked or ranked[0]["status"] != "completed":
         return None
-    best = make_trial(ranked[0]["trial"], ranked[0]["values"], plan.config)
-    return dataclasses.replace(best.config, sweep={})
+    best = make_trial(ranked[0]["trial"], ranked[0]["values"], plan.config).config
+    # A swept momentum beside a swept optimizer: what the winner did not read is left out.
+    optimizer, schedule = optim.read_only(best.optimizer, best.schedule)
+    return dataclasses.replace(best, sweep={}, optimizer=optimizer, schedule=schedule)
 
 
 # What `write` writes besides its figures.
