@@ -270,6 +270,10 @@ def _check_values(config: Config) -> None:
             f"must be in [0, {MAX_SYNTHETIC:,}] (a synthetic set is made in memory), got "
             f"{data.num_examples}")
     require(data.num_classes >= 0, "data.num_classes", "must be >= 0 (0: inferred from the labels)")
+    from jaxnn.data import MAX_CLASSES
+
+    require(data.num_classes <= MAX_CLASSES, "data.num_classes", (
+        f"{data.num_classes} is more than the {MAX_CLASSES:,} classes a classifier here takes"))
     if data.name in _DATA_KEYS_READ_BY["path"]:
         require(bool(data.path), "data.path", f"data set {data.name!r} needs a path")
         require(os.path.exists(data_path(config)), "data.path", f"{data.path!r} not found")
@@ -397,7 +401,8 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     source = os.fspath(path)
     try:
         with open(source, "rb") as handle:
-            raw = tomllib.load(handle)
+            # A byte-order mark, as some Windows editors write, is no TOML error.
+            raw = tomllib.loads(handle.read().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(source, "", "config file not found") from None
     except OSError as error:  # a directory, no permission, ...

@@ -445,6 +445,13 @@ def regression_curve(n: int = 600, noise: float = 0.05, seed: int = 0):
 SYNTHETIC = {"spirals": two_spirals, "moons": moons, "regression": regression_curve}
 
 
+def _check_features(x: np.ndarray, path: str) -> None:
+    """Refuses examples of no values (0-wide images, 0 columns): the network's first layer
+    was then blamed for its input shape."""
+    if len(x) and not x[0].size:
+        raise DataError(f"{path}: the examples have no features (shape {x.shape})")
+
+
 def load(config) -> Dataset:
     """The data set a validated `jaxnn.config.Config` names, split and standardised.
 
@@ -461,6 +468,7 @@ def load(config) -> Dataset:
         num_classes = 10
     elif cfg.name in ("mnist", "fashion_mnist"):
         (x, y), test = load_idx_directory(path)
+        _check_features(x, path)
         num_classes = 10
         y, _ = as_labels(y, f"{path}: train labels", num_classes)
         test = (test[0], as_labels(test[1], f"{path}: t10k labels", num_classes)[0])
@@ -481,8 +489,7 @@ def load(config) -> Dataset:
             raise DataError(f"{path}: {len(x)} examples but {len(y)} labels")
         if not len(x):
             raise DataError(f"{path}: no examples")
-        if not x[0].size:
-            raise DataError(f"{path}: the examples have no features (shape {x.shape})")
+        _check_features(x, path)
         num_classes = 0
         if cfg.task == "classification":
             y, num_classes = as_labels(y, f"{path}: {cfg.label or default_label}",

@@ -1179,3 +1179,27 @@ def test_best_toml_of_a_sweep_over_optimizers_leaves_out_what_the_winner_did_not
     (tmp_path / "best.toml").write_text(config_lib.dumps(best))
     assert cli.main(["train", str(tmp_path / "best.toml"), "--workdir",
                      str(tmp_path / "run")]) == 0
+
+
+def test_small_inputs_that_named_the_wrong_thing(tmp_path, capsys):
+    """0-wide MNIST images blamed the first layer's input shape; a billion declared classes
+    blamed the model's params; a results file given as --storage said only 'op_code'; a
+    config starting with a UTF-8 byte-order mark was "not valid TOML" (it now reads)."""
+    _idx_directory(tmp_path / "mn0", np.zeros((20, 0, 5)))
+    fails(capsys, ["train", _data_config(tmp_path, "mnist", tmp_path / "mn0"), "--workdir",
+                   str(tmp_path / "run")], "mn0: the examples have no features")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=_features(), y=np.arange(40) % 3)
+    fails(capsys, ["train", npz_sweep(tmp_path, data)[0], "--set", "data.num_classes=1000000000",
+                   "--workdir", str(tmp_path / "run")],
+          "data.num_classes: 1000000000 is more than the 100,000 classes")
+    rows = tmp_path / "results.jsonl"
+    rows.write_text('{"trial": 0, "status": "completed"}\n')
+    sweep_config = write(tmp_path, TINY + "[sweep]\ngrid = {learning_rate = [0.1]}\n", "s.toml")
+    fails(capsys, ["sweep", sweep_config, "--storage", str(rows), "--study", "s"],
+          f"--storage {rows}", "not an Optuna journal, or a damaged one")
+    assert rows.read_text() == '{"trial": 0, "status": "completed"}\n'
+    marked = tmp_path / "bom.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + TINY.encode())
+    assert config_lib.dumps(config_lib.load(marked)) == config_lib.dumps(
+        config_lib.load(write(tmp_path, TINY)))

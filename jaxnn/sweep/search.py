@@ -174,6 +174,11 @@ def storage_failure(error: Exception, url: str) -> str:
             return (f"{error} (pip install 'jaxnn[postgres]', and write the URL as "
                     "postgresql+psycopg://...)")
         return f"{error} (install the database's Python driver)"
+    if "://" not in url and isinstance(error, KeyError | AssertionError | TypeError |
+                                       ValueError | AttributeError):
+        # Optuna replays every record as it opens a journal; another file's lines fail there.
+        return (f"not an Optuna journal, or a damaged one (a record Optuna cannot replay: "
+                f"{type(error).__name__}: {error})")
     return f"cannot open it: {str(error).splitlines()[0]}"
 
 
