@@ -153,6 +153,18 @@ def stateless(
                  reference=reference)
 
 
+def check_key(key: Any, owner: str, use: str) -> jax.Array:
+    """``key`` when it is a PRNG key (typed, or raw uint32 data); else a ValueError naming
+    ``owner`` and what needs it (``use``) and quoting ``key`` (JAX said "unexpected PRNG key
+    type NoneType" or "invalid PRNG key data", naming no layer)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not (jnp.issubdtype(dtype, jax.dtypes.prng_key)
+                             or (dtype == jnp.uint32 and np.ndim(key) >= 1)):
+        raise ValueError(f"{owner}: {use} needs a PRNG key such as jax.random.key(0), got "
+                         f"{key!r}")
+    return key
+
+
 def split_key(key: jax.Array | None, num: int, owner: str = "") -> Sequence[jax.Array | None]:
     """Splits ``key`` into ``num`` keys, or gives ``num`` Nones when ``key`` is None.
 
@@ -290,6 +302,23 @@ def check_rank(name: str, input_shape: Shape, rank: int, layout: str, hint: str 
             f"{name} expects input of rank {rank} {layout}, got shape {tuple(input_shape)}"
             + (f"; {hint}" if hint else "")
         )
+
+
+def check_applied(name: str, x: Any, rank: int | None = None, layout: str = "",
+                  channels: int | None = None) -> None:
+    """Raises `ShapeError` as ``apply`` traces an input that ``init``'s shape rule would
+    have refused (it failed deep inside JAX, naming no layer): another rank than ``rank``
+    (an NHWC image without its batch axis, as a per-example `jax.vmap` gives it), or another
+    last axis than the ``channels`` the params were made for."""
+    shape = tuple(np.shape(x))
+    if rank is not None and len(shape) != rank:
+        hint = ("; a per-example jax.vmap takes the batch axis away: give each example one "
+                "(x[None])" if len(shape) == rank - 1 else "")
+        raise ShapeError(f"{name} expects input of rank {rank} {layout}, got shape "
+                         f"{shape}{hint}")
+    if channels is not None and (not shape or shape[-1] != channels):
+        raise ShapeError(f"{name}: its params were made for inputs of {channels} channels "
+                         f"(the last axis), got shape {shape}")
 
 
 def with_rule_gradient(layer: Layer) -> Layer:

@@ -178,16 +178,19 @@ def test_branch_shape_errors_name_the_layer(net, shape, fragments, key):
 
 
 def test_apply_on_inputs_of_other_shapes_names_the_layer(key):
-    """``apply`` checks nothing ``init`` did not: JAX's own error gets a note naming the
-    layer and the input it was given; FanInSum does not broadcast branches."""
+    """``apply`` refuses the input its params were not made for, naming the layer (JAX said
+    "dot_general requires contracting dimensions to have the same shape"), with a note
+    naming its place and input; FanInSum does not broadcast branches."""
     net = serial(Dense(16), Relu(), Residual(Dense(16)), Dense(10))
     _, params, state = net.init(key, (None, 8))
-    with pytest.raises(TypeError, match="dot_general") as error:
+    with pytest.raises(ShapeError, match=re.escape(
+            "Dense(16): its params were made for inputs of 8 channels (the last axis), got "
+            "shape (4, 9)")) as error:
         net.apply(params, state, jnp.ones((4, 9)))
     assert "jaxnn: raised in layer 0 (Dense(16)) with an input of shape (4, 9)" in \
         error.value.__notes__
     _, narrow, _ = serial(Dense(16), Relu(), Residual(Dense(16)), Dense(10)).init(key, (None, 5))
-    with pytest.raises(TypeError) as error:
+    with pytest.raises(ShapeError, match="made for inputs of 5 channels") as error:
         net.apply(narrow, state, jnp.ones((4, 8)))
     assert any("layer 0 (Dense(16))" in note for note in error.value.__notes__)
     with pytest.raises(ShapeError, match=r"equal shape, got \(\(2, 4\), \(1, 4\)\)"):

@@ -958,3 +958,60 @@ def test_an_empty_batch_flattens_and_a_listed_shape_names_the_residual():
     with pytest.raises(ShapeError, match=r"Residual\(Dense\(2\)\): adds f\(x\) of shape "
                                          r"\(None, 2\) and x of shape \(None, 3\)"):
         Residual(Dense(2)).init(jax.random.key(0), [None, 3])
+
+
+APPLIED_WRONG = [  # (layer, init shape, applied input, what the error says)
+    (Conv2D(2, 5, padding="VALID"), (None, 8, 8, 1), (1, 2, 2, 1),
+     "window (5, 5) does not fit the padded input (2, 2)"),
+    (Conv2D(2, 3), (None, 8, 8, 1), (8, 8, 1),
+     "expects input of rank 4 NHWC (batch, height, width, channels), got shape (8, 8, 1); a "
+     "per-example jax.vmap takes the batch axis away"),
+    (Conv2D(2, 3), (None, 8, 8, 1), (2, 8, 8, 3), "made for inputs of 1 channels"),
+    (Conv1D(2, 3), (None, 8, 4), (2, 8, 5), "made for inputs of 4 channels"),
+    (Conv2DTranspose(2, 3), (None, 4, 4, 2), (4, 4, 2), "expects input of rank 4"),
+    (MaxPool2D(2), (None, 4, 4, 1), (4, 4, 1), "expects input of rank 4"),
+    (AvgPool2D(2), (None, 4, 4, 1), (1, 1, 1, 1), "window (2, 2) does not fit"),
+    (GlobalAvgPool(), (None, 4, 4, 1), (4, 4, 1), "expects input of rank 4"),
+    (Dense(3), (None, 4), (2, 5), "made for inputs of 4 channels"),
+    (BatchNorm(), (None, 4), (2, 5), "made for inputs of 4 channels (the last axis), got shape "
+     "(2, 5)"),
+    (LayerNorm(), (None, 4), (2, 5), "made for inputs of 4 channels"),
+    (GroupNorm(2), (None, 4, 4, 4), (2, 4, 4, 6), "made for inputs of 4 channels"),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "given", "said"), APPLIED_WRONG,
+                         ids=[f"{case[0].name}-{case[2]}" for case in APPLIED_WRONG])
+def test_a_layer_applied_to_an_input_its_init_refuses_names_itself(key, layer, shape, given,
+                                                                    said):
+    """Applied alone, each failed deep inside JAX ("slice limit_indices must have every
+    element be nonnegative", "jnp.pad: pad_width with nd=3", "mul got incompatible shapes"),
+    naming neither the layer nor its input."""
+    _, params, state = layer.init(key, shape)
+    with pytest.raises(ShapeError, match=re.escape(said)) as error:
+        layer.apply(params, state, jnp.ones(given), train=True)
+    assert layer.name in str(error.value)
+
+
+def test_a_layer_given_no_key_says_which_and_why(key):
+    """Dense.init(None, ...) said "unexpected PRNG key type NoneType"; Dropout's apply with
+    key=0 "invalid PRNG key data"."""
+    for layer in (Dense(2), Conv2D(2, 3), Conv1D(2, 3), Conv2DTranspose(2, 3)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"{layer.name}: init needs a PRNG key such as jax.random.key(0), got None")):
+            layer.init(None, (None, 4, 4, 2)[:4 if "2D" in layer.name else
+                                               3 if "1D" in layer.name else 2])
+    with pytest.raises(ValueError, match=re.escape(
+            "Dropout(0.5): apply(..., train=True) needs a PRNG key such as jax.random.key(0), "
+            "got 0")):
+        Dropout(0.5).apply((), (), jnp.ones((2, 3)), key=0, train=True)
+    raw = jax.random.key_data(key)  # raw uint32 keys still serve
+    assert Dense(2).init(raw, (None, 3))[0] == (None, 2)
+
+
+def test_max_pooling_a_mask_is_any():
+    """A boolean mask failed in max pooling's padding value ("Invalid integer data type")."""
+    mask = jnp.zeros((1, 4, 4, 1), bool).at[0, 1, 2, 0].set(True)
+    pooled = MaxPool2D(2, padding="SAME").apply((), (), mask)[0]
+    assert pooled.dtype == jnp.bool_
+    np.testing.assert_array_equal(pooled[0, :, :, 0], [[False, True], [False, False]])

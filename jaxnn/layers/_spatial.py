@@ -88,11 +88,14 @@ def output_hw(in_hw, window, strides, pads) -> tuple[int, int]:
     )
 
 
+NHWC_LAYOUT = "NHWC (batch, height, width, channels)"
+
+
 def infer_nhwc(
     layer: str, input_shape: Shape, window, strides, padding: Padding
 ) -> tuple[Pairs, tuple[int, int]]:
     """Checks an NHWC input shape and returns ``(pads, (out_h, out_w))``."""
-    check_rank(layer, input_shape, 4, "NHWC (batch, height, width, channels)")
+    check_rank(layer, input_shape, 4, NHWC_LAYOUT)
     if any(dim is None for dim in input_shape[1:]):
         raise ShapeError(f"{layer} needs known height, width and channels, got {input_shape}")
     in_hw = tuple(input_shape[1:3])

@@ -31,7 +31,9 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_applied,
     check_bool,
+    check_key,
     check_rank,
     float_dtype,
     is_integer,
@@ -104,6 +106,7 @@ def Conv2D(
         return _spatial.explicit_pads(padding, in_hw, window, strides)
 
     def init(key: jax.Array, input_shape: Shape):
+        check_key(key, name, "init")
         _, out_hw = _spatial.infer_nhwc(name, input_shape, window, strides, padding)
         params = _spatial.conv_params(key, args, input_shape[3], features, use_bias, dtype)
         return (input_shape[0], *out_hw, features), params
@@ -119,6 +122,8 @@ def Conv2D(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
+        check_applied(name, x, 4, _spatial.NHWC_LAYOUT, params["w"].shape[2])
+        _spatial.infer_nhwc(name, x.shape, window, strides, padding)  # the window fits
         x, w = _spatial.promoted(x, params["w"])
         pads = pads_for(x.shape[1:3])
         how = lowering(x)
@@ -241,6 +246,7 @@ def Conv1D(
                   dtype=dtype).reference  # The plain layer, whose backward is the rule.
 
     def init(key: jax.Array, input_shape: Shape):
+        check_key(key, name, "init")
         check_rank(name, input_shape, 3, "(batch, length, channels)")
         if any(dim is None for dim in input_shape[1:]):
             raise ShapeError(f"{name} needs known length and channels, got {tuple(input_shape)}")
@@ -265,6 +271,7 @@ def Conv1D(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
+        check_applied(name, x, 3, "(batch, length, channels)", params["w"].shape[1])
         return view.apply(as_view(params), (), x[:, None])[0][:, 0]
 
     def backward(params, x, y, dy, *, key=None, train=False):

@@ -35,7 +35,9 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_applied,
     check_bool,
+    check_key,
     check_rank,
     float_dtype,
     positive_int,
@@ -109,7 +111,8 @@ def Conv2DTranspose(
         pads = padding
 
     def init(key: jax.Array, input_shape: Shape):
-        check_rank(name, input_shape, 4, "NHWC (batch, height, width, channels)")
+        check_key(key, name, "init")
+        check_rank(name, input_shape, 4, _spatial.NHWC_LAYOUT)
         if any(dim is None for dim in input_shape[1:]):
             raise ShapeError(f"{name} needs known height, width and channels, got "
                              f"{tuple(input_shape)}")
@@ -127,6 +130,7 @@ def Conv2DTranspose(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
+        check_applied(name, x, 4, _spatial.NHWC_LAYOUT, params["w"].shape[2])
         x, w = _spatial.promoted(x, params["w"])
         y = lax.conv_general_dilated(x, w, (1, 1), pads, lhs_dilation=strides,
                                      dimension_numbers=_NHWC)

@@ -20,7 +20,9 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_applied,
     check_bool,
+    check_key,
     check_rank,
     float_dtype,
     param_dtype,
@@ -66,6 +68,7 @@ def Dense(
         name = f"Dense({features}, {'shared_bias=True' if use_bias else 'use_bias=False'})"
 
     def init(key: jax.Array, input_shape: Shape):
+        check_key(key, name, "init")
         check_rank(name, input_shape, 2, "(batch, features)", "add Flatten() before Dense")
         in_features = input_shape[-1]
         if in_features is None:
@@ -79,6 +82,7 @@ def Dense(
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic.
+        check_applied(name, x, channels=params["w"].shape[0])  # any leading axes
         return _affine.affine(x, params["w"], params["b"] if use_bias else None)
 
     def backward(params, x, y, dy, *, key=None, train=False):

@@ -12,6 +12,7 @@ from jaxnn.layer import (
     Shape,
     at_least_float32,
     check_bool,
+    check_key,
     check_single,
     is_real,
     param_dtype,
@@ -46,8 +47,7 @@ def Dropout(rate: float | jax.Array) -> Layer:
 
     def scale(x, key):
         """The multiplier ``mask / (1 - rate)``, in ``x``'s (floating) dtype."""
-        if key is None:
-            raise ValueError(f"{name} needs a PRNG key when train=True: apply(..., key=key)")
+        check_key(key, name, "apply(..., train=True)")
         # Drawn in float32 at least: bfloat16's uniform draws come in steps of 1/128, so a
         # rate below 1/128 dropped nothing, and others were rounded (0.01 dropped 0.0078).
         keep = 1 - jnp.asarray(rate, at_least_float32(x.dtype))

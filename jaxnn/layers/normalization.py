@@ -38,6 +38,7 @@ from jaxnn.layer import (
     Shape,
     ShapeError,
     at_least_float32,
+    check_applied,
     check_bool,
     check_single,
     float_dtype,
@@ -156,6 +157,7 @@ def BatchNorm(
         if not (isinstance(state, Mapping) and {"mean", "var"} <= state.keys()):
             raise ValueError(f"{name}: its state is the {{'mean', 'var'}} dict its init "
                              f"returns (running statistics), got {_described(state)}")
+        check_applied(name, x, channels=state["mean"].shape[-1])
         x = _floating(x, params, state["mean"].dtype)
         axes, wide = tuple(range(x.ndim - 1)), _wide(x)
         if not check_bool(train, "train", name):  # ("no" would have trained)
@@ -252,6 +254,8 @@ def _per_example_norm(name, grouped, ungrouped, epsilon, use_scale, use_bias, dt
 
     def apply(params, x, *, key=None, train=False):
         del key, train  # Deterministic, the same in both modes.
+        if params:
+            check_applied(name, x, channels=next(iter(params.values())).shape[-1])
         x = _floating(x, params, param_dtype(dtype))
         xhat, _, _ = forward(x)
         return _scale_shift(params, ungrouped(xhat.astype(x.dtype), x.shape))

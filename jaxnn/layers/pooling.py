@@ -23,6 +23,7 @@ from jaxnn.layer import (
     Layer,
     Shape,
     ShapeError,
+    check_applied,
     check_bool,
     check_rank,
     stateless,
@@ -50,8 +51,9 @@ def _pool(kind, window, stride, padding, options=""):
         return (input_shape[0], *out_hw, input_shape[3]), ()
 
     def geometry(x):
-        pads = _spatial.explicit_pads(padding, x.shape[1:3], window, strides)
-        return pads, _spatial.output_hw(x.shape[1:3], window, strides, pads)
+        """``(pads, out_hw)`` of an input, refused as ``init`` refuses its shape."""
+        check_applied(name, x, 4, _spatial.NHWC_LAYOUT)
+        return _spatial.infer_nhwc(name, x.shape, window, strides, padding)
 
     def reduce(x, init_value, op, pads):
         return lax.reduce_window(
@@ -89,6 +91,8 @@ def _route_to_first_max(views, dy):
 
 def _lowest(dtype) -> float | int:
     """What a padded cell holds in max pooling: -inf, or an integer dtype's least value."""
+    if jnp.issubdtype(dtype, jnp.bool_):  # a mask's: max pooling is "any"
+        return False
     return -jnp.inf if jnp.issubdtype(dtype, jnp.inexact) else jnp.iinfo(dtype).min
 
 
@@ -236,7 +240,7 @@ def GlobalAvgPool() -> Layer:
 
     def init(key: jax.Array, input_shape: Shape):
         del key  # No parameters.
-        check_rank(name, input_shape, 4, "NHWC (batch, height, width, channels)")
+        check_rank(name, input_shape, 4, _spatial.NHWC_LAYOUT)
         if any(dim is None for dim in input_shape[1:]):
             raise ShapeError(f"{name} needs known height, width and channels, got "
                              f"{tuple(input_shape)}")
@@ -244,6 +248,7 @@ def GlobalAvgPool() -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
+        check_applied(name, x, 4, _spatial.NHWC_LAYOUT)
         return jnp.mean(x, axis=(1, 2))
 
     def backward(params, x, y, dy, *, key=None, train=False):
